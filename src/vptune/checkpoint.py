@@ -1,0 +1,259 @@
+"""Task checkpoints, PEFT-style: the small trained part next to the config that rebuilds it.
+
+A task directory holds
+- `prompt.safetensors`: prompts (+ projection) and head, plus any backbone tensors the method tuned;
+- `task.json`: the PromptConfig, the backbone's name, image size and a fingerprint of its weights,
+  normalisation, classes, the vptune version, and a sha256 of the weights file.
+Both are written atomically (temp file in the same directory, then rename), so an interrupted save never
+leaves a half-written file behind. Loading never unpickles anything.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .config import PromptConfig
+from .model import PromptedViT
+
+WEIGHTS_FILE = "prompt.safetensors"
+CONFIG_FILE = "task.json"
+FORMAT = "vptune-task"
+FORMAT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A task checkpoint is missing, corrupt, or does not fit the backbone it is loaded onto."""
+
+
+# ------------------------------------------------------------------------------------------------- saving
+def save_task(model: PromptedViT, directory: str | os.PathLike, **extra: Any) -> Path:
+    """Write `model`'s task checkpoint into `directory` (created if needed); `extra` goes into task.json."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors = task_tensors(model)
+    atomic_write(directory / WEIGHTS_FILE, lambda tmp: save_file(tensors, str(tmp)))
+    meta = task_metadata(model, tensors, file_sha256(directory / WEIGHTS_FILE))
+    meta.update(extra)
+    atomic_write_text(directory / CONFIG_FILE, json.dumps(meta, indent=2) + "\n")
+    return directory
+
+
+def task_tensors(model: PromptedViT) -> dict[str, torch.Tensor]:
+    """Everything outside the frozen backbone, plus backbone tensors a method chose to tune."""
+    tensors = {name: t for name, t in model.state_dict().items() if not name.startswith("backbone.")}
+    tensors.update({name: p for name, p in model.named_parameters()
+                    if name.startswith("backbone.") and p.requires_grad})
+    return {name: t.detach().contiguous().cpu() for name, t in tensors.items()}
+
+
+def task_metadata(model: PromptedViT, tensors: dict[str, torch.Tensor], weights_sha256: str) -> dict[str, Any]:
+    from . import __version__
+
+    data = model.data_config
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "vptune_version": __version__,
+        "prompt": model.prompt_config.to_dict(),
+        "num_classes": model.head.out_features,
+        "class_names": model.class_names,
+        "backbone": {
+            "name": model.backbone_name,
+            "weights": _weights_path(model.backbone),
+            "fingerprint": backbone_fingerprint(model.backbone),
+            "img_size": list(model.backbone.patch_embed.img_size),
+            "embed_dim": model.embed_dim,
+            "depth": len(model.backbone.blocks),
+        },
+        "data": {"input_size": list(data["input_size"]), "mean": list(data["mean"]), "std": list(data["std"]),
+                 "interpolation": data.get("interpolation"), "crop_pct": data.get("crop_pct")},
+        "tensors": {name: list(t.shape) for name, t in tensors.items()},
+        "weights_sha256": weights_sha256,
+    }
+
+
+def backbone_fingerprint(backbone: nn.Module) -> str:
+    """sha256 over the frozen weights as they were when first asked (names, shapes, dtypes and bytes).
+
+    Remembered on the module so a method that later tunes backbone weights still records the base
+    backbone it started from.
+    """
+    cached = getattr(backbone, "_vptune_fingerprint", None)
+    if cached is None:
+        digest = hashlib.sha256()
+        for name, tensor in sorted(backbone.state_dict().items()):
+            tensor = tensor.detach().cpu().contiguous()
+            digest.update(f"{name}|{tuple(tensor.shape)}|{tensor.dtype}|".encode())
+            digest.update(tensor.view(-1).view(torch.uint8).numpy().tobytes())
+        cached = digest.hexdigest()[:16]
+        backbone._vptune_fingerprint = cached
+    return cached
+
+
+# ------------------------------------------------------------------------------------------------ loading
+def load_task(directory: str | os.PathLike, backbone: nn.Module | str | None = None, *,
+              check_fingerprint: bool = True, path: str = "prefix") -> PromptedViT:
+    """Rebuild a PromptedViT from a task directory.
+
+    Args:
+        directory: written by `save_task`.
+        backbone: the frozen backbone the task was trained on (a module), a backbone name for
+            `vptune.backbones.create_backbone`, or None to build the one named in task.json.
+        check_fingerprint: refuse a backbone whose weights differ from the one the task was trained on.
+        path: "prefix" (fast) or "tokens" (reference) computation.
+    """
+    directory = Path(directory)
+    meta = read_task_json(directory)
+    tensors = read_task_tensors(directory, meta)
+    backbone = _resolve_backbone(backbone, meta)
+    _check_backbone_matches(backbone, meta, check_fingerprint)
+    if meta.get("method") == "lora":  # LoRA's tensors need their modules in place before loading
+        from .methods import adapt_backbone
+
+        adapt_backbone(backbone, "lora", meta.get("lora"))
+    try:
+        prompt = PromptConfig.from_dict(meta["prompt"])
+        model = PromptedViT(backbone, prompt, int(meta["num_classes"]), path=path,
+                            backbone_name=meta["backbone"]["name"], class_names=meta.get("class_names"))
+    except (ValueError, TypeError, KeyError) as err:
+        raise CheckpointError(f"{directory / CONFIG_FILE}: cannot rebuild the model: {err}") from err
+    _load_tensors(model, tensors, directory)
+    return model
+
+
+def read_task_json(directory: Path) -> dict[str, Any]:
+    if not directory.is_dir():
+        raise CheckpointError(f"task directory {directory} does not exist (or is not a directory)")
+    config_path = directory / CONFIG_FILE
+    if not config_path.is_file():
+        raise CheckpointError(f"{directory} is not a vptune task: {CONFIG_FILE} is missing "
+                              f"(a task directory is written by `model.save_task(dir)` or `vptune train`)")
+    try:
+        meta = json.loads(config_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{config_path} is corrupt (not valid JSON: {err}); re-save the task") from err
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise CheckpointError(f"{config_path} is not a vptune task file (no \"format\": \"{FORMAT}\")")
+    if meta.get("format_version", 0) > FORMAT_VERSION:
+        raise CheckpointError(f"{config_path} has format version {meta['format_version']}, newer than this vptune "
+                              f"understands ({FORMAT_VERSION}); upgrade vptune")
+    for key in ("prompt", "num_classes", "backbone", "tensors"):
+        if key not in meta:
+            raise CheckpointError(f"{config_path} lacks the field {key!r}; the file is incomplete, re-save the task")
+    return meta
+
+
+def read_task_tensors(directory: Path, meta: dict[str, Any]) -> dict[str, torch.Tensor]:
+    weights_path = directory / WEIGHTS_FILE
+    if not weights_path.is_file():
+        raise CheckpointError(f"{directory} lacks {WEIGHTS_FILE} (the prompts and head); the task was not saved "
+                              f"completely")
+    expected_sha = meta.get("weights_sha256")
+    if expected_sha and file_sha256(weights_path) != expected_sha:
+        raise CheckpointError(f"{weights_path} does not match {CONFIG_FILE} (sha256 differs): the file is truncated, "
+                              f"corrupt, or from another save; re-save the task")
+    try:
+        return load_file(str(weights_path))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"{weights_path} is not a readable safetensors file ({err}); re-save the task") from err
+
+
+def _resolve_backbone(backbone: nn.Module | str | None, meta: dict[str, Any]) -> nn.Module:
+    if isinstance(backbone, nn.Module):
+        return backbone
+    from .backbones import create_backbone
+
+    saved = meta["backbone"]
+    weights = saved.get("weights") if backbone is None else None
+    if weights and not Path(weights).is_file():
+        raise CheckpointError(f"the task's backbone weights file {weights} is gone; pass backbone= (a module, or a "
+                              f"name with its weights) explicitly")
+    return create_backbone(backbone or saved["name"], img_size=saved["img_size"][0], weights=weights)
+
+
+def _check_backbone_matches(backbone: nn.Module, meta: dict[str, Any], check_fingerprint: bool) -> None:
+    saved = meta["backbone"]
+    img_size = list(getattr(getattr(backbone, "patch_embed", None), "img_size", []))
+    if saved.get("img_size") and img_size and img_size != saved["img_size"]:
+        raise CheckpointError(f"the task was trained at image size {saved['img_size']} but the backbone is built for "
+                              f"{img_size}; build the backbone with img_size={saved['img_size'][0]}")
+    if check_fingerprint and saved.get("fingerprint"):
+        given = backbone_fingerprint(backbone)
+        if given != saved["fingerprint"]:
+            raise CheckpointError(f"wrong backbone: the task was trained on {saved.get('name')!r} with weights "
+                                  f"fingerprint {saved['fingerprint']}, but the given backbone's weights have "
+                                  f"fingerprint {given}; pass the backbone the task was trained on "
+                                  f"(or check_fingerprint=False if you know what you are doing)")
+
+
+def _load_tensors(model: PromptedViT, tensors: dict[str, torch.Tensor], directory: Path) -> None:
+    expected = task_tensors(model).keys() | {k for k in tensors if k.startswith("backbone.")}
+    missing, unexpected = sorted(expected - tensors.keys()), sorted(tensors.keys() - expected)
+    if missing or unexpected:
+        raise CheckpointError(f"{directory / WEIGHTS_FILE} does not fit its task.json: missing tensors {missing}, "
+                              f"unexpected tensors {unexpected}")
+    state = model.state_dict()
+    for name, tensor in tensors.items():
+        if name not in state:
+            raise CheckpointError(f"{directory / WEIGHTS_FILE}: tensor {name!r} has no place in this model")
+        if tuple(state[name].shape) != tuple(tensor.shape):
+            raise CheckpointError(f"{directory / WEIGHTS_FILE}: tensor {name!r} has shape {tuple(tensor.shape)}, the "
+                                  f"model built from task.json expects {tuple(state[name].shape)}"
+                                  f"{_shape_hint(name, model)}")
+    model.load_state_dict(tensors, strict=False)
+    for name, param in model.named_parameters():
+        if name.startswith("backbone.") and name in tensors:
+            param.requires_grad_(True)  # a tuned backbone tensor stays part of the task when re-saved
+
+
+def _shape_hint(name: str, model: PromptedViT) -> str:
+    if name == "prompts.tokens":
+        cfg = model.prompt_config
+        return (f" (task.json says num_tokens={cfg.num_tokens}, location={cfg.location!r}, "
+                f"{len(model.prompt_blocks)} prompted blocks)")
+    if name.startswith("head."):
+        return f" (task.json says num_classes={model.head.out_features}, embed_dim={model.embed_dim})"
+    return ""
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+def _weights_path(backbone: nn.Module) -> str | None:
+    """The local weights file the backbone was built from (`create_backbone(weights=...)`), if any."""
+    weights = getattr(backbone, "vptune_weights", None)
+    return str(Path(weights).resolve()) if weights else None
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Call `write(tmp)` on a temp file beside `path`, then rename it over `path` (atomic on POSIX)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))

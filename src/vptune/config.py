@@ -1,0 +1,141 @@
+"""`PromptConfig`: what to prompt, where, and how (VPT, Jia et al. 2022).
+
+The config is plain data that round-trips through JSON (it is stored next to the weights in `task.json`).
+It validates what it can on its own; the checks that need the backbone (block indices against its depth)
+happen in `resolve_layers`, called when a model is built.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass
+from typing import Any, Sequence, Union
+
+MODES = ("shallow", "deep")
+LOCATIONS = ("prepend", "add")
+INITS = ("xavier", "zeros", "normal")
+
+# `layers` accepts None (the mode's default), "all", "first K", "last K", or explicit block indices.
+LayersSpec = Union[None, str, Sequence[int]]
+_LAYER_WORDS = re.compile(r"^\s*(first|last)[\s:_-]*(\d+)\s*$")
+
+
+@dataclass
+class PromptConfig:
+    """Which prompts to learn.
+
+    Args:
+        num_tokens: prompt length p per prompted block (0 turns prompting off: a linear probe).
+        mode: "shallow" (one prompt, inserted once and carried through every later block) or
+            "deep" (a distinct prompt at the input of each prompted block, replacing the previous one).
+        location: "prepend" (extra tokens after [CLS] and any register tokens) or "add" (one learned vector
+            per existing token position, added element-wise; its length comes from the backbone).
+        layers: blocks that get a prompt. None: block 0 for shallow, every block for deep. Also "all",
+            "first K", "last K", or a list of block indices (0-based). Shallow takes exactly one block.
+        dropout: prompt dropout, applied after the projection, an independent mask per image.
+        project: if set, prompts live in this smaller dimension and a learned Linear maps them to the
+            backbone's width (the original's "prompt projection").
+        init: "xavier" (uniform(-v, v), v = sqrt(6 / (3 * patch_h * patch_w + dim)), the paper's rule),
+            "zeros", or "normal" (std `init_std`).
+        init_std: standard deviation for init="normal".
+    """
+
+    num_tokens: int = 10
+    mode: str = "deep"
+    location: str = "prepend"
+    layers: LayersSpec = None
+    dropout: float = 0.0
+    project: int | None = None
+    init: str = "xavier"
+    init_std: float = 0.02
+
+    def __post_init__(self) -> None:
+        if isinstance(self.layers, tuple):
+            self.layers = list(self.layers)
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ValueError naming the field and the allowed values for anything malformed."""
+        if not isinstance(self.num_tokens, int) or isinstance(self.num_tokens, bool) or self.num_tokens < 0:
+            raise ValueError(f"PromptConfig.num_tokens must be an integer >= 0 (0 = no prompt), got {self.num_tokens!r}")
+        _check_choice("mode", self.mode, MODES)
+        _check_choice("location", self.location, LOCATIONS)
+        _check_choice("init", self.init, INITS)
+        if not (isinstance(self.dropout, (int, float)) and 0.0 <= self.dropout < 1.0):
+            raise ValueError(f"PromptConfig.dropout must be a float in [0, 1), got {self.dropout!r}")
+        if self.project is not None and (not isinstance(self.project, int) or self.project <= 0):
+            raise ValueError(f"PromptConfig.project must be None or a positive integer (projection dim), "
+                             f"got {self.project!r}")
+        if not (isinstance(self.init_std, (int, float)) and self.init_std > 0):
+            raise ValueError(f"PromptConfig.init_std must be a positive number, got {self.init_std!r}")
+        _check_layers_syntax(self.layers)
+
+    @property
+    def enabled(self) -> bool:
+        return self.num_tokens > 0
+
+    def resolve_layers(self, depth: int) -> tuple[int, ...]:
+        """The sorted block indices that get a prompt, for a backbone with `depth` blocks."""
+        if not self.enabled:
+            return ()
+        spec = self.layers
+        if spec is None:
+            blocks = [0] if self.mode == "shallow" else list(range(depth))
+        elif isinstance(spec, str):
+            blocks = _parse_layer_words(spec, depth)
+        else:
+            blocks = list(spec)
+        bad = [i for i in blocks if not 0 <= i < depth]
+        if bad:
+            raise ValueError(f"PromptConfig.layers: block index {bad[0]} is out of range for a backbone with "
+                             f"{depth} blocks (allowed 0..{depth - 1})")
+        if not blocks:
+            raise ValueError("PromptConfig.layers resolves to no block while num_tokens > 0; "
+                             "name at least one block, or set num_tokens=0 for no prompt")
+        if len(set(blocks)) != len(blocks):
+            raise ValueError(f"PromptConfig.layers lists a block twice: {spec!r}")
+        if self.mode == "shallow" and len(blocks) != 1:
+            raise ValueError(f"PromptConfig.layers: mode='shallow' inserts one prompt at one block, got "
+                             f"{len(blocks)} blocks {sorted(blocks)}; use mode='deep' to prompt several blocks")
+        return tuple(sorted(blocks))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "PromptConfig":
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"PromptConfig: unknown field(s) {unknown}; known fields are {sorted(known)}")
+        return cls(**data)
+
+
+def _check_choice(name: str, value: object, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"PromptConfig.{name} must be one of {', '.join(map(repr, allowed))}, got {value!r}")
+
+
+def _check_layers_syntax(spec: LayersSpec) -> None:
+    if spec is None:
+        return
+    if isinstance(spec, str):
+        if spec.strip() != "all" and not _LAYER_WORDS.match(spec):
+            raise ValueError(f"PromptConfig.layers must be None, 'all', 'first K', 'last K' or a list of block "
+                             f"indices, got {spec!r}")
+        return
+    if not isinstance(spec, (list, tuple)) or not all(isinstance(i, int) and not isinstance(i, bool) for i in spec):
+        raise ValueError(f"PromptConfig.layers must be None, 'all', 'first K', 'last K' or a list of integer "
+                         f"block indices, got {spec!r}")
+
+
+def _parse_layer_words(spec: str, depth: int) -> list[int]:
+    if spec.strip() == "all":
+        return list(range(depth))
+    which, count = _LAYER_WORDS.match(spec).groups()
+    k = int(count)
+    if not 1 <= k <= depth:
+        raise ValueError(f"PromptConfig.layers={spec!r}: K must be in 1..{depth} for a backbone with {depth} blocks")
+    return list(range(k)) if which == "first" else list(range(depth - k, depth))
+
+
+__all__ = ["PromptConfig", "MODES", "LOCATIONS", "INITS"]

@@ -1,0 +1,18 @@
+"""Data for VPT tasks: built-in data sets (fetched once, cached) and users' own image data.
+
+    from vptune.data import load_data
+    cfg = timm.data.resolve_data_config({}, model=backbone)       # size and normalisation come from the backbone
+    splits = load_data("fashion-mnist", img_size=112, mean=cfg["mean"], std=cfg["std"], seed=0)
+    splits.train, splits.val, splits.trainval, splits.test        # (3 x 112 x 112 float32, int label) items
+    splits.describe()                                             # JSON-able record of what was loaded
+
+Modules: `builtin` (fetch + cache), `formats` (users' layouts), `splits` (seeded stratified sampling),
+`transforms` (recipes), `datasets` (torch datasets, DataSplits), `load` (load_data).
+"""
+from .builtin import BUILTIN_DATASETS, cache_dir
+from .datasets import ArrayDataset, DataSplits, FileDataset
+from .errors import DataError, DataWarning, FetchError
+from .load import load_data
+
+__all__ = ["load_data", "DataSplits", "BUILTIN_DATASETS", "DataError", "cache_dir",
+           "DataWarning", "FetchError", "ArrayDataset", "FileDataset"]

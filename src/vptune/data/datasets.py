@@ -1,0 +1,155 @@
+"""Torch datasets over decoded arrays (built-ins) and over image files (users' data), and `DataSplits`."""
+from __future__ import annotations
+
+import hashlib
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, NamedTuple
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+from torchvision.transforms.v2.functional import pil_to_tensor
+
+from .errors import DataError
+from .transforms import Transform
+
+
+def short_sha(*chunks: bytes) -> str:
+    """First 16 hex digits of the sha256 of the chunks: enough to tell two splits apart, short enough to read."""
+    digest = hashlib.sha256()
+    for chunk in chunks:
+        digest.update(chunk)
+    return digest.hexdigest()[:16]
+
+
+class ArrayDataset(Dataset):
+    """Items `indices` of a shared uint8 image array (N x H x W gray, or N x H x W x 3) with int labels."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, indices: np.ndarray, transform: Transform):
+        self.images, self.all_labels = images, labels  # shared by every split: no copies
+        self.indices = np.asarray(indices, dtype=np.int64)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        j = self.indices[i]
+        image = torch.from_numpy(self.images[j])
+        image = image.unsqueeze(0) if image.ndim == 2 else image.permute(2, 0, 1)
+        return self.transform(image), int(self.all_labels[j])
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self.all_labels[self.indices]
+
+    def fingerprint(self) -> str:
+        return short_sha(self.indices.astype("<i8").tobytes(), self.labels.astype("<i8").tobytes())
+
+
+class Sample(NamedTuple):
+    """One image file of a user's data set; `origin` says where it was listed (file and line, or folder)."""
+    path: Path
+    label: int
+    origin: str
+
+
+def read_image(sample: Sample) -> torch.Tensor:
+    """Decode one file to a uint8 3 x H x W tensor; any decoding failure becomes a DataError naming the file."""
+    try:
+        with Image.open(sample.path) as image:
+            rgb = image.convert("RGB")
+    except Exception as err:  # PIL raises OSError, SyntaxError, ValueError, struct.error, ... depending on format
+        raise DataError(f"cannot read image {sample.path} ({sample.origin}): {err}. "
+                        "Fix or remove the file, or load with skip_bad=True to drop unreadable images.") from err
+    return pil_to_tensor(rgb)
+
+
+class FileDataset(Dataset):
+    """Image files with int labels, decoded with Pillow on each access."""
+
+    def __init__(self, samples: list[Sample], transform: Transform, root: Path):
+        self.samples, self.transform, self.root = samples, transform, root
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        sample = self.samples[i]
+        return self.transform(read_image(sample)), sample.label
+
+    @property
+    def labels(self) -> np.ndarray:
+        return np.array([s.label for s in self.samples], dtype=np.int64)
+
+    def fingerprint(self) -> str:
+        # Paths relative to the data set's root: moving the folder keeps the fingerprint.
+        lines = "".join(f"{_relative(s.path, self.root)}\t{s.label}\n" for s in self.samples)
+        return short_sha(lines.encode())
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return path.as_posix()
+
+
+def image_problem(path: Path) -> str | None:
+    """Why `path` is not a readable image (None if it is): Pillow's verify() for structure, then a full decode,
+    which also catches truncated files that verify() lets through."""
+    try:
+        with Image.open(path) as image:
+            image.verify()
+        with Image.open(path) as image:
+            image.load()
+    except Exception as err:
+        return f"{type(err).__name__}: {err}"
+    return None
+
+
+def find_bad_images(paths: Iterable[Path]) -> dict[Path, str]:
+    """Check every file once (threads: Pillow decodes outside the GIL). Returns {bad path: reason}."""
+    unique = sorted(set(paths))
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        problems = pool.map(lambda p: image_problem(p) if p.is_file() else "file not found", unique)
+        return {p: why for p, why in zip(unique, problems) if why is not None}
+
+
+@dataclass
+class DataSplits:
+    """The four splits of a task plus what is needed to reproduce and compare runs.
+
+    Every item is (float32 tensor 3 x img_size x img_size, normalised; int label). `val` is never None for the
+    formats this package reads (a val split is carved from train, seeded, when the source has none), but
+    callers should still allow None.
+    """
+    train: Dataset
+    val: Dataset | None
+    trainval: Dataset
+    test: Dataset
+    class_names: list[str]
+    info: dict = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def splits(self) -> dict[str, Dataset]:
+        named = {"train": self.train, "val": self.val, "trainval": self.trainval, "test": self.test}
+        return {name: ds for name, ds in named.items() if ds is not None}
+
+    def describe(self) -> dict:
+        """JSON-able summary: source, format, protocol, seed, split sizes and fingerprints (short sha256 of the
+        chosen indices / file lists with labels), so two runs can be checked to have used the same data."""
+        splits = self.splits()
+        prints = {name: ds.fingerprint() for name, ds in splits.items()}
+        return {**self.info,
+                "num_classes": self.num_classes,
+                "sizes": {name: len(ds) for name, ds in splits.items()},
+                "fingerprints": prints,
+                "fingerprint": short_sha("".join(f"{k}={v};" for k, v in sorted(prints.items())).encode())}

@@ -1,0 +1,243 @@
+"""Users' data sets: find the layout of a path and list its images and labels, split by split.
+
+Layouts (autodetected in this order):
+- CSV file (`*.csv`): rows `path,label` or `path,label,split` (split = train / val / test); header optional
+  (recognised by a first row like `path,label`); paths relative to the CSV's folder; label = class name or int.
+- VTAB-1k task folder: `train800.txt`, `val200.txt`, `test.txt` (+ optional `train800val200.txt`, else the
+  union of the first two); lines `relative/path.jpg label`, paths relative to the folder; int labels.
+- FGVC folder: `train.json`, `test.json` (+ optional `val.json`), each {image path: class id}; paths relative
+  to the folder, or to its `images/` or `Images/` sub-folder (as in the VPT releases).
+- Image folder: one sub-folder of images per class (searched recursively); class names = folder names.
+
+Class names for the int-labelled layouts (and CSVs with int labels): a `classes.txt` (or `labels.txt`) next to
+the split files, one name per line, line k naming class k, fixes the class list, and labels must index into it;
+without one, the classes are the sorted unique label ids over all split files (mapped to 0..K-1, named by id;
+ids 0..K-1 therefore stay as they are). CSV labels that are not all ints are class names, sorted.
+
+Nothing here opens an image; `load.py` checks existence (or decodability, with skip_bad) of the listed files.
+"""
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from .datasets import Sample
+from .errors import DataError
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jfif", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff",
+                              ".ppm", ".pgm"})
+VTAB_FILES = {"train": "train800.txt", "val": "val200.txt", "trainval": "train800val200.txt", "test": "test.txt"}
+FGVC_FILES = {"train": "train.json", "val": "val.json", "test": "test.json"}
+CLASS_FILES = ("classes.txt", "labels.txt")
+CSV_PATH_HEADERS = {"path", "file", "filename", "filepath", "image", "image_path", "img"}
+CSV_LABEL_HEADERS = {"label", "class", "class_name", "target", "category", "y"}
+
+ACCEPTED = ("Accepted: a built-in name (fashion-mnist, animal-mnist, digits); a folder with one sub-folder of "
+            "images per class; a .csv file of `path,label` rows; a VTAB-1k task folder with train800.txt, "
+            "val200.txt and test.txt (`relative/path.jpg label` lines); an FGVC folder with train.json and "
+            "test.json (image path -> class id).")
+
+RawEntry = tuple[Path, str, str]  # image path, label as written, origin ("<file> line N")
+
+
+@dataclass
+class UserData:
+    """What a user's data set lists. `splits` keys: "all" (no split given) or "train", "test" and maybe "val",
+    "trainval"; the loader carves what is missing."""
+    format: str
+    root: Path
+    splits: dict[str, list[Sample]]
+    class_names: list[str]
+    class_names_from: str
+
+
+def read_user_data(source: Path) -> UserData:
+    """Detect the layout of `source` and read it; DataError naming the accepted layouts if none fits."""
+    if not source.exists():
+        raise DataError(f"{source} does not exist. {ACCEPTED}")
+    if source.is_file():
+        if source.suffix.lower() == ".csv":
+            return read_csv(source)
+        raise DataError(f"{source} is a file but not a .csv. {ACCEPTED}")
+    present = {p.name for p in source.iterdir()}
+    if present & set(VTAB_FILES.values()):
+        return read_vtab(source)
+    if present & set(FGVC_FILES.values()):
+        return read_fgvc(source)
+    class_dirs = [d for d in sorted(source.iterdir()) if d.is_dir() and not d.name.startswith(".")]
+    images = {d: _images_in(d) for d in class_dirs}
+    if any(images.values()):
+        return read_image_folder(source, images)
+    raise DataError(f"{source} matches no accepted layout. {ACCEPTED}")
+
+
+# ---------------------------------------------------------------------------------------------- image folder
+
+def _images_in(folder: Path) -> list[Path]:
+    """Image files under `folder`, sorted; hidden files and folders (e.g. macOS `._x.jpg`) are skipped."""
+    return sorted(p for p in folder.rglob("*")
+                  if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
+                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+
+
+def read_image_folder(root: Path, images: dict[Path, list[Path]]) -> UserData:
+    empty = [d for d, files in images.items() if not files]
+    if empty:
+        raise DataError(f"class folder {empty[0]} has no images (extensions: {', '.join(sorted(IMAGE_EXTENSIONS))})"
+                        + (f"; {len(empty) - 1} more empty class folder(s)" if len(empty) > 1 else ""))
+    samples = [Sample(path, label, f"class folder {folder}")
+               for label, (folder, files) in enumerate(images.items()) for path in files]
+    return UserData("image-folder", root, {"all": samples}, [d.name for d in images], "folder names")
+
+
+# ---------------------------------------------------------------------------------------------- VTAB-1k lists
+
+def read_vtab(root: Path) -> UserData:
+    required = [VTAB_FILES[s] for s in ("train", "val", "test")]
+    missing = [name for name in required if not (root / name).is_file()]
+    if missing:
+        raise DataError(f"{root} looks like a VTAB-1k task folder but lacks {', '.join(missing)} "
+                        f"(needs {', '.join(required)}; {VTAB_FILES['trainval']} is optional)")
+    raw = {split: _read_list(root / name, root) for split, name in VTAB_FILES.items() if (root / name).is_file()}
+    return _with_labels("vtab1k", root, raw, names_allowed=False)
+
+
+def _read_list(path: Path, root: Path) -> list[RawEntry]:
+    """Lines `relative/path.jpg label`; the label is the last field, so paths may contain spaces."""
+    entries = []
+    for number, line in enumerate(_read_text(path).splitlines(), start=1):
+        if not line.strip():
+            continue
+        fields = line.strip().rsplit(maxsplit=1)
+        if len(fields) != 2:
+            raise DataError(f"{path} line {number}: expected '<image path> <label>', got {line!r}")
+        entries.append((root / fields[0], fields[1], f"{path} line {number}"))
+    return entries
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as err:
+        raise DataError(f"cannot read {path}: {err}") from err
+
+
+# ---------------------------------------------------------------------------------------------- FGVC json
+
+def read_fgvc(root: Path) -> UserData:
+    missing = [FGVC_FILES[s] for s in ("train", "test") if not (root / FGVC_FILES[s]).is_file()]
+    if missing:
+        raise DataError(f"{root} looks like an FGVC folder but lacks {', '.join(missing)} "
+                        f"(needs train.json and test.json; val.json is optional)")
+    raw = {split: _read_json_split(root / name, root) for split, name in FGVC_FILES.items()
+           if (root / name).is_file()}
+    return _with_labels("fgvc", root, raw, names_allowed=False)
+
+
+def _read_json_split(path: Path, root: Path) -> list[RawEntry]:
+    try:
+        mapping = json.loads(_read_text(path))
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path} line {err.lineno}: not valid JSON ({err.msg})") from err
+    if not isinstance(mapping, dict):
+        raise DataError(f"{path}: expected a JSON object mapping image path -> class id")
+    image_root = _fgvc_image_root(root, next(iter(mapping), ""))
+    # bool is an int in Python, but `true` is no class id; anything else non-int fails the int check later
+    return [(image_root / key, str(value) if not isinstance(value, bool) else repr(value), f"{path} entry {key!r}")
+            for key, value in mapping.items()]
+
+
+def _fgvc_image_root(root: Path, first_key: str) -> Path:
+    """The VPT releases put images next to the json files or in images/ (CUB, NABirds) or Images/ (Dogs)."""
+    for candidate in (root, root / "images", root / "Images"):
+        if first_key and (candidate / first_key).is_file():
+            return candidate
+    return root  # nothing found: the missing-file check reports the first entry against the folder itself
+
+
+# ---------------------------------------------------------------------------------------------- CSV
+
+def read_csv(path: Path) -> UserData:
+    rows: list[tuple[list[str], int]] = []
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f)
+            for row in reader:
+                cells = [c.strip() for c in row]
+                if any(cells) and not (not rows and _is_header(cells)):
+                    rows.append((cells, reader.line_num))
+    except (csv.Error, UnicodeDecodeError) as err:
+        raise DataError(f"{path}: not a readable CSV file ({err})") from err
+    if not rows:
+        raise DataError(f"{path} has no rows; expected `path,label` rows")
+    width = len(rows[0][0])
+    raw: dict[str, list[RawEntry]] = {}
+    for cells, number in rows:
+        if len(cells) != width or width not in (2, 3) or not cells[0] or not cells[1]:
+            raise DataError(f"{path} line {number}: expected `path,label`"
+                            f"{',split' if width == 3 else ''} like the first row, got {cells}")
+        split = cells[2].lower() if width == 3 else "all"
+        if split not in ("all", "train", "val", "test"):
+            raise DataError(f"{path} line {number}: split must be train, val or test, got {cells[2]!r}")
+        raw.setdefault(split, []).append((path.parent / cells[0], cells[1], f"{path} line {number}"))
+    if width == 3 and not ("train" in raw and "test" in raw):
+        raise DataError(f"{path}: the split column must name at least one train and one test row")
+    return _with_labels("csv", path.parent, raw, names_allowed=True)
+
+
+def _is_header(cells: list[str]) -> bool:
+    return len(cells) >= 2 and (cells[0].lower() in CSV_PATH_HEADERS or cells[1].lower() in CSV_LABEL_HEADERS)
+
+
+# ---------------------------------------------------------------------------------------------- labels
+
+def _with_labels(fmt: str, root: Path, raw: dict[str, list[RawEntry]], names_allowed: bool) -> UserData:
+    """Turn the written labels into class indices (see the module docstring for the rules)."""
+    class_file = next((root / n for n in CLASS_FILES if (root / n).is_file()), None)
+    written = [(label, origin) for entries in raw.values() for _, label, origin in entries]
+    if class_file is not None:
+        names = [line.strip() for line in _read_text(class_file).splitlines() if line.strip()]
+        index = _index_from_class_file(class_file, names, names_allowed)
+        names_from = class_file.name
+    elif names_allowed and not all(_is_int(label) for label, _ in written):
+        names = sorted({label for label, _ in written})
+        by_name = {name: k for k, name in enumerate(names)}
+        index = lambda label, origin: by_name[label]  # noqa: E731
+        names_from = "sorted label names"
+    else:
+        ids = sorted({_int_label(label, origin) for label, origin in written})
+        names = [str(i) for i in ids]
+        by_id = {i: k for k, i in enumerate(ids)}
+        index = lambda label, origin: by_id[int(label)]  # noqa: E731
+        names_from = "sorted label ids"
+    splits = {split: [Sample(path, index(label, origin), origin) for path, label, origin in entries]
+              for split, entries in raw.items()}
+    return UserData(fmt, root, splits, names, names_from)
+
+
+def _is_int(text: str) -> bool:
+    return text.isascii() and text.isdigit()
+
+
+def _int_label(text: str, origin: str) -> int:
+    if not _is_int(text):
+        raise DataError(f"{origin}: label {text!r} is not a non-negative integer class id")
+    return int(text)
+
+
+def _index_from_class_file(class_file: Path, names: list[str], names_allowed: bool):
+    """label text -> class index, for labels that must name (or index into) the classes of `class_file`."""
+    if len(set(names)) != len(names):
+        raise DataError(f"{class_file} lists a class name twice")
+    by_name = {name: k for k, name in enumerate(names)}
+
+    def index(label: str, origin: str) -> int:
+        if names_allowed and label in by_name:
+            return by_name[label]
+        k = _int_label(label, origin)
+        if k >= len(names):
+            raise DataError(f"{origin}: label {k} is outside the class list ({len(names)} classes in {class_file})")
+        return k
+    return index

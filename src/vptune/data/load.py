@@ -1,0 +1,141 @@
+"""`load_data`: one entry point for built-in names and users' paths, returning the four splits of a task."""
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from .builtin import TEST_SPLITS, builtin_name, load_builtin
+from .datasets import ArrayDataset, DataSplits, FileDataset, Sample, find_bad_images
+from .errors import DataError, DataWarning
+from .formats import read_user_data
+from .splits import carve, vtab1k_split
+from .transforms import Transform, build_transform
+
+PROTOCOLS = ("vtab1k", "full")
+USER_HOLDOUT = (0.15, 0.15)  # val, test share of each class when a user's data has no split files (70/15/15)
+CARVED_VAL = 0.10            # val share carved from train when a source has a test split but no val split
+
+
+def load_data(source: str | os.PathLike, *, img_size: int, mean: tuple[float, float, float],
+              std: tuple[float, float, float], protocol: str = "vtab1k", recipe: str = "vtab", seed: int = 0,
+              skip_bad: bool = False) -> DataSplits:
+    """Load a built-in data set by name or a user's data set by path, as train / val / trainval / test.
+
+    source:   "fashion-mnist", "animal-mnist", "digits", or a path: image folder, .csv, VTAB-1k task folder,
+              FGVC folder (see `vptune.data.formats`).
+    img_size, mean, std: from the backbone's data config; items come out 3 x img_size x img_size, normalised.
+    protocol: built-ins only: "vtab1k" (seeded stratified train800 / val200 from the train split) or "full"
+              (all train minus a seeded 10% val). Users' splits come from their files (or a seeded 70/15/15).
+    recipe:   "vtab" (plain resize) or "fgvc" (random crop + flip for train / trainval; center crop otherwise).
+    seed:     fixes every sampled split (recorded in `describe()`).
+    skip_bad: users' data: decode every file once up front and drop unreadable / missing ones with one warning,
+              instead of failing.
+    """
+    if protocol not in PROTOCOLS:
+        raise DataError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
+    if isinstance(img_size, bool) or not isinstance(img_size, int) or img_size < 1:
+        raise DataError(f"img_size must be a positive int, got {img_size!r}")
+    train_tf = build_transform(img_size, mean, std, recipe=recipe, train=True)
+    test_tf = build_transform(img_size, mean, std, recipe=recipe, train=False)
+    info = {"protocol": protocol, "recipe": recipe, "seed": int(seed), "img_size": img_size,
+            "mean": [float(m) for m in mean], "std": [float(s) for s in std]}
+    name = builtin_name(source)
+    if name is not None:
+        return _builtin_splits(name, protocol, int(seed), train_tf, test_tf, info)
+    return _user_splits(Path(source).expanduser(), int(seed), skip_bad, train_tf, test_tf, info)
+
+
+def _builtin_splits(name: str, protocol: str, seed: int, train_tf: Transform, test_tf: Transform,
+                    info: dict) -> DataSplits:
+    arrays = load_builtin(name)
+    pool, test = np.flatnonzero(~arrays.is_test), np.flatnonzero(arrays.is_test)
+    if protocol == "vtab1k":
+        train, val = (pool[p] for p in vtab1k_split(arrays.labels[pool], seed))
+        rule = "train800 + val200: seeded stratified sample of the train split; trainval = their union"
+    else:
+        (rest, held), _ = carve(arrays.labels[pool], (CARVED_VAL,), seed)
+        train, val = pool[rest], pool[held]
+        rule = "train = train split minus a seeded stratified 10% val; trainval = the whole train split"
+
+    def make(indices: np.ndarray, transform: Transform) -> ArrayDataset:
+        return ArrayDataset(arrays.images, arrays.labels, indices, transform)
+
+    info = {"source": name, "format": "builtin", **info, "split_rule": rule, "test_split": TEST_SPLITS[name],
+            "origin": arrays.origin, "data_sha256": arrays.content_sha256}
+    return DataSplits(make(train, train_tf), make(val, test_tf), make(np.union1d(train, val), train_tf),
+                      make(test, test_tf), arrays.class_names, info)
+
+
+def _user_splits(path: Path, seed: int, skip_bad: bool, train_tf: Transform, test_tf: Transform,
+                 info: dict) -> DataSplits:
+    data = read_user_data(path)
+    splits = data.splits
+    skipped = 0
+    if skip_bad:
+        splits, skipped = _drop_bad(splits)
+    else:
+        _require_files(splits)
+    splits, rule = _complete_splits(splits, data.class_names, seed)
+    for split in ("train", "test"):
+        if not splits[split]:
+            raise DataError(f"{path}: the {split} split is empty" + (" after dropping bad files" if skipped else ""))
+    info = {"source": str(path.resolve()), "format": data.format, **info, "split_rule": rule,
+            "class_names_from": data.class_names_from, "skipped_bad": skipped,
+            "note": "protocol only changes built-in data sets; users' splits come from their files or the rule"}
+    train_sets = {"train", "trainval"}
+    made = {split: FileDataset(samples, train_tf if split in train_sets else test_tf, data.root)
+            for split, samples in splits.items()}
+    return DataSplits(made["train"], made["val"], made["trainval"], made["test"], data.class_names, info)
+
+
+def _require_files(splits: dict[str, list[Sample]]) -> None:
+    """Existence check of every listed file, up front (cheap: one stat each); names the list file and line."""
+    missing = list({s.path: s for samples in splits.values() for s in samples if not s.path.is_file()}.values())
+    if missing:
+        shown = "; ".join(f"{s.origin}: {s.path}" for s in missing[:3])
+        raise DataError(f"{len(missing)} listed image file(s) do not exist: {shown}"
+                        + (" ..." if len(missing) > 3 else "") + ". Fix the list, or load with skip_bad=True.")
+
+
+def _drop_bad(splits: dict[str, list[Sample]]) -> tuple[dict[str, list[Sample]], int]:
+    """skip_bad=True: decode every file once, drop the unreadable or missing ones, and say so once."""
+    bad = find_bad_images(s.path for samples in splits.values() for s in samples)
+    if bad:
+        shown = "; ".join(f"{path} ({why})" for path, why in list(bad.items())[:3])
+        warnings.warn(f"skip_bad=True: dropped {len(bad)} unreadable or missing image file(s): {shown}"
+                      + (" ..." if len(bad) > 3 else ""), DataWarning, stacklevel=3)
+    return {split: [s for s in samples if s.path not in bad] for split, samples in splits.items()}, len(bad)
+
+
+def _complete_splits(splits: dict[str, list[Sample]], class_names: list[str],
+                     seed: int) -> tuple[dict[str, list[Sample]], str]:
+    """Fill in what the source did not give: all splits (70/15/15) or val (10% of train), and trainval."""
+    if "all" in splits:
+        samples = splits["all"]
+        (train, val, test), small = carve(np.array([s.label for s in samples]), USER_HOLDOUT, seed)
+        _warn_small(small, class_names, "train, val and test")
+        picked = {"train": train, "val": val, "test": test}
+        out = {split: [samples[i] for i in positions] for split, positions in picked.items()}
+        rule = "no split files: seeded stratified 70/15/15 per class (every class keeps a train image)"
+    else:
+        out = dict(splits)
+        rule = "splits from the files"
+        if "val" not in out:
+            samples = out["train"]
+            (rest, held), small = carve(np.array([s.label for s in samples]), (CARVED_VAL,), seed)
+            _warn_small(small, class_names, "train and the carved val")
+            out["train"], out["val"] = [samples[i] for i in rest], [samples[i] for i in held]
+            rule += "; no val file: val = seeded stratified 10% of train"
+    if "trainval" not in out:
+        out["trainval"] = out["train"] + out["val"]
+    return out, rule
+
+
+def _warn_small(classes: list[int], class_names: list[str], splits: str) -> None:
+    if classes:
+        names = ", ".join(repr(class_names[c]) for c in classes[:5]) + (" ..." if len(classes) > 5 else "")
+        warnings.warn(f"{len(classes)} class(es) too small to appear in {splits}: {names}; "
+                      "they are kept in train only", DataWarning, stacklevel=4)

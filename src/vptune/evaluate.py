@@ -1,0 +1,81 @@
+"""Evaluation: logits over a data set, top-1 / top-5, per-class accuracy, confusion matrix (and its PNG)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+
+@torch.no_grad()
+def predict_logits(forward: Callable[[torch.Tensor], torch.Tensor], loader: DataLoader, device: torch.device,
+                   desc: str = "eval", quiet: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run `forward` over a loader of (inputs, labels): returns (outputs, labels) on the CPU."""
+    outputs, labels = [], []
+    for inputs, target in tqdm(loader, desc=desc, disable=quiet, leave=False):
+        outputs.append(forward(inputs.to(device)).float().cpu())
+        labels.append(target.cpu())
+    return torch.cat(outputs), torch.cat(labels)
+
+
+def evaluate_logits(logits: torch.Tensor, labels: torch.Tensor) -> dict:
+    """top1 (and top5 where there are more than 5 classes), per-class accuracy, confusion matrix."""
+    num_classes = logits.shape[1]
+    predictions = logits.argmax(1)
+    confusion = torch.zeros(num_classes, num_classes, dtype=torch.long)
+    confusion.index_put_((labels, predictions), torch.ones_like(labels), accumulate=True)
+    per_class = (confusion.diag().float() / confusion.sum(1).clamp(min=1).float()).tolist()
+    metrics = {"top1": (predictions == labels).float().mean().item(), "num_images": len(labels),
+               "per_class": per_class, "confusion": confusion.tolist()}
+    if num_classes > 5:
+        top5 = logits.topk(5, dim=1).indices
+        metrics["top5"] = (top5 == labels[:, None]).any(1).float().mean().item()
+    return metrics
+
+
+def evaluate_dataset(model: torch.nn.Module, dataset: Dataset, *, batch_size: int = 64, device: str = "cpu",
+                     quiet: bool = True) -> dict:
+    model.eval()
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    logits, labels = predict_logits(model, loader, torch.device(device), desc="test", quiet=quiet)
+    return evaluate_logits(logits, labels)
+
+
+def format_metrics(metrics: dict, class_names: Sequence[str]) -> str:
+    """A plain-text table: overall accuracy, then accuracy per class."""
+    lines = [f"top-1  {metrics['top1']:.4f}   ({metrics['num_images']} images)"]
+    if "top5" in metrics:
+        lines.append(f"top-5  {metrics['top5']:.4f}")
+    width = max(len(str(name)) for name in class_names)
+    lines.append("")
+    lines.append(f"{'class':<{width}}  accuracy  images")
+    for name, acc, row in zip(class_names, metrics["per_class"], metrics["confusion"]):
+        lines.append(f"{name:<{width}}  {acc:8.4f}  {sum(row):6d}")
+    return "\n".join(lines)
+
+
+def save_confusion_png(confusion: Sequence[Sequence[int]], class_names: Sequence[str], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    matrix = torch.tensor(confusion, dtype=torch.float)
+    rates = matrix / matrix.sum(1, keepdim=True).clamp(min=1)
+    size = max(4.0, 0.45 * len(class_names) + 2)
+    fig, ax = plt.subplots(figsize=(size, size))
+    ax.imshow(rates.numpy(), cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(class_names)), class_names, rotation=90)
+    ax.set_yticks(range(len(class_names)), class_names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for (i, j), count in ((ij, int(matrix[ij])) for ij in ((i, j) for i in range(len(matrix)) for j in range(len(matrix)))):
+        if count:
+            ax.text(j, i, str(count), ha="center", va="center", fontsize=7,
+                    color="white" if rates[i, j] > 0.5 else "black")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -1,0 +1,286 @@
+"""`PromptedViT`: a frozen timm Vision Transformer with learned prompts and a linear head on [CLS].
+
+Token layout inside the blocks (prepend): [CLS, register tokens..., prompt slots (p), patch tokens (m)].
+At a block that has a prompt the slots are set to that block's prompt (inserted the first time,
+replaced afterwards); at a block without one, whatever the slots hold is carried on. "add" instead adds
+the block's prompt element-wise to every existing token.
+
+Two ways to compute the same thing:
+- `path="tokens"`: the reference. Prompts are ordinary tokens of the sequence, as in the original code.
+- `path="prefix"` (default): at a block whose prompt outputs are never read, the prompts contribute only
+  keys and values (see `attention.py`), computed once per batch and cached at inference.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import torch
+from timm.models.vision_transformer import VisionTransformer
+from torch import nn
+
+from ..config import PromptConfig
+from .attention import prefix_block, prompt_key_values, supports_prefix
+from .prompts import Prompts
+
+PATHS = ("prefix", "tokens")
+
+
+class PromptedViT(nn.Module):
+    """A frozen timm `VisionTransformer`, VPT prompts, and a fresh linear head on the final normed [CLS].
+
+    Args:
+        backbone: a timm VisionTransformer with a class token. Its parameters are frozen and it stays in
+            eval mode even when this wrapper trains (its own dropout and drop-path stay off).
+        prompt: what to prompt (see `PromptConfig`).
+        num_classes: outputs of the linear head.
+        path: "prefix" (fast, default) or "tokens" (the reference computation).
+        backbone_name: recorded in task checkpoints; defaults to `backbone.vptune_name` or timm's name.
+        class_names: optional labels, stored in task checkpoints and used by `predict`.
+    """
+
+    def __init__(self, backbone: VisionTransformer, prompt: PromptConfig, num_classes: int, *,
+                 path: str = "prefix", backbone_name: str | None = None,
+                 class_names: Sequence[str] | None = None) -> None:
+        super().__init__()
+        _check_backbone(backbone)
+        if not isinstance(num_classes, int) or num_classes < 1:
+            raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+        if class_names is not None and len(class_names) != num_classes:
+            raise ValueError(f"class_names has {len(class_names)} names but num_classes={num_classes}")
+        self.backbone = backbone.requires_grad_(False).eval()
+        self.prompt_config = prompt
+        self.path = path
+        self.backbone_name = backbone_name or getattr(backbone, "vptune_name", None) or _timm_name(backbone)
+        self.class_names = list(class_names) if class_names is not None else None
+
+        depth = len(backbone.blocks)
+        self.embed_dim = backbone.embed_dim
+        self.num_prefix_tokens = backbone.num_prefix_tokens
+        self.prompt_blocks = prompt.resolve_layers(depth)
+        self._prompt_index = {block: i for i, block in enumerate(self.prompt_blocks)}
+        self.prompts = self._build_prompts(prompt) if prompt.enabled else None
+        self.head = nn.Linear(self.embed_dim, num_classes)
+        nn.init.trunc_normal_(self.head.weight, std=0.01)
+        nn.init.zeros_(self.head.bias)
+
+        self._prefix_blocks = self._plan_prefix_blocks(depth)
+        self._kv_cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._kv_cache_key: tuple | None = None
+
+    @classmethod
+    def from_timm(cls, model_name: str, prompt: PromptConfig, num_classes: int, *, pretrained: bool = False,
+                  path: str = "prefix", **timm_kwargs) -> "PromptedViT":
+        """Build the backbone with `timm.create_model(model_name, pretrained=..., **timm_kwargs)` and wrap it."""
+        import timm
+
+        backbone = timm.create_model(model_name, pretrained=pretrained, num_classes=0, **timm_kwargs)
+        return cls(backbone, prompt, num_classes, path=path, backbone_name=model_name)
+
+    # ----------------------------------------------------------------------------------------------- set-up
+    def _build_prompts(self, prompt: PromptConfig) -> Prompts:
+        patch_h, patch_w = self.backbone.patch_embed.patch_size
+        if prompt.location == "prepend":
+            length = prompt.num_tokens
+        else:  # "add": one learned vector per existing token position
+            length = self.num_prefix_tokens + self.backbone.patch_embed.num_patches
+        return Prompts(prompt, self.prompt_blocks, length, self.embed_dim, patch_h * patch_w)
+
+    def _plan_prefix_blocks(self, depth: int) -> frozenset[int]:
+        """Blocks that can run in prefix form: they hold prompt slots whose outputs nobody reads."""
+        if self.prompts is None or self.prompt_config.location != "prepend":
+            return frozenset()
+        first = self.prompt_blocks[0]
+        unread = {i for i in range(first, depth) if i == depth - 1 or i + 1 in self._prompt_index}
+        unknown = sorted({type(self.backbone.blocks[i]).__name__ for i in unread
+                          if not supports_prefix(self.backbone.blocks[i])})
+        if unknown:
+            warnings.warn(f"vptune: the prefix fast path does not know block type(s) {unknown}; those blocks run "
+                          f"the reference 'prompts as tokens' way (same result, no speed-up)", stacklevel=3)
+        return frozenset(i for i in unread if supports_prefix(self.backbone.blocks[i]))
+
+    @property
+    def path(self) -> str:
+        return self._path
+
+    @path.setter
+    def path(self, value: str) -> None:
+        if value not in PATHS:
+            raise ValueError(f"path must be one of {PATHS}, got {value!r}")
+        self._path = value
+
+    def train(self, mode: bool = True) -> "PromptedViT":
+        """Train prompts and head; the frozen backbone stays in eval mode, as in the original VPT."""
+        super().train(mode)
+        self.backbone.eval()
+        return self
+
+    def trainable_parameters(self) -> Iterator[nn.Parameter]:
+        """Prompts (+ projection) and head: what an optimizer should get."""
+        return (p for p in self.parameters() if p.requires_grad)
+
+    @property
+    def data_config(self) -> dict:
+        """Input size and normalisation of the backbone (timm's data config)."""
+        from timm.data import resolve_model_data_config
+
+        return resolve_model_data_config(self.backbone)
+
+    def save_task(self, directory: str | os.PathLike, **extra) -> None:
+        """Write prompts + head (`prompt.safetensors`) and `task.json`; see `vptune.checkpoint`."""
+        from ..checkpoint import save_task
+
+        save_task(self, directory, **extra)
+
+    # ---------------------------------------------------------------------------------------------- forward
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Images (B, 3, H, W) -> logits (B, num_classes)."""
+        return self.head(self.forward_features(images))
+
+    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
+        """Images (B, 3, H, W) -> final normed [CLS] embedding (B, embed_dim)."""
+        x = self._embed(images)
+        if self.prompts is None:
+            x = self.backbone.blocks(x)
+        elif self.prompt_config.location == "add":
+            x = self._blocks_add(x)
+        elif self.path == "tokens":
+            x = self._blocks_tokens(x)
+        else:
+            x = self._blocks_prefix(x)
+        return self.backbone.fc_norm(self.backbone.norm(x[:, 0]))
+
+    def _embed(self, images: torch.Tensor) -> torch.Tensor:
+        """Patch embedding, [CLS] and register tokens, position embedding: (B, prefix + m, d)."""
+        bb = self.backbone
+        return bb.norm_pre(bb.patch_drop(bb._pos_embed(bb.patch_embed(images))))
+
+    def _blocks_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """Reference: prompts are tokens of the sequence, inserted once and replaced at each prompted block."""
+        batch, start, p = x.shape[0], self.num_prefix_tokens, self.prompt_config.num_tokens
+        prompts = self.prompts(batch)
+        inserted = False
+        for i, block in enumerate(self.backbone.blocks):
+            if i in self._prompt_index:
+                rest = x[:, start + p:] if inserted else x[:, start:]
+                x = torch.cat([x[:, :start], prompts[self._prompt_index[i]].expand(batch, -1, -1), rest], dim=1)
+                inserted = True
+            x = block(x)
+        return x
+
+    def _blocks_prefix(self, x: torch.Tensor) -> torch.Tensor:
+        """Fast path: real tokens (B, prefix + m, d) flow through; prompt slots are kept on the side."""
+        batch, start, p = x.shape[0], self.num_prefix_tokens, self.prompt_config.num_tokens
+        prompts = self.prompts(batch)
+        use_cache = self._kv_cache_usable(x)
+        slots = None  # what the prompt slots hold now: (B or 1, p, d), or None before the first prompt
+        for i, block in enumerate(self.backbone.blocks):
+            fresh = i in self._prompt_index
+            if fresh:
+                slots = prompts[self._prompt_index[i]]
+            if slots is None:
+                x = block(x)
+            elif i in self._prefix_blocks:
+                k, v = self._prompt_kv(i, block, slots, cache=use_cache and fresh)
+                x = prefix_block(block, x, k, v)
+                slots = None  # their outputs would be replaced or never read
+            else:  # slot outputs are carried on into the next block: run the full sequence
+                h = block(torch.cat([x[:, :start], slots.expand(batch, -1, -1), x[:, start:]], dim=1))
+                x, slots = torch.cat([h[:, :start], h[:, start + p:]], dim=1), h[:, start:start + p]
+        return x
+
+    def _blocks_add(self, x: torch.Tensor) -> torch.Tensor:
+        """"add": each prompted block's prompt is added element-wise to the tokens entering it."""
+        prompts = self.prompts(x.shape[0])
+        if prompts.shape[2] != x.shape[1]:
+            raise ValueError(f"location='add' learned one prompt vector per token for {prompts.shape[2]} tokens, "
+                             f"but these images give {x.shape[1]}; use the image size the model was built for "
+                             f"({self.backbone.patch_embed.img_size})")
+        for i, block in enumerate(self.backbone.blocks):
+            if i in self._prompt_index:
+                x = x + prompts[self._prompt_index[i]]
+            x = block(x)
+        return x
+
+    # ---------------------------------------------------------------------------------- prompt K/V cache
+    def _kv_cache_usable(self, x: torch.Tensor) -> bool:
+        """Cache prompt K/V only when nothing can change them within this call and no gradient is needed."""
+        params = list(self.prompts.parameters())
+        needs_grad = torch.is_grad_enabled() and any(q.requires_grad for q in params)
+        if self.training or needs_grad:
+            return False
+        # Parameters bump `_version` on every in-place update (optimizer step, load_state_dict).
+        key = (tuple((id(q), q.data_ptr(), q._version) for q in params), x.dtype, x.device,
+               torch.is_autocast_enabled(x.device.type))
+        if key != self._kv_cache_key:
+            self._kv_cache.clear()
+            self._kv_cache_key = key
+        return True
+
+    def _prompt_kv(self, index: int, block: nn.Module, slots: torch.Tensor,
+                   cache: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        if not cache:
+            return prompt_key_values(block, slots)
+        if index not in self._kv_cache:
+            self._kv_cache[index] = prompt_key_values(block, slots)
+        return self._kv_cache[index]
+
+    def clear_cache(self) -> None:
+        """Drop cached prompt keys/values (they are also dropped automatically when prompts change)."""
+        self._kv_cache.clear()
+        self._kv_cache_key = None
+
+
+# --------------------------------------------------------------------------------------------- parameters
+@dataclass(frozen=True)
+class ParameterCount:
+    """What trains and what stays frozen, in numbers of parameters."""
+
+    prompts: int
+    head: int
+    other_trainable: int
+    backbone: int
+
+    @property
+    def trainable(self) -> int:
+        return self.prompts + self.head + self.other_trainable
+
+    @property
+    def percent_of_backbone(self) -> float:
+        return 100.0 * self.trainable / self.backbone if self.backbone else float("inf")
+
+    def __str__(self) -> str:
+        lines = [f"prompts           {self.prompts:>12,}",
+                 f"head              {self.head:>12,}"]
+        if self.other_trainable:
+            lines.append(f"other trainable   {self.other_trainable:>12,}")
+        lines += [f"trainable total   {self.trainable:>12,}  ({self.percent_of_backbone:.3f}% of the backbone)",
+                  f"backbone          {self.backbone:>12,}"]
+        return "\n".join(lines)
+
+
+def count_parameters(model: PromptedViT) -> ParameterCount:
+    """Trainable parameters (prompts, head, anything else unfrozen) against the backbone's size."""
+    prompts = sum(p.numel() for p in model.prompts.parameters()) if model.prompts is not None else 0
+    head = sum(p.numel() for p in model.head.parameters())
+    other = sum(p.numel() for p in model.backbone.parameters() if p.requires_grad)
+    backbone = sum(p.numel() for p in model.backbone.parameters())
+    return ParameterCount(prompts=prompts, head=head, other_trainable=other, backbone=backbone)
+
+
+# ----------------------------------------------------------------------------------------------- checks
+def _check_backbone(backbone: nn.Module) -> None:
+    if not isinstance(backbone, VisionTransformer):
+        raise TypeError(f"PromptedViT needs a timm VisionTransformer (ViT, DeiT, DINO/DINOv2, CLIP-style ViT), got "
+                        f"{type(backbone).__name__}; build one with timm.create_model('vit_...') or "
+                        f"vptune.backbones.create_backbone")
+    if backbone.cls_token is None:
+        raise ValueError(f"backbone {_timm_name(backbone)!r} has no class token, but VPT's head reads the final "
+                         f"[CLS] embedding; use a ViT built with class_token=True")
+
+
+def _timm_name(backbone: nn.Module) -> str:
+    cfg = getattr(backbone, "pretrained_cfg", None) or {}
+    return cfg.get("architecture") or type(backbone).__name__

