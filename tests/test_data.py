@@ -6,6 +6,7 @@ checked against the pixels it comes with.
 from __future__ import annotations
 
 import json
+import sys
 import warnings
 from pathlib import Path
 
@@ -15,10 +16,10 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from vptune.data import BUILTIN_DATASETS, DataError, DataSplits, cache_dir, load_data
+from vptune.data import BUILTIN_DATASETS, DataError, DataSplits, cache_dir, collate, load_data
 from vptune.data import builtin
 from vptune.data.errors import DataWarning, FetchError
-from vptune.data.splits import carve, stratified_choice, vtab1k_split
+from vptune.data.splits import carve, stratified_choice
 
 MEAN, STD = (0.2, 0.4, 0.6), (0.5, 0.25, 0.125)  # deliberately not ImageNet's: they must come from the caller
 COLOURS = [(255, 0, 0), (0, 255, 0), (0, 0, 255)]
@@ -189,9 +190,12 @@ def test_fgvc_layout_loads(fgvc_dir):
     check_items(splits)
 
 
-def test_dataloader_batches(vtab_dir):
-    x, y = next(iter(DataLoader(load(vtab_dir).train, batch_size=5, num_workers=0)))
+@pytest.mark.parametrize("collate_fn", [None, collate])
+def test_dataloader_batches(vtab_dir, collate_fn):
+    threads = torch.get_num_threads()
+    x, y = next(iter(DataLoader(load(vtab_dir).train, batch_size=5, num_workers=0, collate_fn=collate_fn)))
     assert x.shape == (5, 3, SIZE, SIZE) and y.dtype == torch.int64
+    assert torch.get_num_threads() == threads  # items and collate run on one thread, then restore the count
 
 
 def test_user_split_is_seeded(tmp_path):
@@ -442,3 +446,14 @@ def test_animal_mnist_loads_and_is_cached(monkeypatch):
     assert not any(row.tobytes() in train_rows for row in arrays.images[arrays.is_test])
     monkeypatch.setitem(builtin.FETCHERS, "animal-mnist", _refuse_fetch)
     assert load("animal-mnist").describe()["fingerprints"] == splits.describe()["fingerprints"]
+
+
+def test_fetch_failures_say_what_to_do(monkeypatch, tmp_path):
+    monkeypatch.setenv("VPTUNE_CACHE", str(tmp_path))  # empty cache: a fetch is needed
+    monkeypatch.setattr(builtin, "FASHION_SYSTEM_DIR", tmp_path / "no-such-dir")
+    monkeypatch.setattr(builtin.shutil, "which", lambda name: None)
+    with pytest.raises(FetchError, match="apt-get.*dataset-fashion-mnist"):
+        load("fashion-mnist")
+    monkeypatch.setitem(sys.modules, "sklearn.datasets", None)  # as if scikit-learn were missing
+    with pytest.raises(DataError, match=r"pip install scikit-learn"):
+        load("digits")

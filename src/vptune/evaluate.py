@@ -8,6 +8,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from .data import collate
+
 
 @torch.no_grad()
 def predict_logits(forward: Callable[[torch.Tensor], torch.Tensor], loader: DataLoader, device: torch.device,
@@ -38,7 +40,7 @@ def evaluate_logits(logits: torch.Tensor, labels: torch.Tensor) -> dict:
 def evaluate_dataset(model: torch.nn.Module, dataset: Dataset, *, batch_size: int = 64, device: str = "cpu",
                      quiet: bool = True) -> dict:
     model.eval()
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
     logits, labels = predict_logits(model, loader, torch.device(device), desc="test", quiet=quiet)
     return evaluate_logits(logits, labels)
 

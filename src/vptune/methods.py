@@ -17,6 +17,7 @@ from .config import PromptConfig
 from .model import PromptedViT
 
 METHODS = ("vpt-deep", "vpt-shallow", "linear", "full", "bias", "partial-k", "lora")
+FROZEN_BACKBONE = ("vpt-deep", "vpt-shallow", "linear")  # methods that leave every backbone weight as it was
 _PARTIAL = re.compile(r"^partial-(\d+)$")
 
 

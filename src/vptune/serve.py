@@ -64,7 +64,8 @@ def evaluate_task(path: str | os.PathLike, *, data: str | None = None, split: st
     model = load_task(task).to(device)
     size = meta["data"]["input_size"][-1]
     splits = load_data(source, img_size=size, mean=tuple(meta["data"]["mean"]), std=tuple(meta["data"]["std"]),
-                       protocol=training.get("protocol", "vtab1k"), seed=training.get("seed", 0))
+                       protocol=training.get("protocol", "vtab1k"), recipe=training.get("recipe", "vtab"),
+                       seed=training.get("seed", 0))
     if model.class_names and list(splits.class_names) != list(model.class_names):
         raise ValueError(f"{source} has classes {splits.class_names}, but the task was trained on "
                          f"{model.class_names}; evaluate on data with the same classes")

@@ -31,12 +31,10 @@ from tqdm.auto import tqdm
 from .backbones import DEFAULT_BACKBONE, create_backbone
 from .checkpoint import WEIGHTS_FILE, atomic_write, atomic_write_text, task_tensors
 from .config import PromptConfig
-from .data import load_data
+from .data import collate, load_data
 from .evaluate import evaluate_logits, predict_logits
-from .methods import build_model, check_method, optimizer_groups
+from .methods import FROZEN_BACKBONE, build_model, check_method, optimizer_groups
 from .model import PromptedViT, count_parameters
-
-SGD_METHODS = ("vpt-deep", "vpt-shallow", "linear")
 
 
 class TrainingError(RuntimeError):
@@ -83,7 +81,7 @@ class TrainConfig:
     def resolved(self) -> "TrainConfig":
         """Fill the method-dependent defaults and validate; the result is what config.yaml records."""
         check_method(self.method)
-        sgd = self.method in SGD_METHODS
+        sgd = self.method in FROZEN_BACKBONE  # the original's SGD recipe; AdamW where backbone weights move
         cfg = dataclasses.replace(
             self,
             optimizer=self.optimizer or ("sgd" if sgd else "adamw"),
@@ -245,7 +243,7 @@ def _train_epoch(forward, model, dataset, optimizer, scheduler, cfg, epoch, quie
 def _loader(dataset: Dataset, cfg: TrainConfig, shuffle: bool, epoch: int = 0) -> DataLoader:
     generator = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
     return DataLoader(dataset, batch_size=cfg.batch_size, shuffle=shuffle, generator=generator,
-                      num_workers=cfg.num_workers)
+                      num_workers=cfg.num_workers, collate_fn=collate)
 
 
 def _evaluate(forward, model, dataset, cfg) -> dict:
@@ -320,6 +318,8 @@ def _summarise(out, cfg, backbone, splits, counts, best, train_seconds, quiet) -
 
     test = {}
     if splits.test is not None:
+        if cfg.method not in FROZEN_BACKBONE:  # the method changed the backbone in place: load onto a fresh one
+            backbone = create_backbone(cfg.backbone, img_size=cfg.img_size, weights=cfg.weights)
         model = load_task(out / "best", backbone=backbone).to(cfg.device)
         test = evaluate_dataset(model, _subset(splits.test, cfg), batch_size=cfg.batch_size, device=cfg.device,
                                 quiet=quiet)

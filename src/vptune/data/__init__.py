@@ -10,9 +10,9 @@ Modules: `builtin` (fetch + cache), `formats` (users' layouts), `splits` (seeded
 `transforms` (recipes), `datasets` (torch datasets, DataSplits), `load` (load_data).
 """
 from .builtin import BUILTIN_DATASETS, cache_dir
-from .datasets import ArrayDataset, DataSplits, FileDataset
+from .datasets import ArrayDataset, DataSplits, FileDataset, collate
 from .errors import DataError, DataWarning, FetchError
 from .load import load_data
 
 __all__ = ["load_data", "DataSplits", "BUILTIN_DATASETS", "DataError", "cache_dir",
-           "DataWarning", "FetchError", "ArrayDataset", "FileDataset"]
+           "DataWarning", "FetchError", "ArrayDataset", "FileDataset", "collate"]

@@ -43,6 +43,8 @@ CACHE_VERSION = 1  # bump when the cache file layout or a fixed split changes: o
 FIXED_SPLIT_SEED = 0  # the held-out test sets of animal-mnist and digits never depend on the user's seed
 
 FASHION_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")  # where `apt-get install` puts it
+FASHION_FILES = {("train", "images"): "train-images-idx3-ubyte.gz", ("train", "labels"): "train-labels-idx1-ubyte.gz",
+                 ("test", "images"): "t10k-images-idx3-ubyte.gz", ("test", "labels"): "t10k-labels-idx1-ubyte.gz"}
 FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 
@@ -106,7 +108,7 @@ def load_builtin(name: str) -> BuiltinArrays:
         try:
             return _read_cache(path)
         except Exception as err:  # a stale layout or a damaged file: rebuild instead of failing
-            warnings.warn(f"rebuilding the cache file {path}: {err}", DataWarning, stacklevel=2)
+            warnings.warn(f"rebuilding the cache file {path}: {err}", DataWarning, stacklevel=4)
     arrays = FETCHERS[name]()
     _write_cache(path, arrays)
     return arrays
@@ -155,7 +157,10 @@ def _run(cmd: list[str], cwd: str | Path, hint: str) -> None:
 
 def _read_idx(path: Path) -> np.ndarray:
     """An IDX file (the MNIST format): big-endian magic (0, 0, 0x08 = uint8, number of dims), dims, data."""
-    raw = gzip.decompress(path.read_bytes())
+    try:
+        raw = gzip.decompress(path.read_bytes())
+    except (OSError, EOFError) as err:
+        raise DataError(f"cannot read {path}: {err}") from err
     zero, dtype_code, ndim = struct.unpack(">HBB", raw[:4])
     if zero != 0 or dtype_code != 0x08:
         raise DataError(f"{path} is not a uint8 IDX file")
@@ -167,9 +172,8 @@ def _read_idx(path: Path) -> np.ndarray:
 
 
 def _fashion_from_dir(folder: Path, origin: str) -> BuiltinArrays:
-    parts = {split: (_read_idx(folder / f"{split}-images-idx3-ubyte.gz"),
-                     _read_idx(folder / f"{split}-labels-idx1-ubyte.gz")) for split in ("train", "t10k")}
-    (train_x, train_y), (test_x, test_y) = parts["train"], parts["t10k"]
+    train_x, train_y, test_x, test_y = (_read_idx(folder / FASHION_FILES[split, kind])
+                                        for split in ("train", "test") for kind in ("images", "labels"))
     is_test = np.r_[np.zeros(len(train_y), bool), np.ones(len(test_y), bool)]
     return _arrays(np.concatenate([train_x, test_x]), np.concatenate([train_y, test_y]), is_test,
                    FASHION_CLASSES, origin)
@@ -177,12 +181,13 @@ def _fashion_from_dir(folder: Path, origin: str) -> BuiltinArrays:
 
 def fetch_fashion_mnist() -> BuiltinArrays:
     """From the installed Debian package if present, else `apt-get download` + `dpkg-deb -x` (no root needed)."""
-    if FASHION_SYSTEM_DIR.is_dir():
+    if all((FASHION_SYSTEM_DIR / name).is_file() for name in FASHION_FILES.values()):
         return _fashion_from_dir(FASHION_SYSTEM_DIR, f"{FASHION_SYSTEM_DIR} (Debian dataset-fashion-mnist)")
     hint = ("fashion-mnist comes from the Debian package dataset-fashion-mnist: install it "
             "(apt-get install dataset-fashion-mnist) or make `apt-get download` work (apt-get update)")
     (cache_dir() / "data").mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as download, tempfile.TemporaryDirectory(dir=cache_dir() / "data") as unpacked:
+    with tempfile.TemporaryDirectory() as download, tempfile.TemporaryDirectory(
+            dir=cache_dir() / "data", prefix=".fashion-mnist-unpack-") as unpacked:
         _run(["apt-get", "download", "dataset-fashion-mnist"], cwd=download, hint=hint)
         debs = sorted(Path(download).glob("*.deb"))
         if not debs:

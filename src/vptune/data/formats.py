@@ -179,7 +179,7 @@ def read_csv(path: Path) -> UserData:
             raise DataError(f"{path} line {number}: expected `path,label`"
                             f"{',split' if width == 3 else ''} like the first row, got {cells}")
         split = cells[2].lower() if width == 3 else "all"
-        if split not in ("all", "train", "val", "test"):
+        if width == 3 and split not in ("train", "val", "test"):
             raise DataError(f"{path} line {number}: split must be train, val or test, got {cells[2]!r}")
         raw.setdefault(split, []).append((path.parent / cells[0], cells[1], f"{path} line {number}"))
     if width == 3 and not ("train" in raw and "test" in raw):

@@ -106,7 +106,7 @@ def _drop_bad(splits: dict[str, list[Sample]]) -> tuple[dict[str, list[Sample]],
     if bad:
         shown = "; ".join(f"{path} ({why})" for path, why in list(bad.items())[:3])
         warnings.warn(f"skip_bad=True: dropped {len(bad)} unreadable or missing image file(s): {shown}"
-                      + (" ..." if len(bad) > 3 else ""), DataWarning, stacklevel=3)
+                      + (" ..." if len(bad) > 3 else ""), DataWarning, stacklevel=4)
     return {split: [s for s in samples if s.path not in bad] for split, samples in splits.items()}, len(bad)
 
 
@@ -138,4 +138,4 @@ def _warn_small(classes: list[int], class_names: list[str], splits: str) -> None
     if classes:
         names = ", ".join(repr(class_names[c]) for c in classes[:5]) + (" ..." if len(classes) > 5 else "")
         warnings.warn(f"{len(classes)} class(es) too small to appear in {splits}: {names}; "
-                      "they are kept in train only", DataWarning, stacklevel=4)
+                      "they are kept in train only", DataWarning, stacklevel=5)

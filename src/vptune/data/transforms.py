@@ -46,6 +46,7 @@ def build_transform(img_size: int, mean: Sequence[float], std: Sequence[float], 
         resize = v2.Resize(int(img_size * 256 / 224), antialias=True)  # shorter side, aspect kept
         crop = [v2.RandomCrop(img_size), v2.RandomHorizontalFlip()] if train else [v2.CenterCrop(img_size)]
         geometry = [resize, *crop]
-    # Geometry runs on uint8 with one channel where the source is gray (cheaper), colour comes after.
-    return v2.Compose([*geometry, ToRGB(), v2.ToDtype(torch.float32, scale=True),
+    # Gray sources stay one channel through geometry and dtype conversion (a third of the work); the channel
+    # is repeated as a view just before normalising, which writes the one 3-channel tensor of the pipeline.
+    return v2.Compose([*geometry, v2.ToDtype(torch.float32, scale=True), ToRGB(),
                        v2.Normalize(mean=list(map(float, mean)), std=list(map(float, std)))])

@@ -8,18 +8,25 @@ the block's prompt element-wise to every existing token.
 Two ways to compute the same thing:
 - `path="tokens"`: the reference. Prompts are ordinary tokens of the sequence, as in the original code.
 - `path="prefix"` (default): at a block whose prompt outputs are never read, the prompts contribute only
-  keys and values (see `attention.py`), computed once per batch and cached at inference.
+  keys and values (see `attention.py`), computed once per batch and cached at inference; and the last
+  block computes the [CLS] output only (the head reads nothing else). The no-prompt path (linear probe)
+  uses the same last-block shortcut.
+
+`grad_checkpointing=True` recomputes each block in the backward pass instead of keeping its activations
+(much less training memory for about one extra forward pass of time; see docs/performance.md).
 """
 from __future__ import annotations
 
 import os
 import warnings
 from dataclasses import dataclass
+from functools import partial
 from typing import Iterator, Sequence
 
 import torch
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from ..config import PromptConfig
 from .attention import prefix_block, prompt_key_values, supports_prefix
@@ -39,11 +46,13 @@ class PromptedViT(nn.Module):
         path: "prefix" (fast, default) or "tokens" (the reference computation).
         backbone_name: recorded in task checkpoints; defaults to `backbone.vptune_name` or timm's name.
         class_names: optional labels, stored in task checkpoints and used by `predict`.
+        grad_checkpointing: recompute blocks in the backward pass rather than storing their activations
+            (less memory, more time; exact same results). Also settable later as an attribute.
     """
 
     def __init__(self, backbone: VisionTransformer, prompt: PromptConfig, num_classes: int, *,
                  path: str = "prefix", backbone_name: str | None = None,
-                 class_names: Sequence[str] | None = None) -> None:
+                 class_names: Sequence[str] | None = None, grad_checkpointing: bool = False) -> None:
         super().__init__()
         _check_backbone(backbone)
         if not isinstance(num_classes, int) or num_classes < 1:
@@ -55,6 +64,7 @@ class PromptedViT(nn.Module):
         self.path = path
         self.backbone_name = backbone_name or getattr(backbone, "vptune_name", None) or _timm_name(backbone)
         self.class_names = list(class_names) if class_names is not None else None
+        self.grad_checkpointing = grad_checkpointing
 
         depth = len(backbone.blocks)
         self.embed_dim = backbone.embed_dim
@@ -67,7 +77,7 @@ class PromptedViT(nn.Module):
         nn.init.zeros_(self.head.bias)
 
         self._prefix_blocks = self._plan_prefix_blocks(depth)
-        self._kv_cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._kv_cache: dict[int, torch.Tensor] = {}
         self._kv_cache_key: tuple | None = None
 
     @classmethod
@@ -143,7 +153,7 @@ class PromptedViT(nn.Module):
         """Images (B, 3, H, W) -> final normed [CLS] embedding (B, embed_dim)."""
         x = self._embed(images)
         if self.prompts is None:
-            x = self.backbone.blocks(x)
+            x = self._blocks_plain(x)
         elif self.prompt_config.location == "add":
             x = self._blocks_add(x)
         elif self.path == "tokens":
@@ -157,6 +167,21 @@ class PromptedViT(nn.Module):
         bb = self.backbone
         return bb.norm_pre(bb.patch_drop(bb._pos_embed(bb.patch_embed(images))))
 
+    def _block(self, fn, *args: torch.Tensor) -> torch.Tensor:
+        """fn(*args), recomputed in the backward pass when gradient checkpointing is on and gradients flow."""
+        if self.grad_checkpointing and torch.is_grad_enabled():
+            return checkpoint(fn, *args, use_reentrant=False)
+        return fn(*args)
+
+    def _blocks_plain(self, x: torch.Tensor) -> torch.Tensor:
+        """No prompt: the backbone's blocks, the last one for [CLS] only when we know its block type."""
+        *blocks, last = self.backbone.blocks
+        for block in blocks:
+            x = self._block(block, x)
+        if supports_prefix(last):
+            return self._block(partial(prefix_block, last, prompt_kv=None, queries=1), x)
+        return self._block(last, x)
+
     def _blocks_tokens(self, x: torch.Tensor) -> torch.Tensor:
         """Reference: prompts are tokens of the sequence, inserted once and replaced at each prompted block."""
         batch, start, p = x.shape[0], self.num_prefix_tokens, self.prompt_config.num_tokens
@@ -167,7 +192,7 @@ class PromptedViT(nn.Module):
                 rest = x[:, start + p:] if inserted else x[:, start:]
                 x = torch.cat([x[:, :start], prompts[self._prompt_index[i]].expand(batch, -1, -1), rest], dim=1)
                 inserted = True
-            x = block(x)
+            x = self._block(block, x)
         return x
 
     def _blocks_prefix(self, x: torch.Tensor) -> torch.Tensor:
@@ -176,18 +201,20 @@ class PromptedViT(nn.Module):
         prompts = self.prompts(batch)
         use_cache = self._kv_cache_usable(x)
         slots = None  # what the prompt slots hold now: (B or 1, p, d), or None before the first prompt
+        last = len(self.backbone.blocks) - 1
         for i, block in enumerate(self.backbone.blocks):
             fresh = i in self._prompt_index
             if fresh:
                 slots = prompts[self._prompt_index[i]]
             if slots is None:
-                x = block(x)
+                x = self._block(block, x)
             elif i in self._prefix_blocks:
-                k, v = self._prompt_kv(i, block, slots, cache=use_cache and fresh)
-                x = prefix_block(block, x, k, v)
+                kv = self._prompt_kv(i, block, slots, cache=use_cache and fresh)
+                # The head reads [CLS] only: the last block needs no other token's output.
+                x = self._block(partial(prefix_block, block, queries=1 if i == last else None), x, kv)
                 slots = None  # their outputs would be replaced or never read
             else:  # slot outputs are carried on into the next block: run the full sequence
-                h = block(torch.cat([x[:, :start], slots.expand(batch, -1, -1), x[:, start:]], dim=1))
+                h = self._block(block, torch.cat([x[:, :start], slots.expand(batch, -1, -1), x[:, start:]], dim=1))
                 x, slots = torch.cat([h[:, :start], h[:, start + p:]], dim=1), h[:, start:start + p]
         return x
 
@@ -201,7 +228,7 @@ class PromptedViT(nn.Module):
         for i, block in enumerate(self.backbone.blocks):
             if i in self._prompt_index:
                 x = x + prompts[self._prompt_index[i]]
-            x = block(x)
+            x = self._block(block, x)
         return x
 
     # ---------------------------------------------------------------------------------- prompt K/V cache
@@ -219,8 +246,7 @@ class PromptedViT(nn.Module):
             self._kv_cache_key = key
         return True
 
-    def _prompt_kv(self, index: int, block: nn.Module, slots: torch.Tensor,
-                   cache: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    def _prompt_kv(self, index: int, block: nn.Module, slots: torch.Tensor, cache: bool) -> torch.Tensor:
         if not cache:
             return prompt_key_values(block, slots)
         if index not in self._kv_cache:

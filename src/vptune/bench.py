@@ -1,0 +1,335 @@
+"""`vptune bench`: speed and memory of VPT's fast "prefix" path against the reference and the frozen backbone.
+
+For each model, prompt mode and prompt length p it measures, side by side in one process (the configs of a
+group take turns within every repeat, so load from other processes hits them alike), after warm-up, the
+median of several repeats of:
+- training step time: forward + cross-entropy + backward (to the prompts and head) + SGD-momentum step;
+- peak memory of one training step, above the resident model and batch. CUDA: `max_memory_allocated`.
+  CPU: each model's configs run in a fresh subprocess whose allocator returns freed blocks to the OS at once
+  (MALLOC_MMAP_THRESHOLD_), reading the kernel's resident-set high-water mark (reset per config);
+- inference throughput, images/s at batch `--batch` and at batch 1 (eval + no_grad, prompt K/V cached);
+and every figure as a ratio to the reference "tokens" path and to the frozen backbone ("floor", no prompt).
+Random weights (`pretrained=False`): speed does not depend on the values.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from .config import PromptConfig
+from .model import PromptedViT
+
+# alias -> (timm name, timm kwargs, default repeats: fewer for the big model so the default grid stays ~15 min)
+MODELS = {
+    "vit-s14": ("vit_small_patch14_dinov2", {"img_size": 224}, 3),
+    "vit-b16": ("vit_base_patch16_224", {}, 1),
+    "tiny": ("vit_tiny_patch16_224", {"img_size": 32, "depth": 2, "embed_dim": 32, "num_heads": 2}, 1),
+}
+# floor: no prompt (linear probe); tokens: the reference; prefix: the fast path; -ckpt: gradient checkpointing
+PATHS = ("floor", "tokens", "prefix", "prefix-ckpt", "tokens-ckpt")
+FIGURES = ("train_step_s", "train_peak_mb", "infer_ips", "infer_b1_ips")
+# Defaults of the full grid and of --quick (explicit options win over both).
+DEFAULTS = {"models": ["vit-s14", "vit-b16"], "prompts": [10, 50, 100, 200], "batch": 32, "threads": None}
+QUICK = {"models": ["tiny"], "prompts": [2, 4], "batch": 4, "train_batch": 2, "repeats": 1, "threads": 1}
+NUM_CLASSES = 100
+B1_CALLS = 8  # batch-1 inference: images per timed repeat
+
+
+@dataclass(frozen=True)
+class Config:
+    model: str
+    mode: str  # "" for the floor
+    prompts: int  # 0 for the floor
+    path: str
+
+    def build(self, backbone: torch.nn.Module, device: str) -> PromptedViT:
+        prompt = PromptConfig(num_tokens=self.prompts, mode=self.mode or "deep")
+        path = "prefix" if self.path == "floor" else self.path.split("-")[0]
+        model = PromptedViT(backbone, prompt, NUM_CLASSES, path=path, grad_checkpointing=self.path.endswith("-ckpt"))
+        return model.to(device)
+
+
+# ------------------------------------------------------------------------------------------------ measuring
+class Runner:
+    """One model's backbone and batches on one device, and the timed operations on them."""
+
+    def __init__(self, alias: str, args: argparse.Namespace) -> None:
+        import timm
+
+        name, kwargs, _ = MODELS.get(alias, (alias, {}, None))
+        torch.manual_seed(0)
+        self.device, self.args = args.device, args
+        self.backbone = timm.create_model(name, pretrained=False, num_classes=0, **kwargs).to(self.device).eval()
+        size = self.backbone.patch_embed.img_size
+        self.images = torch.randn(max(args.batch, args.train_batch), 3, *size, device=self.device)
+        self.labels = torch.randint(0, NUM_CLASSES, (args.train_batch,), device=self.device)
+        self.models: dict[Config, tuple[PromptedViT, torch.optim.Optimizer]] = {}
+
+    def model(self, cfg: Config) -> tuple[PromptedViT, torch.optim.Optimizer]:
+        if cfg not in self.models:
+            model = cfg.build(self.backbone, self.device)
+            self.models[cfg] = model, torch.optim.SGD(model.trainable_parameters(), lr=1e-3, momentum=0.9)
+        return self.models[cfg]
+
+    def autocast(self):
+        dtype = torch.bfloat16 if self.args.dtype == "bfloat16" else None
+        return torch.autocast(self.device.split(":")[0], dtype=dtype) if dtype else nullcontext()
+
+    def sync(self) -> None:
+        if self.device.startswith("cuda"):
+            torch.cuda.synchronize(self.device)
+
+    def timed(self, fn: Callable[[], object]) -> float:
+        self.sync()
+        start = time.perf_counter()
+        fn()
+        self.sync()
+        return time.perf_counter() - start
+
+    def train_step(self, cfg: Config, batch: int | None = None) -> None:
+        model, optimizer = self.model(cfg)
+        batch = batch or self.args.train_batch
+        model.train()
+        optimizer.zero_grad(set_to_none=True)
+        with self.autocast():
+            loss = F.cross_entropy(model(self.images[:batch]), self.labels[:batch])
+        loss.backward()
+        optimizer.step()
+
+    def infer(self, cfg: Config, batch: int, calls: int = 1) -> None:
+        model = self.model(cfg)[0].eval()
+        with torch.no_grad(), self.autocast():
+            for _ in range(calls):
+                model(self.images[:batch])
+
+    def cuda_peak_mb(self, cfg: Config) -> float:
+        """Peak allocated memory of one training step above what was allocated before it."""
+        self.sync()
+        torch.cuda.reset_peak_memory_stats(self.device)
+        base = torch.cuda.memory_allocated(self.device)
+        self.train_step(cfg)
+        self.sync()
+        return (torch.cuda.max_memory_allocated(self.device) - base) / 2**20
+
+
+def side_by_side(configs: list[Config], measure: Callable[[Config], float], warmup: int, repeats: int,
+                 samples: dict[tuple[Config, str], list[float]], figure: str) -> None:
+    """Every config once per round, starting one further along each round; warm-up rounds are dropped."""
+    for r in range(warmup + repeats):
+        for i in range(len(configs)):
+            cfg = configs[(i + r) % len(configs)]
+            value = measure(cfg)
+            if r >= warmup:
+                samples.setdefault((cfg, figure), []).append(value)
+
+
+def time_model(alias: str, groups: list[list[Config]], args: argparse.Namespace,
+               samples: dict[tuple[Config, str], list[float]]) -> None:
+    runner = Runner(alias, args)
+    repeats = args.repeats or MODELS.get(alias, (None, None, 3))[2]
+    for group in groups:
+        print(f"  {alias}: {', '.join(f'{c.path}' + (f' {c.mode} p={c.prompts}' if c.prompts else '') for c in group)}",
+              file=sys.stderr, flush=True)
+        side_by_side(group, lambda c: runner.timed(lambda: runner.train_step(c)), args.warmup, repeats,
+                     samples, "train_step_s")
+        infer = [c for c in group if not c.path.endswith("-ckpt")]  # checkpointing changes nothing without grad
+        side_by_side(infer, lambda c: args.batch / runner.timed(lambda: runner.infer(c, args.batch)),
+                     args.warmup, repeats, samples, "infer_ips")
+        side_by_side(infer, lambda c: B1_CALLS / runner.timed(lambda: runner.infer(c, 1, B1_CALLS)),
+                     args.warmup, repeats, samples, "infer_b1_ips")
+        if args.memory and args.device.startswith("cuda"):
+            for cfg in group:
+                samples[(cfg, "train_peak_mb")] = [runner.cuda_peak_mb(cfg)]
+        for cfg in group:  # free this group's models (the floor is kept: it is in every group)
+            if cfg.path != "floor":
+                runner.models.pop(cfg, None)
+
+
+# ---------------------------------------------------------------------------------- CPU memory (subprocess)
+def _proc_status_mb(key: str) -> float:
+    return int(re.search(rf"^{key}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.M).group(1)) / 1024
+
+
+def memory_worker(spec: dict) -> None:
+    """Runs in a fresh process: prints {config: peak MB above the resident model and batch} as JSON."""
+    args = argparse.Namespace(**spec["args"])
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    runner, result = Runner(spec["alias"], args), {}
+    for fields in spec["configs"]:
+        cfg = Config(**fields)
+        runner.train_step(cfg, batch=1)  # first-call set-up (kernels, thread pools) is not the config's memory
+        before = _proc_status_mb("VmRSS")
+        Path("/proc/self/clear_refs").write_text("5")  # reset the high-water mark (VmHWM) to the current RSS
+        runner.train_step(cfg)
+        result[json.dumps(fields)] = _proc_status_mb("VmHWM") - before
+        runner.models.pop(cfg)
+    print(json.dumps(result))
+
+
+def cpu_memory(alias: str, configs: list[Config], args: argparse.Namespace) -> dict[Config, float]:
+    runner_args = {k: getattr(args, k) for k in ("device", "dtype", "batch", "train_batch", "threads")}
+    spec = {"alias": alias, "configs": [asdict(c) for c in configs], "args": runner_args}
+    # A fixed mmap threshold turns off glibc's heap reuse of large freed blocks, so RSS follows live memory.
+    env = os.environ | {"MALLOC_MMAP_THRESHOLD_": "65536"}
+    out = subprocess.run([sys.executable, "-m", "vptune.bench", "--memory-worker", json.dumps(spec)],
+                         env=env, check=True, capture_output=True, text=True).stdout
+    return {Config(**json.loads(k)): v for k, v in json.loads(out.strip().splitlines()[-1]).items()}
+
+
+# ------------------------------------------------------------------------------------------------ reporting
+def make_rows(configs: list[Config], samples: dict[tuple[Config, str], list[float]],
+              args: argparse.Namespace) -> list[dict]:
+    """One row per config: medians, then each figure as a ratio to the reference and to the floor."""
+    raw = {c: {f: statistics.median(samples[(c, f)]) if samples.get((c, f)) else None for f in FIGURES}
+           for c in configs}
+    rows = []
+    for c in configs:
+        ref = raw.get(Config(c.model, c.mode, c.prompts, "tokens")) if c.path != "floor" else None
+        floor = raw.get(Config(c.model, "", 0, "floor"))
+        row = {"model": c.model, "mode": c.mode, "prompts": c.prompts, "path": c.path,
+               "train_batch": args.train_batch, "infer_batch": args.batch, **raw[c]}
+        for name, base in (("ref", ref), ("floor", floor)):
+            for f in FIGURES:
+                ok = base and raw[c][f] is not None and base[f]
+                row[f"{f}_vs_{name}"] = raw[c][f] / base[f] if ok else None
+        rows.append(row)
+    return rows
+
+
+def machine_info(device: str) -> dict:
+    import timm
+
+    cpu = platform.processor()
+    if Path("/proc/cpuinfo").exists():
+        names = re.findall(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.M)
+        cpu = names[0] if names else cpu
+    info = {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__, "timm": timm.__version__, "python": platform.python_version(),
+            "device": device, "load_avg": os.getloadavg() if hasattr(os, "getloadavg") else None}
+    if device.startswith("cuda"):
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def table(rows: list[dict]) -> str:
+    """Markdown table: each figure, then its ratio to the reference path (x ref) and to the floor (x floor)."""
+    head = ["model", "mode", "p", "path", "train s/step", "x ref", "x floor", "train peak MB", "x ref", "x floor",
+            f"infer img/s (b{rows[0]['infer_batch']})", "x ref", "x floor", "infer img/s (b1)", "x ref", "x floor"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [r["model"], r["mode"] or "-", str(r["prompts"]), r["path"]]
+        for f, spec in zip(FIGURES, (".3f", ".0f", ".1f", ".1f")):
+            cells += [_fmt(r[f], spec), _fmt(r[f"{f}_vs_ref"], ".2f"), _fmt(r[f"{f}_vs_floor"], ".2f")]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_outputs(out: Path, rows: list[dict], meta: dict) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "bench.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    (out / "bench.json").write_text(json.dumps({**meta, "rows": rows}, indent=1))
+    (out / "bench.md").write_text(f"Machine: {json.dumps(meta['machine'])}\n\nSettings: {json.dumps(meta['settings'])}"
+                                  f"\n\n{table(rows)}\n")
+
+
+# ------------------------------------------------------------------------------------------------------ CLI
+def _csv(kind: Callable[[str], object]) -> Callable[[str], list]:
+    return lambda text: [kind(item) for item in text.split(",") if item.strip()]
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="vptune bench", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--models", type=_csv(str), help=f"aliases ({', '.join(MODELS)}) or timm ViT names "
+                        f"(default: {','.join(DEFAULTS['models'])})")
+    parser.add_argument("--prompts", type=_csv(int), help="prompt lengths p (default: 10,50,100,200)")
+    parser.add_argument("--modes", type=_csv(str), default=["deep", "shallow"])
+    parser.add_argument("--paths", type=_csv(str), default=["floor", "tokens", "prefix"], help=f"of {PATHS}")
+    parser.add_argument("--batch", type=int, help="inference batch, default 32 (batch 1 is always measured too)")
+    parser.add_argument("--train-batch", type=int, default=None,
+                        help="training batch (default: --batch on CUDA, 8 on CPU where a ViT-B/16 step at 32 "
+                             "takes ~40 s)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed repeats (default: 3, 1 for vit-b16)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed rounds before the repeats")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="bfloat16: autocast")
+    parser.add_argument("--no-memory", dest="memory", action="store_false", help="skip peak-memory measurement")
+    parser.add_argument("--quick", action="store_true", help="tiny model and sizes (for tests)")
+    parser.add_argument("--out", type=Path, default=Path("runs/bench"), help="writes bench.csv/.json/.md here")
+    parser.add_argument("--memory-worker", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    for key, value in (QUICK if args.quick else DEFAULTS).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if args.train_batch is None:
+        args.train_batch = args.batch if args.device.startswith("cuda") else 8
+    bad = [p for p in args.paths if p not in PATHS] + [m for m in args.modes if m not in ("deep", "shallow")]
+    if bad or "tokens" not in args.paths or "floor" not in args.paths:
+        parser.error(f"--paths must include floor and tokens (the ratios' bases), from {PATHS}; "
+                     f"--modes from deep, shallow; got {bad or args.paths}")
+    return args
+
+
+def grid(args: argparse.Namespace, alias: str) -> list[list[Config]]:
+    """Groups measured side by side: the floor and every path at one (mode, p)."""
+    floor = Config(alias, "", 0, "floor")
+    return [[floor] + [Config(alias, mode, p, path) for path in args.paths if path != "floor"]
+            for mode in args.modes for p in args.prompts]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.memory_worker:
+        memory_worker(json.loads(args.memory_worker))
+        return 0
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit("vptune bench: --device cuda but CUDA is not available")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    samples: dict[tuple[Config, str], list[float]] = {}
+    configs: list[Config] = []
+    started = time.time()
+    for alias in args.models:
+        groups = grid(args, alias)
+        configs += [c for c in dict.fromkeys(c for g in groups for c in g)]
+        time_model(alias, groups, args, samples)
+        if args.memory and not args.device.startswith("cuda"):
+            print(f"  {alias}: peak memory (one subprocess)", file=sys.stderr, flush=True)
+            for cfg, mb in cpu_memory(alias, list(dict.fromkeys(c for g in groups for c in g)), args).items():
+                samples[(cfg, "train_peak_mb")] = [mb]
+    rows = make_rows(configs, samples, args)
+    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "memory_worker"}
+    meta = {"machine": machine_info(args.device), "settings": settings, "seconds": round(time.time() - started),
+            "samples": {f"{c.model}/{c.mode}/{c.prompts}/{c.path}/{f}": v for (c, f), v in samples.items()}}
+    print(table(rows))
+    write_outputs(args.out, rows, meta)
+    print(f"wrote {args.out}/bench.csv, bench.json, bench.md ({meta['seconds']} s)", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
