@@ -14,36 +14,37 @@ import tempfile
 
 from vptune.train import TrainConfig, train
 
-GRID = {
-    "linear": {"lr": [None], "head_lr": [0.02, 0.08, 0.3]},
-    "vpt-deep": {"lr": [0.5, 2.0, 8.0], "head_lr": [0.02]},
-    "vpt-shallow": {"lr": [2.0, 8.0], "head_lr": [0.02]},
-}
-
+# (method, base lr of prompts, base lr of head); lr None = the method has no prompts. Base rates are scaled by
+# batch / 256 (x 1/8 at batch 32).
+GRID = [
+    ("linear", None, 0.02), ("linear", None, 0.08), ("linear", None, 0.3),
+    ("vpt-deep", 0.5, 0.02), ("vpt-deep", 0.5, 0.08), ("vpt-deep", 2.0, 0.02),
+    ("vpt-shallow", 2.0, 0.02),
+]
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", nargs="+", default=["animal-mnist"])
-    parser.add_argument("--methods", nargs="+", default=list(GRID))
+    parser.add_argument("--methods", nargs="+", default=sorted({m for m, _, _ in GRID}))
+    parser.add_argument("--skip", type=int, default=0, help="skip the first N runs of the grid (to continue a sweep)")
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--img-size", type=int, default=112)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", default="lr_sweep.jsonl")
     args = parser.parse_args()
-    results = []
-    for data, method, seed in itertools.product(args.data, args.methods, args.seeds):
-        for lr, head_lr in itertools.product(GRID[method]["lr"], GRID[method]["head_lr"]):
-            with tempfile.TemporaryDirectory() as out:
-                cfg = TrainConfig(data=data, output=f"{out}/run", method=method, img_size=args.img_size,
-                                  epochs=args.epochs, lr=lr, head_lr=head_lr, seed=seed, device=args.device)
-                summary = train(cfg, quiet=True)
-            row = {"data": data, "method": method, "seed": seed, "lr": lr, "head_lr": head_lr,
-                   "best_val_top1": summary["best_val_top1"], "test_top1": summary["test_top1"]}
-            print(json.dumps(row), flush=True)
-            results.append(row)
-            with open(args.out, "a") as f:
-                f.write(json.dumps(row) + "\n")
+    runs = [(data, seed, *run) for data, seed, run in itertools.product(args.data, args.seeds, GRID)
+            if run[0] in args.methods]
+    for data, seed, method, lr, head_lr in runs[args.skip:]:
+        with tempfile.TemporaryDirectory() as out:
+            cfg = TrainConfig(data=data, output=f"{out}/run", method=method, img_size=args.img_size,
+                              epochs=args.epochs, lr=lr, head_lr=head_lr, seed=seed, device=args.device)
+            summary = train(cfg, quiet=True)
+        row = {"data": data, "method": method, "seed": seed, "lr": lr, "head_lr": head_lr,
+               "best_val_top1": summary["best_val_top1"], "test_top1": summary["test_top1"]}
+        print(json.dumps(row), flush=True)
+        with open(args.out, "a") as f:
+            f.write(json.dumps(row) + "\n")
 
 
 if __name__ == "__main__":

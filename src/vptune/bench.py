@@ -8,8 +8,9 @@ median of several repeats of:
   CPU: each model's configs run in a fresh subprocess whose allocator returns freed blocks to the OS at once
   (MALLOC_MMAP_THRESHOLD_), reading the kernel's resident-set high-water mark (reset per config);
 - inference throughput, images/s at batch `--batch` and at batch 1 (eval + no_grad, prompt K/V cached);
-and every figure as a ratio to the reference "tokens" path and to the frozen backbone ("floor", no prompt).
-Random weights (`pretrained=False`): speed does not depend on the values.
+and every figure as a ratio to the reference "tokens" path and to the frozen backbone ("floor", no prompt),
+measured in the same group: the median over repeats of the ratio within each round, so that changes in the
+machine's load between rounds cancel. Random weights (`pretrained=False`): speed does not depend on the values.
 """
 from __future__ import annotations
 
@@ -34,11 +35,24 @@ import torch.nn.functional as F
 from .config import PromptConfig
 from .model import PromptedViT
 
-# alias -> (timm name, timm kwargs, default repeats: fewer for the big model so the default grid stays ~15 min)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A benchmarked backbone, and its defaults when --repeats / --modes are not given."""
+
+    timm_name: str
+    kwargs: dict
+    repeats: int = 3
+    modes: tuple[str, ...] = ("deep", "shallow")
+
+
+# ViT-B/16 gets fewer repeats and deep prompts only by default: a CPU training step costs ~3x ViT-S/14's, and
+# the default run should stay near 15 minutes on 2 cores (pass --modes / --repeats for the full grid).
 MODELS = {
-    "vit-s14": ("vit_small_patch14_dinov2", {"img_size": 224}, 3),
-    "vit-b16": ("vit_base_patch16_224", {}, 1),
-    "tiny": ("vit_tiny_patch16_224", {"img_size": 32, "depth": 2, "embed_dim": 32, "num_heads": 2}, 1),
+    "vit-s14": ModelSpec("vit_small_patch14_dinov2", {"img_size": 224}),
+    "vit-b16": ModelSpec("vit_base_patch16_224", {}, repeats=1, modes=("deep",)),
+    "tiny": ModelSpec("vit_tiny_patch16_224", {"img_size": 32, "depth": 2, "embed_dim": 32, "num_heads": 2}, 1),
 }
 # floor: no prompt (linear probe); tokens: the reference; prefix: the fast path; -ckpt: gradient checkpointing
 PATHS = ("floor", "tokens", "prefix", "prefix-ckpt", "tokens-ckpt")
@@ -52,9 +66,11 @@ B1_CALLS = 8  # batch-1 inference: images per timed repeat
 
 @dataclass(frozen=True)
 class Config:
+    """One measured model: the floor has mode "" and prompts 0."""
+
     model: str
-    mode: str  # "" for the floor
-    prompts: int  # 0 for the floor
+    mode: str
+    prompts: int
     path: str
 
     def build(self, backbone: torch.nn.Module, device: str) -> PromptedViT:
@@ -64,6 +80,10 @@ class Config:
         return model.to(device)
 
 
+# (group, config, figure) -> one value per timed round; the configs of a group share their rounds
+Samples = dict[tuple[int, Config, str], list[float]]
+
+
 # ------------------------------------------------------------------------------------------------ measuring
 class Runner:
     """One model's backbone and batches on one device, and the timed operations on them."""
@@ -71,10 +91,11 @@ class Runner:
     def __init__(self, alias: str, args: argparse.Namespace) -> None:
         import timm
 
-        name, kwargs, _ = MODELS.get(alias, (alias, {}, None))
+        spec = spec_of(alias)
         torch.manual_seed(0)
         self.device, self.args = args.device, args
-        self.backbone = timm.create_model(name, pretrained=False, num_classes=0, **kwargs).to(self.device).eval()
+        self.backbone = timm.create_model(spec.timm_name, pretrained=False, num_classes=0, **spec.kwargs)
+        self.backbone = self.backbone.to(self.device).eval()
         size = self.backbone.patch_embed.img_size
         self.images = torch.randn(max(args.batch, args.train_batch), 3, *size, device=self.device)
         self.labels = torch.randint(0, NUM_CLASSES, (args.train_batch,), device=self.device)
@@ -128,33 +149,32 @@ class Runner:
 
 
 def side_by_side(configs: list[Config], measure: Callable[[Config], float], warmup: int, repeats: int,
-                 samples: dict[tuple[Config, str], list[float]], figure: str) -> None:
+                 samples: Samples, key: tuple[int, str]) -> None:
     """Every config once per round, starting one further along each round; warm-up rounds are dropped."""
     for r in range(warmup + repeats):
         for i in range(len(configs)):
             cfg = configs[(i + r) % len(configs)]
             value = measure(cfg)
             if r >= warmup:
-                samples.setdefault((cfg, figure), []).append(value)
+                samples.setdefault((key[0], cfg, key[1]), []).append(value)
 
 
-def time_model(alias: str, groups: list[list[Config]], args: argparse.Namespace,
-               samples: dict[tuple[Config, str], list[float]]) -> None:
+def time_model(alias: str, groups: dict[int, list[Config]], args: argparse.Namespace, samples: Samples) -> None:
     runner = Runner(alias, args)
-    repeats = args.repeats or MODELS.get(alias, (None, None, 3))[2]
-    for group in groups:
+    repeats = args.repeats or spec_of(alias).repeats
+    for g, group in groups.items():
         print(f"  {alias}: {', '.join(f'{c.path}' + (f' {c.mode} p={c.prompts}' if c.prompts else '') for c in group)}",
               file=sys.stderr, flush=True)
         side_by_side(group, lambda c: runner.timed(lambda: runner.train_step(c)), args.warmup, repeats,
-                     samples, "train_step_s")
+                     samples, (g, "train_step_s"))
         infer = [c for c in group if not c.path.endswith("-ckpt")]  # checkpointing changes nothing without grad
         side_by_side(infer, lambda c: args.batch / runner.timed(lambda: runner.infer(c, args.batch)),
-                     args.warmup, repeats, samples, "infer_ips")
+                     args.warmup, repeats, samples, (g, "infer_ips"))
         side_by_side(infer, lambda c: B1_CALLS / runner.timed(lambda: runner.infer(c, 1, B1_CALLS)),
-                     args.warmup, repeats, samples, "infer_b1_ips")
+                     args.warmup, repeats, samples, (g, "infer_b1_ips"))
         if args.memory and args.device.startswith("cuda"):
             for cfg in group:
-                samples[(cfg, "train_peak_mb")] = [runner.cuda_peak_mb(cfg)]
+                samples[(g, cfg, "train_peak_mb")] = [runner.cuda_peak_mb(cfg)]
         for cfg in group:  # free this group's models (the floor is kept: it is in every group)
             if cfg.path != "floor":
                 runner.models.pop(cfg, None)
@@ -174,10 +194,10 @@ def memory_worker(spec: dict) -> None:
     for fields in spec["configs"]:
         cfg = Config(**fields)
         runner.train_step(cfg, batch=1)  # first-call set-up (kernels, thread pools) is not the config's memory
-        before = _proc_status_mb("VmRSS")
         Path("/proc/self/clear_refs").write_text("5")  # reset the high-water mark (VmHWM) to the current RSS
+        before = _proc_status_mb("VmRSS")
         runner.train_step(cfg)
-        result[json.dumps(fields)] = _proc_status_mb("VmHWM") - before
+        result[json.dumps(fields)] = max(_proc_status_mb("VmHWM") - before, 0.0)
         runner.models.pop(cfg)
     print(json.dumps(result))
 
@@ -193,21 +213,27 @@ def cpu_memory(alias: str, configs: list[Config], args: argparse.Namespace) -> d
 
 
 # ------------------------------------------------------------------------------------------------ reporting
-def make_rows(configs: list[Config], samples: dict[tuple[Config, str], list[float]],
-              args: argparse.Namespace) -> list[dict]:
-    """One row per config: medians, then each figure as a ratio to the reference and to the floor."""
-    raw = {c: {f: statistics.median(samples[(c, f)]) if samples.get((c, f)) else None for f in FIGURES}
-           for c in configs}
+def paired_ratio(samples: Samples, cfg: Config, base: Config, figure: str) -> float | None:
+    """Median over the rounds that measured both of cfg's value divided by base's."""
+    ratios = [x / b for (g, c, f), values in samples.items() if c == cfg and f == figure
+              for x, b in zip(values, samples.get((g, base, figure), [])) if b]
+    return statistics.median(ratios) if ratios else None
+
+
+def make_rows(configs: list[Config], samples: Samples, args: argparse.Namespace) -> list[dict]:
+    """One row per config: the median of each figure, then each figure as a ratio to the reference and floor."""
     rows = []
     for c in configs:
-        ref = raw.get(Config(c.model, c.mode, c.prompts, "tokens")) if c.path != "floor" else None
-        floor = raw.get(Config(c.model, "", 0, "floor"))
         row = {"model": c.model, "mode": c.mode, "prompts": c.prompts, "path": c.path,
-               "train_batch": args.train_batch, "infer_batch": args.batch, **raw[c]}
-        for name, base in (("ref", ref), ("floor", floor)):
+               "train_batch": args.train_batch, "infer_batch": args.batch}
+        for f in FIGURES:
+            values = [v for (_, cfg, fig), vs in samples.items() if cfg == c and fig == f for v in vs]
+            row[f] = statistics.median(values) if values else None
+        bases = {"ref": Config(c.model, c.mode, c.prompts, "tokens") if c.path != "floor" else None,
+                 "floor": Config(c.model, "", 0, "floor")}
+        for name, base in bases.items():
             for f in FIGURES:
-                ok = base and raw[c][f] is not None and base[f]
-                row[f"{f}_vs_{name}"] = raw[c][f] / base[f] if ok else None
+                row[f"{f}_vs_{name}"] = paired_ratio(samples, c, base, f) if base else None
         rows.append(row)
     return rows
 
@@ -266,13 +292,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--models", type=_csv(str), help=f"aliases ({', '.join(MODELS)}) or timm ViT names "
                         f"(default: {','.join(DEFAULTS['models'])})")
     parser.add_argument("--prompts", type=_csv(int), help="prompt lengths p (default: 10,50,100,200)")
-    parser.add_argument("--modes", type=_csv(str), default=["deep", "shallow"])
+    parser.add_argument("--modes", type=_csv(str), help="deep,shallow (default: both; deep only for vit-b16)")
     parser.add_argument("--paths", type=_csv(str), default=["floor", "tokens", "prefix"], help=f"of {PATHS}")
     parser.add_argument("--batch", type=int, help="inference batch, default 32 (batch 1 is always measured too)")
     parser.add_argument("--train-batch", type=int, default=None,
                         help="training batch (default: --batch on CUDA, 8 on CPU where a ViT-B/16 step at 32 "
                              "takes ~40 s)")
-    parser.add_argument("--repeats", type=int, default=None, help="timed repeats (default: 3, 1 for vit-b16)")
+    parser.add_argument("--repeats", type=int, help="timed repeats (default: 3; 1 for vit-b16)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed rounds before the repeats")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
@@ -287,18 +313,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             setattr(args, key, value)
     if args.train_batch is None:
         args.train_batch = args.batch if args.device.startswith("cuda") else 8
-    bad = [p for p in args.paths if p not in PATHS] + [m for m in args.modes if m not in ("deep", "shallow")]
+    bad = [p for p in args.paths if p not in PATHS] + [m for m in args.modes or () if m not in ("deep", "shallow")]
     if bad or "tokens" not in args.paths or "floor" not in args.paths:
         parser.error(f"--paths must include floor and tokens (the ratios' bases), from {PATHS}; "
                      f"--modes from deep, shallow; got {bad or args.paths}")
     return args
 
 
-def grid(args: argparse.Namespace, alias: str) -> list[list[Config]]:
-    """Groups measured side by side: the floor and every path at one (mode, p)."""
+def spec_of(alias: str) -> ModelSpec:
+    return MODELS.get(alias) or ModelSpec(alias, {})
+
+
+def grid(args: argparse.Namespace, alias: str, first: int) -> dict[int, list[Config]]:
+    """Groups measured side by side, numbered from `first`: the floor and every path at one (mode, p)."""
     floor = Config(alias, "", 0, "floor")
-    return [[floor] + [Config(alias, mode, p, path) for path in args.paths if path != "floor"]
-            for mode in args.modes for p in args.prompts]
+    groups = [[floor] + [Config(alias, mode, p, path) for path in args.paths if path != "floor"]
+              for mode in args.modes or spec_of(alias).modes for p in args.prompts]
+    return dict(enumerate(groups, start=first))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -310,21 +341,23 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("vptune bench: --device cuda but CUDA is not available")
     if args.threads:
         torch.set_num_threads(args.threads)
-    samples: dict[tuple[Config, str], list[float]] = {}
+    samples: Samples = {}
     configs: list[Config] = []
     started = time.time()
-    for alias in args.models:
-        groups = grid(args, alias)
-        configs += [c for c in dict.fromkeys(c for g in groups for c in g)]
+    for i, alias in enumerate(args.models):
+        groups = grid(args, alias, first=i * 1000)
+        model_configs = list(dict.fromkeys(c for group in groups.values() for c in group))
+        configs += model_configs
         time_model(alias, groups, args, samples)
         if args.memory and not args.device.startswith("cuda"):
             print(f"  {alias}: peak memory (one subprocess)", file=sys.stderr, flush=True)
-            for cfg, mb in cpu_memory(alias, list(dict.fromkeys(c for g in groups for c in g)), args).items():
-                samples[(cfg, "train_peak_mb")] = [mb]
+            peaks = cpu_memory(alias, model_configs, args)
+            for g, group in groups.items():
+                samples.update({(g, c, "train_peak_mb"): [peaks[c]] for c in group})
     rows = make_rows(configs, samples, args)
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "memory_worker"}
     meta = {"machine": machine_info(args.device), "settings": settings, "seconds": round(time.time() - started),
-            "samples": {f"{c.model}/{c.mode}/{c.prompts}/{c.path}/{f}": v for (c, f), v in samples.items()}}
+            "samples": [{"group": g, **asdict(c), "figure": f, "values": v} for (g, c, f), v in samples.items()]}
     print(table(rows))
     write_outputs(args.out, rows, meta)
     print(f"wrote {args.out}/bench.csv, bench.json, bench.md ({meta['seconds']} s)", file=sys.stderr)

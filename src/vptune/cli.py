@@ -33,7 +33,7 @@ TRAIN_FLAGS: dict[str, tuple[type, str]] = {
     "batch_size": (int, "batch size (default 32)"),
     "optimizer": (str, "sgd (default for VPT and linear) or adamw (default for full, bias, partial, lora)"),
     "lr": (float, "base lr of the tuned tensors, scaled by batch/256 (default 0.5 SGD, 1e-3 AdamW)"),
-    "head_lr": (float, "base lr of the head, scaled by batch/256 (default 0.02 SGD, 1e-3 AdamW)"),
+    "head_lr": (float, "base lr of the head, scaled by batch/256 (default 0.02 VPT, 0.08 linear, 1e-3 AdamW)"),
     "weight_decay": (float, "weight decay (default 1e-4)"),
     "momentum": (float, "SGD momentum (default 0.9)"),
     "warmup_epochs": (float, "linear warm-up epochs before cosine decay (default 1)"),

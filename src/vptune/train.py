@@ -85,8 +85,8 @@ class TrainConfig:
         cfg = dataclasses.replace(
             self,
             optimizer=self.optimizer or ("sgd" if sgd else "adamw"),
-            lr=self.lr if self.lr is not None else (DEFAULT_PROMPT_LR if sgd else 1e-3),
-            head_lr=self.head_lr if self.head_lr is not None else (DEFAULT_HEAD_LR if sgd else 1e-3),
+            lr=self.lr if self.lr is not None else (DEFAULT_PROMPT_LR if sgd else ADAMW_LR),
+            head_lr=self.head_lr if self.head_lr is not None else _default_head_lr(self.method),
         )
         cfg.validate()
         return cfg
@@ -119,10 +119,21 @@ class TrainConfig:
         return cls(**data)
 
 
-# Chosen from short runs on the built-in tasks with the default backbone (README, "Choosing the defaults").
+# Chosen by benchmarks/lr_sweep.py on animal-mnist with the default backbone (README, "Choosing the defaults").
 # Base rates, scaled by batch / 256 as in the original: at batch 32 the prompts get 0.0625, the head 0.0025.
+# The head needs a small SGD rate because the backbone's [CLS] has a norm near 48; a linear probe on fixed
+# features tolerates a larger one (and needs it to converge in a few epochs), a head whose features move
+# with the prompts does not (prompt lr 0.5 with head lr 0.08 diverged).
 DEFAULT_PROMPT_LR = 0.5
 DEFAULT_HEAD_LR = 0.02
+LINEAR_PROBE_HEAD_LR = 0.08
+ADAMW_LR = 1e-3
+
+
+def _default_head_lr(method: str) -> float:
+    if method == "linear":
+        return LINEAR_PROBE_HEAD_LR
+    return DEFAULT_HEAD_LR if method in FROZEN_BACKBONE else ADAMW_LR
 
 
 # ------------------------------------------------------------------------------------------- the run
