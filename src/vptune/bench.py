@@ -159,11 +159,19 @@ def side_by_side(configs: list[Config], measure: Callable[[Config], float], warm
                 samples.setdefault((key[0], cfg, key[1]), []).append(value)
 
 
-def time_model(alias: str, groups: dict[int, list[Config]], args: argparse.Namespace, samples: Samples) -> None:
+def load_average() -> float | None:
+    """1-minute load average: other processes' work on the CPUs slows every figure (ratios less so)."""
+    return round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
+
+
+def time_model(alias: str, groups: dict[int, list[Config]], args: argparse.Namespace, samples: Samples,
+               loads: dict[int, float | None]) -> None:
     runner = Runner(alias, args)
     repeats = args.repeats or spec_of(alias).repeats
     for g, group in groups.items():
-        print(f"  {alias}: {', '.join(f'{c.path}' + (f' {c.mode} p={c.prompts}' if c.prompts else '') for c in group)}",
+        loads[g] = load_average()
+        print(f"  {alias} (load {loads[g]}): "
+              f"{', '.join(c.path + (f' {c.mode} p={c.prompts}' if c.prompts else '') for c in group)}",
               file=sys.stderr, flush=True)
         side_by_side(group, lambda c: runner.timed(lambda: runner.train_step(c)), args.warmup, repeats,
                      samples, (g, "train_step_s"))
@@ -247,7 +255,7 @@ def machine_info(device: str) -> dict:
         cpu = names[0] if names else cpu
     info = {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__, "timm": timm.__version__, "python": platform.python_version(),
-            "device": device, "load_avg": os.getloadavg() if hasattr(os, "getloadavg") else None}
+            "device": device}
     if device.startswith("cuda"):
         info["gpu"] = torch.cuda.get_device_name(device)
     return info
@@ -278,6 +286,7 @@ def write_outputs(out: Path, rows: list[dict], meta: dict) -> None:
         writer.writerows(rows)
     (out / "bench.json").write_text(json.dumps({**meta, "rows": rows}, indent=1))
     (out / "bench.md").write_text(f"Machine: {json.dumps(meta['machine'])}\n\nSettings: {json.dumps(meta['settings'])}"
+                                  f"\n\nLoad average (1 min) at group starts: {json.dumps(meta['load_avg_1min'])}"
                                   f"\n\n{table(rows)}\n")
 
 
@@ -342,13 +351,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     samples: Samples = {}
+    loads: dict[int, float | None] = {}
     configs: list[Config] = []
     started = time.time()
     for i, alias in enumerate(args.models):
         groups = grid(args, alias, first=i * 1000)
         model_configs = list(dict.fromkeys(c for group in groups.values() for c in group))
         configs += model_configs
-        time_model(alias, groups, args, samples)
+        time_model(alias, groups, args, samples, loads)
         if args.memory and not args.device.startswith("cuda"):
             print(f"  {alias}: peak memory (one subprocess)", file=sys.stderr, flush=True)
             peaks = cpu_memory(alias, model_configs, args)
@@ -356,9 +366,15 @@ def main(argv: list[str] | None = None) -> int:
                 samples.update({(g, c, "train_peak_mb"): [peaks[c]] for c in group})
     rows = make_rows(configs, samples, args)
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "memory_worker"}
+    known = [x for x in loads.values() if x is not None]
+    load = {"min": min(known), "max": max(known), "per_group": loads} if known else None
     meta = {"machine": machine_info(args.device), "settings": settings, "seconds": round(time.time() - started),
+            "load_avg_1min": load,
             "samples": [{"group": g, **asdict(c), "figure": f, "values": v} for (g, c, f), v in samples.items()]}
     print(table(rows))
+    if load and load["max"] > 0.5 * (os.cpu_count() or 1) and not args.device.startswith("cuda"):
+        print(f"warning: 1-min load average reached {load['max']} on {os.cpu_count()} CPUs: other processes "
+              f"competed for the CPUs; absolute figures are inflated (ratios are paired per round)", file=sys.stderr)
     write_outputs(args.out, rows, meta)
     print(f"wrote {args.out}/bench.csv, bench.json, bench.md ({meta['seconds']} s)", file=sys.stderr)
     return 0
