@@ -74,13 +74,15 @@ def test_ratios_are_consistent_with_the_raw_figures(outputs):
                       if (mode, p, path, fig) == (r["mode"], r["prompts"], r["path"], f) for v in vs]
             assert r[f] == (statistics.median(values) if values else None)
             assert r[f"{f}_vs_floor"] == paired(r, "", 0, "floor", f)
-            assert r[f"{f}_vs_ref"] == (None if r["path"] == "floor" else paired(r, r["mode"], r["prompts"], "tokens", f))
+            ref = None if r["path"] == "floor" else paired(r, r["mode"], r["prompts"], "tokens", f)
+            assert r[f"{f}_vs_ref"] == ref
         if r["path"] == "tokens":
             assert r["train_step_s_vs_ref"] == 1.0 and r["infer_ips_vs_ref"] == 1.0
         if r["path"] == "floor":
             assert r["train_step_s_vs_floor"] == 1.0
         if r["path"] == "prefix":  # memory is measured once per config: its ratios are plain quotients
-            tokens = next(x for x in rows if (x["mode"], x["prompts"], x["path"]) == (r["mode"], r["prompts"], "tokens"))
+            tokens = next(x for x in rows
+                          if (x["mode"], x["prompts"], x["path"]) == (r["mode"], r["prompts"], "tokens"))
             if tokens["train_peak_mb"]:
                 assert math.isclose(r["train_peak_mb_vs_ref"], r["train_peak_mb"] / tokens["train_peak_mb"])
 

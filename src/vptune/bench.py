@@ -36,7 +36,6 @@ from .config import PromptConfig
 from .model import PromptedViT
 
 
-
 @dataclass(frozen=True)
 class ModelSpec:
     """A benchmarked backbone, and its defaults when --repeats / --modes are not given."""
@@ -296,25 +295,28 @@ def _csv(kind: Callable[[str], object]) -> Callable[[str], list]:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="vptune bench", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(prog="vptune bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", type=_csv(str), help=f"aliases ({', '.join(MODELS)}) or timm ViT names "
                         f"(default: {','.join(DEFAULTS['models'])})")
     parser.add_argument("--prompts", type=_csv(int), help="prompt lengths p (default: 10,50,100,200)")
     parser.add_argument("--modes", type=_csv(str), help="deep,shallow (default: both; deep only for vit-b16)")
-    parser.add_argument("--paths", type=_csv(str), default=["floor", "tokens", "prefix"], help=f"of {PATHS}")
+    parser.add_argument("--paths", type=_csv(str), default=list(PATHS[:4]),
+                        help=f"from {', '.join(PATHS)} (default: {','.join(PATHS[:4])})")
     parser.add_argument("--batch", type=int, help="inference batch, default 32 (batch 1 is always measured too)")
     parser.add_argument("--train-batch", type=int, default=None,
                         help="training batch (default: --batch on CUDA, 8 on CPU where a ViT-B/16 step at 32 "
                              "takes ~40 s)")
     parser.add_argument("--repeats", type=int, help="timed repeats (default: 3; 1 for vit-b16)")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed rounds before the repeats")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed rounds before the repeats (default: 1)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="bfloat16: autocast")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                        help="float32 (default) or bfloat16 autocast")
     parser.add_argument("--no-memory", dest="memory", action="store_false", help="skip peak-memory measurement")
     parser.add_argument("--quick", action="store_true", help="tiny model and sizes (for tests)")
-    parser.add_argument("--out", type=Path, default=Path("runs/bench"), help="writes bench.csv/.json/.md here")
+    parser.add_argument("--out", type=Path, default=Path("runs/bench"),
+                        help="folder for bench.csv, bench.json, bench.md (default: runs/bench)")
     parser.add_argument("--memory-worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     for key, value in (QUICK if args.quick else DEFAULTS).items():
@@ -341,6 +343,24 @@ def grid(args: argparse.Namespace, alias: str, first: int) -> dict[int, list[Con
     return dict(enumerate(groups, start=first))
 
 
+def measure(args: argparse.Namespace) -> tuple[list[Config], Samples, dict[int, float | None]]:
+    """Every model's groups, timed side by side in this process; then CPU memory in a subprocess per model."""
+    samples: Samples = {}
+    loads: dict[int, float | None] = {}
+    configs: list[Config] = []
+    for alias in args.models:
+        groups = grid(args, alias, first=len(loads))
+        model_configs = list(dict.fromkeys(c for group in groups.values() for c in group))
+        configs += model_configs
+        time_model(alias, groups, args, samples, loads)
+        if args.memory and not args.device.startswith("cuda"):
+            print(f"  {alias}: peak memory (one subprocess)", file=sys.stderr, flush=True)
+            peaks = cpu_memory(alias, model_configs, args)
+            for g, group in groups.items():
+                samples.update({(g, c, "train_peak_mb"): [peaks[c]] for c in group})
+    return configs, samples, loads
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.memory_worker:
@@ -350,31 +370,19 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("vptune bench: --device cuda but CUDA is not available")
     if args.threads:
         torch.set_num_threads(args.threads)
-    samples: Samples = {}
-    loads: dict[int, float | None] = {}
-    configs: list[Config] = []
     started = time.time()
-    for i, alias in enumerate(args.models):
-        groups = grid(args, alias, first=i * 1000)
-        model_configs = list(dict.fromkeys(c for group in groups.values() for c in group))
-        configs += model_configs
-        time_model(alias, groups, args, samples, loads)
-        if args.memory and not args.device.startswith("cuda"):
-            print(f"  {alias}: peak memory (one subprocess)", file=sys.stderr, flush=True)
-            peaks = cpu_memory(alias, model_configs, args)
-            for g, group in groups.items():
-                samples.update({(g, c, "train_peak_mb"): [peaks[c]] for c in group})
+    configs, samples, loads = measure(args)
     rows = make_rows(configs, samples, args)
-    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "memory_worker"}
     known = [x for x in loads.values() if x is not None]
     load = {"min": min(known), "max": max(known), "per_group": loads} if known else None
-    meta = {"machine": machine_info(args.device), "settings": settings, "seconds": round(time.time() - started),
-            "load_avg_1min": load,
+    settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "memory_worker"}
+    meta = {"machine": machine_info(args.device), "seconds": round(time.time() - started), "load_avg_1min": load,
+            "settings": settings,
             "samples": [{"group": g, **asdict(c), "figure": f, "values": v} for (g, c, f), v in samples.items()]}
     print(table(rows))
     if load and load["max"] > 0.5 * (os.cpu_count() or 1) and not args.device.startswith("cuda"):
-        print(f"warning: 1-min load average reached {load['max']} on {os.cpu_count()} CPUs: other processes "
-              f"competed for the CPUs; absolute figures are inflated (ratios are paired per round)", file=sys.stderr)
+        print(f"warning: the 1-min load average reached {load['max']} on {os.cpu_count()} CPUs: other processes "
+              f"competed for them; absolute figures suffer (ratios are paired per round)", file=sys.stderr)
     write_outputs(args.out, rows, meta)
     print(f"wrote {args.out}/bench.csv, bench.json, bench.md ({meta['seconds']} s)", file=sys.stderr)
     return 0
