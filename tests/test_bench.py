@@ -7,7 +7,9 @@ import json
 import math
 import statistics
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from vptune import bench
 
@@ -18,9 +20,13 @@ COLUMNS = ["model", "mode", "prompts", "path", "train_batch", "infer_batch", *FI
 
 @pytest.fixture(scope="module")
 def outputs(tmp_path_factory):
-    out = tmp_path_factory.mktemp("bench")
+    out, images = tmp_path_factory.mktemp("bench"), tmp_path_factory.mktemp("images")
+    for label in ("a", "b"):
+        (images / label).mkdir()
+        for i in range(6):
+            Image.fromarray(np.full((20, 20, 3), 40 * i, np.uint8)).save(images / label / f"{i}.png")
     argv = ["--quick", "--device", "cpu", "--prompts", "3", "--warmup", "0", "--out", str(out),
-            "--paths", "floor,tokens,prefix,prefix-ckpt"]
+            "--paths", "floor,tokens,prefix,prefix-ckpt", "--loader", str(images)]
     assert bench.main(argv) == 0
     with open(out / "bench.csv", newline="") as f:
         csv_rows = list(csv.DictReader(f))
@@ -85,6 +91,15 @@ def test_ratios_are_consistent_with_the_raw_figures(outputs):
                           if (x["mode"], x["prompts"], x["path"]) == (r["mode"], r["prompts"], "tokens"))
             if tokens["train_peak_mb"]:
                 assert math.isclose(r["train_peak_mb_vs_ref"], r["train_peak_mb"] / tokens["train_peak_mb"])
+
+
+def test_loader_alone_is_timed_on_the_training_split(outputs):
+    _, data, md = outputs
+    [loader] = data["loader"]
+    assert loader["img_size"] == 32 and loader["batch"] == data["settings"]["train_batch"]
+    assert loader["images"] == 8  # the 70% training share of 2 classes x 6 images
+    assert loader["img_per_s"] > 0
+    assert bench.loader_line(loader) in md
 
 
 def test_markdown_table_lists_every_row(outputs):

@@ -177,6 +177,35 @@ def test_add_location_adds_a_vector_per_token(tiny_vit, images):
         assert torch.allclose(model(images), expected, atol=1e-6, rtol=0)
 
 
+@pytest.mark.parametrize("prompt, depth", [
+    (PromptConfig(num_tokens=3, layers="last 2"), 2),
+    (PromptConfig(num_tokens=3, layers=[1, 3]), 1),
+    (PromptConfig(num_tokens=1, location="add", layers="last 1"), 3),
+    (PromptConfig(num_tokens=3), 0),
+    (PromptConfig(num_tokens=0), 3),  # no prompt: the last block runs for [CLS] only, after the stem
+])
+def test_stem_is_the_backbone_up_to_the_first_prompt(tiny_vit, images, prompt, depth):
+    backbone = tiny_vit(depth=4)
+    model = PromptedViT(backbone, prompt, num_classes=4).eval()
+    assert model.stem_depth == depth
+    x = _explicit_embed(backbone, images)
+    for block in backbone.blocks[:depth]:
+        x = block(x)
+    with torch.no_grad():
+        stem = model.stem(images)
+    assert torch.allclose(stem, x, atol=1e-6, rtol=0)
+    if model.prompts is None:
+        return
+    # training from a stored stem gives the same logits and prompt gradients as training from the images
+    reference_logits, reference_grads = _run(model, images, "prefix")
+    model.zero_grad(set_to_none=True)
+    logits = model.forward_from_stem(stem)
+    logits.square().sum().backward()
+    assert torch.allclose(logits, reference_logits, atol=1e-6, rtol=0)
+    for grad, reference in zip(_prompt_grads(model), reference_grads):
+        assert torch.allclose(grad, reference, atol=1e-6, rtol=0)
+
+
 def test_add_location_rejects_other_image_sizes(tiny_vit):
     backbone = tiny_vit(depth=2, dynamic_img_size=True)
     model = PromptedViT(backbone, PromptConfig(num_tokens=1, location="add"), num_classes=4)

@@ -131,6 +131,27 @@ def _trained(ws, out, **overrides):
     return out
 
 
+def test_frozen_blocks_before_the_first_prompt_are_run_once_with_the_same_results(workspace, tmp_path, capsys):
+    runs = {}
+    for cache in ("auto", "off"):
+        runs[cache] = tmp_path / cache
+        train(config(workspace, runs[cache], prompt_layers="last 2", prompt_dropout=0.2, cache_frozen=cache))
+        log = capsys.readouterr().out
+        assert ("computing the 4 frozen blocks before the first prompt once per image" in log) == (cache == "auto")
+    cached, uncached = (read_metrics(runs[c]) for c in ("auto", "off"))
+    for a, b in zip(cached, uncached):
+        assert a["val_top1"] == b["val_top1"] and a["train_top1"] == b["train_top1"]
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
+    prompts = [load_file(str(runs[c] / "last" / "prompt.safetensors")) for c in ("auto", "off")]
+    assert all(torch.allclose(prompts[0][k], prompts[1][k], atol=1e-5) for k in prompts[0])
+
+
+def test_random_augmentation_turns_the_frozen_block_cache_off(workspace, tmp_path, capsys):
+    train(config(workspace, tmp_path / "run", prompt_layers="last 2", recipe="fgvc", epochs=1))
+    assert "not caching the 4 frozen blocks before the first prompt: recipe 'fgvc' augments at random" in \
+        capsys.readouterr().out
+
+
 def test_resume_ends_where_an_uninterrupted_run_ends(workspace, tmp_path, monkeypatch):
     whole = _trained(workspace, tmp_path / "whole", epochs=3, prompt_dropout=0.2)
 

@@ -25,7 +25,7 @@ import subprocess
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -164,7 +164,8 @@ def load_average() -> float | None:
 
 
 def time_model(alias: str, groups: dict[int, list[Config]], args: argparse.Namespace, samples: Samples,
-               loads: dict[int, float | None]) -> None:
+               loads: dict[int, float | None]) -> int:
+    """Times every group of one model into `samples`; returns the model's image size."""
     runner = Runner(alias, args)
     repeats = args.repeats or spec_of(alias).repeats
     for g, group in groups.items():
@@ -185,6 +186,26 @@ def time_model(alias: str, groups: dict[int, list[Config]], args: argparse.Names
         for cfg in group:  # free this group's models (the floor is kept: it is in every group)
             if cfg.path != "floor":
                 runner.models.pop(cfg, None)
+    return runner.images.shape[-1]
+
+
+def loader_throughput(source: str, img_size: int, batch: int, repeats: int) -> dict:
+    """Images/s of the training data loader alone (decode or cached arrays, transform, vptune's collate):
+    the median over `repeats` passes of the train split, after one untimed pass."""
+    from torch.utils.data import DataLoader
+
+    from .data import collate, load_data
+
+    splits = load_data(source, img_size=img_size, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    loader = DataLoader(splits.train, batch_size=batch, shuffle=True, collate_fn=collate)
+    speeds = []
+    for r in range(repeats + 1):
+        start = time.perf_counter()
+        images = sum(len(labels) for _, labels in loader)
+        if r:
+            speeds.append(images / (time.perf_counter() - start))
+    return {"data": source, "img_size": img_size, "batch": batch, "images": len(splits.train),
+            "img_per_s": statistics.median(speeds)}
 
 
 # ---------------------------------------------------------------------------------- CPU memory (subprocess)
@@ -286,7 +307,8 @@ def write_outputs(out: Path, rows: list[dict], meta: dict) -> None:
     (out / "bench.json").write_text(json.dumps({**meta, "rows": rows}, indent=1))
     (out / "bench.md").write_text(f"Machine: {json.dumps(meta['machine'])}\n\nSettings: {json.dumps(meta['settings'])}"
                                   f"\n\nLoad average (1 min) at group starts: {json.dumps(meta['load_avg_1min'])}"
-                                  f"\n\n{table(rows)}\n")
+                                  f"\n\n{table(rows)}\n"
+                                  + "".join(f"\n{loader_line(x)}\n" for x in meta["loader"]))
 
 
 # ------------------------------------------------------------------------------------------------------ CLI
@@ -313,6 +335,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
                         help="float32 (default) or bfloat16 autocast")
+    parser.add_argument("--loader", metavar="DATA", help="also time the data loader alone on this data set "
+                        "(built-in name or path), at each model's image size")
     parser.add_argument("--no-memory", dest="memory", action="store_false", help="skip peak-memory measurement")
     parser.add_argument("--quick", action="store_true", help="tiny model and sizes (for tests)")
     parser.add_argument("--out", type=Path, default=Path("runs/bench"),
@@ -343,22 +367,42 @@ def grid(args: argparse.Namespace, alias: str, first: int) -> dict[int, list[Con
     return dict(enumerate(groups, start=first))
 
 
-def measure(args: argparse.Namespace) -> tuple[list[Config], Samples, dict[int, float | None]]:
-    """Every model's groups, timed side by side in this process; then CPU memory in a subprocess per model."""
-    samples: Samples = {}
-    loads: dict[int, float | None] = {}
-    configs: list[Config] = []
+@dataclass
+class Results:
+    """Everything measured so far; `measure` adds to it model by model."""
+
+    configs: list[Config] = field(default_factory=list)
+    samples: Samples = field(default_factory=dict)
+    loads: dict[int, float | None] = field(default_factory=dict)  # group -> 1-min load average at its start
+    loaders: list[dict] = field(default_factory=list)  # `loader_throughput` results, one per image size
+
+    def load_summary(self) -> dict | None:
+        known = [x for x in self.loads.values() if x is not None]
+        return {"min": min(known), "max": max(known), "per_group": self.loads} if known else None
+
+
+def measure(args: argparse.Namespace, results: Results, report: Callable[[Results], None]) -> None:
+    """Every model's groups, timed side by side in this process, then CPU memory in a subprocess per model
+    and the data loader alone; `report` gets the results after each model (a run that dies keeps those)."""
     for alias in args.models:
-        groups = grid(args, alias, first=len(loads))
+        groups = grid(args, alias, first=len(results.loads))
         model_configs = list(dict.fromkeys(c for group in groups.values() for c in group))
-        configs += model_configs
-        time_model(alias, groups, args, samples, loads)
+        results.configs += model_configs
+        img_size = time_model(alias, groups, args, results.samples, results.loads)
         if args.memory and not args.device.startswith("cuda"):
             print(f"  {alias}: peak memory (one subprocess)", file=sys.stderr, flush=True)
             peaks = cpu_memory(alias, model_configs, args)
             for g, group in groups.items():
-                samples.update({(g, c, "train_peak_mb"): [peaks[c]] for c in group})
-    return configs, samples, loads
+                results.samples.update({(g, c, "train_peak_mb"): [peaks[c]] for c in group})
+        if args.loader and img_size not in [x["img_size"] for x in results.loaders]:
+            print(f"  data loader alone: {args.loader} at {img_size} px", file=sys.stderr, flush=True)
+            results.loaders.append(loader_throughput(args.loader, img_size, args.train_batch, repeats=3))
+        report(results)
+
+
+def loader_line(loader: dict) -> str:
+    return (f"data loading alone ({loader['data']}, {loader['images']} training images at {loader['img_size']} px, "
+            f"batch {loader['batch']}, no workers): {loader['img_per_s']:.0f} img/s")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -371,20 +415,25 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     started = time.time()
-    configs, samples, loads = measure(args)
-    rows = make_rows(configs, samples, args)
-    known = [x for x in loads.values() if x is not None]
-    load = {"min": min(known), "max": max(known), "per_group": loads} if known else None
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "memory_worker"}
-    meta = {"machine": machine_info(args.device), "seconds": round(time.time() - started), "load_avg_1min": load,
-            "settings": settings,
-            "samples": [{"group": g, **asdict(c), "figure": f, "values": v} for (g, c, f), v in samples.items()]}
-    print(table(rows))
+
+    def report(results: Results) -> None:
+        meta = {"machine": machine_info(args.device), "seconds": round(time.time() - started),
+                "load_avg_1min": results.load_summary(), "settings": settings, "loader": results.loaders,
+                "samples": [{"group": g, **asdict(c), "figure": f, "values": v}
+                            for (g, c, f), v in results.samples.items()]}
+        write_outputs(args.out, make_rows(results.configs, results.samples, args), meta)
+        print(f"  wrote {args.out}/bench.csv, bench.json, bench.md ({meta['seconds']} s)", file=sys.stderr)
+
+    results = Results()
+    measure(args, results, report)
+    print(table(make_rows(results.configs, results.samples, args)))
+    for loader in results.loaders:
+        print(loader_line(loader))
+    load = results.load_summary()
     if load and load["max"] > 0.5 * (os.cpu_count() or 1) and not args.device.startswith("cuda"):
         print(f"warning: the 1-min load average reached {load['max']} on {os.cpu_count()} CPUs: other processes "
               f"competed for them; absolute figures suffer (ratios are paired per round)", file=sys.stderr)
-    write_outputs(args.out, rows, meta)
-    print(f"wrote {args.out}/bench.csv, bench.json, bench.md ({meta['seconds']} s)", file=sys.stderr)
     return 0
 
 

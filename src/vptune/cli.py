@@ -29,6 +29,8 @@ TRAIN_FLAGS: dict[str, tuple[type, str]] = {
     "recipe": (str, "augmentation: vtab (plain resize, default) or fgvc (random crop + flip)"),
     "subset": (int, "use at most N images per split (quick checks)"),
     "num_workers": (int, "data loader workers (default 0)"),
+    "cache_frozen": (str, "auto (default): run the frozen blocks before the first prompt once per image, not "
+                          "every epoch, when the recipe has no random augmentation and it fits in memory; off"),
     "epochs": (int, "epochs (default 10)"),
     "batch_size": (int, "batch size (default 32)"),
     "optimizer": (str, "sgd (default for VPT and linear) or adamw (default for full, bias, partial, lora)"),

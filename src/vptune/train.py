@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from .backbones import DEFAULT_BACKBONE, create_backbone
 from .checkpoint import WEIGHTS_FILE, atomic_write, atomic_write_text, task_tensors
 from .config import PromptConfig
-from .data import collate, load_data
+from .data import RANDOM_RECIPES, collate, load_data
 from .evaluate import evaluate_logits, predict_logits
 from .methods import FROZEN_BACKBONE, build_model, check_method, optimizer_groups
 from .model import PromptedViT, count_parameters
@@ -65,6 +65,7 @@ class TrainConfig:
     skip_bad: bool = False
     subset: int | None = None
     num_workers: int = 0
+    cache_frozen: str = "auto"
     # optimisation
     epochs: int = 10
     batch_size: int = 32
@@ -101,6 +102,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be a positive number, got {value!r}")
         if self.optimizer not in (None, "sgd", "adamw"):
             raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {self.optimizer!r}")
+        if self.cache_frozen not in CACHE_FROZEN:
+            raise ValueError(f"cache_frozen must be one of {CACHE_FROZEN}, got {self.cache_frozen!r}")
         if self.warmup_epochs < 0 or self.weight_decay < 0:
             raise ValueError("warmup_epochs and weight_decay must be >= 0")
         self.prompt_config()  # raises ValueError naming the bad prompt field
@@ -128,6 +131,10 @@ DEFAULT_PROMPT_LR = 0.5
 DEFAULT_HEAD_LR = 0.02
 LINEAR_PROBE_HEAD_LR = 0.08
 ADAMW_LR = 1e-3
+# "auto": compute the frozen blocks before the first prompt once per image when that is exact and fits in
+# memory (see `_plan_stem_cache`); "off": run them in every step.
+CACHE_FROZEN = ("auto", "off")
+STEM_CACHE_SHARE_OF_RAM = 0.25
 
 
 def _default_head_lr(method: str) -> float:
@@ -150,12 +157,14 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, qu
     model.to(device)
     train_set = _subset(splits.trainval if cfg.final else splits.train, cfg)
     val_set = None if cfg.final else _subset(splits.val, cfg)
-    head_only = cfg.method == "linear"
-    if head_only:  # the backbone is frozen and there is no prompt: compute features once, train the head
+    forward = model
+    if cfg.method == "linear":  # frozen backbone, no prompt: compute the features once, train the head on them
         log("computing frozen features once for the linear probe...")
-        train_set, val_set = (_feature_set(model, s, cfg, quiet) if s is not None else None
-                              for s in (train_set, val_set))
-    forward = model.head if head_only else model
+        train_set, val_set = (_precompute(model.forward_features, s, cfg, quiet) for s in (train_set, val_set))
+        forward = model.head
+    elif _plan_stem_cache(cfg, model, train_set, val_set, log):
+        train_set, val_set = (_precompute(model.stem, s, cfg, quiet) for s in (train_set, val_set))
+        forward = model.forward_from_stem
 
     steps_per_epoch = math.ceil(len(train_set) / cfg.batch_size)
     optimizer = _optimizer(model, cfg)
@@ -264,12 +273,45 @@ def _evaluate(forward, model, dataset, cfg) -> dict:
     return {"loss": F.cross_entropy(logits, labels).item(), "top1": metrics["top1"]}
 
 
+def _plan_stem_cache(cfg: TrainConfig, model: PromptedViT, train_set: Dataset, val_set: Dataset | None,
+                     log: Callable[..., None]) -> bool:
+    """Whether to compute the blocks before the first prompt (`model.stem`) once per image rather than every
+    step: exact only when they are frozen and the images are the same every epoch; worth it when they exist."""
+    blocks = model.stem_depth
+    if cfg.cache_frozen == "off" or cfg.method not in FROZEN_BACKBONE or blocks == 0:
+        return False
+    if cfg.recipe in RANDOM_RECIPES:
+        log(f"not caching the {blocks} frozen blocks before the first prompt: recipe {cfg.recipe!r} augments "
+            f"at random, so their output changes every epoch")
+        return False
+    images = len(train_set) + (len(val_set) if val_set is not None else 0)
+    tokens = model.num_prefix_tokens + model.backbone.patch_embed.num_patches
+    need, budget = images * tokens * model.embed_dim * 4, STEM_CACHE_SHARE_OF_RAM * _ram_bytes()
+    if need > budget:
+        log(f"not caching the {blocks} frozen blocks before the first prompt: {images} images would need "
+            f"{need / 2**30:.1f} GiB, over {STEM_CACHE_SHARE_OF_RAM:.0%} of this machine's memory")
+        return False
+    log(f"computing the {blocks} frozen blocks before the first prompt once per image ({need / 2**20:.0f} MiB); "
+        f"training runs the other {len(model.backbone.blocks) - blocks} (turn off with --cache-frozen off)")
+    return True
+
+
+def _ram_bytes() -> float:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # not a POSIX system: assume a modest machine
+        return 16 * 2**30
+
+
 @torch.no_grad()
-def _feature_set(model: PromptedViT, dataset: Dataset, cfg: TrainConfig, quiet: bool) -> TensorDataset:
-    model.eval()
-    features, labels = predict_logits(model.forward_features, _loader(dataset, cfg, shuffle=False),
-                                      torch.device(cfg.device), desc="features", quiet=quiet)
-    return TensorDataset(features.to(cfg.device), labels.to(cfg.device))
+def _precompute(fn: Callable[[torch.Tensor], torch.Tensor], dataset: Dataset | None, cfg: TrainConfig,
+                quiet: bool) -> TensorDataset | None:
+    """(fn(image), label) for every item, in the dataset's order, kept on the CPU."""
+    if dataset is None:
+        return None
+    outputs, labels = predict_logits(fn, _loader(dataset, cfg, shuffle=False), torch.device(cfg.device),
+                                     desc="precompute", quiet=quiet)
+    return TensorDataset(outputs, labels)
 
 
 # ------------------------------------------------------------------------------------ files and state

@@ -13,6 +13,7 @@ from .builtin import BUILTIN_DATASETS, cache_dir
 from .datasets import ArrayDataset, DataSplits, FileDataset, collate
 from .errors import DataError, DataWarning, FetchError
 from .load import load_data
+from .transforms import RANDOM_RECIPES
 
 __all__ = ["load_data", "DataSplits", "BUILTIN_DATASETS", "DataError", "cache_dir",
-           "DataWarning", "FetchError", "ArrayDataset", "FileDataset", "collate"]
+           "DataWarning", "FetchError", "ArrayDataset", "FileDataset", "collate", "RANDOM_RECIPES"]

@@ -19,6 +19,7 @@ from torchvision.transforms import v2
 from .errors import DataError
 
 RECIPES = ("vtab", "fgvc")
+RANDOM_RECIPES = ("fgvc",)  # recipes whose training transform is random (a fresh crop and flip each epoch)
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
 

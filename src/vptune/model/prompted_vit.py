@@ -147,11 +147,37 @@ class PromptedViT(nn.Module):
     # ---------------------------------------------------------------------------------------------- forward
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Images (B, 3, H, W) -> logits (B, num_classes)."""
-        return self.head(self.forward_features(images))
+        return self.forward_from_stem(self.stem(images))
 
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
         """Images (B, 3, H, W) -> final normed [CLS] embedding (B, embed_dim)."""
+        return self._features_from_stem(self.stem(images))
+
+    @property
+    def stem_depth(self) -> int:
+        """How many leading blocks run exactly as in the backbone, on the image tokens alone.
+
+        They are the blocks before the first prompted one (all but the last, which computes [CLS] only, when
+        there is no prompt). With the backbone frozen and no random augmentation their output is a fixed
+        function of the image, so training can compute it once per image (`stem`) and run the rest from
+        there (`forward_from_stem`): for a "last K" prompt depth most of the forward pass is skipped.
+        """
+        if self.prompts is None:
+            return len(self.backbone.blocks) - 1
+        return self.prompt_blocks[0]
+
+    def stem(self, images: torch.Tensor) -> torch.Tensor:
+        """Images (B, 3, H, W) -> tokens (B, prefix + m, d) after the first `stem_depth` blocks."""
         x = self._embed(images)
+        for block in self.backbone.blocks[:self.stem_depth]:
+            x = self._block(block, x)
+        return x
+
+    def forward_from_stem(self, tokens: torch.Tensor) -> torch.Tensor:
+        """`stem` output (B, prefix + m, d) -> logits (B, num_classes): `forward` = this after `stem`."""
+        return self.head(self._features_from_stem(tokens))
+
+    def _features_from_stem(self, x: torch.Tensor) -> torch.Tensor:
         if self.prompts is None:
             x = self._blocks_plain(x)
         elif self.prompt_config.location == "add":
@@ -173,11 +199,13 @@ class PromptedViT(nn.Module):
             return checkpoint(fn, *args, use_reentrant=False)
         return fn(*args)
 
+    def _blocks_after_stem(self) -> Iterator[tuple[int, nn.Module]]:
+        start = self.stem_depth
+        return enumerate(self.backbone.blocks[start:], start=start)
+
     def _blocks_plain(self, x: torch.Tensor) -> torch.Tensor:
-        """No prompt: the backbone's blocks, the last one for [CLS] only when we know its block type."""
-        *blocks, last = self.backbone.blocks
-        for block in blocks:
-            x = self._block(block, x)
+        """No prompt: the stem ran all blocks but the last, which computes [CLS] only when we know its type."""
+        last = self.backbone.blocks[-1]
         if supports_prefix(last):
             return self._block(partial(prefix_block, last, prompt_kv=None, queries=1), x)
         return self._block(last, x)
@@ -187,7 +215,7 @@ class PromptedViT(nn.Module):
         batch, start, p = x.shape[0], self.num_prefix_tokens, self.prompt_config.num_tokens
         prompts = self.prompts(batch)
         inserted = False
-        for i, block in enumerate(self.backbone.blocks):
+        for i, block in self._blocks_after_stem():
             if i in self._prompt_index:
                 rest = x[:, start + p:] if inserted else x[:, start:]
                 x = torch.cat([x[:, :start], prompts[self._prompt_index[i]].expand(batch, -1, -1), rest], dim=1)
@@ -200,15 +228,13 @@ class PromptedViT(nn.Module):
         batch, start, p = x.shape[0], self.num_prefix_tokens, self.prompt_config.num_tokens
         prompts = self.prompts(batch)
         use_cache = self._kv_cache_usable(x)
-        slots = None  # what the prompt slots hold now: (B or 1, p, d), or None before the first prompt
+        slots = None  # what the prompt slots hold now: (B or 1, p, d); the stem ends at the first prompt
         last = len(self.backbone.blocks) - 1
-        for i, block in enumerate(self.backbone.blocks):
+        for i, block in self._blocks_after_stem():
             fresh = i in self._prompt_index
             if fresh:
                 slots = prompts[self._prompt_index[i]]
-            if slots is None:
-                x = self._block(block, x)
-            elif i in self._prefix_blocks:
+            if i in self._prefix_blocks:
                 kv = self._prompt_kv(i, block, slots, cache=use_cache and fresh)
                 # The head reads [CLS] only: the last block needs no other token's output.
                 x = self._block(partial(prefix_block, block, queries=1 if i == last else None), x, kv)
@@ -225,7 +251,7 @@ class PromptedViT(nn.Module):
             raise ValueError(f"location='add' learned one prompt vector per token for {prompts.shape[2]} tokens, "
                              f"but these images give {x.shape[1]}; use the image size the model was built for "
                              f"({self.backbone.patch_embed.img_size})")
-        for i, block in enumerate(self.backbone.blocks):
+        for i, block in self._blocks_after_stem():
             if i in self._prompt_index:
                 x = x + prompts[self._prompt_index[i]]
             x = self._block(block, x)
