@@ -146,6 +146,16 @@ def test_frozen_blocks_before_the_first_prompt_are_run_once_with_the_same_result
     assert all(torch.allclose(prompts[0][k], prompts[1][k], atol=1e-5) for k in prompts[0])
 
 
+def test_gradient_checkpointing_flag_trains_to_the_same_prompts(workspace, tmp_path):
+    plain, recomputed = tmp_path / "plain", tmp_path / "recomputed"
+    assert main(cli_args(workspace, plain)) == 0
+    assert main(cli_args(workspace, recomputed, "--grad-checkpointing")) == 0
+    assert "grad_checkpointing: true" in (recomputed / "config.yaml").read_text()
+    assert without_timings(read_metrics(plain)) == without_timings(read_metrics(recomputed))
+    prompts = [load_file(str(run / "last" / "prompt.safetensors")) for run in (plain, recomputed)]
+    assert all(torch.equal(prompts[0][k], prompts[1][k]) for k in prompts[0])
+
+
 def test_random_augmentation_turns_the_frozen_block_cache_off(workspace, tmp_path, capsys):
     train(config(workspace, tmp_path / "run", prompt_layers="last 2", recipe="fgvc", epochs=1))
     assert "not caching the 4 frozen blocks before the first prompt: recipe 'fgvc' augments at random" in \

@@ -44,6 +44,8 @@ TRAIN_FLAGS: dict[str, tuple[type, str]] = {
 }
 TRAIN_SWITCHES = {"final": "train on train+val and report test (VTAB-1k's final run; no model selection)",
                   "skip_bad": "skip unreadable images with a warning instead of stopping",
+                  "grad_checkpointing": "recompute the frozen blocks in the backward pass: about a fifth of the "
+                                        "training memory for about 1.4x the step time (large backbones/batches)",
                   "no_scale_lr": "do not scale learning rates by batch/256"}
 
 

@@ -66,6 +66,7 @@ class TrainConfig:
     subset: int | None = None
     num_workers: int = 0
     cache_frozen: str = "auto"
+    grad_checkpointing: bool = False
     # optimisation
     epochs: int = 10
     batch_size: int = 32
@@ -202,6 +203,7 @@ def _model_and_data(cfg: TrainConfig, backbone: torch.nn.Module):
     torch.manual_seed(cfg.seed)  # prompt and head init do not depend on how much randomness data loading used
     model = build_model(cfg.method, backbone, cfg.prompt_config(), len(splits.class_names),
                         class_names=splits.class_names, lora={"rank": cfg.lora_rank, "alpha": cfg.lora_rank})
+    model.grad_checkpointing = cfg.grad_checkpointing
     return model, splits
 
 
