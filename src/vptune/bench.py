@@ -11,6 +11,7 @@ median of several repeats of:
 and every figure as a ratio to the reference "tokens" path and to the frozen backbone ("floor", no prompt),
 measured in the same group: the median over repeats of the ratio within each round, so that changes in the
 machine's load between rounds cancel. Random weights (`pretrained=False`): speed does not depend on the values.
+With `--loader DATA` it also times the training data loader alone (images/s), to show it is not the bottleneck.
 """
 from __future__ import annotations
 
