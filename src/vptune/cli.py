@@ -74,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", type=Path, help="YAML file of settings (flags given here win)")
     train.add_argument("--resume", type=Path, metavar="TASK_DIR", help="continue an interrupted run")
     train.add_argument("--overwrite", action="store_true", help="replace an existing task directory")
-    train.add_argument("--quiet", action="store_true", help="no progress bars or log lines: only the final result (and errors)")
+    train.add_argument("--quiet", action="store_true",
+                       help="no progress bars or log lines: only the final result (and errors)")
     for name, (kind, text) in TRAIN_FLAGS.items():
         train.add_argument(f"--{name.replace('_', '-')}", type=kind, default=argparse.SUPPRESS, help=text)
     for name, text in TRAIN_SWITCHES.items():
