@@ -382,9 +382,9 @@ class Results:
         return {"min": min(known), "max": max(known), "per_group": self.loads} if known else None
 
 
-def measure(args: argparse.Namespace, results: Results, report: Callable[[Results], None]) -> None:
+def measure(args: argparse.Namespace, results: Results, started: float) -> None:
     """Every model's groups, timed side by side in this process, then CPU memory in a subprocess per model
-    and the data loader alone; `report` gets the results after each model (a run that dies keeps those)."""
+    and the data loader alone; the outputs are rewritten after each model (a run that dies keeps those)."""
     for alias in args.models:
         groups = grid(args, alias, first=len(results.loads))
         model_configs = list(dict.fromkeys(c for group in groups.values() for c in group))
@@ -398,7 +398,17 @@ def measure(args: argparse.Namespace, results: Results, report: Callable[[Result
         if args.loader and img_size not in [x["img_size"] for x in results.loaders]:
             print(f"  data loader alone: {args.loader} at {img_size} px", file=sys.stderr, flush=True)
             results.loaders.append(loader_throughput(args.loader, img_size, args.train_batch, repeats=3))
-        report(results)
+        write_results(args, results, started)
+
+
+def write_results(args: argparse.Namespace, results: Results, started: float) -> None:
+    settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "memory_worker"}
+    meta = {"machine": machine_info(args.device), "seconds": round(time.time() - started),
+            "load_avg_1min": results.load_summary(), "settings": settings, "loader": results.loaders,
+            "samples": [{"group": g, **asdict(c), "figure": f, "values": v}
+                        for (g, c, f), v in results.samples.items()]}
+    write_outputs(args.out, make_rows(results.configs, results.samples, args), meta)
+    print(f"  wrote {args.out}/bench.csv, bench.json, bench.md ({meta['seconds']} s)", file=sys.stderr)
 
 
 def loader_line(loader: dict) -> str:
@@ -415,19 +425,8 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("vptune bench: --device cuda but CUDA is not available")
     if args.threads:
         torch.set_num_threads(args.threads)
-    started = time.time()
-    settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "memory_worker"}
-
-    def report(results: Results) -> None:
-        meta = {"machine": machine_info(args.device), "seconds": round(time.time() - started),
-                "load_avg_1min": results.load_summary(), "settings": settings, "loader": results.loaders,
-                "samples": [{"group": g, **asdict(c), "figure": f, "values": v}
-                            for (g, c, f), v in results.samples.items()]}
-        write_outputs(args.out, make_rows(results.configs, results.samples, args), meta)
-        print(f"  wrote {args.out}/bench.csv, bench.json, bench.md ({meta['seconds']} s)", file=sys.stderr)
-
     results = Results()
-    measure(args, results, report)
+    measure(args, results, started=time.time())
     print(table(make_rows(results.configs, results.samples, args)))
     for loader in results.loaders:
         print(loader_line(loader))
