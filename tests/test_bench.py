@@ -111,3 +111,10 @@ def test_markdown_table_lists_every_row(outputs):
 def test_bad_paths_are_refused():
     with pytest.raises(SystemExit):
         bench.main(["--quick", "--paths", "prefix"])  # no reference and no floor to divide by
+
+
+def test_bad_loader_data_stops_before_any_timing(tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit, match=r"--loader .*missing.* does not exist"):
+        bench.main(["--quick", "--loader", str(tmp_path / "missing"), "--out", str(out)])
+    assert not out.exists()

@@ -190,6 +190,16 @@ def time_model(alias: str, groups: dict[int, list[Config]], args: argparse.Names
     return runner.images.shape[-1]
 
 
+def check_loader_data(source: str) -> None:
+    """Fail before any timing, not after minutes of it, when --loader names data that cannot be loaded."""
+    from .data import DataError, load_data
+
+    try:
+        load_data(source, img_size=8, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    except DataError as err:
+        raise SystemExit(f"vptune bench: --loader {source}: {err}")
+
+
 def loader_throughput(source: str, img_size: int, batch: int, repeats: int) -> dict:
     """Images/s of the training data loader alone (decode or cached arrays, transform, vptune's collate):
     the median over `repeats` passes of the train split, after one untimed pass."""
@@ -425,6 +435,8 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("vptune bench: --device cuda but CUDA is not available")
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.loader:
+        check_loader_data(args.loader)
     results = Results()
     measure(args, results, started=time.time())
     print(table(make_rows(results.configs, results.samples, args)))
