@@ -12,7 +12,7 @@ import itertools
 import json
 import tempfile
 
-from vptune.train import TrainConfig, train
+from vptune import TrainConfig, train
 
 # (method, base lr of prompts, base lr of head); lr None = the method has no prompts. Base rates are scaled by
 # batch / 256 (x 1/8 at batch 32).

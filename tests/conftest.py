@@ -1,17 +1,27 @@
-"""Shared fixtures: tiny random timm ViTs, so the suite runs in seconds on a CPU and offline."""
+"""Shared fixtures: ONE tiny random timm ViT builder (timm's own `test_vit`, 32 px), and a workspace with an image
+folder and that ViT's weights file, so the suite runs in seconds on a CPU and offline."""
+import numpy as np
 import pytest
 import timm
 import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+TINY_VIT = "test_vit"  # timm's tiny ViT: patch 16, width 64, 6 blocks, 2 heads; at 32 px, 4 patches
+COLOURS = {"red": (210, 40, 40), "green": (40, 210, 40), "blue": (40, 40, 210)}
 
 
-def make_tiny_vit(depth: int = 4, reg_tokens: int = 0, img_size: int = 32, seed: int = 0, **kwargs):
-    """A random timm VisionTransformer: 32 px, patch 16 (4 patches), width 24, 3 heads."""
+def make_tiny_vit(depth: int | None = None, reg_tokens: int = 0, img_size: int = 32, seed: int = 0,
+                  sharp: bool = True, **kwargs):
+    """A random `test_vit` (arguments override its architecture). `sharp` redraws the weights at a trained
+    network's scale (see `sharpen`); without it the model is exactly what `--backbone test_vit` builds."""
     torch.manual_seed(seed)
-    options = dict(patch_size=16, embed_dim=24, num_heads=3, mlp_ratio=2.0, qkv_bias=True)
-    options.update(kwargs)
-    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0, img_size=img_size,
-                              depth=depth, reg_tokens=reg_tokens, **options).eval()
-    return sharpen(model)
+    if depth is not None:
+        kwargs["depth"] = depth
+    if reg_tokens:
+        kwargs["reg_tokens"] = reg_tokens
+    model = timm.create_model(TINY_VIT, pretrained=False, num_classes=0, img_size=img_size, **kwargs).eval()
+    return sharpen(model) if sharp else model
 
 
 @torch.no_grad()
@@ -30,11 +40,52 @@ def sharpen(model):
     return model
 
 
+# Narrower still for the model's equivalence tests, whose shapes and expected sizes are written for it.
+NARROW = dict(depth=4, embed_dim=24, num_heads=3, mlp_ratio=2.0, dynamic_img_size=False)
+
+
 @pytest.fixture
 def tiny_vit():
-    return make_tiny_vit
+    """make_tiny_vit with the NARROW shape unless told otherwise: width 24, 3 heads, 4 blocks."""
+    return lambda **kwargs: make_tiny_vit(**{**NARROW, **kwargs})
 
 
 @pytest.fixture
 def images():
     return torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(123))
+
+
+@pytest.fixture(scope="session")
+def workspace(tmp_path_factory):
+    """What an offline user has: a 3-class image folder (noisy solid colours, 10 images each) in images/, and
+    `tiny.safetensors`, the weights of the tiny ViT that `--backbone test_vit --img-size 32` builds."""
+    root = tmp_path_factory.mktemp("ws")
+    rng = np.random.default_rng(0)
+    for name, colour in COLOURS.items():
+        (root / "images" / name).mkdir(parents=True)
+        for i in range(10):
+            pixels = np.clip(np.array(colour) + rng.normal(0, 40, (36, 36, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(root / "images" / name / f"{i}.png")
+    save_file(make_tiny_vit(sharp=False).state_dict(), str(root / "tiny.safetensors"))
+    return root
+
+
+def train_config(ws, output, **overrides):
+    """A TrainConfig for the workspace: tiny ViT, 2 epochs, batch 8, 4 prompt tokens."""
+    from vptune import TrainConfig
+
+    settings = dict(data=str(ws / "images"), output=str(output), backbone=TINY_VIT,
+                    weights=str(ws / "tiny.safetensors"), img_size=32, epochs=2, batch_size=8, num_tokens=4)
+    settings.update(overrides)
+    return TrainConfig(**settings)
+
+
+def train_args(ws, output, *extra):
+    """The same run as `train_config`, as `vptune train` arguments."""
+    return ["train", "--data", str(ws / "images"), "--output", str(output), "--backbone", TINY_VIT,
+            "--weights", str(ws / "tiny.safetensors"), "--img-size", "32", "--epochs", "2", "--batch-size", "8",
+            "--num-tokens", "4", "--quiet", *extra]
+
+
+def without_timings(rows):
+    return [{k: v for k, v in row.items() if k not in ("seconds", "img_per_s")} for row in rows]

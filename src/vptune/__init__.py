@@ -1,21 +1,28 @@
 """vptune: Visual Prompt Tuning for frozen timm Vision Transformers.
 
     import vptune
-    model = vptune.PromptedViT(backbone, vptune.PromptConfig(num_tokens=10, mode="deep"), num_classes=10)
-    ...train model.trainable_parameters()...
-    model.save_task("runs/my-task")
+    backbone = vptune.create_backbone()                                    # offline DINOv2 ViT-S/14
+    model = vptune.build_model("vpt-deep", backbone, vptune.PromptConfig(num_tokens=10), num_classes=10)
+    ...train model.trainable_parameters(), or vptune.train(vptune.TrainConfig(data=..., method=...))...
+    vptune.save_task(model, "runs/my-task")
     model = vptune.load_task("runs/my-task", backbone=backbone)
+    vptune.Predictor(model).predict_files(["cat.jpg"])
 """
-from importlib.metadata import PackageNotFoundError, version
+from . import backbones, data, methods, model, tasks  # noqa: F401  (vptune.backbones.create_backbone etc.)
+from ._io import package_version
+from .backbones import create_backbone
+from .data import DataError, load_data
+from .errors import BackboneError, CheckpointError, ConfigError, TrainingError, VptuneError
+from .inference import Predictor, evaluate
+from .methods import METHODS, build_model, get_method
+from .model import ParameterCount, PromptConfig, PromptedViT, count_parameters
+from .rundir import RunDir
+from .tasks import load_task, save_task
+from .training import TrainConfig, load_train_config, train
 
-from .checkpoint import CheckpointError, load_task, save_task
-from .config import PromptConfig
-from .model import ParameterCount, PromptedViT, count_parameters
+__version__ = package_version()
 
-try:
-    __version__ = version("vptune")
-except PackageNotFoundError:  # running from a source tree that was never installed
-    __version__ = "0.0.0+unknown"
-
-__all__ = ["PromptConfig", "PromptedViT", "count_parameters", "ParameterCount", "save_task", "load_task",
-           "CheckpointError", "__version__"]
+__all__ = ["PromptConfig", "PromptedViT", "count_parameters", "ParameterCount", "create_backbone", "build_model",
+           "get_method", "METHODS", "save_task", "load_task", "TrainConfig", "load_train_config", "train",
+           "load_data", "Predictor", "evaluate", "RunDir", "VptuneError", "ConfigError", "BackboneError",
+           "CheckpointError", "DataError", "TrainingError", "__version__"]

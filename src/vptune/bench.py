@@ -33,8 +33,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from .config import PromptConfig
-from .model import PromptedViT
+from .data import DataError, collate, load_data
+from .model import PromptConfig, PromptedViT
 
 
 @dataclass(frozen=True)
@@ -192,8 +192,6 @@ def time_model(alias: str, groups: dict[int, list[Config]], args: argparse.Names
 
 def check_loader_data(source: str) -> None:
     """Fail before any timing, not after minutes of it, when --loader names data that cannot be loaded."""
-    from .data import DataError, load_data
-
     try:
         load_data(source, img_size=8, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
     except DataError as err:
@@ -204,8 +202,6 @@ def loader_throughput(source: str, img_size: int, batch: int, repeats: int) -> d
     """Images/s of the training data loader alone (decode or cached arrays, transform, vptune's collate):
     the median over `repeats` passes of the train split, after one untimed pass."""
     from torch.utils.data import DataLoader
-
-    from .data import collate, load_data
 
     splits = load_data(source, img_size=img_size, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
     loader = DataLoader(splits.train, batch_size=batch, shuffle=True, collate_fn=collate)

@@ -9,11 +9,12 @@
 Modules: `builtin` (fetch + cache), `formats` (users' layouts), `splits` (seeded stratified sampling),
 `transforms` (recipes), `datasets` (torch datasets, DataSplits), `load` (load_data).
 """
-from .builtin import BUILTIN_DATASETS, cache_dir
-from .datasets import ArrayDataset, DataSplits, FileDataset, collate
+from .builtin import BUILTIN_DATASETS, builtin_name
+from .datasets import ArrayDataset, DataSplits, FileDataset, Sample, collate, read_image
 from .errors import DataError, DataWarning, FetchError
 from .load import load_data
-from .transforms import RANDOM_RECIPES
+from .transforms import RANDOM_RECIPES, build_transform
 
-__all__ = ["load_data", "DataSplits", "BUILTIN_DATASETS", "DataError", "cache_dir",
-           "DataWarning", "FetchError", "ArrayDataset", "FileDataset", "collate", "RANDOM_RECIPES"]
+__all__ = ["load_data", "DataSplits", "BUILTIN_DATASETS", "builtin_name", "DataError", "DataWarning",
+           "FetchError", "ArrayDataset", "FileDataset", "Sample", "collate", "read_image", "RANDOM_RECIPES",
+           "build_transform"]

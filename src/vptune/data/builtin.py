@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import os
 import pickle
 import shutil
 import struct
@@ -28,7 +27,7 @@ from typing import Callable
 
 import numpy as np
 
-from .datasets import short_sha
+from .._io import atomic_write, cache_dir, short_sha
 from .errors import DataError, DataWarning, FetchError
 from .splits import stratified_choice
 
@@ -57,11 +56,6 @@ ANIMAL_FILES = {"images": ("animal_data_version_3.gz",
                            "dec8dba7c469830989fbab46825021a08a38470753a512f27ada847eced97b57")}
 # Label k is the k-th name in alphabetical order (checked by looking at the images of each label).
 ANIMAL_CLASSES = ["bear", "bird", "cat", "cow", "dog", "elephant", "giraffe", "horse", "sheep", "zebra"]
-
-
-def cache_dir() -> Path:
-    """Root of vptune's cache: $VPTUNE_CACHE if set, else ~/.cache/vptune (the rule vptune.backbones uses)."""
-    return Path(os.environ.get("VPTUNE_CACHE") or Path.home() / ".cache" / "vptune")
 
 
 def builtin_name(source: object) -> str | None:
@@ -115,21 +109,14 @@ def load_builtin(name: str) -> BuiltinArrays:
 
 
 def _write_cache(path: Path, arrays: BuiltinArrays) -> None:
-    """Write to a temp file in the same folder, then os.replace: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
             # Compressed: fashion-mnist takes 31 MB instead of 55 MB, for ~0.2 s more per load.
             np.savez_compressed(f, version=np.array(CACHE_VERSION), images=arrays.images,
                                 labels=arrays.labels, is_test=arrays.is_test,
                                 class_names=np.array(arrays.class_names), origin=np.array(arrays.origin),
                                 content_sha256=np.array(arrays.content_sha256))
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a cache may be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, write)
 
 
 def _read_cache(path: Path) -> BuiltinArrays:

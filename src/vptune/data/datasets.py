@@ -1,7 +1,6 @@
 """Torch datasets over decoded arrays (built-ins) and over image files (users' data), and `DataSplits`."""
 from __future__ import annotations
 
-import hashlib
 import os
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -15,16 +14,9 @@ from PIL import Image
 from torch.utils.data import Dataset, default_collate
 from torchvision.transforms.v2.functional import pil_to_tensor
 
+from .._io import short_sha
 from .errors import DataError
 from .transforms import Transform
-
-
-def short_sha(*chunks: bytes) -> str:
-    """First 16 hex digits of the sha256 of the chunks: enough to tell two splits apart, short enough to read."""
-    digest = hashlib.sha256()
-    for chunk in chunks:
-        digest.update(chunk)
-    return digest.hexdigest()[:16]
 
 
 @contextmanager

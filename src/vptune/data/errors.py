@@ -1,7 +1,8 @@
 """The one error type of the data package, and its warning type."""
+from ..errors import VptuneError
 
 
-class DataError(ValueError):
+class DataError(VptuneError, ValueError):
     """Data that cannot be used as given: a missing or unreadable file, a bad label, row or layout.
 
     The message always names the file (and the line, where there is one), so a user can fix the data.

@@ -7,6 +7,11 @@ Layouts (autodetected in this order):
   union of the first two); lines `relative/path.jpg label`, paths relative to the folder; int labels.
 - FGVC folder: `train.json`, `test.json` (+ optional `val.json`), each {image path: class id}; paths relative
   to the folder, or to its `images/` or `Images/` sub-folder (as in the VPT releases).
+- Split image folder (torchvision ImageFolder / Hugging Face `imagefolder` style): `train/`, `test/` and optional
+  `val/` (or `valid/`, `validation/`; folder names case-insensitive), each holding one sub-folder of images per
+  class; class names = the class folder names, which must be the same in every split folder. Without `val/`,
+  val is carved from train. Chosen when a split-named folder holds class sub-folders (and no images directly);
+  other top-level folders holding images then make the layout ambiguous, an error.
 - Image folder: one sub-folder of images per class (searched recursively); class names = folder names.
 
 Class names for the int-labelled layouts (and CSVs with int labels): a `classes.txt` (or `labels.txt`) next to
@@ -33,9 +38,12 @@ FGVC_FILES = {"train": "train.json", "val": "val.json", "test": "test.json"}
 CLASS_FILES = ("classes.txt", "labels.txt")
 CSV_PATH_HEADERS = {"path", "file", "filename", "filepath", "image", "image_path", "img"}
 CSV_LABEL_HEADERS = {"label", "class", "class_name", "target", "category", "y"}
+SPLIT_FOLDERS = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 
 ACCEPTED = ("Accepted: a built-in name (fashion-mnist, animal-mnist, digits); a folder with one sub-folder of "
-            "images per class; a .csv file of `path,label` rows; a VTAB-1k task folder with train800.txt, "
+            "images per class; a folder with train/, test/ and optional val/ (or valid/, validation/) folders, "
+            "each with one sub-folder of images per class (the same classes in each); "
+            "a .csv file of `path,label` rows; a VTAB-1k task folder with train800.txt, "
             "val200.txt and test.txt (`relative/path.jpg label` lines); an FGVC folder with train.json and "
             "test.json (image path -> class id).")
 
@@ -66,7 +74,10 @@ def read_user_data(source: Path) -> UserData:
         return read_vtab(source)
     if present & set(FGVC_FILES.values()):
         return read_fgvc(source)
-    class_dirs = [d for d in sorted(source.iterdir()) if d.is_dir() and not d.name.startswith(".")]
+    class_dirs = _sub_folders(source)
+    split_dirs = [d for d in class_dirs if _holds_class_folders(d)]
+    if split_dirs:
+        return read_split_image_folder(source, split_dirs, [d for d in class_dirs if d not in split_dirs])
     images = {d: _images_in(d) for d in class_dirs}
     if any(images.values()):
         return read_image_folder(source, images)
@@ -90,6 +101,87 @@ def read_image_folder(root: Path, images: dict[Path, list[Path]]) -> UserData:
     samples = [Sample(path, label, f"class folder {folder}")
                for label, (folder, files) in enumerate(images.items()) for path in files]
     return UserData("image-folder", root, {"all": samples}, [d.name for d in images], "folder names")
+
+
+def _sub_folders(folder: Path) -> list[Path]:
+    return [d for d in sorted(folder.iterdir()) if d.is_dir() and not d.name.startswith(".")]
+
+
+def _direct_images(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir()
+                  if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file() and not p.name.startswith("."))
+
+
+def _holds_class_folders(folder: Path) -> bool:
+    """A split folder (train / val / test, any case) holding class folders: a sub-folder with images, and no
+    images directly in it. A `train` folder of images (say, a class of vehicles) stays a class folder."""
+    return (folder.name.lower() in SPLIT_FOLDERS and not _direct_images(folder)
+            and any(_images_in(d) for d in _sub_folders(folder)))
+
+
+def read_split_image_folder(root: Path, split_dirs: list[Path], other_dirs: list[Path]) -> UserData:
+    """root/<split>/<class>/...: one image folder per split, with the same class folders in each."""
+    shown = ", ".join(d.name for d in split_dirs)
+    mixed = [d for d in other_dirs if _images_in(d)]
+    if mixed:
+        named = ", ".join(d.name for d in mixed[:5]) + (" ..." if len(mixed) > 5 else "")
+        direct = [d for d in mixed if d.name.lower() in SPLIT_FOLDERS]
+        raise DataError(
+            f"{root} mixes split folders holding class folders ({shown}) with folders of images read as classes "
+            f"({named}): it is unclear whether {root} is one data set with a class per folder, or split folders "
+            f"each with a class per folder"
+            + (f" ({', '.join(str(d) for d in direct)} holds image files directly, not in class folders)"
+               if direct else "")
+            + f". For splits: move every class folder into the split folders ({root}/train/<class>/..., likewise "
+            f"val and test), with no images directly in a split folder. For classes: rename the class folder(s) "
+            f"named like splits, or list the images in a .csv of `path,label` rows.")
+    imageless = [d for d in other_dirs if d.name.lower() in SPLIT_FOLDERS]
+    if imageless:
+        raise DataError(f"split folder {imageless[0]} has no images; next to {shown} it needs one sub-folder of "
+                        f"images per class, the same class folders as the others (or remove it)")
+    by_split: dict[str, Path] = {}
+    for d in split_dirs:
+        split = SPLIT_FOLDERS[d.name.lower()]
+        if split in by_split:
+            raise DataError(f"{by_split[split]} and {d} are both {split} folders; keep one (merge their class "
+                            f"folders) or rename the other")
+        by_split[split] = d
+    if "train" not in by_split:
+        raise DataError(f"{root} has split folders ({shown}) but no train folder; add {root}/train/<class>/... "
+                        f"with the same class folders, or load a folder with one sub-folder of images per class "
+                        f"to have it split 70/15/15 per class")
+    if "test" not in by_split:
+        raise DataError(f"{root} has split folders ({shown}) but no test folder; add {root}/test/<class>/... with "
+                        f"the same class folders as {by_split['train']} (val is optional: without one it is "
+                        f"carved from train), or load {by_split['train']} alone to have it split 70/15/15 per "
+                        f"class")
+    order = [s for s in ("train", "val", "test") if s in by_split]
+    classes = {s: {d.name: d for d in _sub_folders(by_split[s])} for s in order}
+    reference = by_split["train"]
+    problems = []
+    for s in order[1:]:
+        lacks = sorted(set(classes["train"]) - set(classes[s]))
+        extra = sorted(set(classes[s]) - set(classes["train"]))
+        if lacks:
+            problems.append(f"{by_split[s]} lacks class folder(s) {lacks} that {reference} has")
+        if extra:
+            problems.append(f"{by_split[s]} has class folder(s) {extra} that {reference} lacks")
+    if problems:
+        raise DataError("; ".join(problems) + ". Every split folder must hold the same class folders: add the "
+                        "missing class folders (with at least one image each) or remove those classes from "
+                        "every split folder.")
+    names = sorted(classes["train"])
+    splits: dict[str, list[Sample]] = {}
+    for s in order:
+        images = {classes[s][name]: _images_in(classes[s][name]) for name in names}
+        empty = [d for d, files in images.items() if not files]
+        if empty:
+            raise DataError(f"class folder {empty[0]} has no images (extensions: "
+                            f"{', '.join(sorted(IMAGE_EXTENSIONS))})"
+                            + (f"; {len(empty) - 1} more empty class folder(s)" if len(empty) > 1 else ""))
+        splits[s] = [Sample(path, label, f"class folder {folder}")
+                     for label, (folder, files) in enumerate(images.items()) for path in files]
+    return UserData("image-folder-splits", root, splits, names, f"class folder names in {reference}")
 
 
 # ---------------------------------------------------------------------------------------------- VTAB-1k lists

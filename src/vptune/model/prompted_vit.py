@@ -20,7 +20,6 @@ training with frozen blocks and no random augmentation can compute the stem once
 """
 from __future__ import annotations
 
-import os
 import warnings
 from dataclasses import dataclass
 from functools import partial
@@ -31,7 +30,7 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ..config import PromptConfig
+from .config import PromptConfig
 from .attention import prefix_block, prompt_key_values, supports_prefix
 from .prompts import Prompts
 
@@ -136,16 +135,11 @@ class PromptedViT(nn.Module):
 
     @property
     def data_config(self) -> dict:
-        """Input size and normalisation of the backbone (timm's data config)."""
+        """Input size and normalisation of the backbone (timm's data config). The input size is the one the
+        backbone is built for: timm keeps its architecture's default there even when img_size was overridden."""
         from timm.data import resolve_model_data_config
 
-        return resolve_model_data_config(self.backbone)
-
-    def save_task(self, directory: str | os.PathLike, **extra) -> None:
-        """Write prompts + head (`prompt.safetensors`) and `task.json`; see `vptune.checkpoint`."""
-        from ..checkpoint import save_task
-
-        save_task(self, directory, **extra)
+        return {**resolve_model_data_config(self.backbone), "input_size": (3, *self.backbone.patch_embed.img_size)}
 
     # ---------------------------------------------------------------------------------------------- forward
     def forward(self, images: torch.Tensor) -> torch.Tensor:

@@ -6,7 +6,7 @@ import math
 import torch
 from torch import nn
 
-from ..config import PromptConfig
+from .config import PromptConfig
 
 
 class Prompts(nn.Module):

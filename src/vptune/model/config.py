@@ -30,7 +30,8 @@ class PromptConfig:
         location: "prepend" (extra tokens after [CLS] and any register tokens) or "add" (one learned vector
             per existing token position, added element-wise; its length comes from the backbone).
         layers: blocks that get a prompt. None: block 0 for shallow, every block for deep. Also "all",
-            "first K", "last K", or a list of block indices (0-based). Shallow takes exactly one block.
+            "first K", "last K", or block indices (0-based) as a list or as text "0,1,5" (as typed on a command
+            line or in YAML). Shallow takes exactly one block.
         dropout: prompt dropout, applied after the projection, an independent mask per image.
         project: if set, prompts live in this smaller dimension and a learned Linear maps them to the
             backbone's width (the original's "prompt projection").
@@ -49,8 +50,7 @@ class PromptConfig:
     init_std: float = 0.02
 
     def __post_init__(self) -> None:
-        if isinstance(self.layers, tuple):
-            self.layers = list(self.layers)
+        self.layers = _normalise_layers(self.layers)
         self.validate()
 
     def validate(self) -> None:
@@ -113,6 +113,17 @@ class PromptConfig:
 def _check_choice(name: str, value: object, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
         raise ValueError(f"PromptConfig.{name} must be one of {', '.join(map(repr, allowed))}, got {value!r}")
+
+
+def _normalise_layers(spec: LayersSpec) -> LayersSpec:
+    """Block indices written as text ("0,1,5", "3") or a tuple become a list of ints; anything else is kept."""
+    if isinstance(spec, tuple):
+        return list(spec)
+    if isinstance(spec, str):
+        parts = [part.strip() for part in spec.split(",")]
+        if all(part.lstrip("-").isdigit() for part in parts):
+            return [int(part) for part in parts]
+    return spec
 
 
 def _check_layers_syntax(spec: LayersSpec) -> None:

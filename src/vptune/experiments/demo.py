@@ -6,6 +6,7 @@ comparison table and writes it (results.md, results.json) with a plot of the lea
 from __future__ import annotations
 
 import json
+import logging
 import platform
 import shutil
 import time
@@ -13,9 +14,13 @@ from pathlib import Path
 
 import torch
 
-from .backbones import DEFAULT_BACKBONE
-from .checkpoint import atomic_write_text
-from .train import TrainConfig, train
+from .._io import atomic_write_text
+from ..backbones import DEFAULT_BACKBONE
+from ..errors import TrainingError
+from ..rundir import RunDir
+from ..training import TrainConfig, train
+
+log = logging.getLogger("vptune")
 
 METHODS = ("linear", "vpt-shallow", "vpt-deep")
 DEMO_DATA = "animal-mnist"
@@ -34,12 +39,11 @@ def run_demo(output: Path, *, data: str | None = None, epochs: int | None = None
     started = time.perf_counter()
     rows = []
     for method in METHODS:
-        if not quiet:
-            print(f"\n=== {method} ===")
+        log.info(f"=== {method} ===")
         cfg = TrainConfig(data=data, output=str(output / method), method=method, backbone=DEFAULT_BACKBONE,
                           img_size=DEMO_IMG_SIZE, epochs=epochs, subset=64 if smoke else None)
         summary = train(cfg, quiet=quiet)
-        rows.append({**summary, "curve": _read_curve(output / method)})
+        rows.append({**summary, "curve": RunDir(output / method).read_metrics()})
     table = format_table(rows, data, time.perf_counter() - started)
     print("\n" + table)
     atomic_write_text(output / "results.md", table + "\n")
@@ -53,12 +57,8 @@ def _clear_previous_demo(output: Path) -> None:
     """Replace an earlier demo's results, but never a folder the demo did not write."""
     if output.exists() and any(output.iterdir()):
         if not (output / MARKER).is_file():
-            raise FileExistsError(f"{output} exists and is not a previous demo's output; choose another --output")
+            raise TrainingError(f"{output} exists and is not a previous demo's output; choose another --output")
         shutil.rmtree(output)
-
-
-def _read_curve(run: Path) -> list[dict]:
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line]
 
 
 def format_table(rows: list[dict], data: str, seconds: float) -> str:

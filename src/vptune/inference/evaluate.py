@@ -1,6 +1,8 @@
 """Evaluation: logits over a data set, top-1 / top-5, per-class accuracy, confusion matrix (and its PNG)."""
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -8,7 +10,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from .data import collate
+from .._io import atomic_write_text
+from ..data import DataError, collate, load_data
+from ..errors import ConfigError
+from ..rundir import RunDir
+from ..tasks import load_task, read_task_json
 
 
 @torch.no_grad()
@@ -39,6 +45,7 @@ def evaluate_logits(logits: torch.Tensor, labels: torch.Tensor) -> dict:
 
 def evaluate_dataset(model: torch.nn.Module, dataset: Dataset, *, batch_size: int = 64, device: str = "cpu",
                      quiet: bool = True) -> dict:
+    """`evaluate_logits` of `model` over every item of `dataset` (items: normalised image tensor, label)."""
     model.eval()
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
     logits, labels = predict_logits(model, loader, torch.device(device), desc="test", quiet=quiet)
@@ -81,3 +88,36 @@ def save_confusion_png(confusion: Sequence[Sequence[int]], class_names: Sequence
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def evaluate(path: str | os.PathLike, *, data: str | None = None, split: str = "test", batch_size: int = 64,
+             device: str = "cpu", quiet: bool = True) -> tuple[dict, list[str], list[Path]]:
+    """Evaluate a task (or a run's best task) on a split of a data set (default: the one it was trained on).
+
+    Writes the metrics as JSON and a confusion-matrix PNG into the run's eval/ folder; returns
+    (metrics, class names, written files).
+    """
+    task = RunDir.find_task(path)
+    meta = read_task_json(task)
+    training = meta.get("training", {})
+    source = data or training.get("data")
+    if source is None:
+        raise ConfigError(f"{task} does not record its training data; pass --data")
+    model = load_task(task).to(device)
+    size = meta["data"]["input_size"][-1]
+    splits = load_data(source, img_size=size, mean=tuple(meta["data"]["mean"]), std=tuple(meta["data"]["std"]),
+                       protocol=training.get("protocol", "vtab1k"), recipe=training.get("recipe", "vtab"),
+                       seed=training.get("seed", 0))
+    if model.class_names and list(splits.class_names) != list(model.class_names):
+        raise DataError(f"{source} has classes {splits.class_names}, but the task was trained on "
+                         f"{model.class_names}; evaluate on data with the same classes")
+    dataset = getattr(splits, split)
+    if dataset is None:
+        raise DataError(f"{source} has no {split!r} split")
+    metrics = evaluate_dataset(model, dataset, batch_size=batch_size, device=device, quiet=quiet)
+    names = model.class_names or splits.class_names
+    out = RunDir.eval_dir_for(task)
+    metrics_path = atomic_write_text(out / f"{split}_metrics.json",
+                                     json.dumps({"data": source, "split": split, **metrics}, indent=2) + "\n")
+    png = save_confusion_png(metrics["confusion"], names, out / f"{split}_confusion.png")
+    return metrics, names, [metrics_path, png]

@@ -1,0 +1,79 @@
+"""Small file helpers shared by every room: atomic writes, sha256, the cache directory, the package version.
+
+Imports nothing of vptune, so anything may import it.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Callable
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
+    """Call `write(tmp)` on a temp file beside `path`, then rename it over `path` (atomic on POSIX).
+
+    A reader sees the old file or the new one, never half of one; a failed write leaves the old file as it was.
+    The new file gets the permissions any file created here would get (the umask), not mkstemp's private 0600.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    return atomic_write(path, lambda tmp: tmp.write_bytes(data))
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)  # the only portable way to read it is to set it; put it back at once
+    os.umask(mask)
+    return mask
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Full hex sha256 of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def short_sha(*chunks: bytes) -> str:
+    """First 16 hex digits of the sha256 of the chunks: enough to tell two things apart, short enough to read."""
+    digest = hashlib.sha256()
+    for chunk in chunks:
+        digest.update(chunk)
+    return digest.hexdigest()[:16]
+
+
+def cache_dir() -> Path:
+    """Root of vptune's cache: $VPTUNE_CACHE if set, else ~/.cache/vptune. Not created here: writers create
+    the sub-folder they write into (`atomic_write` does)."""
+    return Path(os.environ.get("VPTUNE_CACHE") or Path.home() / ".cache" / "vptune")
+
+
+def package_version() -> str:
+    try:
+        return version("vptune")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        return "0.0.0+unknown"

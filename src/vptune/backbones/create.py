@@ -1,0 +1,121 @@
+"""`create_backbone`: a frozen timm `VisionTransformer` for VPT, by name; and its weights' fingerprint.
+
+The returned model is in eval mode with every parameter frozen, has no classifier, pools the class token, and
+its `pretrained_cfg` carries the input size and normalisation, so data code reads them through
+`timm.data.resolve_model_data_config(model)`. Offline backbones are described in `OFFLINE_BACKBONES`; any other
+name is a timm model name (downloaded from timm's hub unless `weights=` gives a local file).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from typing import Callable
+
+import timm
+import torch
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.models import VisionTransformer
+
+from ..errors import BackboneError
+from . import imgfocus
+from .weights import StateDict, load_state_dict, read_weights
+
+
+@dataclass(frozen=True)
+class OfflineBackbone:
+    """A backbone whose pretrained weights can be had without timm's hub."""
+
+    timm_arch: str                     # the timm architecture its weights fit
+    default_img_size: int
+    mean: tuple[float, float, float]   # the normalisation it was trained with
+    std: tuple[float, float, float]
+    weights: Callable[[Callable[[StateDict], None]], StateDict]  # (check) -> state dict, converting once
+    antialias: bool = True             # how its position grid is resampled to other image sizes
+
+
+OFFLINE_BACKBONES: dict[str, OfflineBackbone] = {
+    imgfocus.NAME: OfflineBackbone(imgfocus.TIMM_ARCH, 224, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD,
+                                   imgfocus.converted_weights, antialias=False),
+}
+DEFAULT_BACKBONE = imgfocus.NAME
+
+
+def create_backbone(name: str = DEFAULT_BACKBONE, *, img_size: int | None = None,
+                    weights: str | os.PathLike | None = None, pretrained: bool = True) -> VisionTransformer:
+    """Create a frozen ViT backbone for VPT.
+
+    Args:
+        name: an `OFFLINE_BACKBONES` name (the default is DINOv2 ViT-S/14) or a timm model name
+            (e.g. 'vit_base_patch16_224').
+        img_size: input resolution; position embeddings are resampled to it. Defaults to the offline backbone's
+            size or the timm model's own.
+        weights: a local .safetensors / .pth / .bin state dict to load instead of the pretrained weights.
+        pretrained: load pretrained weights (ignored when `weights` is given); False gives a random init.
+    """
+    offline = OFFLINE_BACKBONES.get(name)
+    if offline is not None:
+        model = timm.create_model(offline.timm_arch, pretrained=False, num_classes=0, global_pool="token",
+                                  img_size=img_size or offline.default_img_size)
+        load = lambda state, source: load_state_dict(model, state, source, antialias=offline.antialias)  # noqa: E731
+        if weights is not None:
+            load(read_weights(weights), str(weights))
+        elif pretrained:
+            load(offline.weights(lambda state: load(state, name)), name)
+        mean_std = {"mean": offline.mean, "std": offline.std}
+    else:
+        model = _create_timm_vit(name, img_size=img_size, hub=pretrained and weights is None)
+        if weights is not None:
+            load_state_dict(model, read_weights(weights), source=str(weights))
+        mean_std = {}
+
+    # timm keeps the architecture's default input_size even when img_size is overridden; data code reads it here
+    size = tuple(model.patch_embed.img_size)
+    model.pretrained_cfg = {**model.pretrained_cfg, **mean_std, "input_size": (3, *size)}
+    model.default_cfg = model.pretrained_cfg  # timm's backwards-compatible alias
+    model.requires_grad_(False).eval()
+    model.vptune_name = name
+    model.vptune_weights = str(weights) if weights is not None else None  # recorded in task checkpoints
+    return model
+
+
+def _create_timm_vit(name: str, *, img_size: int | None, hub: bool) -> VisionTransformer:
+    """Build a timm ViT by name with class-token pooling and no classifier."""
+    if not timm.is_model(name):
+        raise BackboneError(f"unknown backbone {name!r}: it is neither an offline backbone "
+                            f"({', '.join(OFFLINE_BACKBONES)}) nor a timm model name; see timm.list_models('*vit*')")
+    not_vit = f"backbone {name!r} is not usable: VPT needs a timm VisionTransformer with a class token"
+    kwargs = {} if img_size is None else {"img_size": img_size}
+    try:
+        model = timm.create_model(name, pretrained=hub, num_classes=0, **kwargs)
+    except TypeError as err:  # e.g. a CNN that takes no img_size
+        raise BackboneError(not_vit) from err
+    except Exception as err:
+        if not hub:
+            raise
+        raise BackboneError(f"could not fetch pretrained weights for {name!r} ({type(err).__name__}: {err}); pass "
+                            f"weights= a local .safetensors/.pth file, or use the offline default "
+                            f"{DEFAULT_BACKBONE!r}") from err
+    if not isinstance(model, VisionTransformer) or not model.has_class_token:
+        raise BackboneError(not_vit)
+    # Pool via the class token without rebuilding, so norm placement (norm vs fc_norm) matches the weights
+    model.reset_classifier(0, global_pool="token")
+    return model
+
+
+def backbone_fingerprint(backbone: torch.nn.Module) -> str:
+    """sha256 over the frozen weights as they were when first asked (names, shapes, dtypes and bytes).
+
+    Remembered on the module so a method that later tunes backbone weights still records the base
+    backbone it started from.
+    """
+    cached = getattr(backbone, "_vptune_fingerprint", None)
+    if cached is None:
+        digest = hashlib.sha256()
+        for name, tensor in sorted(backbone.state_dict().items()):
+            tensor = tensor.detach().cpu().contiguous()
+            digest.update(f"{name}|{tuple(tensor.shape)}|{tensor.dtype}|".encode())
+            digest.update(tensor.view(-1).view(torch.uint8).numpy().tobytes())
+        cached = digest.hexdigest()[:16]
+        backbone._vptune_fingerprint = cached
+    return cached

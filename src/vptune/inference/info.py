@@ -1,0 +1,54 @@
+"""`vptune info`: what a task holds (read from task.json alone, no backbone is built), or a backbone's shape."""
+from __future__ import annotations
+
+import json
+import os
+from math import prod
+from pathlib import Path
+
+from ..backbones import create_backbone
+from ..model import ParameterCount
+from ..rundir import RunDir
+from ..tasks import WEIGHTS_FILE, read_task_json
+
+
+def describe(target: str | os.PathLike) -> str:
+    """A task's method, prompt config, trainable share and size on disk; or, for a name, a backbone's shape."""
+    if Path(target).exists():
+        return describe_task(target)
+    return describe_backbone(str(target))
+
+
+def describe_task(path: str | os.PathLike) -> str:
+    task = RunDir.find_task(path)
+    meta = read_task_json(task)
+    backbone = meta["backbone"]
+    method = meta.get("method")
+    lines = [f"task         {task}",
+             f"backbone     {backbone.get('name')} at {backbone.get('img_size')} px "
+             f"(fingerprint {backbone.get('fingerprint')})",
+             f"method       {json.dumps(method) if isinstance(method, dict) else method or 'vpt'}",
+             f"prompt       {json.dumps(meta['prompt'])}",
+             f"classes      {meta['num_classes']}: {', '.join(map(str, meta.get('class_names') or []))}",
+             str(parameter_count(meta)),
+             f"checkpoint   {(task / WEIGHTS_FILE).stat().st_size:,} bytes ({WEIGHTS_FILE})"]
+    return "\n".join(lines)
+
+
+def parameter_count(meta: dict) -> ParameterCount:
+    """Trainable parameters by kind, from the tensor shapes task.json lists (the backbone's size is recorded
+    since task format 2; 0 when unknown)."""
+    sizes = {name: prod(shape) for name, shape in meta["tensors"].items()}
+    return ParameterCount(prompts=sum(n for name, n in sizes.items() if name.startswith("prompts.")),
+                          head=sum(n for name, n in sizes.items() if name.startswith("head.")),
+                          other_trainable=sum(n for name, n in sizes.items() if name.startswith("backbone.")),
+                          backbone=meta["backbone"].get("num_parameters", 0))
+
+
+def describe_backbone(name: str) -> str:
+    backbone = create_backbone(name, pretrained=False)
+    params = sum(p.numel() for p in backbone.parameters())
+    return (f"backbone     {name}: {len(backbone.blocks)} blocks, width {backbone.embed_dim}, "
+            f"patch {backbone.patch_embed.patch_size}, {backbone.num_prefix_tokens} prefix token(s), "
+            f"{params:,} parameters\nVPT-deep with p prompts adds {len(backbone.blocks)} x p x {backbone.embed_dim} "
+            f"parameters (+ head)")

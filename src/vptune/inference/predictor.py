@@ -1,0 +1,55 @@
+"""`Predictor`: a task model plus the test transform its backbone expects, for image files or tensors."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from ..data import Sample, build_transform, read_image
+from ..model import PromptedViT
+from ..rundir import RunDir
+from ..tasks import load_task
+
+
+class Predictor:
+    """Top-k predictions of one task. The transform comes from the model's own data config (input size, mean,
+    std of its backbone), so a model built in Python predicts exactly like one loaded from a task directory."""
+
+    def __init__(self, model: PromptedViT, *, batch_size: int = 32) -> None:
+        self.model = model.eval()
+        data = model.data_config
+        self.transform = build_transform(data["input_size"][-1], data["mean"], data["std"])
+        self.class_names = model.class_names or [str(i) for i in range(model.head.out_features)]
+        self.batch_size = batch_size
+
+    @classmethod
+    def from_task(cls, path: str | os.PathLike, backbone: torch.nn.Module | str | None = None,
+                  **kwargs) -> "Predictor":
+        """A task directory, or a training run (its best checkpoint)."""
+        return cls(load_task(RunDir.find_task(path), backbone=backbone), **kwargs)
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.head.weight.device
+
+    @torch.no_grad()
+    def predict_files(self, paths: Sequence[str | os.PathLike], top_k: int = 5) -> list[dict]:
+        """Top-k classes with probabilities for each image file, decoded `batch_size` at a time (errors name
+        the file)."""
+        results = []
+        for start in range(0, len(paths), self.batch_size):
+            chunk = paths[start:start + self.batch_size]
+            images = torch.stack([self.transform(read_image(Sample(Path(p), -1, "command line"))) for p in chunk])
+            results += [{"image": str(path), "top": top} for path, top in zip(chunk, self.predict(images, top_k))]
+        return results
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor, top_k: int = 5) -> list[list[dict]]:
+        """Normalised images (B, 3, H, W) -> for each, its top-k {class, index, probability}."""
+        probabilities = self.model(images.to(self.device)).softmax(dim=1).cpu()
+        top = probabilities.topk(min(top_k, probabilities.shape[1]), dim=1)
+        return [[{"class": self.class_names[i], "index": int(i), "probability": float(p)}
+                 for p, i in zip(values.tolist(), indices.tolist())]
+                for values, indices in zip(top.values, top.indices)]

@@ -1,0 +1,136 @@
+"""`Method`: what a tuning method is, and the registry that finds one by name (as PEFT registers its tuners).
+
+Every method trains the same `PromptedViT` (frozen backbone + linear head on the final [CLS]); methods differ in
+the prompt they add, which backbone tensors they unfreeze or insert, and their optimizer and default learning
+rates. So one training loop, one task format and one evaluation serve them all. A method's settings go into
+task.json (`to_dict`) and come back (`method_from_dict`), so a task reloads the same however it was saved.
+
+Adding a method means one file: subclass `Method`, give it a `name`, decorate it with `@register`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass
+from typing import Any, ClassVar, Sequence
+
+from torch import nn
+
+from ..backbones import backbone_fingerprint
+from ..errors import ConfigError
+from ..model import PromptConfig, PromptedViT
+
+REGISTRY: dict[str, type["Method"]] = {}
+
+
+@dataclass(frozen=True)
+class Method:
+    """A tuning method. Subclasses set the class attributes and override what differs."""
+
+    name: ClassVar[str]                 # as typed after --method; `pattern` for parametrised names
+    summary: ClassVar[str]              # one line for --help
+    pattern: ClassVar[str | None] = None  # a regex with one group per dataclass field, e.g. partial-(\d+)
+    frozen_backbone: ClassVar[bool] = True   # every backbone weight stays as it was (stem cache applies)
+    head_only: ClassVar[bool] = False   # only the head trains: features can be computed once
+    optimizer: ClassVar[str] = "sgd"    # the original VPT recipe; AdamW where backbone weights move
+    default_lr: ClassVar[float] = 1e-3  # base lr of the tuned tensors (scaled by batch / 256)
+    default_head_lr: ClassVar[float] = 1e-3
+
+    @property
+    def label(self) -> str:
+        """The name this instance is typed as (with its parameter, e.g. partial-2)."""
+        return self.name
+
+    def prompt_config(self, prompt: PromptConfig) -> PromptConfig:
+        """The prompt this method trains, given the user's prompt settings. Default: no prompt."""
+        return dataclasses.replace(prompt, num_tokens=0)
+
+    def adapt(self, backbone: nn.Module) -> None:
+        """Unfreeze (or insert) the backbone tensors this method tunes. Used at training and at loading."""
+
+    def options(self) -> dict[str, Any]:
+        """Settings beyond the name that task.json must keep to rebuild the model."""
+        return dataclasses.asdict(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.label, **self.options()}
+
+
+def register(cls: type[Method]) -> type[Method]:
+    """Class decorator: make a method findable by its name."""
+    if cls.name in REGISTRY:
+        raise RuntimeError(f"method name {cls.name!r} is registered twice")
+    REGISTRY[cls.name] = cls
+    return cls
+
+
+def method_names() -> list[str]:
+    return list(REGISTRY)
+
+
+def method_summaries() -> str:
+    """One line per registered method, for --help."""
+    return "\n".join(f"  {cls.name:<12} {cls.summary}" for cls in REGISTRY.values())
+
+
+def get_method(name: str, **options: Any) -> Method:
+    """The method typed as `name` (e.g. "vpt-deep", "partial-2"), with the `options` its fields take
+    (others are ignored, so callers can pass every method option they hold)."""
+    for cls in REGISTRY.values():
+        fields = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {k: v for k, v in options.items() if k in fields}
+        if cls.pattern is None and name == cls.name:
+            return _create(cls, kwargs)
+        if cls.pattern is not None and (match := re.fullmatch(cls.pattern, str(name))):
+            parsed = dict(zip([f.name for f in dataclasses.fields(cls)], (int(g) for g in match.groups())))
+            return _create(cls, {**kwargs, **parsed})
+    raise ConfigError(f"unknown method {name!r}; choose one of {', '.join(method_names())}")
+
+
+def method_from_dict(data: dict[str, Any] | str) -> Method:
+    """Inverse of `Method.to_dict` (a bare name is accepted too)."""
+    if isinstance(data, str):
+        return get_method(data)
+    if not isinstance(data, dict) or not isinstance(data.get("name"), str):
+        raise ConfigError(f"a method must be recorded as {{\"name\": ..., options}}, got {data!r}")
+    options = {k: v for k, v in data.items() if k != "name"}
+    return get_method(data["name"], **options)
+
+
+def _create(cls: type[Method], kwargs: dict[str, Any]) -> Method:
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"method {cls.name!r}: {err}") from err
+
+
+def build_model(method: Method | str, backbone: nn.Module, prompt: PromptConfig, num_classes: int, *,
+                class_names: Sequence[str] | None = None, **options: Any) -> PromptedViT:
+    """The model for `method` (a Method or its name, with `options` such as lora_rank=8), with exactly that
+    method's parameters trainable. The model remembers its method, so `save_task` records it."""
+    if isinstance(method, str):
+        method = get_method(method, **options)
+    backbone_fingerprint(backbone)  # remember the base weights before a method starts changing them
+    model = PromptedViT(backbone, method.prompt_config(prompt), num_classes, class_names=class_names)
+    method.adapt(backbone)  # after the wrapper froze everything
+    model.method = method
+    return model
+
+
+def method_of(model: PromptedViT) -> Method:
+    """The method a model was built with; for a PromptedViT made directly, VPT (by its prompt mode) or linear."""
+    method = getattr(model, "method", None)
+    if isinstance(method, Method):
+        return method
+    config = model.prompt_config
+    return get_method(f"vpt-{config.mode}" if config.enabled else "linear")
+
+
+def optimizer_groups(model: PromptedViT, lr: float, head_lr: float, weight_decay: float) -> list[dict]:
+    """Parameter groups: the head gets its own lr (the backbone's [CLS] norm can be large); the rest the main lr."""
+    head = list(model.head.parameters())
+    rest = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("head.")]
+    groups = [{"params": head, "lr": head_lr, "weight_decay": weight_decay, "name": "head"}]
+    if rest:
+        groups.insert(0, {"params": rest, "lr": lr, "weight_decay": weight_decay, "name": "tuned"})
+    return groups

@@ -1,0 +1,82 @@
+"""The baselines VPT is compared with in the paper: linear probe, full fine-tuning, bias tuning, partial-K."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from ..errors import ConfigError
+from .base import Method, register
+
+# A linear probe on fixed features tolerates (and needs, to converge in a few epochs) a larger head lr than a
+# head whose features move with the prompts (docs/lr-sweep.md).
+LINEAR_HEAD_LR = 0.08
+
+
+@register
+@dataclass(frozen=True)
+class Linear(Method):
+    name = "linear"
+    summary = "linear probe: the head alone, on frozen features computed once"
+    head_only = True
+    default_lr = LINEAR_HEAD_LR  # nothing but the head trains; kept equal for the record
+    default_head_lr = LINEAR_HEAD_LR
+
+
+@dataclass(frozen=True)
+class _Tuned(Method):
+    """Methods that move backbone weights: AdamW, one lr for the tuned tensors and the head."""
+
+    frozen_backbone = False
+    optimizer = "adamw"
+    default_lr = 1e-3
+    default_head_lr = 1e-3
+
+    def options(self) -> dict:
+        return {}
+
+
+@register
+@dataclass(frozen=True)
+class Full(_Tuned):
+    name = "full"
+    summary = "full fine-tuning: every backbone weight trains (AdamW)"
+
+    def adapt(self, backbone: nn.Module) -> None:
+        backbone.requires_grad_(True)
+
+
+@register
+@dataclass(frozen=True)
+class Bias(_Tuned):
+    name = "bias"
+    summary = "bias tuning: every bias of the backbone trains (AdamW)"
+
+    def adapt(self, backbone: nn.Module) -> None:
+        for name, param in backbone.named_parameters():
+            param.requires_grad_(name.endswith(".bias"))
+
+
+@register
+@dataclass(frozen=True)
+class Partial(_Tuned):
+    name = "partial-K"
+    summary = "partial-K: the last K blocks and the final norm train, e.g. partial-2 (AdamW)"
+    pattern = r"partial-(\d+)"
+    k: int = 1
+
+    def __post_init__(self) -> None:
+        if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1:
+            raise ConfigError(f"method partial-K needs a block count K >= 1, e.g. partial-2; got K={self.k!r}")
+
+    @property
+    def label(self) -> str:
+        return f"partial-{self.k}"
+
+    def adapt(self, backbone: nn.Module) -> None:
+        depth = len(backbone.blocks)
+        if self.k > depth:
+            raise ConfigError(f"method {self.label!r}: K must be in 1..{depth} (the backbone's depth)")
+        for block in backbone.blocks[-self.k:]:
+            block.requires_grad_(True)
+        backbone.norm.requires_grad_(True)

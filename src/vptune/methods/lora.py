@@ -1,0 +1,35 @@
+"""LoRA on the attention's qkv projection, through the PEFT library (an optional extra: vptune[lora])."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from ..errors import ConfigError
+from .base import Method, register
+
+
+@register
+@dataclass(frozen=True)
+class LoRA(Method):
+    name = "lora"
+    summary = "LoRA (PEFT) on every attn.qkv, rank --lora-rank (AdamW)"
+    frozen_backbone = False  # the inserted adapters change what the blocks compute
+    optimizer = "adamw"
+    lora_rank: int = 8
+    lora_alpha: int | None = None  # None: equal to the rank (scale 1)
+    lora_dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.lora_rank, bool) or not isinstance(self.lora_rank, int) or self.lora_rank < 1:
+            raise ConfigError(f"lora_rank must be a positive integer, got {self.lora_rank!r}")
+
+    def adapt(self, backbone: nn.Module) -> None:
+        try:
+            from peft import LoraConfig, inject_adapter_in_model
+        except ImportError as err:
+            raise ConfigError("method 'lora' needs the PEFT library: pip install 'vptune[lora]' "
+                              "(or pip install peft)") from err
+        config = LoraConfig(r=self.lora_rank, lora_alpha=self.lora_alpha or self.lora_rank,
+                            lora_dropout=self.lora_dropout, target_modules=["qkv"])
+        inject_adapter_in_model(config, backbone)  # adds trainable lora_A / lora_B beside each frozen attn.qkv

@@ -1,0 +1,258 @@
+"""The training loop: backbone + data + method -> a run directory (see `vptune.rundir` for its layout).
+
+The recipe is the original VPT's (SGD, momentum 0.9, warm-up then cosine, lr scaled by batch / 256), with the
+schedule stepped per iteration and separate learning rates for the tuned tensors and the head; methods that
+move backbone weights use AdamW (each method says which, `vptune.methods`).
+
+Everything random is a function of the seed and the epoch, so a run resumed with `--resume` ends exactly where
+an uninterrupted one does.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset, Subset
+from tqdm.auto import tqdm
+
+from .._io import atomic_write
+from ..backbones import create_backbone
+from ..data import DataSplits, collate, load_data
+from ..errors import TrainingError
+from ..inference.evaluate import evaluate_dataset, evaluate_logits, predict_logits
+from ..methods import build_model, optimizer_groups
+from ..model import PromptedViT, count_parameters
+from ..rundir import RunDir
+from ..tasks import WEIGHTS_FILE, load_task, save_task, task_tensors
+from .config import TrainConfig
+from .stem_cache import precompute, stem_cache_plan
+
+log = logging.getLogger("vptune")
+
+
+@dataclass
+class Fit:
+    """What one epoch needs: the model, the function that maps a training input to logits (the model itself, or
+    its head / post-stem part when inputs are cached), the optimizer and its schedule."""
+
+    cfg: TrainConfig
+    model: PromptedViT
+    forward: Callable[[torch.Tensor], torch.Tensor]
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    run: RunDir
+    quiet: bool = False
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device(self.cfg.device)
+
+    def loader(self, dataset: Dataset, shuffle: bool, epoch: int = 0) -> DataLoader:
+        generator = torch.Generator().manual_seed(self.cfg.seed * 100_003 + epoch)
+        return DataLoader(dataset, batch_size=self.cfg.batch_size, shuffle=shuffle, generator=generator,
+                          num_workers=self.cfg.num_workers, collate_fn=collate)
+
+
+def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, quiet: bool = False) -> dict:
+    """Run (or with `resume`, continue) one training run; returns the summary written to summary.json.
+    `quiet` hides the progress bars (log lines go through the "vptune" logger)."""
+    run = RunDir(cfg.output)
+    cfg = _start(run, cfg, resume=resume, overwrite=overwrite)
+    method = cfg.tuning_method()
+    torch.manual_seed(cfg.seed)
+
+    backbone = create_backbone(cfg.backbone, img_size=cfg.img_size, weights=cfg.weights)
+    splits = _load_splits(cfg, backbone)
+    torch.manual_seed(cfg.seed)  # prompt and head init do not depend on how much randomness data loading used
+    model = build_model(method, backbone, cfg.prompt_config(), len(splits.class_names),
+                        class_names=splits.class_names)
+    model.grad_checkpointing = cfg.grad_checkpointing
+    model.to(cfg.device)
+
+    train_set = _subset(splits.trainval if cfg.final else splits.train, cfg)
+    val_set = None if cfg.final else _subset(splits.val, cfg)
+    forward: Callable[[torch.Tensor], torch.Tensor] = model
+    cache = dict(batch_size=cfg.batch_size, device=torch.device(cfg.device), num_workers=cfg.num_workers,
+                 quiet=quiet)
+    if method.head_only:  # the whole backbone is frozen and unprompted: its features are computed once
+        log.info("computing frozen features once for the linear probe...")
+        train_set, val_set = (precompute(model.forward_features, s, **cache) for s in (train_set, val_set))
+        forward = model.head
+    elif stem_cache_plan(model, frozen_backbone=method.frozen_backbone, recipe=cfg.recipe,
+                         cache_stem=cfg.cache_stem, num_images=len(train_set) + len(val_set or ())):
+        train_set, val_set = (precompute(model.stem, s, **cache) for s in (train_set, val_set))
+        forward = model.forward_from_stem
+
+    steps_per_epoch = math.ceil(len(train_set) / cfg.batch_size)
+    optimizer = make_optimizer(model, cfg)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, warmup_cosine(steps_per_epoch * cfg.epochs, round(steps_per_epoch * cfg.warmup_epochs)))
+    fit = Fit(cfg, model, forward, optimizer, scheduler, run, quiet)
+    start_epoch, best = _restore(fit) if resume else (0, None)
+
+    counts = count_parameters(model)
+    log.info(f"{cfg.method} on {cfg.data} ({len(train_set)} train images), {counts.trainable:,} trainable "
+             f"parameters ({counts.percent_of_backbone:.3f}% of the backbone)")
+    started = time.perf_counter()
+    for epoch in range(start_epoch, cfg.epochs):
+        row = train_epoch(fit, train_set, epoch)
+        if val_set is not None:
+            row.update({f"val_{k}": v for k, v in validate(fit, val_set).items()})
+        improved = best is None or val_set is None or row["val_top1"] > best["val_top1"]
+        if improved:
+            best = {"epoch": epoch + 1, "val_top1": row.get("val_top1")}
+        _save_epoch(fit, splits, epoch, best, row, improved)
+        log.info(_epoch_line(row))
+    train_seconds = time.perf_counter() - started
+
+    summary = _summarise(fit, backbone, splits, counts, best, train_seconds)
+    run.write_summary(summary)
+    return summary
+
+
+# ------------------------------------------------------------------------------------------- the steps
+def train_epoch(fit: Fit, dataset: Dataset, epoch: int) -> dict:
+    """One pass over the training set; returns the epoch's metrics row."""
+    cfg, model, optimizer = fit.cfg, fit.model, fit.optimizer
+    model.train()
+    torch.manual_seed(cfg.seed * 1000 + epoch)  # dropout and augmentation: a function of (seed, epoch), so
+    loader = fit.loader(dataset, shuffle=True, epoch=epoch)  # a resumed run replays exactly
+    total_loss, correct, seen, started = 0.0, 0, 0, time.perf_counter()
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=fit.quiet, leave=False)
+    for step, (inputs, labels) in enumerate(bar):
+        inputs, labels = inputs.to(fit.device), labels.to(fit.device)
+        logits = fit.forward(inputs)
+        loss = F.cross_entropy(logits, labels)
+        if not torch.isfinite(loss):
+            raise TrainingError(f"the loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}; the last good "
+                                f"checkpoint is in {fit.run.last} (if any epoch finished). Lower the learning rates "
+                                f"(--lr {cfg.lr}, --head-lr {cfg.head_lr}) and train again")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        fit.scheduler.step()
+        total_loss += loss.item() * len(labels)
+        correct += (logits.argmax(1) == labels).sum().item()
+        seen += len(labels)
+        bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{optimizer.param_groups[0]['lr']:.2g}",
+                        img_s=f"{seen / (time.perf_counter() - started):.1f}")
+    seconds = time.perf_counter() - started
+    return {"epoch": epoch + 1, "train_loss": total_loss / seen, "train_top1": correct / seen,
+            "lr": optimizer.param_groups[0]["lr"], "img_per_s": seen / seconds, "seconds": seconds}
+
+
+def validate(fit: Fit, dataset: Dataset) -> dict:
+    fit.model.eval()
+    logits, labels = predict_logits(fit.forward, fit.loader(dataset, shuffle=False), fit.device)
+    return {"loss": F.cross_entropy(logits, labels).item(), "top1": evaluate_logits(logits, labels)["top1"]}
+
+
+def make_optimizer(model: PromptedViT, cfg: TrainConfig) -> torch.optim.Optimizer:
+    scale = cfg.batch_size / 256 if cfg.scale_lr else 1.0
+    groups = optimizer_groups(model, cfg.lr * scale, cfg.head_lr * scale, cfg.weight_decay)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(groups)
+    return torch.optim.SGD(groups, lr=cfg.lr * scale, momentum=cfg.momentum)
+
+
+def warmup_cosine(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
+    """lr factor per iteration: linear warm-up from 1/warmup (never a wasted step at 0), then cosine to 0."""
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    return factor
+
+
+# ------------------------------------------------------------------------------------------- set-up
+def _start(run: RunDir, cfg: TrainConfig, *, resume: bool, overwrite: bool) -> TrainConfig:
+    """The settings to run with: config.yaml's when resuming; else `cfg` resolved and validated, written to a
+    fresh run directory (replacing an old run only with `overwrite`, and only once the settings are valid)."""
+    if resume:
+        if not run.config.is_file() or not run.state.is_file():
+            raise TrainingError(f"cannot resume {run.path}: it has no {run.config.name} and {run.state.name} (no epoch "
+                                f"finished yet?); start it again with --overwrite")
+        return TrainConfig.from_dict(run.read_config(), str(run.config))
+    cfg = cfg.resolved()
+    if not run.is_empty():
+        if not overwrite:
+            raise TrainingError(f"{run.path} already exists and is not empty; pass --overwrite to replace it, "
+                                f"--resume to continue it, or choose another --output")
+        shutil.rmtree(run.path)
+    run.path.mkdir(parents=True, exist_ok=True)
+    run.write_config(cfg.to_dict())
+    return cfg
+
+
+def _load_splits(cfg: TrainConfig, backbone: torch.nn.Module) -> DataSplits:
+    from timm.data import resolve_model_data_config
+
+    data_cfg = resolve_model_data_config(backbone)
+    return load_data(cfg.data, img_size=data_cfg["input_size"][-1], mean=tuple(data_cfg["mean"]),
+                     std=tuple(data_cfg["std"]), protocol=cfg.protocol, recipe=cfg.recipe, seed=cfg.seed,
+                     skip_bad=cfg.skip_bad)
+
+
+def _subset(dataset: Dataset | None, cfg: TrainConfig) -> Dataset | None:
+    """At most `cfg.subset` images of a split, drawn by the seed (for quick checks like `demo --smoke`)."""
+    if dataset is None or cfg.subset is None or len(dataset) <= cfg.subset:
+        return dataset
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(cfg.seed))
+    return Subset(dataset, order[:cfg.subset].tolist())
+
+
+# ------------------------------------------------------------------------------------------- files
+def _save_epoch(fit: Fit, splits: DataSplits, epoch: int, best: dict, row: dict, improved: bool) -> None:
+    cfg, run = fit.cfg, fit.run
+    training = {"data": cfg.data, "protocol": cfg.protocol, "recipe": cfg.recipe, "seed": cfg.seed,
+                "epoch": epoch + 1, "metrics": row}
+    save_task(fit.model, run.last, training=training)
+    if improved:
+        save_task(fit.model, run.best, training=training)
+    state = {"epoch": epoch + 1, "best": best, "tensors": task_tensors(fit.model),
+             "optimizer": fit.optimizer.state_dict(), "scheduler": fit.scheduler.state_dict()}
+    atomic_write(run.state, lambda tmp: torch.save(state, tmp))
+    run.write_metrics(run.read_metrics()[:epoch] + [row])
+
+
+def _restore(fit: Fit) -> tuple[int, dict | None]:
+    state = torch.load(fit.run.state, weights_only=True)  # plain tensors and containers, never pickled code
+    fit.model.load_state_dict(state["tensors"], strict=False)
+    fit.optimizer.load_state_dict(state["optimizer"])
+    fit.scheduler.load_state_dict(state["scheduler"])
+    return state["epoch"], state["best"]
+
+
+def _epoch_line(row: dict) -> str:
+    val = f", val top-1 {row['val_top1']:.4f}" if "val_top1" in row else ""
+    return (f"epoch {row['epoch']}: train loss {row['train_loss']:.4f}, train top-1 {row['train_top1']:.4f}"
+            f"{val}, {row['img_per_s']:.1f} img/s")
+
+
+def _summarise(fit: Fit, backbone: torch.nn.Module, splits: DataSplits, counts, best: dict | None,
+               train_seconds: float) -> dict:
+    cfg, run = fit.cfg, fit.run
+    test = {}
+    if splits.test is not None:
+        if not cfg.tuning_method().frozen_backbone:  # the method changed the backbone in place: use a fresh one
+            backbone = create_backbone(cfg.backbone, img_size=cfg.img_size, weights=cfg.weights)
+        model = load_task(run.best, backbone=backbone).to(cfg.device)
+        test = evaluate_dataset(model, _subset(splits.test, cfg), batch_size=cfg.batch_size, device=cfg.device,
+                                quiet=fit.quiet)
+    return {
+        "method": cfg.method, "data": splits.describe(), "backbone": cfg.backbone, "epochs": cfg.epochs,
+        "best_epoch": best["epoch"] if best else None, "best_val_top1": best["val_top1"] if best else None,
+        "test_top1": test.get("top1"), "test_top5": test.get("top5"),
+        "trainable_parameters": counts.trainable, "backbone_parameters": counts.backbone,
+        "trainable_percent": counts.percent_of_backbone,
+        "checkpoint_bytes": os.path.getsize(run.best / WEIGHTS_FILE),
+        "train_seconds": train_seconds,
+    }

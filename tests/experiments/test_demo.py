@@ -1,0 +1,22 @@
+"""The main job's pipeline, small."""
+import json
+
+from vptune.cli import main
+
+
+def test_demo_smoke(tmp_path, capsys):
+    """Default backbone at 112 px, digits, 64 images, one epoch per method."""
+    assert main(["demo", "--smoke", "--output", str(tmp_path / "demo"), "--quiet"]) == 0
+    rows = json.loads((tmp_path / "demo" / "results.json").read_text())
+    assert [r["method"] for r in rows] == ["linear", "vpt-shallow", "vpt-deep"]
+    assert rows[2]["trainable_parameters"] == 12 * 10 * 384 + 384 * 10 + 10
+    assert (tmp_path / "demo" / "curves.png").stat().st_size > 1000
+    assert "| vpt-deep |" in capsys.readouterr().out
+
+
+def test_demo_never_replaces_a_folder_it_did_not_write(tmp_path, capsys):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    assert main(["demo", "--smoke", "--output", str(tmp_path / "mine"), "--quiet"]) == 1
+    assert "not a previous demo's output" in capsys.readouterr().err
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep"

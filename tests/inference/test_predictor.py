@@ -1,0 +1,41 @@
+"""Predictor: built from a model alone (its backbone's data config gives the transform), batched over files."""
+import torch
+from conftest import make_tiny_vit
+
+from vptune import Predictor, PromptConfig, PromptedViT, save_task
+from vptune.data import Sample, build_transform, read_image
+from vptune.inference import describe
+
+
+def test_a_model_built_in_python_predicts_like_its_saved_task(workspace, tmp_path):
+    backbone = make_tiny_vit()
+    backbone.pretrained_cfg = {**backbone.pretrained_cfg, "mean": (0.1, 0.2, 0.3), "std": (0.5, 0.5, 0.5)}
+    model = PromptedViT(backbone, PromptConfig(num_tokens=2), num_classes=3, class_names=["blue", "green", "red"])
+    files = sorted((workspace / "images").rglob("*.png"))[:5]
+    direct = Predictor(model, batch_size=2).predict_files(files, top_k=3)
+    save_task(model, tmp_path / "task")
+    reloaded = Predictor.from_task(tmp_path / "task", backbone=backbone).predict_files(files, top_k=3)
+    assert [r["image"] for r in direct] == [str(f) for f in files]
+    for a, b in zip(direct, reloaded):
+        assert [g["class"] for g in a["top"]] == [g["class"] for g in b["top"]]
+        assert all(abs(x["probability"] - y["probability"]) < 1e-6 for x, y in zip(a["top"], b["top"]))
+
+    # the transform is the backbone's: its mean and std, not ImageNet's
+    transform = build_transform(32, (0.1, 0.2, 0.3), (0.5, 0.5, 0.5))
+    image = transform(read_image(Sample(files[0], -1, "test")))[None]
+    with torch.no_grad():
+        expected = model.eval()(image).softmax(1)[0]
+    assert abs(direct[0]["top"][0]["probability"] - expected.max().item()) < 1e-6
+
+
+def test_info_reads_task_json_without_building_the_backbone(tmp_path, monkeypatch):
+    model = PromptedViT(make_tiny_vit(), PromptConfig(num_tokens=2, mode="deep"), num_classes=3)
+    save_task(model, tmp_path / "task")
+    import vptune.inference.info as info
+
+    monkeypatch.setattr(info, "create_backbone", lambda *a, **k: (_ for _ in ()).throw(AssertionError("built")))
+    text = describe(tmp_path / "task")
+    prompts = 6 * 2 * 64
+    assert f"prompts           {prompts:>12,}" in text and f"head              {64 * 3 + 3:>12,}" in text
+    backbone = sum(p.numel() for p in model.backbone.parameters())
+    assert f"({100 * (prompts + 64 * 3 + 3) / backbone:.3f}% of the backbone)" in text

@@ -1,0 +1,138 @@
+"""`vptune` end to end on a tiny random ViT and a generated image folder: train -> eval -> predict -> info, flags
+and config files, one-line errors for the user's mistakes and tracebacks for bugs."""
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import train_args
+
+from vptune import RunDir
+from vptune.cli import main
+
+
+def test_cli_train_eval_predict_info(workspace, tmp_path, capsys):
+    run = RunDir(tmp_path / "run")
+    assert main(train_args(workspace, run.path)) == 0
+    assert {p.name for p in run.path.iterdir()} >= {"config.yaml", "metrics.jsonl", "summary.json", "best", "last",
+                                                    "state.pt"}
+    assert len(run.read_metrics()) == 2
+    summary = run.read_summary()
+    assert 0.0 <= summary["test_top1"] <= 1.0 and summary["trainable_parameters"] > 0
+
+    assert main(["eval", str(run.path), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "top-1" in out and "red" in out
+    assert (run.eval / "test_confusion.png").stat().st_size > 1000
+    assert json.loads((run.eval / "test_metrics.json").read_text())["num_images"] == 6
+
+    image = workspace / "images" / "red" / "0.png"
+    assert main(["predict", str(run.path), str(image), "--top-k", "2", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result[0]["image"] == str(image) and len(result[0]["top"]) == 2
+    assert abs(sum(g["probability"] for g in result[0]["top"])) <= 1.0 + 1e-6
+
+    assert main(["info", str(run.path)]) == 0
+    out = capsys.readouterr().out
+    assert "% of the backbone" in out and "prompt.safetensors" in out and '"name": "vpt-deep"' in out
+
+
+def test_config_file_and_flags_flags_win(workspace, tmp_path):
+    settings = tmp_path / "settings.yaml"
+    settings.write_text("epochs: 1\nnum-tokens: 7\nmethod: vpt-shallow\nprompt_layers: '1'\n")
+    run = RunDir(tmp_path / "run")
+    assert main(train_args(workspace, run.path, "--config", str(settings), "--method", "vpt-deep")) == 0
+    recorded = json.loads((run.best / "task.json").read_text())
+    assert recorded["method"]["name"] == "vpt-deep"  # the flag beat the file
+    assert recorded["prompt"]["num_tokens"] == 4  # train_args passes --num-tokens 4, beating the file's 7
+    assert recorded["prompt"]["layers"] == [1]  # from the file
+
+
+def test_prompt_layers_as_indices_work_in_yaml_as_on_the_command_line(workspace, tmp_path):
+    """Bug: `prompt_layers: "0,1,5"` in a --config file was refused while `--prompt-layers 0,1,5` worked."""
+    settings = tmp_path / "settings.yaml"
+    settings.write_text('prompt_layers: "0,2,5"\nprompt_init: zeros\nepochs: 1\n')
+    from_file, from_flags = RunDir(tmp_path / "file"), RunDir(tmp_path / "flags")
+    assert main(train_args(workspace, from_file.path, "--config", str(settings))) == 0
+    assert main(train_args(workspace, from_flags.path, "--prompt-layers", "0,2,5", "--prompt-init", "zeros",
+                           "--epochs", "1")) == 0
+    for run in (from_file, from_flags):
+        prompt = json.loads((run.best / "task.json").read_text())["prompt"]
+        assert prompt["layers"] == [0, 2, 5] and prompt["init"] == "zeros"
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--method", "prefix-magic"], "unknown method 'prefix-magic'"),
+    (["--method", "partial-k"], "unknown method 'partial-k'"),  # the help's placeholder, not a method
+    (["--method", "partial-0"], "K >= 1"),
+    (["--method", "partial-9"], "K must be in 1..6"),
+    (["--num-tokens", "-3"], "PromptConfig.num_tokens"),
+    (["--prompt-location", "middle"], "prompt_location must be one of prepend, add"),
+    (["--lr", "0"], "lr must be a positive number"),
+    (["--weight-decay", "nan"], "weight_decay must be a finite number"),
+    (["--data", "/no/such/folder"], "/no/such/folder"),
+    (["--backbone", "no_such_vit"], "unknown backbone 'no_such_vit'"),
+])
+def test_bad_flags_give_a_one_line_error(workspace, tmp_path, capsys, extra, message):
+    assert main(train_args(workspace, tmp_path / "run", *extra)) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("vptune: error:") and message in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("text, message", [
+    ("epochz: 3\n", "unknown setting(s) ['epochz']"),
+    ("num_workers: two\n", "num_workers must be an integer"),
+    ("skip_bad: 'no'\n", "skip_bad must be true or false"),
+    ("epochs: [1\n", "is not valid YAML"),
+    ("data: !!python/object/apply:os.system ['echo hi']\n", "is not valid YAML"),
+])
+def test_bad_config_files_are_named(workspace, tmp_path, capsys, text, message):
+    settings = tmp_path / "s.yaml"
+    settings.write_text(text)
+    assert main(train_args(workspace, tmp_path / "run", "--config", str(settings))) == 1
+    err = capsys.readouterr().err
+    assert message in err and str(settings) in err and "Traceback" not in err
+
+
+def test_refuses_to_overwrite_without_flag(workspace, tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "precious.txt").write_text("keep me")
+    assert main(train_args(workspace, run)) == 1
+    assert "--overwrite" in capsys.readouterr().err
+    assert (run / "precious.txt").read_text() == "keep me"
+
+
+def test_a_bug_shows_its_traceback_not_a_one_line_error(workspace, tmp_path, monkeypatch):
+    """Bug: every TypeError / RuntimeError was printed as a user error, hiding the project's own bugs."""
+    from vptune.training import loop
+
+    def broken(*args, **kwargs):
+        raise TypeError("a bug inside vptune")
+
+    monkeypatch.setattr(loop, "train_epoch", broken)
+    with pytest.raises(TypeError, match="a bug inside vptune"):
+        main(train_args(workspace, tmp_path / "run"))
+
+
+def test_debug_shows_the_traceback_of_a_user_error_too(workspace, tmp_path, capsys, monkeypatch):
+    assert main(train_args(workspace, tmp_path / "a", "--lr", "0", "--debug")) == 1
+    assert "Traceback" in capsys.readouterr().err
+    monkeypatch.setenv("VPTUNE_DEBUG", "1")
+    assert main(train_args(workspace, tmp_path / "b", "--lr", "0")) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "vptune: error: lr must be a positive number" in err
+
+
+def test_python_dash_m_runs_the_command_line_and_bugs_exit_with_a_traceback(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "vptune", "info", str(tmp_path)], capture_output=True, text=True)
+    assert done.returncode == 1 and done.stderr.startswith("vptune: error:") and "is neither a task" in done.stderr
+
+
+def test_train_help_lists_every_registered_method(capsys):
+    from vptune.methods import REGISTRY
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = capsys.readouterr().out
+    assert all(name in out for name in REGISTRY) and "--cache-stem" in out and "--prompt-init" in out

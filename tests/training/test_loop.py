@@ -1,0 +1,103 @@
+"""The training loop on a tiny random ViT and a generated image folder: determinism, resume, the stem cache,
+gradient checkpointing, the NaN guard, the schedule."""
+import pytest
+import torch
+from conftest import train_config, without_timings
+from safetensors.torch import load_file
+
+from vptune import RunDir, TrainingError, train
+from vptune.training import loop, warmup_cosine
+
+
+def trained(ws, out, **overrides):
+    train(train_config(ws, out, **overrides), quiet=True)
+    return RunDir(out)
+
+
+def test_same_seed_same_metrics(workspace, tmp_path):
+    first, second = (trained(workspace, tmp_path / name).read_metrics() for name in "ab")
+    assert len(first) == 2 and without_timings(first) == without_timings(second)
+
+
+def test_the_stem_is_run_once_per_image_with_the_same_results(workspace, tmp_path, caplog):
+    runs = {}
+    for cache in ("auto", "off"):
+        caplog.clear()
+        with caplog.at_level("INFO", logger="vptune"):
+            runs[cache] = trained(workspace, tmp_path / cache, prompt_layers="last 2", prompt_dropout=0.2,
+                                  cache_stem=cache)
+        said = "computing the stem (4 frozen blocks before the first prompt) once per image" in caplog.text
+        assert said == (cache == "auto")
+    cached, uncached = (runs[c].read_metrics() for c in ("auto", "off"))
+    for a, b in zip(cached, uncached):
+        assert a["val_top1"] == b["val_top1"] and a["train_top1"] == b["train_top1"]
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
+    prompts = [load_file(str(runs[c].last / "prompt.safetensors")) for c in ("auto", "off")]
+    assert all(torch.allclose(prompts[0][k], prompts[1][k], atol=1e-5) for k in prompts[0])
+
+
+def test_random_augmentation_turns_the_stem_cache_off(workspace, tmp_path, caplog):
+    with caplog.at_level("INFO", logger="vptune"):
+        trained(workspace, tmp_path / "run", prompt_layers="last 2", recipe="fgvc", epochs=1)
+    assert "not caching the stem (4 frozen blocks before the first prompt): recipe 'fgvc' augments at random" \
+        in caplog.text
+
+
+def test_old_config_files_with_cache_frozen_still_load(tmp_path):
+    from vptune.training import load_train_config
+
+    (tmp_path / "old.yaml").write_text("cache_frozen: 'off'\n")
+    assert load_train_config(tmp_path / "old.yaml").cache_stem == "off"
+
+
+def test_resume_ends_where_an_uninterrupted_run_ends(workspace, tmp_path, monkeypatch):
+    whole = trained(workspace, tmp_path / "whole", epochs=3, prompt_dropout=0.2)
+    real_epoch = loop.train_epoch
+
+    def interrupted(fit, dataset, epoch):
+        if epoch == 2:  # the third epoch
+            raise KeyboardInterrupt
+        return real_epoch(fit, dataset, epoch)
+
+    monkeypatch.setattr(loop, "train_epoch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        trained(workspace, tmp_path / "cut", epochs=3, prompt_dropout=0.2)
+    monkeypatch.setattr(loop, "train_epoch", real_epoch)
+    cut = RunDir(tmp_path / "cut")
+    assert len(cut.read_metrics()) == 2
+    train(train_config(workspace, cut.path), resume=True, quiet=True)
+
+    assert without_timings(cut.read_metrics()) == without_timings(whole.read_metrics())
+    resumed, uninterrupted = (load_file(str(run.last / "prompt.safetensors")) for run in (cut, whole))
+    assert resumed.keys() == uninterrupted.keys()
+    assert all(torch.equal(resumed[k], uninterrupted[k]) for k in resumed)
+
+
+def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(workspace, tmp_path, monkeypatch):
+    real_epoch = loop.train_epoch
+
+    def poisoned(fit, dataset, epoch):
+        if epoch == 1:  # second epoch: the head starts returning NaN
+            with torch.no_grad():
+                fit.model.head.weight.fill_(float("nan"))
+        return real_epoch(fit, dataset, epoch)
+
+    monkeypatch.setattr(loop, "train_epoch", poisoned)
+    with pytest.raises(TrainingError, match="loss became nan at epoch 2.*last good checkpoint"):
+        trained(workspace, tmp_path / "run")
+    good = load_file(str(RunDir(tmp_path / "run").last / "prompt.safetensors"))
+    assert torch.isfinite(good["head.weight"]).all()
+
+
+def test_invalid_settings_are_refused_before_an_old_run_is_replaced(workspace, tmp_path):
+    old = trained(workspace, tmp_path / "run", epochs=1)
+    before = old.metrics.read_text()
+    with pytest.raises(Exception, match="lr must be a positive number"):
+        train(train_config(workspace, old.path, lr=-1.0), overwrite=True, quiet=True)
+    assert old.metrics.read_text() == before
+
+
+def test_warmup_cosine_schedule_never_wastes_a_step():
+    factor = warmup_cosine(total_steps=100, warmup_steps=10)
+    assert factor(0) == pytest.approx(0.1) and factor(9) == pytest.approx(1.0)
+    assert factor(10) == pytest.approx(1.0) and factor(55) == pytest.approx(0.5) and factor(100) == pytest.approx(0.0)

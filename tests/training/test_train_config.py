@@ -1,0 +1,47 @@
+"""TrainConfig: flags are generated from its fields; YAML + overrides are a library function."""
+import pytest
+
+import vptune
+from vptune import ConfigError, TrainConfig, load_train_config
+from vptune.cli import build_parser
+
+
+def test_every_setting_has_help_and_a_flag():
+    import dataclasses
+
+    parser = build_parser()
+    train = next(a for a in parser._subparsers._group_actions[0].choices.values() if a.prog.endswith("train"))
+    flags = {opt for action in train._actions for opt in action.option_strings}
+    for field in dataclasses.fields(TrainConfig):
+        assert field.metadata["help"], field.name
+        flag = field.name.replace("_", "-")
+        assert f"--{flag}" in flags or f"--no-{flag}" in flags, field.name
+
+
+def test_yaml_then_overrides(tmp_path):
+    (tmp_path / "s.yaml").write_text("epochs: 3\nmethod: linear\nprompt-layers: 0,1\n")
+    cfg = load_train_config(tmp_path / "s.yaml", epochs=5)
+    assert (cfg.epochs, cfg.method) == (5, "linear")
+    assert cfg.prompt_config().layers == [0, 1]
+
+
+def test_resolved_fills_the_methods_defaults():
+    sgd = TrainConfig(method="vpt-deep").resolved()
+    adamw = TrainConfig(method="lora").resolved()
+    assert sgd.optimizer == "sgd" and sgd.lr == vptune.get_method("vpt-deep").default_lr
+    assert adamw.optimizer == "adamw" and adamw.lr == vptune.get_method("lora").default_lr
+    assert TrainConfig(method="linear", head_lr=0.5).resolved().head_lr == 0.5
+
+
+@pytest.mark.parametrize("settings, message", [
+    (dict(epochs=2.5), "epochs must be an integer"),
+    (dict(momentum=float("nan")), "momentum must be a finite number"),
+    (dict(warmup_epochs=float("nan")), "warmup_epochs must be a finite number"),
+    (dict(subset=-1), "subset must be a positive number"),
+    (dict(prompt_init="ones"), "prompt_init must be one of xavier, zeros, normal"),
+    (dict(cache_stem="yes"), "cache_stem must be one of auto, off"),
+    (dict(prompt_layers=[0, "x"]), "prompt_layers must be"),
+])
+def test_bad_values_are_named(settings, message):
+    with pytest.raises(ConfigError, match=message):
+        TrainConfig(**settings).resolved()
