@@ -94,13 +94,17 @@ def _images_in(folder: Path) -> list[Path]:
 
 
 def read_image_folder(root: Path, images: dict[Path, list[Path]]) -> UserData:
+    return UserData("image-folder", root, {"all": _class_samples(images)}, [d.name for d in images], "folder names")
+
+
+def _class_samples(images: dict[Path, list[Path]]) -> list[Sample]:
+    """{class folder: its images} -> samples labelled by the folder's position; an empty class folder is an error."""
     empty = [d for d, files in images.items() if not files]
     if empty:
         raise DataError(f"class folder {empty[0]} has no images (extensions: {', '.join(sorted(IMAGE_EXTENSIONS))})"
                         + (f"; {len(empty) - 1} more empty class folder(s)" if len(empty) > 1 else ""))
-    samples = [Sample(path, label, f"class folder {folder}")
-               for label, (folder, files) in enumerate(images.items()) for path in files]
-    return UserData("image-folder", root, {"all": samples}, [d.name for d in images], "folder names")
+    return [Sample(path, label, f"class folder {folder}")
+            for label, (folder, files) in enumerate(images.items()) for path in files]
 
 
 def _sub_folders(folder: Path) -> list[Path]:
@@ -121,6 +125,17 @@ def _holds_class_folders(folder: Path) -> bool:
 
 def read_split_image_folder(root: Path, split_dirs: list[Path], other_dirs: list[Path]) -> UserData:
     """root/<split>/<class>/...: one image folder per split, with the same class folders in each."""
+    _refuse_mixed_layout(root, split_dirs, other_dirs)
+    by_split = _split_folders_by_name(root, split_dirs)
+    classes = {split: {d.name: d for d in _sub_folders(folder)} for split, folder in by_split.items()}
+    _require_same_classes(by_split, classes)
+    names = sorted(classes["train"])
+    splits = {split: _class_samples({classes[split][name]: _images_in(classes[split][name]) for name in names})
+              for split in by_split}
+    return UserData("image-folder-splits", root, splits, names, f"class folder names in {by_split['train']}")
+
+
+def _refuse_mixed_layout(root: Path, split_dirs: list[Path], other_dirs: list[Path]) -> None:
     shown = ", ".join(d.name for d in split_dirs)
     mixed = [d for d in other_dirs if _images_in(d)]
     if mixed:
@@ -139,6 +154,11 @@ def read_split_image_folder(root: Path, split_dirs: list[Path], other_dirs: list
     if imageless:
         raise DataError(f"split folder {imageless[0]} has no images; next to {shown} it needs one sub-folder of "
                         f"images per class, the same class folders as the others (or remove it)")
+
+
+def _split_folders_by_name(root: Path, split_dirs: list[Path]) -> dict[str, Path]:
+    """{"train": folder, "val": folder (optional), "test": folder}, in that order."""
+    shown = ", ".join(d.name for d in split_dirs)
     by_split: dict[str, Path] = {}
     for d in split_dirs:
         split = SPLIT_FOLDERS[d.name.lower()]
@@ -155,33 +175,23 @@ def read_split_image_folder(root: Path, split_dirs: list[Path], other_dirs: list
                         f"the same class folders as {by_split['train']} (val is optional: without one it is "
                         f"carved from train), or load {by_split['train']} alone to have it split 70/15/15 per "
                         f"class")
-    order = [s for s in ("train", "val", "test") if s in by_split]
-    classes = {s: {d.name: d for d in _sub_folders(by_split[s])} for s in order}
+    return {split: by_split[split] for split in ("train", "val", "test") if split in by_split}
+
+
+def _require_same_classes(by_split: dict[str, Path], classes: dict[str, dict[str, Path]]) -> None:
     reference = by_split["train"]
     problems = []
-    for s in order[1:]:
-        lacks = sorted(set(classes["train"]) - set(classes[s]))
-        extra = sorted(set(classes[s]) - set(classes["train"]))
+    for split in list(by_split)[1:]:
+        lacks = sorted(set(classes["train"]) - set(classes[split]))
+        extra = sorted(set(classes[split]) - set(classes["train"]))
         if lacks:
-            problems.append(f"{by_split[s]} lacks class folder(s) {lacks} that {reference} has")
+            problems.append(f"{by_split[split]} lacks class folder(s) {lacks} that {reference} has")
         if extra:
-            problems.append(f"{by_split[s]} has class folder(s) {extra} that {reference} lacks")
+            problems.append(f"{by_split[split]} has class folder(s) {extra} that {reference} lacks")
     if problems:
         raise DataError("; ".join(problems) + ". Every split folder must hold the same class folders: add the "
                         "missing class folders (with at least one image each) or remove those classes from "
                         "every split folder.")
-    names = sorted(classes["train"])
-    splits: dict[str, list[Sample]] = {}
-    for s in order:
-        images = {classes[s][name]: _images_in(classes[s][name]) for name in names}
-        empty = [d for d, files in images.items() if not files]
-        if empty:
-            raise DataError(f"class folder {empty[0]} has no images (extensions: "
-                            f"{', '.join(sorted(IMAGE_EXTENSIONS))})"
-                            + (f"; {len(empty) - 1} more empty class folder(s)" if len(empty) > 1 else ""))
-        splits[s] = [Sample(path, label, f"class folder {folder}")
-                     for label, (folder, files) in enumerate(images.items()) for path in files]
-    return UserData("image-folder-splits", root, splits, names, f"class folder names in {reference}")
 
 
 # ---------------------------------------------------------------------------------------------- VTAB-1k lists

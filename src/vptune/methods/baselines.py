@@ -32,9 +32,6 @@ class _Tuned(Method):
     default_lr = 1e-3
     default_head_lr = 1e-3
 
-    def options(self) -> dict:
-        return {}
-
 
 @register
 @dataclass(frozen=True)

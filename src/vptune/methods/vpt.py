@@ -16,15 +16,15 @@ HEAD_LR = 0.02
 
 @dataclass(frozen=True)
 class _VPT(Method):
-    mode: str = dataclasses.field(init=False, default="")
     default_lr = PROMPT_LR
     default_head_lr = HEAD_LR
 
-    def prompt_config(self, prompt: PromptConfig) -> PromptConfig:
-        return dataclasses.replace(prompt, mode=self.mode)
+    @property
+    def mode(self) -> str:
+        return self.name.removeprefix("vpt-")
 
-    def options(self) -> dict:
-        return {}  # the prompt settings are in task.json's "prompt"
+    def prompt_config(self, prompt: PromptConfig) -> PromptConfig:
+        return dataclasses.replace(prompt, mode=self.mode)  # the rest of the prompt settings are the user's
 
 
 @register
@@ -32,7 +32,6 @@ class _VPT(Method):
 class VPTDeep(_VPT):
     name = "vpt-deep"
     summary = "VPT-deep: a distinct set of prompt tokens at the input of every prompted block"
-    mode: str = dataclasses.field(init=False, default="deep")
 
 
 @register
@@ -40,4 +39,3 @@ class VPTDeep(_VPT):
 class VPTShallow(_VPT):
     name = "vpt-shallow"
     summary = "VPT-shallow: prompt tokens inserted once, at the first prompted block, carried through the rest"
-    mode: str = dataclasses.field(init=False, default="shallow")
