@@ -1,4 +1,5 @@
-"""`vptune` command line: argparse over the library (train, eval, predict, info, demo, bench), no logic of its own.
+"""`vptune` command line: argparse over the library (train, sweep, eval, predict, info, demo, bench), no logic of
+its own.
 
 The project's own errors (bad settings, data, checkpoints, run folders: `vptune.errors.VptuneError`) print as one
 line; anything else is a bug in vptune and prints its traceback. `--debug` (or VPTUNE_DEBUG=1) shows the
@@ -17,6 +18,7 @@ import typing
 from pathlib import Path
 
 from .errors import VptuneError
+from .experiments.sweep import SEARCHABLE, sweep_help
 from .methods import method_summaries
 from .training import TrainConfig
 
@@ -65,6 +67,27 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--quiet", action="store_true", help="no progress bars or log lines: only the result")
     add_config_flags(train, TrainConfig)
 
+    sweep = command("sweep", "search learning rates (and more) on Optuna, retrain the best with several seeds",
+                    _sweep, description=sweep_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    sweep.add_argument("--config", type=Path, help="YAML: training settings, and a `sweep:` mapping of the options "
+                                                   "below (space: {lr: [...]}, sampler, trials, ...); flags win")
+    sweep.add_argument("--quiet", action="store_true", help="warnings only")
+    for name in SEARCHABLE:
+        sweep.add_argument(f"--{name.replace('_', '-')}", default=argparse.SUPPRESS,
+                           help="values to search: a,b,c (grid or TPE) or log:LOW:HIGH (TPE)")
+    sweep.add_argument("--sampler", default=argparse.SUPPRESS, help="grid (default) or tpe")
+    sweep.add_argument("--trials", type=int, default=argparse.SUPPRESS, help="number of trials (TPE)")
+    sweep.add_argument("--pruner", default=argparse.SUPPRESS, help="hyperband (default), halving or none")
+    sweep.add_argument("--storage", default=argparse.SUPPRESS,
+                       help="Optuna RDB URL shared by workers on many machines (default: a journal file in the "
+                            "sweep's output folder)")
+    sweep.add_argument("--study", default=argparse.SUPPRESS, help="study name in the storage (default vptune)")
+    sweep.add_argument("--workers", type=int, default=argparse.SUPPRESS,
+                       help="local worker processes, each with its share of the cores (default 1)")
+    sweep.add_argument("--seeds", default=argparse.SUPPRESS, help="retrain seeds on train + val (default 0,1,2; "
+                                                                  "'none' skips the retrain)")
+    add_config_flags(sweep, TrainConfig, skip=SEARCHABLE)
+
     evaluate = command("eval", "evaluate a task: top-1/top-5, per class, confusion matrix PNG", _eval)
     evaluate.add_argument("task", type=Path, help="task directory (a training run or a task checkpoint)")
     evaluate.add_argument("--data", help="data set to evaluate on (default: the one it was trained on)")
@@ -96,11 +119,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def add_config_flags(parser: argparse.ArgumentParser, config: type) -> None:
+def add_config_flags(parser: argparse.ArgumentParser, config: type, skip: tuple[str, ...] = ()) -> None:
     """One flag per dataclass field, with the field's help: `--name VALUE`, or a switch for booleans (`--name`
     when the default is off, `--no-name` when it is on). Flags not given stay unset, so a config file fills them."""
     hints = typing.get_type_hints(config)
     for field in dataclasses.fields(config):
+        if field.name in skip:
+            continue
         flag = field.name.replace("_", "-")
         text = field.metadata.get("help", "")
         if hints[field.name] is bool:
@@ -148,6 +173,21 @@ def _train(args: argparse.Namespace) -> int:
     summary = train(cfg, overwrite=args.overwrite, quiet=args.quiet)
     tested = f": test top-1 {summary['test_top1']:.4f}" if summary["test_top1"] is not None else ""
     print(f"task written to {cfg.output}{tested}")
+    return 0
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from .experiments import run_sweep, sweep_config
+
+    flags = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)
+             if hasattr(args, f.name) and f.name not in SEARCHABLE}
+    options = {name: getattr(args, name) for name in (*SEARCHABLE, "sampler", "trials", "pruner", "storage", "study",
+                                                       "workers", "seeds") if hasattr(args, name)}
+    results = run_sweep(sweep_config(args.config, flags, options))
+    retrained = results["retrained"]
+    print(f"best: {results['best_params']} (val top-1 {results['best_val_top1']:.4f})"
+          + (f"; retrained: test top-1 {retrained['mean']:.4f} +- {retrained['std']:.4f}"
+             if retrained["mean"] is not None else ""))
     return 0
 
 

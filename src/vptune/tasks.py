@@ -25,7 +25,7 @@ from ._io import atomic_write, atomic_write_text, file_sha256, package_version
 from .backbones import backbone_fingerprint, create_backbone
 from .errors import CheckpointError, VptuneError
 from .methods import Method, method_from_dict, method_of
-from .model import PromptConfig, PromptedViT
+from .model import FeatureNorm, PromptConfig, PromptedViT
 
 WEIGHTS_FILE = "prompt.safetensors"
 CONFIG_FILE = "task.json"
@@ -65,6 +65,7 @@ def task_metadata(model: PromptedViT, tensors: dict[str, torch.Tensor], weights_
         "method": method_of(model).to_dict(),
         "prompt": model.prompt_config.to_dict(),
         "num_classes": model.head.out_features,
+        "head": {"norm": isinstance(model.head_norm, FeatureNorm)},
         "class_names": model.class_names,
         "backbone": {
             "name": model.backbone_name,
@@ -103,7 +104,8 @@ def load_task(directory: str | os.PathLike, backbone: nn.Module | str | None = N
     try:
         prompt = PromptConfig.from_dict(meta["prompt"])
         model = PromptedViT(backbone, prompt, int(meta["num_classes"]), path=path,
-                            backbone_name=meta["backbone"]["name"], class_names=meta.get("class_names"))
+                            backbone_name=meta["backbone"]["name"], class_names=meta.get("class_names"),
+                            head_norm=bool(meta.get("head", {}).get("norm", False)))
         method.adapt(backbone)  # e.g. LoRA's modules must be in place before its tensors load
     except (ValueError, TypeError, KeyError) as err:
         raise CheckpointError(f"{directory / CONFIG_FILE}: cannot rebuild the model: {err}") from err

@@ -66,10 +66,12 @@ def format_table(rows: list[dict], data: str, seconds: float) -> str:
     lines = [f"VPT demo: {DEFAULT_BACKBONE} at {DEMO_IMG_SIZE} px, {data} (VTAB-1k protocol: train800, best epoch "
              f"on val200, test top-1), {rows[0]['epochs']} epochs, {machine}; total {seconds / 60:.1f} min",
              "",
-             "| method | test top-1 | val top-1 (best epoch) | trainable params | % of backbone | checkpoint | train time |",
+             "| method | test top-1 | val top-1 (chosen) | trainable params | % of backbone | checkpoint | train time |",
              "|---|---|---|---|---|---|---|"]
     for row in rows:
-        lines.append(f"| {row['method']} | {row['test_top1']:.4f} | {row['best_val_top1']:.4f} ({row['best_epoch']}) "
+        chosen = (f"L2 {row['probe_weight_decay']:g}" if row.get("probe_weight_decay") is not None
+                  else f"epoch {row['best_epoch']}")
+        lines.append(f"| {row['method']} | {row['test_top1']:.4f} | {row['best_val_top1']:.4f} ({chosen}) "
                      f"| {row['trainable_parameters']:,} | {row['trainable_percent']:.3f}% "
                      f"| {row['checkpoint_bytes'] / 1024:.1f} KiB | {row['train_seconds']:.0f} s |")
     return "\n".join(lines)
@@ -83,6 +85,9 @@ def plot_curves(rows: list[dict], path: Path) -> Path:
 
     fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 4))
     for row in rows:
+        if row.get("probe_weight_decay") is not None:  # a fitted probe has no curve: its chosen val accuracy
+            acc_ax.axhline(row["best_val_top1"], linestyle="--", color="gray", label=f"{row['method']} (fitted)")
+            continue
         epochs = [r["epoch"] for r in row["curve"]]
         loss_ax.plot(epochs, [r["train_loss"] for r in row["curve"]], marker="o", label=row["method"])
         acc_ax.plot(epochs, [r.get("val_top1") for r in row["curve"]], marker="o", label=row["method"])

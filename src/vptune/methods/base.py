@@ -105,13 +105,14 @@ def _create(cls: type[Method], kwargs: dict[str, Any]) -> Method:
 
 
 def build_model(method: Method | str, backbone: nn.Module, prompt: PromptConfig, num_classes: int, *,
-                class_names: Sequence[str] | None = None, **options: Any) -> PromptedViT:
+                class_names: Sequence[str] | None = None, head_norm: bool = False, **options: Any) -> PromptedViT:
     """The model for `method` (a Method or its name, with `options` such as lora_rank=8), with exactly that
     method's parameters trainable. The model remembers its method, so `save_task` records it."""
     if isinstance(method, str):
         method = get_method(method, **options)
     backbone_fingerprint(backbone)  # remember the base weights before a method starts changing them
-    model = PromptedViT(backbone, method.prompt_config(prompt), num_classes, class_names=class_names)
+    model = PromptedViT(backbone, method.prompt_config(prompt), num_classes, class_names=class_names,
+                        head_norm=head_norm)
     method.adapt(backbone)  # after the wrapper froze everything
     model.method = method
     return model

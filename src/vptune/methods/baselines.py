@@ -8,19 +8,15 @@ from torch import nn
 from ..errors import ConfigError
 from .base import Method, register
 
-# A linear probe on fixed features tolerates (and needs, to converge in a few epochs) a larger head lr than a
-# head whose features move with the prompts (docs/lr-sweep.md).
-LINEAR_HEAD_LR = 0.08
-
-
 @register
 @dataclass(frozen=True)
 class Linear(Method):
+    """Fitted, not trained by SGD: logistic regression on the frozen features to convergence (L-BFGS), its L2
+    strength chosen on val (`vptune.training.linear_probe`); the lr, epoch and optimizer settings do not apply."""
+
     name = "linear"
-    summary = "linear probe: the head alone, on frozen features computed once"
+    summary = "linear probe: converged logistic regression on frozen [CLS] features, L2 chosen on val"
     head_only = True
-    default_lr = LINEAR_HEAD_LR  # nothing but the head trains; kept equal for the record
-    default_head_lr = LINEAR_HEAD_LR
 
 
 @dataclass(frozen=True)

@@ -48,13 +48,17 @@ class PromptedViT(nn.Module):
         path: "prefix" (fast, default) or "tokens" (the reference computation).
         backbone_name: recorded in task checkpoints; defaults to `backbone.vptune_name` or timm's name.
         class_names: optional labels, stored in task checkpoints and used by `predict`.
+        head_norm: standardise the [CLS] embedding before the head with fixed statistics (`FeatureNorm`, set
+            from data by the caller; identity until then), so the head's optimisation does not depend on the
+            backbone's feature scale and offset.
         grad_checkpointing: recompute blocks in the backward pass rather than storing their activations
             (less memory, more time; exact same results). Also settable later as an attribute.
     """
 
     def __init__(self, backbone: VisionTransformer, prompt: PromptConfig, num_classes: int, *,
                  path: str = "prefix", backbone_name: str | None = None,
-                 class_names: Sequence[str] | None = None, grad_checkpointing: bool = False) -> None:
+                 class_names: Sequence[str] | None = None, grad_checkpointing: bool = False,
+                 head_norm: bool = False) -> None:
         super().__init__()
         _check_backbone(backbone)
         if not isinstance(num_classes, int) or num_classes < 1:
@@ -74,6 +78,7 @@ class PromptedViT(nn.Module):
         self.prompt_blocks = prompt.resolve_layers(depth)
         self._prompt_index = {block: i for i, block in enumerate(self.prompt_blocks)}
         self.prompts = self._build_prompts(prompt) if prompt.enabled else None
+        self.head_norm: nn.Module = FeatureNorm(self.embed_dim) if head_norm else nn.Identity()
         self.head = nn.Linear(self.embed_dim, num_classes)
         nn.init.trunc_normal_(self.head.weight, std=0.01)
         nn.init.zeros_(self.head.bias)
@@ -148,7 +153,7 @@ class PromptedViT(nn.Module):
 
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
         """Images (B, 3, H, W) -> final normed [CLS] embedding (B, embed_dim)."""
-        return self._features_from_stem(self.stem(images))
+        return self.features_from_stem(self.stem(images))
 
     @property
     def stem_depth(self) -> int:
@@ -172,9 +177,13 @@ class PromptedViT(nn.Module):
 
     def forward_from_stem(self, tokens: torch.Tensor) -> torch.Tensor:
         """`stem` output (B, prefix + m, d) -> logits (B, num_classes): `forward` = this after `stem`."""
-        return self.head(self._features_from_stem(tokens))
+        return self.classify(self.features_from_stem(tokens))
 
-    def _features_from_stem(self, x: torch.Tensor) -> torch.Tensor:
+    def classify(self, features: torch.Tensor) -> torch.Tensor:
+        """Final [CLS] embeddings (B, embed_dim) -> logits (B, num_classes): the head (after `head_norm`)."""
+        return self.head(self.head_norm(features))
+
+    def features_from_stem(self, x: torch.Tensor) -> torch.Tensor:
         if self.prompts is None:
             x = self._blocks_plain(x)
         elif self.prompt_config.location == "add":
@@ -280,6 +289,26 @@ class PromptedViT(nn.Module):
         """Drop cached prompt keys/values (they are also dropped automatically when prompts change)."""
         self._kv_cache.clear()
         self._kv_cache_key = None
+
+
+class FeatureNorm(nn.Module):
+    """(x - mean) / std with fixed statistics (buffers, saved with the task), set once from data by `set_`.
+
+    Not a BatchNorm: the same in training and at inference, and independent of how a batch is made up.
+    """
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("std", torch.ones(dim))
+
+    @torch.no_grad()
+    def set_(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        self.mean.copy_(mean)
+        self.std.copy_(std)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
 
 
 # --------------------------------------------------------------------------------------------- parameters

@@ -77,6 +77,11 @@ class TrainConfig:
     lr: float | None = _setting(None, "base lr of the tuned tensors, scaled by batch/256 (default: the method's)")
     head_lr: float | None = _setting(None, "base lr of the head, scaled by batch/256 (default: the method's)")
     weight_decay: float = _setting(1e-4, "weight decay")
+    head_norm: bool = _setting(False, "standardise the [CLS] embedding before the head with the training set's "
+                                      "statistics (fixed, computed once from the initial model)")
+    head_init: str = _setting("random", "random, or probe: start the head at the converged linear probe on the "
+                                        "initial model's features (L2 chosen on val)", ("random", "probe"))
+    clip_grad: float | None = _setting(None, "clip the gradient norm of the trained tensors to this value")
     momentum: float = _setting(0.9, "SGD momentum")
     warmup_epochs: float = _setting(1.0, "linear warm-up epochs before cosine decay")
     scale_lr: bool = _setting(True, "scale learning rates by batch/256")
@@ -123,6 +128,8 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and not (value > 0 and math.isfinite(value)):
                 raise ConfigError(f"{name} must be a positive number, got {value!r}")
+        if self.clip_grad is not None and not (self.clip_grad > 0 and math.isfinite(self.clip_grad)):
+            raise ConfigError(f"clip_grad must be a positive number, got {self.clip_grad!r}")
         for name in ("weight_decay", "momentum", "warmup_epochs"):
             value = getattr(self, name)
             if not (value >= 0 and math.isfinite(value)):

@@ -28,10 +28,11 @@ from ..data import DataSplits, collate, load_data
 from ..errors import TrainingError
 from ..inference.evaluate import evaluate_dataset, evaluate_logits, predict_logits
 from ..methods import build_model, optimizer_groups
-from ..model import PromptedViT, count_parameters
+from ..model import ParameterCount, PromptedViT, count_parameters
 from ..rundir import RunDir
 from ..tasks import WEIGHTS_FILE, load_task, save_task, task_tensors
 from .config import TrainConfig
+from .linear_probe import WEIGHT_DECAYS, choose_probe, fit_logistic_regression, standardisation
 from .stem_cache import precompute, stem_cache_plan
 
 log = logging.getLogger("vptune")
@@ -60,9 +61,15 @@ class Fit:
                           num_workers=self.cfg.num_workers, collate_fn=collate)
 
 
-def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, quiet: bool = False) -> dict:
+def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, quiet: bool = False,
+          on_epoch: Callable[[dict], None] | None = None, test: bool = True) -> dict:
     """Run (or with `resume`, continue) one training run; returns the summary written to summary.json.
-    `quiet` hides the progress bars (log lines go through the "vptune" logger)."""
+
+    quiet: hide the progress bars (log lines go through the "vptune" logger).
+    on_epoch: called with each epoch's metrics row once the epoch is saved; it may raise to stop the run
+        (a sweep's pruner does).
+    test: evaluate the best checkpoint on the test split at the end (a sweep's trials do not look at test).
+    """
     run = RunDir(cfg.output)
     cfg = _start(run, cfg, resume=resume, overwrite=overwrite)
     method = cfg.tuning_method()
@@ -72,23 +79,37 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, qu
     splits = _load_splits(cfg, backbone)
     torch.manual_seed(cfg.seed)  # prompt and head init do not depend on how much randomness data loading used
     model = build_model(method, backbone, cfg.prompt_config(), len(splits.class_names),
-                        class_names=splits.class_names)
+                        class_names=splits.class_names, head_norm=cfg.head_norm)
     model.grad_checkpointing = cfg.grad_checkpointing
     model.to(cfg.device)
+    counts = count_parameters(model)
+    log.info(f"{cfg.method} on {cfg.data} ({len(_subset(splits.train, cfg))} train images), {counts.trainable:,} "
+             f"trainable parameters ({counts.percent_of_backbone:.3f}% of the backbone)")
 
+    if method.head_only:
+        best, train_seconds = train_linear_probe(model, splits, cfg, run, quiet)
+    else:
+        best, train_seconds = train_epochs(model, splits, cfg, run, quiet, resume, on_epoch)
+
+    summary = _summarise(cfg, run, backbone, splits, counts, best, train_seconds, quiet, test)
+    run.write_summary(summary)
+    return summary
+
+
+def train_epochs(model: PromptedViT, splits: DataSplits, cfg: TrainConfig, run: RunDir, quiet: bool,
+                 resume: bool, on_epoch: Callable[[dict], None] | None = None) -> tuple[dict | None, float]:
+    """The epoch loop (from the last finished epoch when resuming); returns the best epoch and the seconds spent."""
+    method = cfg.tuning_method()
     train_set = _subset(splits.trainval if cfg.final else splits.train, cfg)
     val_set = None if cfg.final else _subset(splits.val, cfg)
     forward: Callable[[torch.Tensor], torch.Tensor] = model
-    cache = dict(batch_size=cfg.batch_size, device=torch.device(cfg.device), num_workers=cfg.num_workers,
-                 quiet=quiet)
-    if method.head_only:  # the whole backbone is frozen and unprompted: its features are computed once
-        log.info("computing frozen features once for the linear probe...")
-        train_set, val_set = (precompute(model.forward_features, s, **cache) for s in (train_set, val_set))
-        forward = model.head
-    elif stem_cache_plan(model, frozen_backbone=method.frozen_backbone, recipe=cfg.recipe,
-                         cache_stem=cfg.cache_stem, num_images=len(train_set) + len(val_set or ())):
-        train_set, val_set = (precompute(model.stem, s, **cache) for s in (train_set, val_set))
+    if stem_cache_plan(model, frozen_backbone=method.frozen_backbone, recipe=cfg.recipe, cache_stem=cfg.cache_stem,
+                       num_images=len(train_set) + len(val_set or ())):
+        train_set, val_set = (_precompute(model.stem, s, cfg, quiet) for s in (train_set, val_set))
         forward = model.forward_from_stem
+    if not resume and (cfg.head_norm or cfg.head_init == "probe"):
+        features = model.features_from_stem if forward == model.forward_from_stem else model.forward_features
+        _init_head(model, features, train_set, val_set or train_set, cfg, quiet)  # final runs: no val to choose on
 
     steps_per_epoch = math.ceil(len(train_set) / cfg.batch_size)
     optimizer = make_optimizer(model, cfg)
@@ -97,9 +118,6 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, qu
     fit = Fit(cfg, model, forward, optimizer, scheduler, run, quiet)
     start_epoch, best = _restore(fit) if resume else (0, None)
 
-    counts = count_parameters(model)
-    log.info(f"{cfg.method} on {cfg.data} ({len(train_set)} train images), {counts.trainable:,} trainable "
-             f"parameters ({counts.percent_of_backbone:.3f}% of the backbone)")
     started = time.perf_counter()
     for epoch in range(start_epoch, cfg.epochs):
         row = train_epoch(fit, train_set, epoch)
@@ -108,13 +126,40 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, qu
         improved = best is None or val_set is None or row["val_top1"] > best["val_top1"]
         if improved:
             best = {"epoch": epoch + 1, "val_top1": row.get("val_top1")}
-        _save_epoch(fit, splits, epoch, best, row, improved)
+        _save_epoch(fit, epoch, best, row, improved)
         log.info(_epoch_line(row))
-    train_seconds = time.perf_counter() - started
+        if on_epoch is not None:
+            on_epoch(row)
+    return best, time.perf_counter() - started
 
-    summary = _summarise(fit, backbone, splits, counts, best, train_seconds)
-    run.write_summary(summary)
-    return summary
+
+def train_linear_probe(model: PromptedViT, splits: DataSplits, cfg: TrainConfig, run: RunDir,
+                       quiet: bool) -> tuple[dict, float]:
+    """Logistic regression on the frozen [CLS] features, its L2 strength chosen on val (`linear_probe.py`).
+    One metrics row per strength tried; with `final`, the chosen strength is refitted on train + val."""
+    log.info("computing the frozen features once for the linear probe...")
+    features = {name: _precompute(model.forward_features, _subset(getattr(splits, name), cfg), cfg, quiet)
+                for name in ("train", "val")}
+    (train_x, train_y), (val_x, val_y) = (features[name].tensors for name in ("train", "val"))
+    started = time.perf_counter()
+    fit, rows = choose_probe((train_x, train_y), (val_x, val_y), model.head.out_features)
+    rows = [{"epoch": index + 1, **row} for index, row in enumerate(rows)]
+    chosen = rows[WEIGHT_DECAYS.index(fit.weight_decay)]
+    best = {"epoch": chosen["epoch"], "val_top1": chosen["val_top1"], "weight_decay": fit.weight_decay}
+    if cfg.final:
+        fit = fit_logistic_regression(torch.cat([train_x, val_x]), torch.cat([train_y, val_y]),
+                                      model.head.out_features, fit.weight_decay)
+        rows.append({"epoch": len(rows) + 1, "weight_decay": fit.weight_decay, "train_loss": fit.train_loss,
+                     "train_top1": fit.train_top1, "iterations": fit.iterations, "seconds": fit.seconds,
+                     "final": True})
+    fit.load_into(model)
+    log.info(f"linear probe: L2 strength {fit.weight_decay:g} chosen on val (top-1 {best['val_top1']:.4f})")
+    training = {"data": cfg.data, "protocol": cfg.protocol, "recipe": cfg.recipe, "seed": cfg.seed,
+                "weight_decay": fit.weight_decay}
+    save_task(model, run.best, training=training)
+    save_task(model, run.last, training=training)
+    run.write_metrics(rows)
+    return best, time.perf_counter() - started
 
 
 # ------------------------------------------------------------------------------------------- the steps
@@ -136,6 +181,8 @@ def train_epoch(fit: Fit, dataset: Dataset, epoch: int) -> dict:
                                 f"(--lr {cfg.lr}, --head-lr {cfg.head_lr}) and train again")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if cfg.clip_grad is not None:
+            torch.nn.utils.clip_grad_norm_(model.trainable_parameters(), cfg.clip_grad)
         optimizer.step()
         fit.scheduler.step()
         total_loss += loss.item() * len(labels)
@@ -152,6 +199,23 @@ def validate(fit: Fit, dataset: Dataset) -> dict:
     fit.model.eval()
     logits, labels = predict_logits(fit.forward, fit.loader(dataset, shuffle=False), fit.device)
     return {"loss": F.cross_entropy(logits, labels).item(), "top1": evaluate_logits(logits, labels)["top1"]}
+
+
+def _init_head(model: PromptedViT, features: Callable[[torch.Tensor], torch.Tensor], train_set: Dataset,
+               val_set: Dataset, cfg: TrainConfig, quiet: bool) -> None:
+    """Set the head's standardisation from the initial model's features on the training set and, with
+    head_init "probe", the head itself to the converged linear probe on them (L2 chosen on val)."""
+    model.eval()
+    train_x, train_y = _precompute(features, train_set, cfg, quiet).tensors
+    if cfg.head_init != "probe":
+        mean, std = standardisation(train_x)
+        model.head_norm.set_(mean.float(), std.float())
+        return
+    fit, _ = choose_probe((train_x, train_y), _precompute(features, val_set, cfg, quiet).tensors,
+                          model.head.out_features)
+    fit.load_into(model)
+    log.info(f"head initialised at the linear probe on the initial features (L2 {fit.weight_decay:g}, "
+             f"train top-1 {fit.train_top1:.4f})")
 
 
 def make_optimizer(model: PromptedViT, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -177,10 +241,11 @@ def _start(run: RunDir, cfg: TrainConfig, *, resume: bool, overwrite: bool) -> T
     """The settings to run with: config.yaml's when resuming; else `cfg` resolved and validated, written to a
     fresh run directory (replacing an old run only with `overwrite`, and only once the settings are valid)."""
     if resume:
-        if not run.config.is_file() or not run.state.is_file():
+        cfg = TrainConfig.from_dict(run.read_config(), str(run.config)) if run.config.is_file() else None
+        if cfg is None or not (run.state.is_file() or cfg.tuning_method().head_only):  # a probe is refitted whole
             raise TrainingError(f"cannot resume {run.path}: it has no {run.config.name} and {run.state.name} (no epoch "
                                 f"finished yet?); start it again with --overwrite")
-        return TrainConfig.from_dict(run.read_config(), str(run.config))
+        return cfg
     cfg = cfg.resolved()
     if not run.is_empty():
         if not overwrite:
@@ -201,6 +266,12 @@ def _load_splits(cfg: TrainConfig, backbone: torch.nn.Module) -> DataSplits:
                      skip_bad=cfg.skip_bad)
 
 
+def _precompute(fn: Callable[[torch.Tensor], torch.Tensor], dataset: Dataset | None, cfg: TrainConfig,
+                quiet: bool) -> Dataset | None:
+    return precompute(fn, dataset, batch_size=cfg.batch_size, device=torch.device(cfg.device),
+                      num_workers=cfg.num_workers, quiet=quiet)
+
+
 def _subset(dataset: Dataset | None, cfg: TrainConfig) -> Dataset | None:
     """At most `cfg.subset` images of a split, drawn by the seed (for quick checks like `demo --smoke`)."""
     if dataset is None or cfg.subset is None or len(dataset) <= cfg.subset:
@@ -210,7 +281,7 @@ def _subset(dataset: Dataset | None, cfg: TrainConfig) -> Dataset | None:
 
 
 # ------------------------------------------------------------------------------------------- files
-def _save_epoch(fit: Fit, splits: DataSplits, epoch: int, best: dict, row: dict, improved: bool) -> None:
+def _save_epoch(fit: Fit, epoch: int, best: dict, row: dict, improved: bool) -> None:
     cfg, run = fit.cfg, fit.run
     training = {"data": cfg.data, "protocol": cfg.protocol, "recipe": cfg.recipe, "seed": cfg.seed,
                 "epoch": epoch + 1, "metrics": row}
@@ -237,20 +308,20 @@ def _epoch_line(row: dict) -> str:
             f"{val}, {row['img_per_s']:.1f} img/s")
 
 
-def _summarise(fit: Fit, backbone: torch.nn.Module, splits: DataSplits, counts, best: dict | None,
-               train_seconds: float) -> dict:
-    cfg, run = fit.cfg, fit.run
-    test = {}
-    if splits.test is not None:
+def _summarise(cfg: TrainConfig, run: RunDir, backbone: torch.nn.Module, splits: DataSplits,
+               counts: ParameterCount, best: dict | None, train_seconds: float, quiet: bool, test: bool) -> dict:
+    metrics = {}
+    if test and splits.test is not None:
         if not cfg.tuning_method().frozen_backbone:  # the method changed the backbone in place: use a fresh one
             backbone = create_backbone(cfg.backbone, img_size=cfg.img_size, weights=cfg.weights)
         model = load_task(run.best, backbone=backbone).to(cfg.device)
-        test = evaluate_dataset(model, _subset(splits.test, cfg), batch_size=cfg.batch_size, device=cfg.device,
-                                quiet=fit.quiet)
+        metrics = evaluate_dataset(model, _subset(splits.test, cfg), batch_size=cfg.batch_size, device=cfg.device,
+                                   quiet=quiet)
     return {
         "method": cfg.method, "data": splits.describe(), "backbone": cfg.backbone, "epochs": cfg.epochs,
         "best_epoch": best["epoch"] if best else None, "best_val_top1": best["val_top1"] if best else None,
-        "test_top1": test.get("top1"), "test_top5": test.get("top5"),
+        "probe_weight_decay": best.get("weight_decay") if best else None,
+        "test_top1": metrics.get("top1"), "test_top5": metrics.get("top5"),
         "trainable_parameters": counts.trainable, "backbone_parameters": counts.backbone,
         "trainable_percent": counts.percent_of_backbone,
         "checkpoint_bytes": os.path.getsize(run.best / WEIGHTS_FILE),

@@ -1,0 +1,364 @@
+"""`vptune sweep`: the paper's per-task hyper-parameter search, on Optuna.
+
+The protocol (VPT, Jia et al. 2022): tune on train -> val (train800 -> val200 under VTAB-1k), then retrain the best
+setting on train + val with several seeds and report the mean and standard deviation of test top-1.
+
+- One trial is one `TrainConfig` (the base settings plus the trial's values), trained by `vptune.train`, which
+  reports val top-1 after every epoch to Optuna's pruner (successive halving or Hyperband), so a diverging or
+  hopeless trial stops early. Trials never look at the test split.
+- The study lives in Optuna storage: by default a journal file in the sweep directory (no server; rerun the same
+  command to continue: finished trials are kept, trials whose process died are retried), or any RDB URL Optuna
+  supports (`--storage postgresql://...`), so workers on many machines share one study.
+- `workers` local processes share the study, each with its share of the cores.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import logging
+import math
+import multiprocessing
+import os
+import socket
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .._io import atomic_write_text
+from ..errors import ConfigError, TrainingError
+from ..training import TrainConfig, load_train_config, read_settings, train
+
+log = logging.getLogger("vptune")
+
+SEARCHABLE = ("lr", "head_lr", "weight_decay", "num_tokens", "method")
+SAMPLERS = ("grid", "tpe")
+PRUNERS = ("hyperband", "halving", "none")
+JOURNAL = "optuna-journal.log"
+
+
+@dataclass
+class SweepConfig:
+    """A search: the base training settings, the space, how to sample and prune, where the study lives."""
+
+    base: TrainConfig
+    output: str = "runs/sweep"
+    space: dict[str, list] = field(default_factory=dict)  # setting -> grid values, or ["log", low, high]
+    sampler: str = "grid"
+    trials: int | None = None      # TPE: how many; grid: every point (None)
+    pruner: str = "hyperband"
+    storage: str | None = None     # None: a journal file in `output`; else an RDB URL
+    study: str = "vptune"
+    workers: int = 1
+    seeds: tuple[int, ...] = (0, 1, 2)  # retrain seeds on train + val; () skips the retrain
+
+    def validate(self) -> None:
+        unknown = sorted(set(self.space) - set(SEARCHABLE))
+        if unknown:
+            raise ConfigError(f"sweep: cannot search {unknown}; searchable settings: {', '.join(SEARCHABLE)}")
+        if self.sampler not in SAMPLERS:
+            raise ConfigError(f"sweep: --sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}")
+        if self.pruner not in PRUNERS:
+            raise ConfigError(f"sweep: --pruner must be one of {', '.join(PRUNERS)}, got {self.pruner!r}")
+        if self.sampler == "grid" and any(_is_range(v) for v in self.space.values()):
+            raise ConfigError("sweep: the grid sampler needs lists of values; ranges (log:LOW:HIGH) need --sampler tpe")
+        if self.sampler == "tpe" and not self.trials:
+            raise ConfigError("sweep: --sampler tpe needs --trials N")
+        if not isinstance(self.workers, int) or self.workers < 1:
+            raise ConfigError(f"sweep: --workers must be a positive integer, got {self.workers!r}")
+        for name, values in self.space.items():
+            for value in _grid_values(values):  # each value must make a valid TrainConfig
+                dataclasses.replace(self.base, **{name: value}).resolved()
+        self.base.resolved()
+
+
+def parse_space_value(name: str, text: str) -> list:
+    """'0.05,0.5,5' -> [0.05, 0.5, 5.0]; 'log:1e-3:1' -> ['log', 0.001, 1.0] (a log-uniform range, TPE only)."""
+    kind = {"num_tokens": int, "method": str}.get(name, float)
+    if text.startswith("log:"):
+        try:
+            low, high = (float(v) for v in text[4:].split(":"))
+        except ValueError as err:
+            raise ConfigError(f"--{name.replace('_', '-')} {text!r}: a range is log:LOW:HIGH") from err
+        if not 0 < low < high:
+            raise ConfigError(f"--{name.replace('_', '-')} {text!r}: need 0 < LOW < HIGH")
+        return ["log", low, high]
+    try:
+        return [kind(v) for v in text.split(",")]
+    except ValueError as err:
+        raise ConfigError(f"--{name.replace('_', '-')} {text!r}: expected comma-separated {kind.__name__} values") from err
+
+
+def sweep_config(path: str | os.PathLike | None, settings: dict[str, Any], options: dict[str, Any]) -> SweepConfig:
+    """What `vptune sweep` runs: training settings and sweep options from a YAML file (its `sweep:` mapping holds
+    the sweep's own options, `space:` inside it the values to search), with `settings` / `options` on top."""
+    file_settings = read_settings(path) if path is not None else {}
+    file_sweep = file_settings.pop("sweep", None) or {}
+    if not isinstance(file_sweep, dict):
+        raise ConfigError(f"--config {path}: `sweep:` must be a mapping of sweep options")
+    space = {k.replace("-", "_"): _space_values(k.replace("-", "_"), v)
+             for k, v in (file_sweep.pop("space", None) or {}).items()}
+    for name in SEARCHABLE:  # flags, as text
+        if name in options:
+            space[name] = parse_space_value(name, options.pop(name))
+    for name in space:  # a searched setting is not also a training setting
+        file_settings.pop(name, None)
+    for name in [n for n, values in space.items() if not _is_range(values) and len(values) == 1]:
+        file_settings[name] = space.pop(name)[0]  # one value is a fixed setting, not a dimension of the search
+    merged = {**file_sweep, **options}
+    seeds = merged.pop("seeds", "0,1,2")
+    if isinstance(seeds, str):
+        seeds = () if seeds.strip().lower() == "none" else tuple(int(s) for s in seeds.split(","))
+    base = load_train_config(None, **{"output": "runs/sweep", **file_settings, **settings})
+    unknown = sorted(set(merged) - {f.name for f in dataclasses.fields(SweepConfig)})
+    if unknown:
+        raise ConfigError(f"sweep: unknown option(s) {unknown}")
+    config = SweepConfig(base=base, output=base.output, space=space or default_space(base), seeds=tuple(seeds),
+                         **merged)
+    config.validate()
+    return config
+
+
+def _space_values(name: str, values: Any) -> list:
+    if isinstance(values, str):
+        return parse_space_value(name, values)
+    if not isinstance(values, list) or not values:
+        raise ConfigError(f"sweep space {name}: expected a list of values or 'log:LOW:HIGH', got {values!r}")
+    return values
+
+
+def default_space(base: TrainConfig) -> dict[str, list]:
+    """Without a space: the tuned tensors' lr and the head's, a decade either side of the method's defaults."""
+    resolved = base.resolved()
+    return {"lr": [resolved.lr * f for f in (0.1, 0.3, 1.0, 3.0)],
+            "head_lr": [resolved.head_lr * f for f in (0.3, 1.0, 3.0)]}
+
+
+def sweep_help() -> str:
+    return __doc__.split("\n\n", 1)[1] + (
+        "\nexample: vptune sweep --data digits --output runs/sweep --lr 0.05,0.5,5 --head-lr 0.005,0.02 --epochs 10")
+
+
+# ------------------------------------------------------------------------------------------------- the study
+def run_sweep(config: SweepConfig) -> dict:
+    """Search, then retrain the best setting with each seed on train + val; writes the sweep directory's files
+    (trials.csv, results.md, results.json, plots) and returns the results."""
+    import optuna
+
+    config.validate()
+    out = Path(config.output)
+    out.mkdir(parents=True, exist_ok=True)
+    study = _study(config)
+    _retry_dead_trials(study)
+    if config.workers == 1:
+        _optimize(config)
+    else:
+        context = multiprocessing.get_context("spawn")
+        workers = [context.Process(target=_optimize, args=(config,)) for _ in range(config.workers)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+        if any(w.exitcode != 0 for w in workers):
+            raise RuntimeError(f"{sum(w.exitcode != 0 for w in workers)} sweep worker(s) failed; see their log above")
+    study = _study(config)
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    if not complete:
+        raise ConfigError(f"sweep {out}: no trial completed (all pruned or failed); widen the search space")
+    best = max(complete, key=lambda t: (t.value, -t.number))
+    results = {"best_params": best.params, "best_val_top1": best.value, "best_trial": best.number,
+               "trial_epochs": sum(_epochs_run(t) for t in study.trials),
+               "trials": {state: sum(t.state.name == state for t in study.trials)
+                          for state in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")},
+               "retrained": _retrain(config, best.params)}
+    _write_outputs(out, study, results)
+    return results
+
+
+def _study(config: SweepConfig):
+    import optuna
+
+    sampler = (optuna.samplers.GridSampler({k: _grid_values(v) for k, v in config.space.items()}, seed=0)
+               if config.sampler == "grid" else optuna.samplers.TPESampler(seed=0))
+    epochs = config.base.epochs
+    pruner = {"hyperband": optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs),
+              "halving": optuna.pruners.SuccessiveHalvingPruner(min_resource=1),
+              "none": optuna.pruners.NopPruner()}[config.pruner]
+    return optuna.create_study(study_name=config.study, storage=_storage(config), sampler=sampler, pruner=pruner,
+                               direction="maximize", load_if_exists=True)
+
+
+def _storage(config: SweepConfig):
+    import optuna
+    from optuna.storages.journal import JournalFileBackend
+
+    if config.storage:
+        return config.storage  # an RDB URL: Optuna connects, many machines can share it
+    return optuna.storages.JournalStorage(JournalFileBackend(str(Path(config.output) / JOURNAL)))
+
+
+def _retry_dead_trials(study) -> None:
+    """Trials left RUNNING by a process of this machine that is gone (killed, crashed) are marked failed and
+    queued again with the same values, so rerunning the sweep retries them. Trials of live processes, and of
+    other machines sharing an RDB study, are left alone."""
+    import optuna
+
+    host = socket.gethostname()
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        owner = trial.user_attrs.get("worker", {})
+        if owner.get("host") == host and not _alive(owner.get("pid", -1)):
+            study._storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
+            # a waiting copy with the same values and system attributes (the grid sampler's grid id), as Optuna's
+            # own RetryFailedTrialCallback makes for RDB heartbeats
+            study.add_trial(optuna.trial.create_trial(
+                state=optuna.trial.TrialState.WAITING, params=trial.params, distributions=trial.distributions,
+                user_attrs={"retry_of": trial.number}, system_attrs=trial.system_attrs))
+            log.info(f"sweep: trial {trial.number} was interrupted; it will run again")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def _optimize(config: SweepConfig) -> None:
+    """One worker: take trials from the shared study until the sampler's grid or the trial budget is done."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // config.workers))
+    study = _study(config)
+    callbacks = []
+    if config.trials:
+        states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+        callbacks.append(optuna.study.MaxTrialsCallback(config.trials, states=states))
+    study.optimize(lambda trial: _objective(trial, config), callbacks=callbacks, catch=())
+
+
+def _objective(trial, config: SweepConfig) -> float:
+    import optuna
+
+    trial.set_user_attr("worker", {"host": socket.gethostname(), "pid": os.getpid()})
+    values = {name: _suggest(trial, name, spec) for name, spec in config.space.items()}
+    output = Path(config.output) / "trials" / f"{trial.number:04d}"
+    cfg = dataclasses.replace(config.base, output=str(output), final=False, **values)
+
+    def report(row: dict) -> None:
+        trial.report(row["val_top1"], step=row["epoch"])
+        trial.set_user_attr("epochs", row["epoch"])
+        if trial.should_prune():
+            raise optuna.TrialPruned(f"val top-1 {row['val_top1']:.4f} after epoch {row['epoch']}")
+
+    try:
+        summary = train(cfg, overwrite=True, quiet=True, on_epoch=report, test=False)
+    except TrainingError as err:  # diverged: as hopeless as a pruned trial, and the study goes on
+        raise optuna.TrialPruned(f"diverged: {err}") from err
+    return summary["best_val_top1"]
+
+
+def _suggest(trial, name: str, spec: list) -> Any:
+    if _is_range(spec):
+        return trial.suggest_float(name, spec[1], spec[2], log=True)
+    return trial.suggest_categorical(name, _grid_values(spec))
+
+
+def _is_range(spec: list) -> bool:
+    return len(spec) == 3 and spec[0] == "log"
+
+
+def _grid_values(spec: list) -> list:
+    return [spec[1], spec[2]] if _is_range(spec) else list(spec)
+
+
+def _epochs_run(trial) -> int:
+    return int(trial.user_attrs.get("epochs", 0))
+
+
+# ------------------------------------------------------------------------------------------------- retrain
+def _retrain(config: SweepConfig, params: dict) -> dict:
+    """The best setting, trained on train + val (no model selection) once per seed; test top-1 of each."""
+    runs = {}
+    for seed in config.seeds:
+        output = Path(config.output) / "final" / f"seed-{seed}"
+        cfg = dataclasses.replace(config.base, output=str(output), final=True, seed=seed, **params)
+        done = output / "summary.json"
+        if done.is_file():  # a rerun of the sweep keeps retrained seeds
+            import json
+
+            runs[seed] = json.loads(done.read_text())["test_top1"]
+            continue
+        runs[seed] = train(cfg, overwrite=True, quiet=True)["test_top1"]
+    values = [v for v in runs.values() if v is not None]
+    return {"test_top1": runs, "mean": statistics.fmean(values) if values else None,
+            "std": statistics.stdev(values) if len(values) > 1 else 0.0 if values else None}
+
+
+# ------------------------------------------------------------------------------------------------- outputs
+def _write_outputs(out: Path, study, results: dict) -> None:
+    import json
+
+    names = sorted({k for t in study.trials for k in t.params})
+    rows = [{"trial": t.number, "state": t.state.name, **{k: t.params.get(k) for k in names},
+             "val_top1": t.value if t.value is not None else max(t.intermediate_values.values(), default=None),
+             "epochs": _epochs_run(t),
+             "seconds": (t.datetime_complete - t.datetime_start).total_seconds()
+             if t.datetime_complete and t.datetime_start else None} for t in study.trials]
+    with open(out / "trials.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    atomic_write_text(out / "results.json", json.dumps(results, indent=2, default=str) + "\n")
+    atomic_write_text(out / "results.md", _table(rows, results) + "\n")
+    _plot(out, rows, names)
+
+
+def _table(rows: list[dict], results: dict) -> str:
+    retrained = results["retrained"]
+    lines = [f"best setting (trial {results['best_trial']}): {results['best_params']}, val top-1 "
+             f"{results['best_val_top1']:.4f}; {results['trial_epochs']} trial-epochs; trials {results['trials']}",
+             ""]
+    if retrained["mean"] is not None:
+        seeds = ", ".join(f"{v:.4f}" for v in retrained["test_top1"].values())
+        lines += [f"retrained on train + val: test top-1 {retrained['mean']:.4f} +- {retrained['std']:.4f} "
+                  f"(seeds: {seeds})", ""]
+    keys = [k for k in rows[0] if k != "seconds"]
+    lines += ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    for row in rows:
+        lines.append("| " + " | ".join(_cell(row[k]) for k in keys) + " |")
+    return "\n".join(lines)
+
+
+def _cell(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) and math.isfinite(value) else str(value)
+
+
+def _plot(out: Path, rows: list[dict], names: list[str]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x_name = "lr" if "lr" in names else (names[0] if names else None)
+    fig, (by_value, history) = plt.subplots(1, 2, figsize=(11, 4))
+    for state, marker in (("COMPLETE", "o"), ("PRUNED", "x"), ("FAIL", "s")):
+        chosen = [r for r in rows if r["state"] == state and r["val_top1"] is not None]
+        if x_name and isinstance(rows[0].get(x_name), (int, float)):
+            by_value.scatter([r[x_name] for r in chosen], [r["val_top1"] for r in chosen], marker=marker,
+                             label=state.lower())
+        history.scatter([r["trial"] for r in chosen], [r["val_top1"] for r in chosen], marker=marker,
+                        label=state.lower())
+    if x_name and isinstance(rows[0].get(x_name), (int, float)):
+        by_value.set_xscale("log")
+    by_value.set(title=f"val top-1 against {x_name}", xlabel=x_name, ylabel="val top-1 (last reported)")
+    history.set(title="history (x: pruned)", xlabel="trial", ylabel="val top-1")
+    for ax in (by_value, history):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "sweep.png", dpi=110)
+    plt.close(fig)

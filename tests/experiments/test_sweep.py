@@ -1,0 +1,96 @@
+"""`vptune sweep` on Optuna, on a tiny ViT and image folder: outputs, pruning, and resume after a kill."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import TINY_VIT, train_config
+
+optuna = pytest.importorskip("optuna")
+
+from vptune.experiments import SweepConfig, run_sweep, sweep_config  # noqa: E402
+from vptune.experiments.sweep import JOURNAL  # noqa: E402
+
+
+def study_of(folder):
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(folder / JOURNAL)))
+    return optuna.load_study(study_name="vptune", storage=storage)
+
+
+def test_grid_sweep_writes_its_table_and_retrains_the_best(workspace, tmp_path):
+    out = tmp_path / "sweep"
+    config = SweepConfig(base=train_config(workspace, out, epochs=2), output=str(out),
+                         space={"lr": [0.05, 5.0]}, pruner="none", seeds=(0, 1))
+    results = run_sweep(config)
+    trials = (out / "trials.csv").read_text().splitlines()
+    assert len(trials) == 1 + 2 and all(",COMPLETE," in row for row in trials[1:])
+    values = {t.params["lr"]: t.value for t in study_of(out).trials}
+    assert results["best_val_top1"] == max(values.values()) and results["trial_epochs"] == 4
+    assert set(results["retrained"]["test_top1"]) == {0, 1}
+    assert (out / "final" / "seed-1" / "summary.json").is_file() and (out / "sweep.png").stat().st_size > 1000
+    assert "retrained on train + val" in (out / "results.md").read_text()
+
+
+def test_the_pruner_stops_a_hopeless_trial_before_its_last_epoch(workspace, tmp_path):
+    out = tmp_path / "sweep"
+    base = train_config(workspace, out, epochs=4)
+    config = SweepConfig(base=base, output=str(out), space={"lr": ["log", 1e-9, 10.0], "head_lr": ["log", 1e-9, 1.0]},
+                         sampler="tpe", trials=4, pruner="halving", seeds=())
+    out.mkdir()
+    study = optuna.create_study(study_name="vptune", direction="maximize",
+                                storage=optuna.storages.JournalStorage(
+                                    optuna.storages.journal.JournalFileBackend(str(out / JOURNAL))))
+    for _ in range(3):
+        study.enqueue_trial({"lr": 5.0, "head_lr": 0.5})
+    study.enqueue_trial({"lr": 1e-9, "head_lr": 1e-9})  # learns nothing: val stays where it starts
+    run_sweep(config)
+    hopeless = study_of(out).trials[3]
+    assert hopeless.state == optuna.trial.TrialState.PRUNED
+    assert hopeless.user_attrs["epochs"] < base.epochs
+
+
+def test_a_killed_sweep_resumes_without_repeating_finished_trials(workspace, tmp_path):
+    out = tmp_path / "sweep"
+    argv = [sys.executable, "-m", "vptune", "sweep", "--data", str(workspace / "images"), "--output", str(out),
+            "--backbone", TINY_VIT, "--weights", str(workspace / "tiny.safetensors"), "--img-size", "32",
+            "--epochs", "3", "--batch-size", "8", "--num-tokens", "2", "--lr", "0.01,0.1,1,10",
+            "--pruner", "none", "--seeds", "none", "--quiet"]
+    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not (out / "trials" / "0002" / "metrics.jsonl").is_file() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGKILL)  # in the middle of the third trial
+    process.wait()
+    before = {t.number: (t.state, t.value, t.params["lr"]) for t in study_of(out).trials}
+    finished = {n for n, (state, _, _) in before.items() if state == optuna.trial.TrialState.COMPLETE}
+    assert len(finished) == 2 and before[2][0] == optuna.trial.TrialState.RUNNING
+
+    config = sweep_config(None, dict(data=str(workspace / "images"), output=str(out), backbone=TINY_VIT,
+                                     weights=str(workspace / "tiny.safetensors"), img_size=32, epochs=3,
+                                     batch_size=8),
+                          dict(lr="0.01,0.1,1,10", num_tokens="2", pruner="none", seeds="none"))
+    results = run_sweep(config)
+    after = study_of(out).trials
+    for n in finished:  # finished trials are kept as they were, and never run again
+        assert (after[n].state, after[n].value, after[n].params["lr"]) == before[n]
+    complete = [t.params["lr"] for t in after if t.state == optuna.trial.TrialState.COMPLETE]
+    assert sorted(complete) == [0.01, 0.1, 1.0, 10.0]  # every grid point once
+    assert after[2].state == optuna.trial.TrialState.FAIL and results["trials"]["COMPLETE"] == 4
+    assert results["best_val_top1"] == max(t.value for t in after if t.value is not None)
+
+
+def test_bad_sweep_settings_are_named(workspace, tmp_path):
+    from vptune import ConfigError
+
+    base = train_config(workspace, tmp_path / "s")
+    with pytest.raises(ConfigError, match="cannot search"):
+        SweepConfig(base=base, space={"epochs": [1, 2]}).validate()
+    with pytest.raises(ConfigError, match="ranges"):
+        SweepConfig(base=base, space={"lr": ["log", 1e-3, 1.0]}).validate()
+    with pytest.raises(ConfigError, match="lr must be a positive number"):
+        SweepConfig(base=base, space={"lr": [0.1, -1.0]}).validate()
+    with pytest.raises(ConfigError, match="log:LOW:HIGH"):
+        sweep_config(None, {}, {"lr": "log:1"})
