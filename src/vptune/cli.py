@@ -143,10 +143,21 @@ def add_config_flags(parser: argparse.ArgumentParser, config: type, skip: tuple[
                             help=shown)
 
 
-def _scalar_type(hint) -> type:
-    """The type a flag's text converts to: the first of int, float, str that the annotation allows."""
+def _scalar_type(hint):
+    """What a flag's text converts to: the first of int, float, str that the annotation allows; a number or a
+    word (e.g. --lr auto) when it allows both."""
     allowed = typing.get_args(hint) or (hint,)
-    return next(kind for kind in (int, float, str) if kind in allowed)
+    kind = next(kind for kind in (int, float, str) if kind in allowed)
+    if kind is float and str in allowed:
+        return _number_or_word
+    return kind
+
+
+def _number_or_word(text: str) -> float | str:
+    try:
+        return float(text)
+    except ValueError:
+        return text
 
 
 def _configure_logging(quiet: bool) -> None:
@@ -170,7 +181,12 @@ def _train(args: argparse.Namespace) -> int:
         return 0
     flags = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)}
     cfg = load_train_config(args.config, **flags)
-    summary = train(cfg, overwrite=args.overwrite, quiet=args.quiet)
+    if cfg.lr == "auto":
+        from .experiments import train_with_lr_search
+
+        summary = train_with_lr_search(cfg, overwrite=args.overwrite, quiet=args.quiet)
+    else:
+        summary = train(cfg, overwrite=args.overwrite, quiet=args.quiet)
     tested = f": test top-1 {summary['test_top1']:.4f}" if summary["test_top1"] is not None else ""
     print(f"task written to {cfg.output}{tested}")
     return 0

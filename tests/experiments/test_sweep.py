@@ -94,3 +94,28 @@ def test_bad_sweep_settings_are_named(workspace, tmp_path):
         SweepConfig(base=base, space={"lr": [0.1, -1.0]}).validate()
     with pytest.raises(ConfigError, match="log:LOW:HIGH"):
         sweep_config(None, {}, {"lr": "log:1"})
+
+
+def test_lr_auto_searches_then_trains_with_the_winner(workspace, tmp_path, capsys):
+    from conftest import train_args
+
+    from vptune import RunDir
+    from vptune.cli import main
+    from vptune.experiments.sweep import AUTO_LR_FACTORS
+
+    run = RunDir(tmp_path / "run")
+    assert main(train_args(workspace, run.path, "--lr", "auto")) == 0
+    trials = (run.path / "lr-search" / "trials.csv").read_text().splitlines()
+    assert len(trials) == 1 + len(AUTO_LR_FACTORS)
+    chosen = json.loads((run.path / "lr-search" / "results.json").read_text())["best_params"]["lr"]
+    assert run.read_config()["lr"] == chosen and run.read_summary()["test_top1"] is not None
+    # a run directory in the way is refused before the search, not after it
+    assert main(train_args(workspace, run.path, "--lr", "auto")) == 1
+    assert "already exists" in capsys.readouterr().err
+
+
+def test_lr_auto_is_not_a_number_for_train_itself(workspace, tmp_path):
+    from vptune import ConfigError, train
+
+    with pytest.raises(ConfigError, match="train_with_lr_search"):
+        train(train_config(workspace, tmp_path / "run", lr="auto"))

@@ -19,7 +19,9 @@ import logging
 import math
 import multiprocessing
 import os
+import shutil
 import socket
+import tempfile
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +31,7 @@ import torch
 
 from .._io import atomic_write_text
 from ..errors import ConfigError, TrainingError
+from ..rundir import RunDir
 from ..training import TrainConfig, load_train_config, read_settings, train
 
 log = logging.getLogger("vptune")
@@ -296,6 +299,39 @@ def _retrain(config: SweepConfig, params: dict) -> dict:
     values = [v for v in runs.values() if v is not None]
     return {"test_top1": runs, "mean": statistics.fmean(values) if values else None,
             "std": statistics.stdev(values) if len(values) > 1 else 0.0 if values else None}
+
+
+# ------------------------------------------------------------------------------------------------- --lr auto
+AUTO_LR_FACTORS = (0.1, 0.3, 1.0, 3.0)  # times the method's default lr
+AUTO_MAX_EPOCHS = 5
+
+
+def train_with_lr_search(cfg: TrainConfig, *, overwrite: bool = False, quiet: bool = False) -> dict:
+    """`vptune train --lr auto`: a short pruned search of the tuned tensors' lr on train/val (the method's
+    default times `AUTO_LR_FACTORS`, at most `AUTO_MAX_EPOCHS` epochs each, Hyperband), then the normal run with
+    the winner. The search's table and plot are kept in the run's lr-search/ folder."""
+    run = RunDir(cfg.output)
+    if not run.is_empty() and not overwrite:  # refuse before the search, not after it
+        raise TrainingError(f"{run.path} already exists and is not empty; pass --overwrite to replace it, "
+                            f"or choose another --output")
+    base = dataclasses.replace(cfg, lr=None, epochs=min(cfg.epochs, AUTO_MAX_EPOCHS), final=False)
+    default = base.resolved().lr
+    with tempfile.TemporaryDirectory(prefix="vptune-lr-search-") as folder:
+        search = SweepConfig(base=dataclasses.replace(base, output=folder), output=folder, seeds=(),
+                             space={"lr": [default * f for f in AUTO_LR_FACTORS]}, pruner="hyperband")
+        log.info(f"--lr auto: searching lr in {search.space['lr']} ({base.epochs} epochs at most each)")
+        results = run_sweep(search)
+        chosen = dataclasses.replace(cfg, lr=results["best_params"]["lr"])
+        log.info(f"--lr auto: lr {chosen.lr:g} (val top-1 {results['best_val_top1']:.4f}); training with it")
+        summary = train(chosen, overwrite=overwrite, quiet=quiet)
+        for name in ("trials.csv", "results.md", "results.json", "sweep.png"):
+            shutil.copy2(Path(folder) / name, _mkdir(run.path / "lr-search") / name)
+    return summary
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 # ------------------------------------------------------------------------------------------------- outputs

@@ -25,6 +25,7 @@ from ..methods import Method, get_method, method_names
 from ..model import INITS, LOCATIONS, PromptConfig
 
 CACHE_STEM = ("auto", "off")
+AUTO = "auto"  # lr: searched first (vptune.experiments.train_with_lr_search)
 OPTIMIZERS = ("sgd", "adamw")
 RENAMED = {"cache_frozen": "cache_stem"}  # old setting names still read from config files
 
@@ -74,7 +75,10 @@ class TrainConfig:
     batch_size: int = _setting(32, "batch size")
     optimizer: str | None = _setting(None, "default: the method's (sgd for VPT and linear, adamw for the "
                                            "methods that tune backbone weights)", OPTIMIZERS)
-    lr: float | None = _setting(None, "base lr of the tuned tensors, scaled by batch/256 (default: the method's)")
+    lr: float | str | None = _setting(
+        None, "base lr of the tuned tensors, scaled by batch/256 (default: the method's); 'auto': first a short "
+              "pruned search of it on train/val (vptune sweep with 4 values, at most 5 epochs each, costing about "
+              "two to three training runs), then the run with the winner")
     head_lr: float | None = _setting(None, "base lr of the head, scaled by batch/256 (default: the method's)")
     weight_decay: float = _setting(1e-4, "weight decay")
     head_norm: bool = _setting(False, "standardise the [CLS] embedding before the head with the training set's "
@@ -124,9 +128,11 @@ class TrainConfig:
         for name in ("epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        if isinstance(self.lr, str) and self.lr != AUTO:
+            raise ConfigError(f"lr must be a positive number or {AUTO!r}, got {self.lr!r}")
         for name in ("lr", "head_lr"):
             value = getattr(self, name)
-            if value is not None and not (value > 0 and math.isfinite(value)):
+            if value is not None and value != AUTO and not (value > 0 and math.isfinite(value)):
                 raise ConfigError(f"{name} must be a positive number, got {value!r}")
         if self.clip_grad is not None and not (self.clip_grad > 0 and math.isfinite(self.clip_grad)):
             raise ConfigError(f"clip_grad must be a positive number, got {self.clip_grad!r}")

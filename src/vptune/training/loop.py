@@ -25,13 +25,13 @@ from tqdm.auto import tqdm
 from .._io import atomic_write
 from ..backbones import create_backbone
 from ..data import DataSplits, collate, load_data
-from ..errors import TrainingError
+from ..errors import ConfigError, TrainingError
 from ..inference.evaluate import evaluate_dataset, evaluate_logits, predict_logits
 from ..methods import build_model, optimizer_groups
 from ..model import ParameterCount, PromptedViT, count_parameters
 from ..rundir import RunDir
 from ..tasks import WEIGHTS_FILE, load_task, save_task, task_tensors
-from .config import TrainConfig
+from .config import AUTO, TrainConfig
 from .linear_probe import WEIGHT_DECAYS, choose_probe, fit_logistic_regression, standardisation
 from .stem_cache import precompute, stem_cache_plan
 
@@ -70,6 +70,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, qu
         (a sweep's pruner does).
     test: evaluate the best checkpoint on the test split at the end (a sweep's trials do not look at test).
     """
+    if cfg.lr == AUTO:
+        raise ConfigError("lr 'auto' is a search before training: run vptune.experiments.train_with_lr_search(cfg) "
+                          "(what `vptune train --lr auto` does), or give a number")
     run = RunDir(cfg.output)
     cfg = _start(run, cfg, resume=resume, overwrite=overwrite)
     method = cfg.tuning_method()
