@@ -77,8 +77,8 @@ def main() -> None:
         parser.error(f"unknown recipe(s) {sorted(unknown)}; known: {', '.join(RECIPES)}")
     done = done_keys(args.out)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    for data in args.data.split(","):
-        for seed in map(int, args.seeds.split(",")):
+    for seed in map(int, args.seeds.split(",")):  # a whole round of tasks per seed: partial results stay balanced
+        for data in args.data.split(","):
             for recipe in args.recipes.split(","):
                 if (recipe, data, seed) in done:
                     continue
