@@ -128,12 +128,12 @@ def add_config_flags(parser: argparse.ArgumentParser, config: type, skip: tuple[
             continue
         flag = field.name.replace("_", "-")
         text = field.metadata.get("help", "")
-        if hints[field.name] is bool:
-            if field.default:
-                parser.add_argument(f"--no-{flag}", dest=field.name, action="store_false",
-                                    default=argparse.SUPPRESS, help=f"do not {text}")
-            else:
+        if bool in (typing.get_args(hints[field.name]) or (hints[field.name],)):
+            if field.default is not True:  # off, or None: the default is someone else's (e.g. the method's)
                 parser.add_argument(f"--{flag}", action="store_true", default=argparse.SUPPRESS, help=text)
+            if field.default is not False:
+                parser.add_argument(f"--no-{flag}", dest=field.name, action="store_false",
+                                    default=argparse.SUPPRESS, help=f"do not {text}" if field.default else None)
             continue
         choices = field.metadata.get("choices")
         shown = f"{text}; one of {', '.join(choices)}" if choices else text

@@ -101,3 +101,23 @@ def test_warmup_cosine_schedule_never_wastes_a_step():
     factor = warmup_cosine(total_steps=100, warmup_steps=10)
     assert factor(0) == pytest.approx(0.1) and factor(9) == pytest.approx(1.0)
     assert factor(10) == pytest.approx(1.0) and factor(55) == pytest.approx(0.5) and factor(100) == pytest.approx(0.0)
+
+
+def test_a_diverging_run_stops_with_a_clear_message_and_keeps_the_last_good_epoch(workspace, tmp_path, monkeypatch):
+    """The original recipe's failure on a task it was not tuned for: the loss climbs (not to NaN) and train
+    accuracy sits at chance. Here an absurd lr from the second epoch on does the same on the tiny model."""
+    real_epoch = loop.train_epoch
+
+    def too_fast_from_epoch_2(fit, dataset, epoch):
+        if epoch == 1:
+            for group in fit.optimizer.param_groups:
+                group["lr"] = 1e3
+            fit.scheduler.base_lrs = [1e3] * len(fit.scheduler.base_lrs)
+        return real_epoch(fit, dataset, epoch)
+
+    monkeypatch.setattr(loop, "train_epoch", too_fast_from_epoch_2)
+    with pytest.raises(TrainingError, match=r"training diverged: the loss was .* in epoch 2.*--lr auto"):
+        trained(workspace, tmp_path / "run", optimizer="sgd", head_norm=False, head_init="random", epochs=3)
+    run = RunDir(tmp_path / "run")
+    assert len(run.read_metrics()) == 1 and torch.isfinite(load_file(str(run.last / "prompt.safetensors"))
+                                                           ["head.weight"]).all()

@@ -26,9 +26,11 @@ def test_yaml_then_overrides(tmp_path):
 
 
 def test_resolved_fills_the_methods_defaults():
-    sgd = TrainConfig(method="vpt-deep").resolved()
+    vpt = TrainConfig(method="vpt-deep").resolved()
     adamw = TrainConfig(method="lora").resolved()
-    assert sgd.optimizer == "sgd" and sgd.lr == vptune.get_method("vpt-deep").default_lr
+    assert vpt.optimizer == "adamw" and vpt.lr == vptune.get_method("vpt-deep").default_lr
+    assert vpt.head_norm is True and vpt.head_init == "probe"
+    assert TrainConfig(method="vpt-deep", optimizer="sgd", head_norm=False).resolved().head_norm is False
     assert adamw.optimizer == "adamw" and adamw.lr == vptune.get_method("lora").default_lr
     assert TrainConfig(method="linear", head_lr=0.5).resolved().head_lr == 0.5
 

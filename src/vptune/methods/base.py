@@ -32,9 +32,11 @@ class Method:
     pattern: ClassVar[str | None] = None  # a regex with one group per dataclass field, e.g. partial-(\d+)
     frozen_backbone: ClassVar[bool] = True   # every backbone weight stays as it was (stem cache applies)
     head_only: ClassVar[bool] = False   # only the head trains: features can be computed once
-    optimizer: ClassVar[str] = "sgd"    # the original VPT recipe; AdamW where backbone weights move
+    optimizer: ClassVar[str] = "sgd"
     default_lr: ClassVar[float] = 1e-3  # base lr of the tuned tensors (scaled by batch / 256)
     default_head_lr: ClassVar[float] = 1e-3
+    head_norm: ClassVar[bool] = False   # standardise the head's input (TrainConfig.head_norm)
+    head_init: ClassVar[str] = "random"  # or "probe" (TrainConfig.head_init)
 
     @property
     def label(self) -> str:

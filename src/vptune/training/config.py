@@ -73,18 +73,20 @@ class TrainConfig:
     # optimisation
     epochs: int = _setting(10, "epochs")
     batch_size: int = _setting(32, "batch size")
-    optimizer: str | None = _setting(None, "default: the method's (sgd for VPT and linear, adamw for the "
-                                           "methods that tune backbone weights)", OPTIMIZERS)
+    optimizer: str | None = _setting(None, "default: the method's (adamw; the original VPT's sgd is one flag "
+                                           "away)", OPTIMIZERS)
     lr: float | str | None = _setting(
         None, "base lr of the tuned tensors, scaled by batch/256 (default: the method's); 'auto': first a short "
               "pruned search of it on train/val (vptune sweep with 4 values, at most 5 epochs each, costing about "
               "two to three training runs), then the run with the winner")
     head_lr: float | None = _setting(None, "base lr of the head, scaled by batch/256 (default: the method's)")
     weight_decay: float = _setting(1e-4, "weight decay")
-    head_norm: bool = _setting(False, "standardise the [CLS] embedding before the head with the training set's "
-                                      "statistics (fixed, computed once from the initial model)")
-    head_init: str = _setting("random", "random, or probe: start the head at the converged linear probe on the "
-                                        "initial model's features (L2 chosen on val)", ("random", "probe"))
+    head_norm: bool | None = _setting(None, "standardise the [CLS] embedding before the head with the training "
+                                            "set's statistics (fixed, computed once from the initial model); "
+                                            "default: the method's (on for VPT)")
+    head_init: str | None = _setting(None, "random, or probe: start the head at the converged linear probe on the "
+                                           "initial model's features, L2 chosen on val (default: the method's, "
+                                           "probe for VPT)", ("random", "probe"))
     clip_grad: float | None = _setting(None, "clip the gradient norm of the trained tensors to this value")
     momentum: float = _setting(0.9, "SGD momentum")
     warmup_epochs: float = _setting(1.0, "linear warm-up epochs before cosine decay")
@@ -111,7 +113,9 @@ class TrainConfig:
             self,
             optimizer=self.optimizer or method.optimizer,
             lr=self.lr if self.lr is not None else method.default_lr,
-            head_lr=self.head_lr if self.head_lr is not None else method.default_head_lr)
+            head_lr=self.head_lr if self.head_lr is not None else method.default_head_lr,
+            head_norm=self.head_norm if self.head_norm is not None else method.head_norm,
+            head_init=self.head_init or method.head_init)
         cfg.validate()
         return cfg
 

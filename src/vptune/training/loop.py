@@ -37,6 +37,8 @@ from .stem_cache import precompute, stem_cache_plan
 
 log = logging.getLogger("vptune")
 
+DIVERGED = 2.0  # an epoch's mean training loss above this many times ln(classes) stops the run
+
 
 @dataclass
 class Fit:
@@ -194,8 +196,20 @@ def train_epoch(fit: Fit, dataset: Dataset, epoch: int) -> dict:
         bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{optimizer.param_groups[0]['lr']:.2g}",
                         img_s=f"{seen / (time.perf_counter() - started):.1f}")
     seconds = time.perf_counter() - started
+    _check_not_diverged(fit, total_loss / seen, epoch)
     return {"epoch": epoch + 1, "train_loss": total_loss / seen, "train_top1": correct / seen,
             "lr": optimizer.param_groups[0]["lr"], "img_per_s": seen / seconds, "seconds": seconds}
+
+
+def _check_not_diverged(fit: Fit, loss: float, epoch: int) -> None:
+    """Stop (before the epoch is saved, so last/ keeps the last good one) when the epoch's training loss is over
+    DIVERGED x that of guessing uniformly, ln(classes): the run has blown up, and more epochs rarely bring it back."""
+    chance = math.log(fit.model.head.out_features)
+    if loss > DIVERGED * chance:
+        raise TrainingError(f"training diverged: the loss was {loss:.3g} in epoch {epoch + 1}, over {DIVERGED:g} times "
+                            f"that of a uniform guess ({chance:.3g}); the last good checkpoint is in {fit.run.last} (if "
+                            f"any epoch finished). Lower the learning rates (--lr {fit.cfg.lr:g}, --head-lr "
+                            f"{fit.cfg.head_lr:g}) or let vptune choose (--lr auto), and train again")
 
 
 def validate(fit: Fit, dataset: Dataset) -> dict:
