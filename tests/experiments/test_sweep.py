@@ -119,3 +119,15 @@ def test_lr_auto_is_not_a_number_for_train_itself(workspace, tmp_path):
 
     with pytest.raises(ConfigError, match="train_with_lr_search"):
         train(train_config(workspace, tmp_path / "run", lr="auto"))
+
+
+def test_two_local_workers_share_one_study(workspace, tmp_path):
+    out = tmp_path / "sweep"
+    config = SweepConfig(base=train_config(workspace, out, epochs=1), output=str(out), pruner="none", seeds=(),
+                         space={"lr": [0.01, 0.1, 1.0, 10.0]}, workers=2)
+    run_sweep(config)
+    trials = study_of(out).trials
+    done = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert {t.params["lr"] for t in done} == {0.01, 0.1, 1.0, 10.0}
+    assert len({t.user_attrs["worker"]["pid"] for t in done}) == 2 and os.getpid() not in \
+        {t.user_attrs["worker"]["pid"] for t in done}
