@@ -29,6 +29,12 @@ RECIPES: dict[str, dict] = {
     "probe-norm-sgd": dict(head_norm=True, head_init="probe"),
     "probe-norm-adamw": dict(head_norm=True, head_init="probe", optimizer="adamw", lr=1e-2, head_lr=1e-2,
                              weight_decay=1e-4),
+    # the head starts at an optimum: a tenth of the prompts' lr keeps it there while the prompts adapt (as LP-FT
+    # does for fine-tuning after a linear probe); and the paper's prompt dropout for deep prompts
+    "probe-norm-adamw-slowhead": dict(head_norm=True, head_init="probe", optimizer="adamw", lr=1e-2, head_lr=1e-3,
+                                      weight_decay=1e-4),
+    "probe-norm-adamw-slowhead-dropout": dict(head_norm=True, head_init="probe", optimizer="adamw", lr=1e-2,
+                                              head_lr=1e-3, weight_decay=1e-4, prompt_dropout=0.1),
     "norm-adamw": dict(head_norm=True, optimizer="adamw", lr=1e-2, head_lr=1e-2, weight_decay=1e-4),
     "defaults": dict(),  # whatever TrainConfig's defaults are now
 }
