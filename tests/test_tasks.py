@@ -171,3 +171,17 @@ def test_task_files_follow_the_umask(trained, tmp_path):
         os.umask(old)
     for name in (WEIGHTS_FILE, CONFIG_FILE):
         assert stat.S_IMODE((tmp_path / "shared" / name).stat().st_mode) == 0o644
+
+
+@pytest.mark.parametrize("field", ["backbone.img_size", "backbone.name", "data", "data.mean"])
+def test_a_task_json_missing_a_field_names_it(trained, field):
+    _, backbone, task = trained
+    meta = json.loads((task / CONFIG_FILE).read_text())
+    parent, _, child = field.partition(".")
+    if child:
+        del meta[parent][child]
+    else:
+        del meta[parent]
+    (task / CONFIG_FILE).write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match=f"lacks the field '{field}'"):
+        load_task(task, backbone=backbone)

@@ -30,6 +30,8 @@ from .model import FeatureNorm, PromptConfig, PromptedViT
 WEIGHTS_FILE = "prompt.safetensors"
 CONFIG_FILE = "task.json"
 FORMAT = "vptune-task"
+REQUIRED_FIELDS = ("prompt", "num_classes", "tensors", "backbone", "backbone.name", "backbone.img_size", "data",
+                   "data.input_size", "data.mean", "data.std")
 FORMAT_VERSION = 2  # 2: "method" is {"name": ..., options}; 1 kept a bare name and options under the name's key
 
 
@@ -146,8 +148,9 @@ def read_task_json(directory: Path) -> dict[str, Any]:
     if meta.get("format_version", 0) > FORMAT_VERSION:
         raise CheckpointError(f"{config_path} has format version {meta['format_version']}, newer than this vptune "
                               f"understands ({FORMAT_VERSION}); upgrade vptune")
-    for key in ("prompt", "num_classes", "backbone", "tensors"):
-        if key not in meta:
+    for key in REQUIRED_FIELDS:
+        parent, _, child = key.partition(".")
+        if parent not in meta or (child and (not isinstance(meta[parent], dict) or child not in meta[parent])):
             raise CheckpointError(f"{config_path} lacks the field {key!r}; the file is incomplete, re-save the task")
     return meta
 

@@ -121,3 +121,38 @@ def test_a_diverging_run_stops_with_a_clear_message_and_keeps_the_last_good_epoc
     run = RunDir(tmp_path / "run")
     assert len(run.read_metrics()) == 1 and torch.isfinite(load_file(str(run.last / "prompt.safetensors"))
                                                            ["head.weight"]).all()
+
+
+def test_killed_between_the_metrics_and_state_writes_a_resumed_run_loses_no_row(workspace, tmp_path, monkeypatch):
+    whole = trained(workspace, tmp_path / "whole", epochs=3)
+    real_write = loop.atomic_write
+
+    def dies_writing_the_second_state(path, write):
+        if path.name == "state.pt" and len(RunDir(path.parent).read_metrics()) == 2:
+            raise KeyboardInterrupt  # the kill lands after metrics.jsonl got epoch 2's row, before state.pt
+        return real_write(path, write)
+
+    monkeypatch.setattr(loop, "atomic_write", dies_writing_the_second_state)
+    with pytest.raises(KeyboardInterrupt):
+        trained(workspace, tmp_path / "cut", epochs=3)
+    monkeypatch.setattr(loop, "atomic_write", real_write)
+    train(train_config(workspace, tmp_path / "cut"), resume=True, quiet=True)
+    assert without_timings(RunDir(tmp_path / "cut").read_metrics()) == without_timings(whole.read_metrics())
+
+
+def test_resuming_a_finished_run_keeps_its_train_time(workspace, tmp_path):
+    run = trained(workspace, tmp_path / "run", epochs=2)
+    before = run.read_summary()["train_seconds"]
+    train(train_config(workspace, run.path), resume=True, quiet=True)
+    assert run.read_summary()["train_seconds"] == pytest.approx(before)
+    assert before == pytest.approx(sum(row["seconds"] for row in run.read_metrics()))
+
+
+def test_relative_paths_are_stored_resolved(workspace, tmp_path, monkeypatch):
+    monkeypatch.chdir(workspace)
+    run = trained(workspace, tmp_path / "run", data="images", weights="tiny.safetensors", epochs=1)
+    config = run.read_config()
+    assert config["data"] == str(workspace / "images") and config["weights"] == str(workspace / "tiny.safetensors")
+    monkeypatch.chdir(tmp_path)
+    from vptune import evaluate
+    assert evaluate(run.path)[0]["num_images"] == 6  # from another folder, through the stored paths

@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from ..backbones import DEFAULT_BACKBONE
+from ..data import builtin_name
 from ..errors import ConfigError
 from ..methods import Method, get_method, method_names
 from ..model import INITS, LOCATIONS, PromptConfig
@@ -111,6 +112,8 @@ class TrainConfig:
         method = self.tuning_method()
         cfg = dataclasses.replace(
             self,
+            data=_resolved_path(self.data) if builtin_name(self.data) is None else self.data,
+            weights=_resolved_path(self.weights) if self.weights else None,
             optimizer=self.optimizer or method.optimizer,
             lr=self.lr if self.lr is not None else method.default_lr,
             head_lr=self.head_lr if self.head_lr is not None else method.default_head_lr,
@@ -193,6 +196,11 @@ def load_train_config(path: str | os.PathLike | None = None, **overrides: Any) -
     except ConfigError as err:
         raise ConfigError(err if str(err).startswith(origin) else f"{origin}: {err}") from err
     return TrainConfig.from_dict({**settings, **overrides}, origin=origin)
+
+
+def _resolved_path(path: str) -> str:
+    """An absolute path, so that config.yaml and task.json work from any directory (eval, --resume)."""
+    return str(Path(path).expanduser().resolve())
 
 
 def _check_type(name: str, value: Any, hint: Any) -> None:

@@ -123,7 +123,6 @@ def train_epochs(model: PromptedViT, splits: DataSplits, cfg: TrainConfig, run: 
     fit = Fit(cfg, model, forward, optimizer, scheduler, run, quiet)
     start_epoch, best = _restore(fit) if resume else (0, None)
 
-    started = time.perf_counter()
     for epoch in range(start_epoch, cfg.epochs):
         row = train_epoch(fit, train_set, epoch)
         if val_set is not None:
@@ -135,7 +134,7 @@ def train_epochs(model: PromptedViT, splits: DataSplits, cfg: TrainConfig, run: 
         log.info(_epoch_line(row))
         if on_epoch is not None:
             on_epoch(row)
-    return best, time.perf_counter() - started
+    return best, sum(row["seconds"] for row in run.read_metrics())  # every epoch's, resumed or not
 
 
 def train_linear_probe(model: PromptedViT, splits: DataSplits, cfg: TrainConfig, run: RunDir,
@@ -307,8 +306,10 @@ def _save_epoch(fit: Fit, epoch: int, best: dict, row: dict, improved: bool) -> 
         save_task(fit.model, run.best, training=training)
     state = {"epoch": epoch + 1, "best": best, "tensors": task_tensors(fit.model),
              "optimizer": fit.optimizer.state_dict(), "scheduler": fit.scheduler.state_dict()}
-    atomic_write(run.state, lambda tmp: torch.save(state, tmp))
+    # metrics first: killed between the two writes, the run resumes from the previous state and redoes this
+    # epoch, rewriting its row the same way; the other order would lose the row for good
     run.write_metrics(run.read_metrics()[:epoch] + [row])
+    atomic_write(run.state, lambda tmp: torch.save(state, tmp))
 
 
 def _restore(fit: Fit) -> tuple[int, dict | None]:
