@@ -7,6 +7,7 @@
       state.pt        training state (trainable tensors, optimizer, scheduler, epoch), every epoch
       summary.json    final figures: test accuracy of the best-on-val checkpoint
       eval/           what `vptune eval` writes (metrics JSON, confusion matrix PNG)
+      .lock           while a run writes here: its pid and host
 
 Training writes it; eval, predict, info and the demo read it. A task checkpoint directory on its own (e.g.
 written by `save_task`) is accepted wherever a run is, see `RunDir.find_task`.
@@ -15,14 +16,19 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import socket
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import yaml
 
 from ._io import atomic_write_text
-from .errors import CheckpointError
+from .errors import CheckpointError, TrainingError
 from .tasks import CONFIG_FILE
+
+LOCK = ".lock"
 
 
 class RunDir:
@@ -46,7 +52,57 @@ class RunDir:
         return self.config.is_file() or self.metrics.is_file()
 
     def is_empty(self) -> bool:
-        return not self.path.exists() or not any(self.path.iterdir())
+        return not self.path.exists() or not any(p.name != LOCK for p in self.path.iterdir())
+
+    # ------------------------------------------------------------------------------------------- lock
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold RUN/.lock (the holder's pid and host) while a run writes here: a second run refuses instead of
+        writing into the same files; the lock of a process that is gone is taken over."""
+        created = not self.path.exists()
+        self.path.mkdir(parents=True, exist_ok=True)
+        lock = self.path / LOCK
+        mine = json.dumps({"pid": os.getpid(), "host": socket.gethostname()})
+        for _ in range(2):
+            try:
+                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = _read_lock(lock)
+                if holder.get("host") == socket.gethostname() and not _alive(holder.get("pid")):
+                    lock.unlink(missing_ok=True)  # stale: its process is gone
+                    continue
+                raise TrainingError(f"{self.path} is in use by another vptune run (pid {holder.get('pid')} on "
+                                    f"{holder.get('host')}); wait for it to finish, or delete {lock} if that "
+                                    f"process is gone") from None
+            with os.fdopen(fd, "w") as f:
+                f.write(mine)
+            break
+        try:
+            yield
+        finally:
+            if lock.is_file() and lock.read_text() == mine:
+                lock.unlink()
+            if created and not any(self.path.iterdir()):  # nothing was written: leave no empty folder behind
+                self.path.rmdir()
+
+    # ------------------------------------------------------------------------------------------- replacing
+    def move_aside(self) -> Path:
+        """Move this run's files (not the lock) into a hidden sibling folder, to be deleted once a new run has
+        started cleanly (`discard`) or put back if it has not (`put_back`)."""
+        aside = self.path.parent / f".{self.path.name}.replaced-{os.getpid()}"
+        aside.mkdir()
+        for child in self.path.iterdir():
+            if child.name != LOCK:
+                child.rename(aside / child.name)
+        return aside
+
+    def put_back(self, aside: Path) -> None:
+        for child in self.path.iterdir():
+            if child.name != LOCK:
+                shutil.rmtree(child) if child.is_dir() else child.unlink()
+        for child in aside.iterdir():
+            child.rename(self.path / child.name)
+        aside.rmdir()
 
     # ------------------------------------------------------------------------------------------- files
     def read_config(self) -> dict[str, Any]:
@@ -85,3 +141,22 @@ class RunDir:
         """Where evaluation results of a task go: the run's eval/ for best/ or last/, else task/eval/."""
         task = Path(task)
         return task.parent / "eval" if task.name in ("best", "last") else task / "eval"
+
+
+def _read_lock(lock: Path) -> dict:
+    try:
+        return json.loads(lock.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _alive(pid: object) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True

@@ -1,5 +1,7 @@
 """The training loop on a tiny random ViT and a generated image folder: determinism, resume, the stem cache,
 gradient checkpointing, the NaN guard, the schedule."""
+import os
+
 import pytest
 import torch
 from conftest import train_config, without_timings
@@ -156,3 +158,45 @@ def test_relative_paths_are_stored_resolved(workspace, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     from vptune import evaluate
     assert evaluate(run.path)[0]["num_images"] == 6  # from another folder, through the stored paths
+
+
+def test_overwrite_never_deletes_a_folder_that_is_not_a_run(workspace, tmp_path):
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "thesis.txt").write_text("years of work")
+    for output in (precious, workspace / "images"):  # any folder; the data set itself
+        with pytest.raises(TrainingError, match="is not a vptune run directory"):
+            train(train_config(workspace, output), overwrite=True, quiet=True)
+    assert (precious / "thesis.txt").read_text() == "years of work"
+    assert len(list((workspace / "images" / "red").iterdir())) == 10
+
+
+def test_an_overwrite_that_fails_to_start_keeps_the_old_run(workspace, tmp_path):
+    from vptune import DataError
+
+    old = trained(workspace, tmp_path / "run", epochs=1)
+    files = {p.relative_to(old.path): p.read_bytes() for p in old.path.rglob("*") if p.is_file()}
+    with pytest.raises(DataError):
+        train(train_config(workspace, old.path, data=str(tmp_path / "no-such-data")), overwrite=True, quiet=True)
+    assert {p.relative_to(old.path): p.read_bytes() for p in old.path.rglob("*") if p.is_file()} == files
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # nothing moved aside is left behind
+    train(train_config(workspace, old.path, epochs=2), overwrite=True, quiet=True)  # a good one replaces it
+    assert len(RunDir(old.path).read_metrics()) == 2 and sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+def test_a_second_run_on_the_same_folder_refuses_and_a_dead_holders_lock_is_taken_over(workspace, tmp_path):
+    import json
+    import socket
+    import subprocess
+    import sys
+
+    run = tmp_path / "run"
+    run.mkdir()
+    lock = run / ".lock"
+    lock.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))  # a live holder
+    with pytest.raises(TrainingError, match=rf"in use by another vptune run \(pid {os.getpid()}"):
+        train(train_config(workspace, run), quiet=True)
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    lock.write_text(json.dumps({"pid": int(gone.stdout), "host": socket.gethostname()}))  # its process is gone
+    train(train_config(workspace, run, epochs=1), quiet=True)
+    assert len(RunDir(run).read_metrics()) == 1 and not lock.exists()

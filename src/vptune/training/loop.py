@@ -15,6 +15,7 @@ import os
 import shutil
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -75,16 +76,30 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, qu
     if cfg.lr == AUTO:
         raise ConfigError("lr 'auto' is a search before training: run vptune.experiments.train_with_lr_search(cfg) "
                           "(what `vptune train --lr auto` does), or give a number")
+    if not resume:
+        cfg = cfg.resolved()  # bad settings are refused before anything is created or locked
     run = RunDir(cfg.output)
-    cfg = _start(run, cfg, resume=resume, overwrite=overwrite)
+    with run.lock():
+        return _train(run, cfg, resume, overwrite, quiet, on_epoch, test)
+
+
+def _train(run: RunDir, cfg: TrainConfig, resume: bool, overwrite: bool, quiet: bool,
+           on_epoch: Callable[[dict], None] | None, test: bool) -> dict:
+    cfg, replaced = _start(run, cfg, resume=resume, overwrite=overwrite)
     method = cfg.tuning_method()
     torch.manual_seed(cfg.seed)
-
-    backbone = create_backbone(cfg.backbone, img_size=cfg.img_size, weights=cfg.weights)
-    splits = _load_splits(cfg, backbone)
-    torch.manual_seed(cfg.seed)  # prompt and head init do not depend on how much randomness data loading used
-    model = build_model(method, backbone, cfg.prompt_config(), len(splits.class_names),
-                        class_names=splits.class_names, head_norm=cfg.head_norm)
+    try:  # a run being replaced stays until the new one has its backbone, data and model
+        backbone = create_backbone(cfg.backbone, img_size=cfg.img_size, weights=cfg.weights)
+        splits = _load_splits(cfg, backbone)
+        torch.manual_seed(cfg.seed)  # prompt and head init do not depend on how much randomness data loading used
+        model = build_model(method, backbone, cfg.prompt_config(), len(splits.class_names),
+                            class_names=splits.class_names, head_norm=cfg.head_norm)
+    except BaseException:
+        if replaced is not None:
+            run.put_back(replaced)
+        raise
+    if replaced is not None:
+        shutil.rmtree(replaced)
     model.grad_checkpointing = cfg.grad_checkpointing
     model.to(cfg.device)
     counts = count_parameters(model)
@@ -253,24 +268,29 @@ def warmup_cosine(total_steps: int, warmup_steps: int) -> Callable[[int], float]
 
 
 # ------------------------------------------------------------------------------------------- set-up
-def _start(run: RunDir, cfg: TrainConfig, *, resume: bool, overwrite: bool) -> TrainConfig:
+def _start(run: RunDir, cfg: TrainConfig, *, resume: bool, overwrite: bool) -> tuple[TrainConfig, Path | None]:
     """The settings to run with: config.yaml's when resuming; else `cfg` resolved and validated, written to a
-    fresh run directory (replacing an old run only with `overwrite`, and only once the settings are valid)."""
+    fresh run directory. With `overwrite`, an old vptune run there is moved aside (returned, for the caller to
+    delete once the new run has started, or to put back); a folder that is not a vptune run is never touched."""
     if resume:
         cfg = TrainConfig.from_dict(run.read_config(), str(run.config)) if run.config.is_file() else None
         if cfg is None or not (run.state.is_file() or cfg.tuning_method().head_only):  # a probe is refitted whole
             raise TrainingError(f"cannot resume {run.path}: it has no {run.config.name} and {run.state.name} (no epoch "
                                 f"finished yet?); start it again with --overwrite")
-        return cfg
+        return cfg, None
     cfg = cfg.resolved()
+    replaced = None
     if not run.is_empty():
         if not overwrite:
             raise TrainingError(f"{run.path} already exists and is not empty; pass --overwrite to replace it, "
                                 f"--resume to continue it, or choose another --output")
-        shutil.rmtree(run.path)
-    run.path.mkdir(parents=True, exist_ok=True)
+        if not run.is_run():
+            raise TrainingError(f"{run.path} is not a vptune run directory (it has no {run.config.name} or "
+                                f"{run.metrics.name}), so --overwrite will not delete what is in it; choose another "
+                                f"--output")
+        replaced = run.move_aside()
     run.write_config(cfg.to_dict())
-    return cfg
+    return cfg, replaced
 
 
 def _load_splits(cfg: TrainConfig, backbone: torch.nn.Module) -> DataSplits:
