@@ -136,3 +136,14 @@ def test_train_help_lists_every_registered_method(capsys):
         main(["train", "--help"])
     out = capsys.readouterr().out
     assert all(name in out for name in REGISTRY) and "--cache-stem" in out and "--prompt-init" in out
+
+
+@pytest.mark.parametrize("top_k", ["0", "-1"])
+def test_predict_refuses_a_top_k_below_one(workspace, tmp_path, capsys, top_k):
+    from vptune import PromptConfig, PromptedViT, save_task
+    from conftest import make_tiny_vit
+
+    save_task(PromptedViT(make_tiny_vit(), PromptConfig(num_tokens=1), num_classes=3), tmp_path / "task")
+    image = workspace / "images" / "red" / "0.png"
+    assert main(["predict", str(tmp_path / "task"), str(image), "--top-k", top_k]) == 1
+    assert "--top-k must be a positive integer" in capsys.readouterr().err

@@ -218,8 +218,9 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from .inference import Predictor
+    from .inference.predictor import Predictor, check_top_k
 
+    check_top_k(args.top_k)  # before the task and its backbone are loaded
     results = Predictor.from_task(args.task).predict_files(args.images, top_k=args.top_k)
     if args.json:
         print(json.dumps(results, indent=2))

@@ -77,15 +77,35 @@ class Sample(NamedTuple):
     origin: str
 
 
-def read_image(sample: Sample) -> torch.Tensor:
-    """Decode one file to a uint8 3 x H x W tensor; any decoding failure becomes a DataError naming the file."""
+MAX_PIXELS = 40_000_000  # larger images are refused before decoding (Pillow's own bomb limit is 89 million)
+
+
+def read_image(sample: Sample, max_pixels: int = MAX_PIXELS) -> torch.Tensor:
+    """Decode one file to a uint8 3 x H x W tensor; any decoding failure becomes a DataError naming the file.
+
+    16-bit gray images are scaled to 8 bits (Pillow's own conversion clips them to almost white), and images
+    over `max_pixels` are refused from their header alone, before their pixels are decoded."""
     try:
         with Image.open(sample.path) as image:
-            rgb = image.convert("RGB")
+            width, height = image.size
+            if width * height > max_pixels:
+                raise DataError(f"image {sample.path} ({sample.origin}) is {width} x {height} pixels, over the limit "
+                                f"of {max_pixels:,}; shrink it, or remove it from the data")
+            rgb = _to_rgb(image)
+    except DataError:
+        raise
     except Exception as err:  # PIL raises OSError, SyntaxError, ValueError, struct.error, ... depending on format
         raise DataError(f"cannot read image {sample.path} ({sample.origin}): {err}. "
                         "Fix or remove the file, or load with skip_bad=True to drop unreadable images.") from err
     return pil_to_tensor(rgb)
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    if image.mode.startswith("I;16") or image.mode == "I":
+        full_scale = 65535 if image.mode.startswith("I;16") else max(int(np.asarray(image).max()), 1)
+        pixels = np.asarray(image, dtype=np.float64) * (255.0 / full_scale)
+        image = Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8))
+    return image.convert("RGB")
 
 
 class FileDataset(Dataset):
@@ -109,7 +129,7 @@ class FileDataset(Dataset):
     def fingerprint(self) -> str:
         # Paths relative to the data set's root: moving the folder keeps the fingerprint.
         lines = "".join(f"{_relative(s.path, self.root)}\t{s.label}\n" for s in self.samples)
-        return short_sha(lines.encode())
+        return short_sha(lines.encode("utf-8", "surrogateescape"))  # file names need not be valid UTF-8
 
 
 def _relative(path: Path, root: Path) -> str:

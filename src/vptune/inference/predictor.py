@@ -8,6 +8,7 @@ from typing import Sequence
 import torch
 
 from ..data import Sample, build_transform, read_image
+from ..errors import ConfigError
 from ..model import PromptedViT
 from ..rundir import RunDir
 from ..tasks import load_task
@@ -48,8 +49,15 @@ class Predictor:
     @torch.no_grad()
     def predict(self, images: torch.Tensor, top_k: int = 5) -> list[list[dict]]:
         """Normalised images (B, 3, H, W) -> for each, its top-k {class, index, probability}."""
+        check_top_k(top_k)
         probabilities = self.model(images.to(self.device)).softmax(dim=1).cpu()
         top = probabilities.topk(min(top_k, probabilities.shape[1]), dim=1)
         return [[{"class": self.class_names[i], "index": int(i), "probability": float(p)}
                  for p, i in zip(values.tolist(), indices.tolist())]
                 for values, indices in zip(top.values, top.indices)]
+
+
+def check_top_k(top_k: int) -> None:
+    """ConfigError unless top_k is a positive integer."""
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+        raise ConfigError(f"--top-k must be a positive integer (how many classes to list), got {top_k!r}")

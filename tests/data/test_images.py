@@ -1,0 +1,37 @@
+"""Reading users' image files: 16-bit images keep their contrast, huge images are refused before decoding, file
+names need not be UTF-8."""
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vptune.data import DataError, Sample, load_data, read_image
+
+
+def test_16_bit_png_is_scaled_not_clipped(tmp_path):
+    gradient = np.linspace(0, 65535, 64 * 64).reshape(64, 64).astype(np.uint16)
+    Image.fromarray(gradient).save(tmp_path / "deep.png")
+    assert Image.open(tmp_path / "deep.png").mode.startswith("I;16")
+    pixels = read_image(Sample(tmp_path / "deep.png", 0, "test"))[0].numpy().astype(int)
+    expected = np.rint(gradient / 65535 * 255).astype(int)
+    assert np.abs(pixels - expected).max() <= 1  # Pillow's own convert("RGB") gives 255 almost everywhere
+
+
+def test_an_image_over_the_pixel_limit_is_refused_naming_it(tmp_path):
+    Image.new("RGB", (300, 200)).save(tmp_path / "big.png")
+    with pytest.raises(DataError, match=r"big.png .* is 300 x 200 pixels, over the limit of 50,000"):
+        read_image(Sample(tmp_path / "big.png", 0, "test"), max_pixels=50_000)
+
+
+def test_a_file_name_that_is_not_utf8_does_not_crash_the_fingerprint(tmp_path):
+    root = tmp_path / "data"
+    for label in ("a", "b"):
+        (root / label).mkdir(parents=True)
+        for i in range(6):
+            Image.new("RGB", (8, 8), (40 * i, 0, 0)).save(root / label / f"{i}.png")
+    odd = os.fsdecode(b"caf\xe9.png")  # Latin-1 bytes: a surrogate in Python's str
+    Image.new("RGB", (8, 8)).save(Path(root / "a") / odd)
+    splits = load_data(root, img_size=16, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    assert len(splits.describe()["fingerprint"]) == 16
