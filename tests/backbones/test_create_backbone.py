@@ -182,3 +182,8 @@ def test_unexpected_onnx_graph_is_rejected():
         [helper.make_tensor_value_info('y', TensorProto.FLOAT, [1, 4])], initializer=[weight])
     with pytest.raises(BackboneError, match='does not look as expected'):
         imgfocus.convert_onnx(helper.make_model(graph))
+
+
+def test_an_image_size_below_the_patch_is_refused():
+    with pytest.raises(BackboneError, match="img_size 7 is smaller than .* patch \\(14 px\\)"):
+        create_backbone(img_size=7, pretrained=False)

@@ -69,6 +69,9 @@ def create_backbone(name: str = DEFAULT_BACKBONE, *, img_size: int | None = None
             load_state_dict(model, read_weights(weights), source=str(weights))
         mean_std = {}
 
+    if min(model.patch_embed.grid_size) < 1:
+        raise BackboneError(f"img_size {img_size} is smaller than {name!r}'s patch ({model.patch_embed.patch_size[0]} "
+                            f"px): the image would have no patch; use at least {model.patch_embed.patch_size[0]}")
     # timm keeps the architecture's default input_size even when img_size is overridden; data code reads it here
     size = tuple(model.patch_embed.img_size)
     model.pretrained_cfg = {**model.pretrained_cfg, **mean_std, "input_size": (3, *size)}
