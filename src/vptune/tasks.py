@@ -138,7 +138,7 @@ def read_task_json(directory: Path) -> dict[str, Any]:
     config_path = directory / CONFIG_FILE
     if not config_path.is_file():
         raise CheckpointError(f"{directory} is not a vptune task: {CONFIG_FILE} is missing "
-                              f"(a task directory is written by `model.save_task(dir)` or `vptune train`)")
+                              f"(a task directory is written by `vptune.save_task(model, dir)` or `vptune train`)")
     try:
         meta = json.loads(config_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:

@@ -13,7 +13,7 @@ Two ways to compute the same thing:
   uses the same last-block shortcut.
 
 `forward` = `stem` (the blocks before the first prompt, which see the image alone) then `forward_from_stem`:
-training with frozen blocks and no random augmentation can compute the stem once per image (`vptune.train`).
+training with frozen blocks and no random augmentation can compute the stem once per image (`vptune.training.stem_cache`).
 
 `grad_checkpointing=True` recomputes each block in the backward pass instead of keeping its activations
 (much less training memory for about one extra forward pass of time; see docs/performance.md).
