@@ -334,7 +334,8 @@ class ParameterCount:
                  f"head              {self.head:>12,}"]
         if self.other_trainable:
             lines.append(f"other trainable   {self.other_trainable:>12,}")
-        lines += [f"trainable total   {self.trainable:>12,}  ({self.percent_of_backbone:.3f}% of the backbone)",
+        share = f"{self.percent_of_backbone:.3f}% of the backbone" if self.backbone else "backbone size not recorded"
+        lines += [f"trainable total   {self.trainable:>12,}  ({share})",
                   f"backbone          {self.backbone:>12,}"]
         return "\n".join(lines)
 
