@@ -1,6 +1,6 @@
 """Markdown tables from the JSON lines benchmarks/recipe.py writes: test top-1 per recipe and task (mean +- std
 over seeds, each seed listed), and a * where a run was unstable (its train loss rose by over a quarter from one
-epoch to the next, or it failed).
+epoch to the next, to above 0.5, or it failed).
 
     python benchmarks/recipe_table.py docs/recipe/runs.jsonl
 """
@@ -20,7 +20,7 @@ def task_name(data: str) -> str:
 
 def unstable(row: dict) -> bool:
     losses = [c["train_loss"] for c in row["curve"] if c.get("train_loss") is not None]
-    rose = any(later > 1.25 * earlier for earlier, later in zip(losses, losses[1:]))
+    rose = any(later > 1.25 * earlier and later > 0.5 for earlier, later in zip(losses, losses[1:]))
     return row["failure"] is not None or (row["recipe"] != "linear" and rose)  # a probe's rows are L2 strengths
 
 
