@@ -37,8 +37,10 @@ def main() -> None:
             if run[0] in args.methods]
     for data, seed, method, lr, head_lr in runs[args.skip:]:
         with tempfile.TemporaryDirectory() as out:
+            # the recipe this sweep was for (docs/lr-sweep.md): SGD on a raw, randomly initialised head
             cfg = TrainConfig(data=data, output=f"{out}/run", method=method, img_size=args.img_size,
-                              epochs=args.epochs, lr=lr, head_lr=head_lr, seed=seed, device=args.device)
+                              epochs=args.epochs, lr=lr, head_lr=head_lr, seed=seed, device=args.device,
+                              optimizer="sgd", head_norm=False, head_init="random")
             summary = train(cfg, quiet=True)
         row = {"data": data, "method": method, "seed": seed, "lr": lr, "head_lr": head_lr,
                "best_val_top1": summary["best_val_top1"], "test_top1": summary["test_top1"]}
