@@ -15,14 +15,15 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import json
 import logging
 import math
 import multiprocessing
 import os
 import shutil
 import socket
-import tempfile
 import statistics
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -287,14 +288,11 @@ def _retrain(config: SweepConfig, params: dict) -> dict:
     """The best setting, trained on train + val (no model selection) once per seed; test top-1 of each."""
     runs = {}
     for seed in config.seeds:
-        output = Path(config.output) / "final" / f"seed-{seed}"
-        cfg = dataclasses.replace(config.base, output=str(output), final=True, seed=seed, **params)
-        done = output / "summary.json"
-        if done.is_file():  # a rerun of the sweep keeps retrained seeds
-            import json
-
-            runs[seed] = json.loads(done.read_text())["test_top1"]
+        run = RunDir(Path(config.output) / "final" / f"seed-{seed}")
+        if run.summary.is_file():  # a rerun of the sweep keeps retrained seeds
+            runs[seed] = run.read_summary()["test_top1"]
             continue
+        cfg = dataclasses.replace(config.base, output=str(run.path), final=True, seed=seed, **params)
         runs[seed] = train(cfg, overwrite=True, quiet=True)["test_top1"]
     values = [v for v in runs.values() if v is not None]
     return {"test_top1": runs, "mean": statistics.fmean(values) if values else None,
@@ -336,8 +334,6 @@ def _mkdir(path: Path) -> Path:
 
 # ------------------------------------------------------------------------------------------------- outputs
 def _write_outputs(out: Path, study, results: dict) -> None:
-    import json
-
     names = sorted({k for t in study.trials for k in t.params})
     rows = [{"trial": t.number, "state": t.state.name, **{k: t.params.get(k) for k in names},
              "val_top1": t.value if t.value is not None else max(t.intermediate_values.values(), default=None),
