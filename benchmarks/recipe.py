@@ -35,6 +35,9 @@ RECIPES: dict[str, dict] = {
                                       weight_decay=1e-4),
     "probe-norm-adamw-slowhead-dropout": dict(head_norm=True, head_init="probe", optimizer="adamw", lr=1e-2,
                                               head_lr=1e-3, weight_decay=1e-4, prompt_dropout=0.1),
+    # prompts start as the backbone's own patch tokens at each block's input, not noise (model/prompted_vit.py)
+    "patches-probe-norm-adamw": dict(head_norm=True, head_init="probe", optimizer="adamw", lr=1e-2, head_lr=1e-2,
+                                     weight_decay=1e-4, prompt_init="patches"),
     "norm-adamw": dict(head_norm=True, optimizer="adamw", lr=1e-2, head_lr=1e-2, weight_decay=1e-4),
     "defaults": dict(),  # whatever TrainConfig's defaults are now
 }

@@ -13,7 +13,7 @@ from ._io import package_version
 from .backbones import create_backbone
 from .data import DataError, load_data
 from .errors import BackboneError, CheckpointError, ConfigError, TrainingError, VptuneError
-from .inference import Predictor, evaluate
+from .inference import MultiTaskModel, Predictor, evaluate
 from .methods import METHODS, build_model, get_method
 from .model import ParameterCount, PromptConfig, PromptedViT, count_parameters
 from .rundir import RunDir
@@ -24,5 +24,5 @@ __version__ = package_version()
 
 __all__ = ["PromptConfig", "PromptedViT", "count_parameters", "ParameterCount", "create_backbone", "build_model",
            "get_method", "METHODS", "save_task", "load_task", "TrainConfig", "load_train_config", "train",
-           "load_data", "Predictor", "evaluate", "RunDir", "VptuneError", "ConfigError", "BackboneError",
+           "load_data", "Predictor", "MultiTaskModel", "evaluate", "RunDir", "VptuneError", "ConfigError", "BackboneError",
            "CheckpointError", "DataError", "TrainingError", "__version__"]

@@ -252,6 +252,29 @@ def test_xavier_init_uses_the_papers_bound(tiny_vit):
     assert tokens.abs().max() > 0.9 * bound
 
 
+@pytest.mark.parametrize("mode,layers", [("deep", None), ("deep", "1,3"), ("shallow", None)])
+def test_patches_init_copies_the_block_inputs_patch_tokens(tiny_vit, images, mode, layers):
+    model = PromptedViT(tiny_vit(), PromptConfig(num_tokens=5, mode=mode, layers=layers, init="patches"),
+                        num_classes=2)
+    model.init_prompts_from_patches(images, torch.Generator().manual_seed(0))
+    x, start = model._embed(images), model.num_prefix_tokens
+    for i, block in enumerate(model.backbone.blocks):
+        if i in model._prompt_index:
+            patches = x[:, start:].flatten(0, 1)  # every token the backbone feeds block i, without prompts
+            prompt = model.prompts.tokens[model._prompt_index[i]]
+            distance = torch.cdist(prompt, patches).min(dim=1).values
+            assert distance.max() < 1e-5, f"block {i}: a prompt token is not one of its input's patch tokens"
+            assert len({tuple(t.tolist()) for t in prompt}) == 5  # drawn without replacement
+        x = block(x)
+
+
+def test_patches_init_is_refused_where_prompts_are_not_tokens():
+    with pytest.raises(ValueError, match="init='patches'.*prepend"):
+        PromptConfig(init="patches", location="add")
+    with pytest.raises(ValueError, match="init='patches'.*projection"):
+        PromptConfig(init="patches", project=8)
+
+
 # ------------------------------------------------------------------------------------------- bad backbones
 def test_backbone_without_class_token_is_refused(tiny_vit):
     with pytest.raises(ValueError, match="no class token"):

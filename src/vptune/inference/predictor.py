@@ -50,11 +50,15 @@ class Predictor:
     def predict(self, images: torch.Tensor, top_k: int = 5) -> list[list[dict]]:
         """Normalised images (B, 3, H, W) -> for each, its top-k {class, index, probability}."""
         check_top_k(top_k)
-        probabilities = self.model(images.to(self.device)).softmax(dim=1).cpu()
-        top = probabilities.topk(min(top_k, probabilities.shape[1]), dim=1)
-        return [[{"class": self.class_names[i], "index": int(i), "probability": float(p)}
-                 for p, i in zip(values.tolist(), indices.tolist())]
-                for values, indices in zip(top.values, top.indices)]
+        return top_k_rows(self.model(images.to(self.device)).softmax(dim=1).cpu(), self.class_names, top_k)
+
+
+def top_k_rows(probabilities: torch.Tensor, class_names: Sequence[str], top_k: int) -> list[list[dict]]:
+    """Probabilities (B, C) -> for each row, its top-k {class, index, probability}, most likely first."""
+    top = probabilities.topk(min(top_k, probabilities.shape[1]), dim=1)
+    return [[{"class": class_names[i], "index": int(i), "probability": float(p)}
+             for p, i in zip(values.tolist(), indices.tolist())]
+            for values, indices in zip(top.values, top.indices)]
 
 
 def check_top_k(top_k: int) -> None:

@@ -40,11 +40,12 @@ def prompt_key_values(block: Block, prompts: torch.Tensor) -> torch.Tensor:
 
 
 def prefix_attention(attn: Attention, x: torch.Tensor, prompt_kv: torch.Tensor | None,
-                     queries: int | None = None) -> torch.Tensor:
+                     queries: int | None = None, prompt_mask: torch.Tensor | None = None) -> torch.Tensor:
     """timm `Attention.forward` for tokens x (B, N, d) that also attend to prompt keys/values.
 
     prompt_kv: from `prompt_key_values`, or None for no prompt. queries: if set, only the first `queries`
-    tokens' outputs are computed (all N tokens still serve as keys and values).
+    tokens' outputs are computed (all N tokens still serve as keys and values). prompt_mask: (B, p) bool,
+    False for prompt rows an image must not see (a batch mixing tasks with different prompts pads them).
     """
     B = x.shape[0]
     dim, heads = attn.attn_dim, attn.num_heads
@@ -58,7 +59,10 @@ def prefix_attention(attn: Attention, x: torch.Tensor, prompt_kv: torch.Tensor |
     k, v = kv.unflatten(-1, (2, heads, attn.head_dim)).permute(2, 0, 3, 1, 4).unbind(0)
     q, k = attn.q_norm(q), attn.k_norm(k)
     dropout_p = attn.attn_drop.p if attn.training else 0.0
-    out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, scale=attn.scale)
+    mask = None
+    if prompt_mask is not None:  # (B, 1, 1, p + N): every image sees all of its own tokens
+        mask = torch.cat([prompt_mask, prompt_mask.new_ones(B, x.shape[1])], dim=1)[:, None, None, :]
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=attn.scale)
     out = attn.norm(out.transpose(1, 2).reshape(B, xq.shape[1], dim))
     if gate is not None:
         out = out * gate
@@ -66,12 +70,12 @@ def prefix_attention(attn: Attention, x: torch.Tensor, prompt_kv: torch.Tensor |
 
 
 def prefix_block(block: Block, x: torch.Tensor, prompt_kv: torch.Tensor | None,
-                 queries: int | None = None) -> torch.Tensor:
+                 queries: int | None = None, prompt_mask: torch.Tensor | None = None) -> torch.Tensor:
     """timm `Block.forward` on the real tokens x (B, N, d), with the prompts as key/value prefixes.
 
     Returns (B, N, d), or (B, queries, d): the outputs of the first `queries` tokens only.
     """
-    attn_out = prefix_attention(block.attn, block.norm1(x), prompt_kv, queries)
+    attn_out = prefix_attention(block.attn, block.norm1(x), prompt_kv, queries, prompt_mask)
     x = (x if queries is None else x[:, :queries]) + block.drop_path1(block.ls1(attn_out))
     return x + block.drop_path2(block.ls2(block.mlp(block.norm2(x))))
 

@@ -12,7 +12,7 @@ from typing import Any, Sequence, Union
 
 MODES = ("shallow", "deep")
 LOCATIONS = ("prepend", "add")
-INITS = ("xavier", "zeros", "normal")
+INITS = ("xavier", "patches", "zeros", "normal")
 
 # `layers` accepts None (the mode's default), "all", "first K", "last K", or explicit block indices.
 LayersSpec = Union[None, str, Sequence[int]]
@@ -36,7 +36,10 @@ class PromptConfig:
         project: if set, prompts live in this smaller dimension and a learned Linear maps them to the
             backbone's width (the original's "prompt projection").
         init: "xavier" (uniform(-v, v), v = sqrt(6 / (3 * patch_h * patch_w + dim)), the paper's rule),
-            "zeros", or "normal" (std `init_std`).
+            "patches" (each prompt token starts as a patch token of a training image at its block's input, as
+            the frozen backbone computes it: set from data by `PromptedViT.init_prompts_from_patches`, which the
+            trainer calls; xavier until then; prepend without projection only), "zeros", or "normal"
+            (std `init_std`).
         init_std: standard deviation for init="normal".
     """
 
@@ -67,6 +70,9 @@ class PromptConfig:
                              f"got {self.project!r}")
         if not (isinstance(self.init_std, (int, float)) and self.init_std > 0):
             raise ValueError(f"PromptConfig.init_std must be a positive number, got {self.init_std!r}")
+        if self.init == "patches" and (self.location != "prepend" or self.project is not None):
+            raise ValueError("PromptConfig.init='patches' starts prompts as the backbone's own tokens, so it needs "
+                             "location='prepend' and no projection; use init='xavier' here")
         _check_layers_syntax(self.layers)
 
     @property

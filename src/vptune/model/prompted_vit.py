@@ -140,11 +140,8 @@ class PromptedViT(nn.Module):
 
     @property
     def data_config(self) -> dict:
-        """Input size and normalisation of the backbone (timm's data config). The input size is the one the
-        backbone is built for: timm keeps its architecture's default there even when img_size was overridden."""
-        from timm.data import resolve_model_data_config
-
-        return {**resolve_model_data_config(self.backbone), "input_size": (3, *self.backbone.patch_embed.img_size)}
+        """Input size and normalisation of the backbone (`backbone_data_config`)."""
+        return backbone_data_config(self.backbone)
 
     # ---------------------------------------------------------------------------------------------- forward
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -290,6 +287,29 @@ class PromptedViT(nn.Module):
         self._kv_cache.clear()
         self._kv_cache_key = None
 
+    @torch.no_grad()
+    def init_prompts_from_patches(self, images: torch.Tensor, generator: torch.Generator | None = None) -> None:
+        """Set each prompted block's prompt to `num_tokens` patch tokens drawn at random (over images and
+        positions) from `images` (B, 3, H, W) at that block's input, as the frozen backbone computes them
+        without prompts (`PromptConfig.init="patches"`).
+
+        Why: random prompts are noise that every [CLS] attends to; on the default backbone they cost the
+        initial features 4.5 points of linear-probe val accuracy on animal-mnist (0.915 -> 0.87), which training
+        must first win back. Tokens the blocks already know leave the features as good as the backbone's.
+        """
+        if self.prompts is None or self.prompt_config.location != "prepend" or self.prompt_config.project:
+            raise ValueError("init_prompts_from_patches needs prepended prompts without projection")
+        p, last = self.prompt_config.num_tokens, self.prompt_blocks[-1]
+        x = self._embed(images.to(self.prompts.tokens.device))
+        for i, block in enumerate(self.backbone.blocks[:last + 1]):
+            if i in self._prompt_index:
+                patches = x[:, self.num_prefix_tokens:].flatten(0, 1)  # (B * m, d)
+                picked = torch.randperm(len(patches), generator=generator)[:p] if len(patches) >= p \
+                    else torch.randint(len(patches), (p,), generator=generator)
+                self.prompts.tokens[self._prompt_index[i]] = patches[picked]
+            x = block(x)
+        self.clear_cache()
+
 
 class FeatureNorm(nn.Module):
     """(x - mean) / std with fixed statistics (buffers, saved with the task), set once from data by `set_`.
@@ -350,6 +370,14 @@ def count_parameters(model: PromptedViT) -> ParameterCount:
 
 
 # ----------------------------------------------------------------------------------------------- checks
+def backbone_data_config(backbone: nn.Module) -> dict:
+    """timm's data config (input size, mean, std, interpolation) of a backbone. The input size is the one the
+    backbone is built for: timm keeps its architecture's default there even when img_size was overridden."""
+    from timm.data import resolve_model_data_config
+
+    return {**resolve_model_data_config(backbone), "input_size": (3, *backbone.patch_embed.img_size)}
+
+
 def _check_backbone(backbone: nn.Module) -> None:
     if not isinstance(backbone, VisionTransformer):
         raise TypeError(f"PromptedViT needs a timm VisionTransformer (ViT, DeiT, DINO/DINOv2, CLIP-style ViT), got "

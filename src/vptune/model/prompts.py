@@ -30,7 +30,7 @@ class Prompts(nn.Module):
         self.reset_parameters(config, patch_area)
 
     def reset_parameters(self, config: PromptConfig, patch_area: int) -> None:
-        if config.init == "xavier":
+        if config.init in ("xavier", "patches"):  # "patches" is set from data later (PromptedViT)
             # The paper's rule: Xavier-uniform as for the patch projection (fan_in = 3 * ph * pw).
             bound = math.sqrt(6.0 / (3 * patch_area + self.tokens.shape[-1]))
             nn.init.uniform_(self.tokens, -bound, bound)

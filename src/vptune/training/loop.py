@@ -123,6 +123,8 @@ def train_epochs(model: PromptedViT, splits: DataSplits, cfg: TrainConfig, run: 
     train_set = _subset(splits.trainval if cfg.final else splits.train, cfg)
     val_set = None if cfg.final else _subset(splits.val, cfg)
     forward: Callable[[torch.Tensor], torch.Tensor] = model
+    if not resume and model.prompts is not None and model.prompt_config.init == "patches":
+        _init_prompts_from_patches(model, train_set, cfg)
     if stem_cache_plan(model, frozen_backbone=method.frozen_backbone, recipe=cfg.recipe, cache_stem=cfg.cache_stem,
                        num_images=len(train_set) + len(val_set or ())):
         train_set, val_set = (_precompute(model.stem, s, cfg, quiet) for s in (train_set, val_set))
@@ -230,6 +232,18 @@ def validate(fit: Fit, dataset: Dataset) -> dict:
     fit.model.eval()
     logits, labels = predict_logits(fit.forward, fit.loader(dataset, shuffle=False), fit.device)
     return {"loss": F.cross_entropy(logits, labels).item(), "top1": evaluate_logits(logits, labels)["top1"]}
+
+
+PATCH_INIT_IMAGES = 64  # images whose block inputs the "patches" prompt init draws from: plenty of tokens, one batch
+
+
+def _init_prompts_from_patches(model: PromptedViT, train_set: Dataset, cfg: TrainConfig) -> None:
+    """Prompt init "patches": tokens drawn from the block inputs of up to 64 training images picked by the seed."""
+    generator = torch.Generator().manual_seed(cfg.seed)
+    picked = torch.randperm(len(train_set), generator=generator)[:PATCH_INIT_IMAGES].tolist()
+    images = torch.stack([train_set[i][0] for i in picked])
+    model.eval()
+    model.init_prompts_from_patches(images, generator)
 
 
 def _init_head(model: PromptedViT, features: Callable[[torch.Tensor], torch.Tensor], train_set: Dataset,

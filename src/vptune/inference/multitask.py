@@ -1,0 +1,236 @@
+"""`MultiTaskModel`: one frozen backbone in memory, many tasks, and batches that mix them.
+
+This is what prompt tuning buys at serving time: a task is its prompts and its head (a few hundred KB), the
+backbone is shared. A batch may hold images of different tasks; it runs ONE pass through the backbone:
+
+- Every image starts with the shared patch embedding and runs the blocks together with all the others up to
+  its task's first prompted block (those blocks see the image alone, so they compute the same for every task).
+- Tasks whose prompts are pure key/value prefixes from their first prompted block to the last (VPT-deep on all
+  blocks or on the last k; a linear probe, with no prompt at all) stay in that shared pass to the end: at each
+  block every image attends to its own task's prompt keys and values, gathered per image from a per-block stack
+  of all tasks' (computed once per task and cached; shorter prompts are padded and masked out).
+- Other tasks (shallow, "add", deep prompts that skip blocks or stop before the last) read their prompts'
+  outputs from block to block, which the gather cannot give them: they leave the shared pass at their first
+  prompted block and finish on their own path, all of that task's images of the batch together.
+- Each image's final [CLS] goes through its own task's head.
+
+Tasks trained with methods that change backbone weights (full, bias, partial-K, LoRA) cannot share a backbone;
+they are refused (serve each on its own with `vptune predict` or `Predictor`).
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import torch
+from torch import nn
+
+from ..backbones import backbone_fingerprint
+from ..data import build_transform
+from ..errors import CheckpointError, ConfigError
+from ..model import PromptedViT
+from ..model.prompted_vit import backbone_data_config
+from ..model.attention import prefix_block, prompt_key_values, supports_prefix
+from ..rundir import RunDir
+from ..tasks import load_task, read_task_json, task_method
+from .predictor import check_top_k, top_k_rows
+
+TASK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")  # safe in a URL path and as a module key
+
+
+@dataclass
+class _PromptStack:
+    """Every shared-pass task's prompt keys/values for one block, padded to the longest: row 0 is "no prompt"."""
+    kv: torch.Tensor          # (tasks + 1, p_max, 2 * attn_dim)
+    valid: torch.Tensor       # (tasks + 1, p_max) bool
+    row: dict[str, int]       # task name -> its row
+    padded: bool              # some row is shorter than p_max (the attention then needs a mask)
+
+
+class MultiTaskModel(nn.Module):
+    """Many task checkpoints on one frozen backbone; `forward(images, tasks)` runs a batch that mixes tasks.
+
+    Args:
+        backbone: the shared frozen backbone, or None to build it from the first task's task.json.
+        tasks: {name: task directory (or training run)} to load now; more can be added and removed later.
+    """
+
+    def __init__(self, backbone: nn.Module | None = None,
+                 tasks: Mapping[str, str | os.PathLike] | None = None) -> None:
+        super().__init__()
+        self.backbone: nn.Module | None = backbone
+        self.tasks = nn.ModuleDict()
+        self._stacks: dict[int, _PromptStack] = {}
+        for name, directory in (tasks or {}).items():
+            self.add_task(name, directory)
+
+    # --------------------------------------------------------------------------------------------- tasks
+    def add_task(self, name: str, directory: str | os.PathLike) -> PromptedViT:
+        """Load a task onto the shared backbone; refuses one trained on another backbone, image size or
+        normalisation, or with a method that changed backbone weights, naming the task and the mismatch."""
+        if not isinstance(name, str) or not TASK_NAME.match(name):
+            raise ConfigError(f"task name {name!r}: use 1-64 letters, digits, '_', '-' or '.', starting with a "
+                              f"letter or digit")
+        if name in self.tasks:
+            raise ConfigError(f"task {name!r} is already loaded; remove it first to replace it")
+        directory = RunDir.find_task(directory)
+        meta = read_task_json(directory)
+        method = task_method(meta, directory)
+        if not method.frozen_backbone:
+            raise CheckpointError(f"task {name!r} ({directory}) was trained with method {method.label!r}, which "
+                                  f"changes the backbone's weights, so it cannot share the backbone with other "
+                                  f"tasks; serve it on its own (vptune predict, or vptune.Predictor)")
+        if self.backbone is not None:
+            self._check_compatible(name, directory, meta)
+        model = load_task(directory, backbone=self.backbone, check_fingerprint=False).eval()  # checked above
+        if self.backbone is None:
+            self.backbone = model.backbone
+        model.to(self.device)
+        self.tasks[name] = model
+        self._stacks.clear()
+        return model
+
+    def remove_task(self, name: str) -> None:
+        if name not in self.tasks:
+            raise KeyError(f"no task {name!r}; loaded: {', '.join(self.tasks) or 'none'}")
+        del self.tasks[name]
+        self._stacks.clear()
+
+    def _check_compatible(self, name: str, directory: os.PathLike, meta: dict) -> None:
+        saved, data = meta["backbone"], meta["data"]
+        ours = {"backbone weights fingerprint": backbone_fingerprint(self.backbone),
+                "image size": list(self.backbone.patch_embed.img_size),
+                "normalisation mean": [round(v, 6) for v in self.data_config["mean"]],
+                "normalisation std": [round(v, 6) for v in self.data_config["std"]]}
+        theirs = {"backbone weights fingerprint": saved.get("fingerprint"), "image size": saved["img_size"],
+                  "normalisation mean": [round(v, 6) for v in data["mean"]],
+                  "normalisation std": [round(v, 6) for v in data["std"]]}
+        for what, value in theirs.items():
+            if value is not None and value != ours[what]:
+                raise CheckpointError(f"task {name!r} ({directory}) cannot share this backbone: its {what} is "
+                                      f"{value}, the loaded tasks' is {ours[what]}; serve it with its own backbone")
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.backbone.parameters()).device if self.backbone is not None else torch.device("cpu")
+
+    @property
+    def data_config(self) -> dict:
+        """Input size and normalisation every task shares (those of the backbone)."""
+        if self.backbone is None:
+            raise ConfigError("no backbone yet: give one, or add a task first")
+        return backbone_data_config(self.backbone)
+
+    def transform(self):
+        """The test transform for a decoded uint8 image (3, H, W) -> normalised (3, S, S)."""
+        data = self.data_config
+        return build_transform(data["input_size"][-1], data["mean"], data["std"])
+
+    def class_names(self, name: str) -> list[str]:
+        model = self.tasks[name]
+        return model.class_names or [str(i) for i in range(model.head.out_features)]
+
+    # ------------------------------------------------------------------------------------------- forward
+    @torch.inference_mode()
+    def forward(self, images: torch.Tensor, tasks: Sequence[str]) -> list[torch.Tensor]:
+        """Normalised images (B, 3, H, W) and each image's task name -> each image's logits (its task's classes)."""
+        if len(tasks) != len(images):
+            raise ValueError(f"{len(images)} images but {len(tasks)} task names")
+        unknown = sorted(set(tasks) - self.tasks.keys())
+        if unknown:
+            raise KeyError(f"unknown task(s) {unknown}; loaded: {', '.join(self.tasks) or 'none'}")
+        features = self._features(images.to(self.device), list(tasks))
+        logits: list[torch.Tensor | None] = [None] * len(tasks)
+        for name, rows in _rows_by_task(tasks).items():
+            for row, out in zip(rows, self.tasks[name].classify(features[rows])):
+                logits[row] = out
+        return logits
+
+    def predict(self, images: torch.Tensor, tasks: Sequence[str], top_k: int = 5) -> list[list[dict]]:
+        """For each image, its task's top-k {class, index, probability}."""
+        check_top_k(top_k)
+        return [top_k_rows(out.softmax(dim=0)[None].cpu(), self.class_names(name), top_k)[0]
+                for out, name in zip(self(images, tasks), tasks)]
+
+    def _features(self, images: torch.Tensor, tasks: list[str]) -> torch.Tensor:
+        """The shared pass: final normed [CLS] (B, d) of every image, each with its own task's prompts."""
+        blocks = self.backbone.blocks
+        leave_at = {name: model.stem_depth for name, model in self.tasks.items() if not self._in_shared_pass(model)}
+        first_model = next(iter(self.tasks.values()))
+        x = first_model._embed(images)
+        rows = torch.arange(len(tasks), device=images.device)  # batch rows still in the shared pass, in x's order
+        names = list(tasks)                                      # their task names
+        features = images.new_empty(len(tasks), self.backbone.embed_dim)
+        for i, block in enumerate(blocks):
+            x, rows, names = self._leave(i, x, rows, names, leave_at, features)
+            if not names:
+                return features
+            kv, mask = self._gather_prompts(i, block, names)
+            last = i == len(blocks) - 1
+            if kv is None and not last:
+                x = block(x)
+            else:
+                x = prefix_block(block, x, kv, queries=1 if last else None, prompt_mask=mask)
+        features[rows] = self.backbone.fc_norm(self.backbone.norm(x[:, 0]))
+        return features
+
+    def _leave(self, block: int, x: torch.Tensor, rows: torch.Tensor, names: list[str], leave_at: dict[str, int],
+               features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+        """Images of own-path tasks whose first prompted block is `block` finish on their task's own path."""
+        for name in {n for n in names if leave_at.get(n) == block}:
+            mine = torch.tensor([n == name for n in names], device=x.device)
+            features[rows[mine]] = self.tasks[name].features_from_stem(x[mine])
+            x, rows = x[~mine], rows[~mine]
+            names = [n for n in names if n != name]
+        return x, rows, names
+
+    def _gather_prompts(self, index: int, block: nn.Module,
+                        names: list[str]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Each image's own task's prompt keys/values at this block: (B, p_max, 2 * attn_dim) and a (B, p_max)
+        mask when prompts differ in length or some image's task has none here; (None, None) if no image has one."""
+        stack = self._stacks.get(index)
+        if stack is None:
+            stack = self._stacks[index] = self._build_stack(index, block)
+        which = torch.tensor([stack.row.get(n, 0) for n in names], device=stack.kv.device)
+        if stack.kv.shape[1] == 0 or not bool(which.any()):
+            return None, None
+        if not stack.padded and bool(which.all()):
+            return stack.kv[which], None
+        return stack.kv[which], stack.valid[which]
+
+    def _build_stack(self, index: int, block: nn.Module) -> _PromptStack:
+        prompts = {name: model.prompts(1)[model._prompt_index[index]][0]  # (p, d)
+                   for name, model in self.tasks.items()
+                   if self._in_shared_pass(model) and model.prompts is not None and index in model._prompt_index}
+        p_max = max((p.shape[0] for p in prompts.values()), default=0)
+        kv_dim = 2 * block.attn.attn_dim if hasattr(block, "attn") else 0
+        dtype = next(self.backbone.parameters()).dtype
+        kv = torch.zeros(len(prompts) + 1, p_max, kv_dim, device=self.device, dtype=dtype)
+        valid = torch.zeros(len(prompts) + 1, p_max, dtype=torch.bool, device=self.device)
+        row = {}
+        for r, (name, tokens) in enumerate(prompts.items(), start=1):
+            kv[r, :len(tokens)] = prompt_key_values(block, tokens[None])[0]
+            valid[r, :len(tokens)] = True
+            row[name] = r
+        padded = any(len(tokens) < p_max for tokens in prompts.values())
+        return _PromptStack(kv, valid, row, padded)
+
+    @staticmethod
+    def _in_shared_pass(model: PromptedViT) -> bool:
+        """True when the task's prompts only ever act as key/value prefixes (see the module docstring)."""
+        blocks = model.backbone.blocks
+        if not all(supports_prefix(b) for b in blocks):
+            return False
+        if model.prompts is None:
+            return True
+        first = model.prompt_blocks[0]
+        return model.prompt_config.location == "prepend" and model.prompt_blocks == tuple(range(first, len(blocks)))
+
+
+def _rows_by_task(tasks: Sequence[str]) -> dict[str, list[int]]:
+    rows: dict[str, list[int]] = {}
+    for row, name in enumerate(tasks):
+        rows.setdefault(name, []).append(row)
+    return rows
