@@ -102,6 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--top-k", type=int, default=5)
     predict.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
+    serve = command("serve", "serve many tasks on one backbone over HTTP (needs the serve extra)", _serve)
+    serve.add_argument("--task", action="append", default=[], metavar="NAME=DIR", required=True,
+                       help="a task to serve under NAME (a task directory or a training run); repeat for more")
+    add_serve_flags(serve)
+
     info = command("info", "method, prompt config, trainable parameters, checkpoint size", _info)
     info.add_argument("target", help="task directory, or a backbone name")
 
@@ -117,6 +122,22 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("bench_args", nargs=argparse.REMAINDER)
     bench.set_defaults(run=_bench)
     return parser
+
+
+def add_serve_flags(parser: argparse.ArgumentParser) -> None:
+    from .inference.server import ServeSettings
+
+    helps = {"host": "address to bind (127.0.0.1: this machine only; 0.0.0.0: every interface)", "port": "TCP port",
+             "max_batch": "most images in one forward pass", "max_wait_ms": "how long the first request of a batch "
+             "waits for others (ms)", "max_pending": "queued requests before answering 503",
+             "max_upload_mb": "request body limit (413 above it)", "max_pixels": "decoded image limit (400 above it)",
+             "top_k": "classes returned when a request does not say",
+             "api_key": "require 'Authorization: Bearer KEY' on every route but /health (default: $VPTUNE_API_KEY)"}
+    for field in dataclasses.fields(ServeSettings):
+        kind = str if field.name in ("host", "api_key") else type(field.default)
+        parser.add_argument(f"--{field.name.replace('_', '-')}", type=kind, default=field.default,
+                            help=f"{helps[field.name]} (default {field.default})" if field.default is not None
+                            else helps[field.name])
 
 
 def add_config_flags(parser: argparse.ArgumentParser, config: type, skip: tuple[str, ...] = ()) -> None:
@@ -229,6 +250,15 @@ def _predict(args: argparse.Namespace) -> int:
         print(result["image"])
         for guess in result["top"]:
             print(f"  {guess['probability']:7.2%}  {guess['class']}")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from .inference.server import ServeSettings, parse_task_flags, serve
+
+    settings = ServeSettings(**{f.name: getattr(args, f.name) for f in dataclasses.fields(ServeSettings)})
+    settings.validate()
+    serve(parse_task_flags(args.task), settings)
     return 0
 
 

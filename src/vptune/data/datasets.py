@@ -6,7 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, NamedTuple
+from typing import BinaryIO, Iterable, Iterator, NamedTuple
 
 import numpy as np
 import torch
@@ -85,18 +85,24 @@ def read_image(sample: Sample, max_pixels: int = MAX_PIXELS) -> torch.Tensor:
 
     16-bit gray images are scaled to 8 bits (Pillow's own conversion clips them to almost white), and images
     over `max_pixels` are refused from their header alone, before their pixels are decoded."""
+    return decode_image(sample.path, f"{sample.path} ({sample.origin})", max_pixels,
+                        "Fix or remove the file, or load with skip_bad=True to drop unreadable images.")
+
+
+def decode_image(source: str | os.PathLike | BinaryIO, name: str, max_pixels: int = MAX_PIXELS,
+                 fix: str = "Send a PNG, JPEG, WebP, BMP or TIFF file.") -> torch.Tensor:
+    """`read_image` for a path or an open binary file (an upload): errors say "image {name}: ..." and `fix`."""
     try:
-        with Image.open(sample.path) as image:
+        with Image.open(source) as image:
             width, height = image.size
             if width * height > max_pixels:
-                raise DataError(f"image {sample.path} ({sample.origin}) is {width} x {height} pixels, over the limit "
-                                f"of {max_pixels:,}; shrink it, or remove it from the data")
+                raise DataError(f"image {name} is {width} x {height} pixels, over the limit of {max_pixels:,}; "
+                                f"shrink it, or remove it from the data")
             rgb = _to_rgb(image)
     except DataError:
         raise
     except Exception as err:  # PIL raises OSError, SyntaxError, ValueError, struct.error, ... depending on format
-        raise DataError(f"cannot read image {sample.path} ({sample.origin}): {err}. "
-                        "Fix or remove the file, or load with skip_bad=True to drop unreadable images.") from err
+        raise DataError(f"cannot read image {name}: {err}. {fix}") from err
     return pil_to_tensor(rgb)
 
 

@@ -1,0 +1,238 @@
+"""`vptune serve`: many tasks on one backbone behind an HTTP JSON API (FastAPI + uvicorn, the `serve` extra).
+
+Thin over `MultiTaskModel` and `Batcher`: a request is decoded and transformed in a thread, queued, and answered
+from a mixed-task batch.
+
+    GET  /                          a small page: pick a task, drop an image, see the top-k as bars
+    GET  /health                    {"status": "ok", ...} (never needs the API key)
+    GET  /v1/tasks                  names, classes, method, prompt config, image size
+    POST /v1/tasks/{name}/predict   an image (multipart field "image", or JSON {"image": base64}) -> top-k
+
+Errors are JSON {"detail": reason}: unknown task 404; not an image, a corrupt image or one over the pixel limit
+400; unsupported content type 415; an upload over the size limit 413; a full queue 503 with Retry-After; a
+missing or wrong bearer token 401. The server keeps serving after each.
+"""
+# No `from __future__ import annotations`: FastAPI reads the route functions' annotations at run time, and
+# Request is imported inside create_app (FastAPI is an optional extra).
+import base64
+import binascii
+import io
+import json
+import logging
+import os
+import secrets
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..data import DataError, decode_image
+from ..errors import ConfigError
+from .batcher import Batcher, Overloaded
+from .multitask import MultiTaskModel
+from .predictor import check_top_k, top_k_rows
+
+API_KEY_ENV = "VPTUNE_API_KEY"
+PAGE = Path(__file__).with_name("page.html")
+access_log = logging.getLogger("vptune.access")
+
+
+@dataclass
+class ServeSettings:
+    """What `vptune serve` takes besides the tasks (each is a flag of the same name)."""
+    host: str = "127.0.0.1"
+    port: int = 8000
+    max_batch: int = 32           # images in one forward pass
+    max_wait_ms: float = 5.0      # how long the first request of a batch waits for company
+    max_pending: int = 256        # queued requests before 503
+    max_upload_mb: float = 10.0   # request body limit (413 above it)
+    max_pixels: int = 25_000_000  # decoded image limit (400 above it; Pillow's own bomb limit is 89 million)
+    top_k: int = 5                # default when a request does not say
+    api_key: str | None = field(default=None, repr=False)  # or $VPTUNE_API_KEY; /health stays open
+
+    def validate(self) -> None:
+        for name in ("max_batch", "max_pending", "max_pixels"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        for name in ("max_wait_ms", "max_upload_mb"):
+            if not getattr(self, name) >= 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        if not 0 <= self.port < 65536:
+            raise ConfigError(f"--port must be 0..65535, got {self.port}")
+        check_top_k(self.top_k)
+
+
+def parse_task_flags(values: list[str]) -> dict[str, str]:
+    """["name=dir", ...] -> {name: dir}, refusing malformed or repeated names."""
+    tasks: dict[str, str] = {}
+    for value in values:
+        name, sep, directory = value.partition("=")
+        if not sep or not name or not directory:
+            raise ConfigError(f"--task {value!r}: write NAME=DIR, e.g. --task digits=runs/digits")
+        if name in tasks:
+            raise ConfigError(f"--task {name!r} is given twice")
+        tasks[name] = directory
+    return tasks
+
+
+def require_serve_extra() -> None:
+    """A one-line error naming the fix when FastAPI, uvicorn or python-multipart is not installed."""
+    try:
+        import fastapi  # noqa: F401
+        import multipart  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as err:
+        raise ConfigError(f"vptune serve needs the serve extra ({err.name} is not installed): "
+                          f"pip install 'vptune[serve]'") from err
+
+
+def create_app(model: MultiTaskModel, settings: ServeSettings):
+    """The FastAPI application serving `model`'s tasks."""
+    require_serve_extra()
+    from fastapi import Depends, FastAPI, HTTPException, Request
+    from fastapi.responses import HTMLResponse, JSONResponse
+    from fastapi.concurrency import run_in_threadpool
+
+    settings.validate()
+    api_key = settings.api_key or os.environ.get(API_KEY_ENV) or None
+    transform = model.transform()
+    limit = int(settings.max_upload_mb * 1024 * 1024)
+
+    def run_batch(items: list[tuple[str, torch.Tensor, int]]) -> list[list[dict]]:
+        logits = model(torch.stack([image for _, image, _ in items]), [name for name, _, _ in items])
+        return [top_k_rows(out.softmax(dim=0)[None].cpu(), model.class_names(name), k)[0]
+                for out, (name, _, k) in zip(logits, items)]
+
+    batcher = Batcher(run_batch, max_batch=settings.max_batch, max_wait=settings.max_wait_ms / 1000,
+                      max_pending=settings.max_pending)
+
+    @asynccontextmanager
+    async def lifespan(app):
+        await batcher.start()
+        yield
+        await batcher.stop()  # every accepted request is answered before the process ends
+
+    app = FastAPI(title="vptune", lifespan=lifespan, docs_url="/docs", redoc_url=None)
+    app.state.batcher = batcher
+
+    @app.middleware("http")
+    async def log_access(request: Request, call_next):
+        started = time.perf_counter()
+        response = await call_next(request)
+        access_log.info(json.dumps({
+            "time": round(time.time(), 3), "client": request.client.host if request.client else None,
+            "method": request.method, "path": request.url.path, "status": response.status_code,
+            "ms": round(1000 * (time.perf_counter() - started), 2),
+            "batch": int(response.headers.get("x-batch-size", 0)) or None}))
+        return response
+
+    def authorised(request: Request) -> None:
+        if api_key is None:
+            return
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not secrets.compare_digest(token.encode(), api_key.encode()):
+            raise HTTPException(401, "missing or wrong API key: send the header 'Authorization: Bearer KEY'",
+                                headers={"WWW-Authenticate": "Bearer"})
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def page() -> str:
+        return PAGE.read_text()
+
+    @app.get("/health")
+    def health() -> dict:
+        return {"status": "ok", "tasks": len(model.tasks), "auth": api_key is not None,
+                "pending": batcher.pending}
+
+    @app.get("/v1/tasks", dependencies=[Depends(authorised)])
+    def tasks() -> dict:
+        return {"tasks": [describe_task(model, name) for name in model.tasks]}
+
+    @app.post("/v1/tasks/{name}/predict", dependencies=[Depends(authorised)])
+    async def predict(name: str, request: Request, top_k: int | None = None):
+        if name not in model.tasks:
+            raise HTTPException(404, f"no task {name!r}; this server has: {', '.join(model.tasks)}")
+        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if content_type not in ("multipart/form-data", "application/json"):
+            raise HTTPException(415, f"content type {content_type or 'none'!r} is not supported: send the image as "
+                                     f"multipart/form-data (field 'image') or as application/json {{\"image\": BASE64}}")
+        body = await _read_body(request, limit)
+        data, requested_k = await _image_bytes(request, body, content_type)
+        k = top_k if top_k is not None else requested_k if requested_k is not None else settings.top_k
+        try:
+            check_top_k(k)
+            image = await run_in_threadpool(lambda: transform(decode_image(io.BytesIO(data), "upload",
+                                                                           settings.max_pixels)))
+        except (DataError, ConfigError) as err:
+            raise HTTPException(400, str(err)) from None
+        try:
+            top, batch_size = await batcher.submit((name, image, k))
+        except Overloaded as err:
+            raise HTTPException(503, f"server busy ({err}); retry shortly", headers={"Retry-After": "1"}) from None
+        return JSONResponse({"task": name, "top": top}, headers={"X-Batch-Size": str(batch_size)})
+
+    async def _read_body(request: Request, limit: int) -> bytes:
+        too_big = f"upload over the limit of {settings.max_upload_mb:g} MB (--max-upload-mb)"
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise HTTPException(413, too_big)
+        body = bytearray()
+        async for chunk in request.stream():  # chunked uploads have no length to check up front
+            body += chunk
+            if len(body) > limit:
+                raise HTTPException(413, too_big)
+        return bytes(body)
+
+    async def _image_bytes(request: Request, body: bytes, content_type: str) -> tuple[bytes, int | None]:
+        if content_type == "application/json":
+            try:
+                payload = json.loads(body)
+                encoded = payload["image"]
+                encoded = encoded.split(",", 1)[1] if encoded.startswith("data:") else encoded  # a data: URL
+                return base64.b64decode(encoded, validate=True), payload.get("top_k")
+            except (ValueError, KeyError, TypeError, AttributeError, binascii.Error):
+                raise HTTPException(400, "JSON body must be {\"image\": \"<base64 of the image file>\"} with "
+                                         "optional \"top_k\"") from None
+
+        async def replay() -> dict:  # the body was already read (with its size limit); let the form parser see it
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        try:
+            form = await Request(request.scope, replay).form()
+        except Exception as err:  # malformed multipart
+            raise HTTPException(400, f"cannot parse the multipart body: {err}") from None
+        upload = form.get("image")
+        if upload is None or isinstance(upload, str):
+            raise HTTPException(400, "multipart body has no file field 'image'")
+        return await upload.read(), None
+
+    return app
+
+
+def describe_task(model: MultiTaskModel, name: str) -> dict:
+    task = model.tasks[name]
+    return {"name": name, "classes": model.class_names(name), "num_classes": task.head.out_features,
+            "method": task.method.to_dict() if getattr(task, "method", None) else None,
+            "prompt": task.prompt_config.to_dict(), "image_size": list(task.backbone.patch_embed.img_size)}
+
+
+def serve(tasks: dict[str, str], settings: ServeSettings) -> None:
+    """Load the tasks onto one backbone and serve them until interrupted (SIGINT / SIGTERM finish the requests
+    in flight first)."""
+    import uvicorn
+
+    settings.validate()
+    require_serve_extra()
+    if not tasks:
+        raise ConfigError("no task to serve: give at least one --task NAME=DIR")
+    model = MultiTaskModel(tasks=tasks)
+    app = create_app(model, settings)
+    logging.getLogger("vptune.access").setLevel(logging.INFO)
+    print(f"vptune: serving {len(tasks)} task(s) ({', '.join(tasks)}) on http://{settings.host}:{settings.port}",
+          flush=True)
+    uvicorn.run(app, host=settings.host, port=settings.port, access_log=False, log_level="warning",
+                timeout_graceful_shutdown=30)
+
+
+__all__ = ["ServeSettings", "create_app", "serve", "parse_task_flags", "describe_task"]

@@ -1,0 +1,255 @@
+"""`vptune serve`, as a user runs it: the real server in a subprocess on a free loopback port, every route and
+every error, batching of concurrent requests for different tasks, the API key, graceful shutdown, and the page
+in a real headless browser."""
+import base64
+import io
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+import torch
+from PIL import Image
+
+httpx = pytest.importorskip("httpx")
+pytest.importorskip("fastapi")
+pytest.importorskip("uvicorn")
+
+from conftest import TINY_VIT  # noqa: E402
+
+from vptune import MultiTaskModel, PromptConfig, build_model, create_backbone, save_task  # noqa: E402
+from vptune.data import Sample, read_image  # noqa: E402
+
+KEY = "s3cret"
+WAIT_MS = 400  # long enough that requests sent together share a batch on a slow CI machine
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def tasks(workspace, tmp_path_factory):
+    backbone = create_backbone(TINY_VIT, img_size=32, weights=str(workspace / "tiny.safetensors"))
+    folder = tmp_path_factory.mktemp("tasks")
+    kinds = {"colours": ("vpt-deep", PromptConfig(num_tokens=4)), "shallow": ("vpt-shallow", PromptConfig(num_tokens=3)),
+             "late": ("vpt-deep", PromptConfig(num_tokens=2, layers="last 2"))}
+    dirs = {}
+    for k, (name, (method, prompt)) in enumerate(kinds.items()):
+        torch.manual_seed(k)
+        model = build_model(method, backbone, prompt, 3, class_names=["blue", "green", "red"])
+        dirs[name] = save_task(model, folder / name)
+    return dirs
+
+
+class Server:
+    def __init__(self, tasks, *flags, env=None):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        args = [sys.executable, "-m", "vptune", "serve", "--port", str(self.port), *flags]
+        for name, directory in tasks.items():
+            args += ["--task", f"{name}={directory}"]
+        self.process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                        env={**os.environ, **(env or {})})
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"server exited: {self.process.communicate()}")
+            try:
+                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        raise AssertionError("server did not start in 60 s")
+
+    def stop(self) -> tuple[int, str, str]:
+        self.process.send_signal(signal.SIGTERM)
+        out, err = self.process.communicate(timeout=60)
+        return self.process.returncode, out, err
+
+
+@pytest.fixture(scope="module")
+def server(tasks):
+    server = Server(tasks, "--max-wait-ms", str(WAIT_MS), "--max-batch", "8", "--max-pending", "3",
+                    "--max-upload-mb", "0.05", "--max-pixels", "5000", env={"VPTUNE_API_KEY": KEY})
+    yield server
+    if server.process.poll() is None:
+        server.stop()
+
+
+AUTH = {"Authorization": f"Bearer {KEY}"}
+
+
+def png_bytes(workspace, name="red/0.png") -> bytes:
+    return (workspace / "images" / name).read_bytes()
+
+
+def post_image(server, task, data, **kwargs):
+    return httpx.post(f"{server.url}/v1/tasks/{task}/predict", files={"image": ("x.png", data, "image/png")},
+                      headers=AUTH, timeout=30, **kwargs)
+
+
+def expected_top(tasks, workspace, task, name="red/0.png"):
+    multi = MultiTaskModel(tasks={task: tasks[task]})
+    image = multi.transform()(read_image(Sample(workspace / "images" / name, -1, "test")))
+    return multi.predict(image[None], [task], top_k=3)[0]
+
+
+def test_predictions_match_the_library_through_both_upload_forms(server, tasks, workspace):
+    want = expected_top(tasks, workspace, "colours")
+    got = post_image(server, "colours", png_bytes(workspace), params={"top_k": 3})
+    assert got.status_code == 200, got.text
+    assert [g["class"] for g in got.json()["top"]] == [g["class"] for g in want]
+    assert all(abs(a["probability"] - b["probability"]) < 1e-5 for a, b in zip(got.json()["top"], want))
+
+    encoded = base64.b64encode(png_bytes(workspace)).decode()
+    as_json = httpx.post(f"{server.url}/v1/tasks/colours/predict", json={"image": encoded, "top_k": 2},
+                         headers=AUTH, timeout=30)
+    assert as_json.status_code == 200, as_json.text
+    assert [g["class"] for g in as_json.json()["top"]] == [g["class"] for g in want[:2]]
+
+
+def test_health_tasks_and_the_api_key(server):
+    health = httpx.get(server.url + "/health")
+    assert health.json()["status"] == "ok" and health.json()["auth"] is True
+    assert httpx.get(server.url + "/v1/tasks").status_code == 401
+    assert httpx.get(server.url + "/v1/tasks", headers={"Authorization": "Bearer nope"}).status_code == 401
+    listing = httpx.get(server.url + "/v1/tasks", headers=AUTH).json()["tasks"]
+    assert {t["name"] for t in listing} == {"colours", "shallow", "late"}
+    colours = next(t for t in listing if t["name"] == "colours")
+    assert colours["classes"] == ["blue", "green", "red"] and colours["image_size"] == [32, 32]
+    assert colours["prompt"]["num_tokens"] == 4 and colours["method"]["name"] == "vpt-deep"
+
+
+def _big_png() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (100, 100), "white").save(buffer, format="PNG")  # 10,000 pixels: over --max-pixels 5000
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("case,status,reason", [
+    ("unknown task", 404, "no task 'nope'"),
+    ("not an image", 400, "cannot read image upload"),
+    ("truncated image", 400, "cannot read image upload"),
+    ("too many pixels", 400, "over the limit of 5,000"),
+    ("no image field", 400, "no file field 'image'"),
+    ("bad JSON", 400, "JSON body must be"),
+    ("plain text", 415, "multipart/form-data"),
+    ("too large", 413, "over the limit of 0.05 MB"),
+    ("bad top_k", 400, "top"),
+])
+def test_bad_requests_get_their_status_and_reason_and_the_server_goes_on(server, workspace, case, status, reason):
+    png = png_bytes(workspace)
+    url = f"{server.url}/v1/tasks/colours/predict"
+    send = {
+        "unknown task": lambda: post_image(server, "nope", png),
+        "not an image": lambda: post_image(server, "colours", b"hello, I am text"),
+        "truncated image": lambda: post_image(server, "colours", png[:len(png) // 2]),
+        "too many pixels": lambda: post_image(server, "colours", _big_png()),
+        "no image field": lambda: httpx.post(url, files={"picture": ("x.png", png)}, headers=AUTH),
+        "bad JSON": lambda: httpx.post(url, content=b"{not json", headers={**AUTH, "Content-Type": "application/json"}),
+        "plain text": lambda: httpx.post(url, content=png, headers={**AUTH, "Content-Type": "text/plain"}),
+        "too large": lambda: post_image(server, "colours", os.urandom(60_000)),
+        "bad top_k": lambda: post_image(server, "colours", png, params={"top_k": 0}),
+    }[case]
+    response = send()
+    assert response.status_code == status, response.text
+    assert reason in response.json()["detail"]
+    assert post_image(server, "colours", png).status_code == 200  # still serving
+
+
+def _concurrently(calls):
+    results = [None] * len(calls)
+
+    def run(i):
+        results[i] = calls[i]()
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
+    for t in threads:
+        t.start()
+    return threads, results
+
+
+def test_concurrent_requests_for_different_tasks_share_one_batch(server, tasks, workspace):
+    png = png_bytes(workspace, "green/1.png")
+    threads, results = _concurrently([lambda t=t: post_image(server, t, png) for t in ("colours", "shallow", "late")])
+    for t in threads:
+        t.join()
+    assert [r.status_code for r in results] == [200, 200, 200]
+    assert [r.headers["x-batch-size"] for r in results] == ["3", "3", "3"]
+    for task, response in zip(("colours", "shallow", "late"), results):
+        want = expected_top(tasks, workspace, task, "green/1.png")
+        assert abs(response.json()["top"][0]["probability"] - want[0]["probability"]) < 1e-5
+
+
+def test_a_full_queue_answers_503_with_retry_after(server, workspace):
+    png = png_bytes(workspace)
+    threads, results = _concurrently([lambda: post_image(server, "colours", png) for _ in range(3)])
+    deadline = time.monotonic() + 10
+    while httpx.get(server.url + "/health").json()["pending"] < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    busy = post_image(server, "colours", png)
+    for t in threads:
+        t.join()
+    assert busy.status_code == 503 and busy.headers["retry-after"] == "1", busy.text
+    assert [r.status_code for r in results] == [200, 200, 200]
+
+
+def test_the_page_works_in_a_real_browser(server, workspace):
+    browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    driver_path = shutil.which("chromedriver")
+    if browser is None or driver_path is None:
+        pytest.skip("no Chromium and chromedriver on this machine (.ci/run installs Debian's)")
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = browser
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=driver_path))
+    try:
+        driver.get(server.url + "/")
+        key = WebDriverWait(driver, 20).until(lambda d: d.find_element(By.ID, "key") if
+                                              d.find_element(By.ID, "key-box").is_displayed() else None)
+        key.send_keys(KEY)
+        driver.execute_script("document.getElementById('key').dispatchEvent(new Event('change'))")
+        WebDriverWait(driver, 20).until(lambda d: len(Select(d.find_element(By.ID, "task")).options) == 3)
+        Select(driver.find_element(By.ID, "task")).select_by_value("colours")
+        upload = driver.find_element(By.ID, "file")
+        driver.execute_script("arguments[0].hidden = false", upload)
+        upload.send_keys(str(workspace / "images" / "red" / "0.png"))
+        rows = WebDriverWait(driver, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#result .row"))
+        shown = [row.find_element(By.CLASS_NAME, "name").text for row in rows]
+        api = post_image(server, "colours", png_bytes(workspace)).json()["top"]
+        assert shown == [g["class"] for g in api]
+        width = rows[0].find_element(By.CLASS_NAME, "bar").value_of_css_property("width")
+        assert float(width.removesuffix("px")) > 0
+        assert driver.find_element(By.ID, "error").text == ""
+    finally:
+        driver.quit()
+
+
+def test_graceful_shutdown_answers_the_requests_in_flight(server, workspace):
+    """Last in this module: it stops the server."""
+    threads, results = _concurrently([lambda: post_image(server, "colours", png_bytes(workspace))])
+    deadline = time.monotonic() + 10
+    while httpx.get(server.url + "/health").json()["pending"] < 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    code, out, err = server.stop()  # SIGTERM while the request waits for its batch
+    threads[0].join()
+    assert results[0].status_code == 200
+    assert code in (0, -signal.SIGTERM), err  # uvicorn re-raises the signal once it has shut down cleanly
+    logged = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    statuses = {(entry["path"], entry["status"]) for entry in logged}
+    assert ("/v1/tasks/colours/predict", 200) in statuses and ("/v1/tasks/nope/predict", 404) in statuses
+    assert "serving 3 task(s)" in out
