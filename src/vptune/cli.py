@@ -17,7 +17,7 @@ import traceback
 import typing
 from pathlib import Path
 
-from .errors import VptuneError
+from .errors import ConfigError, VptuneError
 from .experiments.sweep import SEARCHABLE, sweep_help
 from .methods import method_summaries
 from .training import TrainConfig
@@ -205,11 +205,15 @@ def _train(args: argparse.Namespace) -> int:
     if cfg.lr == "auto":
         from .experiments import train_with_lr_search
 
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise ConfigError("--lr auto runs a search of single-process trials; run it without torchrun (or run "
+                              "`vptune sweep`, then train the winner under torchrun)")
         summary = train_with_lr_search(cfg, overwrite=args.overwrite, quiet=args.quiet)
     else:
         summary = train(cfg, overwrite=args.overwrite, quiet=args.quiet)
-    tested = f": test top-1 {summary['test_top1']:.4f}" if summary["test_top1"] is not None else ""
-    print(f"task written to {cfg.output}{tested}")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for all
+        tested = f": test top-1 {summary['test_top1']:.4f}" if summary["test_top1"] is not None else ""
+        print(f"task written to {cfg.output}{tested}")
     return 0
 
 

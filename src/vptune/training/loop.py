@@ -9,30 +9,35 @@ an uninterrupted one does.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
 import shutil
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 from tqdm.auto import tqdm
 
 from .._io import atomic_write
 from ..backbones import create_backbone
 from ..data import DataSplits, collate, load_data
 from ..errors import ConfigError, TrainingError
-from ..inference.evaluate import evaluate_dataset, evaluate_logits, predict_logits
+from ..inference.evaluate import evaluate_logits
 from ..methods import build_model, optimizer_groups
 from ..model import ParameterCount, PromptedViT, count_parameters
 from ..rundir import RunDir
-from ..tasks import WEIGHTS_FILE, load_task, save_task, task_tensors
+from ..tasks import WEIGHTS_FILE, read_task_json, read_task_tensors, save_task, task_tensors
 from .config import AUTO, TrainConfig
+from .distributed import (SINGLE, GlobalBatchSampler, World, all_sum, broadcast, check_batch, gather_rows,
+                          init_world, shard)
 from .linear_probe import WEIGHT_DECAYS, choose_probe, fit_logistic_regression, standardisation
 from .stem_cache import precompute, stem_cache_plan
 
@@ -53,15 +58,18 @@ class Fit:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     run: RunDir
     quiet: bool = False
+    world: World = SINGLE
 
     @property
     def device(self) -> torch.device:
         return torch.device(self.cfg.device)
 
-    def loader(self, dataset: Dataset, shuffle: bool, epoch: int = 0) -> DataLoader:
+    def train_batches(self, dataset: Dataset, epoch: int) -> tuple[DataLoader, list[float]]:
+        """This rank's share of each global batch of the epoch (`distributed.py`), and each step's loss weight."""
         generator = torch.Generator().manual_seed(self.cfg.seed * 100_003 + epoch)
-        return DataLoader(dataset, batch_size=self.cfg.batch_size, shuffle=shuffle, generator=generator,
-                          num_workers=self.cfg.num_workers, collate_fn=collate)
+        sampler = GlobalBatchSampler(len(dataset), self.cfg.batch_size, generator, self.world)
+        return DataLoader(dataset, batch_sampler=sampler, num_workers=self.cfg.num_workers,
+                          collate_fn=collate), sampler.weights()
 
 
 def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, quiet: bool = False,
@@ -78,14 +86,24 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, qu
                           "(what `vptune train --lr auto` does), or give a number")
     if not resume:
         cfg = cfg.resolved()  # bad settings are refused before anything is created or locked
+    world, device = init_world(cfg.device)  # under torchrun: this process's rank (see distributed.py)
+    if not resume:
+        check_batch(cfg.batch_size, world)
+    if not world.main:  # rank 0 logs and writes for everyone
+        quiet = True
+        log.setLevel(logging.WARNING)
     run = RunDir(cfg.output)
-    with run.lock():
-        return _train(run, cfg, resume, overwrite, quiet, on_epoch, test)
+    with run.lock() if world.main else nullcontext():
+        return _train(run, cfg, resume, overwrite, quiet, on_epoch, test, world, device)
 
 
 def _train(run: RunDir, cfg: TrainConfig, resume: bool, overwrite: bool, quiet: bool,
-           on_epoch: Callable[[dict], None] | None, test: bool) -> dict:
-    cfg, replaced = _start(run, cfg, resume=resume, overwrite=overwrite)
+           on_epoch: Callable[[dict], None] | None, test: bool, world: World = SINGLE,
+           device: str | None = None) -> dict:
+    cfg, replaced = _start(run, cfg, resume=resume, overwrite=overwrite) if world.main else (None, None)
+    cfg = broadcast(cfg, world)
+    check_batch(cfg.batch_size, world)
+    cfg = dataclasses.replace(cfg, device=device or cfg.device)  # this rank's device; config.yaml keeps the given one
     method = cfg.tuning_method()
     torch.manual_seed(cfg.seed)
     try:  # a run being replaced stays until the new one has its backbone, data and model
@@ -107,17 +125,19 @@ def _train(run: RunDir, cfg: TrainConfig, resume: bool, overwrite: bool, quiet: 
              f"trainable parameters ({counts.percent_of_backbone:.3f}% of the backbone)")
 
     if method.head_only:
-        best, train_seconds = train_linear_probe(model, splits, cfg, run, quiet)
+        best, train_seconds = train_linear_probe(model, splits, cfg, run, quiet, world)
     else:
-        best, train_seconds = train_epochs(model, splits, cfg, run, quiet, resume, on_epoch)
+        best, train_seconds = train_epochs(model, splits, cfg, run, quiet, resume, on_epoch, world)
 
-    summary = _summarise(cfg, run, backbone, splits, counts, best, train_seconds, quiet, test)
-    run.write_summary(summary)
-    return summary
+    summary = _summarise(cfg, run, model, splits, counts, best, train_seconds, quiet, test, world)
+    if world.main:
+        run.write_summary(summary)
+    return broadcast(summary, world)  # every rank returns rank 0's
 
 
 def train_epochs(model: PromptedViT, splits: DataSplits, cfg: TrainConfig, run: RunDir, quiet: bool,
-                 resume: bool, on_epoch: Callable[[dict], None] | None = None) -> tuple[dict | None, float]:
+                 resume: bool, on_epoch: Callable[[dict], None] | None = None,
+                 world: World = SINGLE) -> tuple[dict | None, float]:
     """The epoch loop (from the last finished epoch when resuming); returns the best epoch and the seconds spent."""
     method = cfg.tuning_method()
     train_set = _subset(splits.trainval if cfg.final else splits.train, cfg)
@@ -127,17 +147,19 @@ def train_epochs(model: PromptedViT, splits: DataSplits, cfg: TrainConfig, run: 
         _init_prompts_from_patches(model, train_set, cfg)
     if stem_cache_plan(model, frozen_backbone=method.frozen_backbone, recipe=cfg.recipe, cache_stem=cfg.cache_stem,
                        num_images=len(train_set) + len(val_set or ())):
-        train_set, val_set = (_precompute(model.stem, s, cfg, quiet) for s in (train_set, val_set))
+        train_set, val_set = (_precompute(model.stem, s, cfg, quiet, world) for s in (train_set, val_set))
         forward = model.forward_from_stem
     if not resume and (cfg.head_norm or cfg.head_init == "probe"):
         features = model.features_from_stem if forward == model.forward_from_stem else model.forward_features
-        _init_head(model, features, train_set, val_set or train_set, cfg, quiet)  # final runs: no val to choose on
+        _init_head(model, features, train_set, val_set or train_set, cfg, quiet, world)  # final: no val to choose on
 
     steps_per_epoch = math.ceil(len(train_set) / cfg.batch_size)
     optimizer = make_optimizer(model, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, warmup_cosine(steps_per_epoch * cfg.epochs, round(steps_per_epoch * cfg.warmup_epochs)))
-    fit = Fit(cfg, model, forward, optimizer, scheduler, run, quiet)
+    if world.distributed:  # gradients all-reduced by torch's DDP; the wrapper runs whichever forward we chose
+        forward = DistributedDataParallel(_Forward(model, forward))
+    fit = Fit(cfg, model, forward, optimizer, scheduler, run, quiet, world)
     start_epoch, best = _restore(fit) if resume else (0, None)
 
     for epoch in range(start_epoch, cfg.epochs):
@@ -147,19 +169,31 @@ def train_epochs(model: PromptedViT, splits: DataSplits, cfg: TrainConfig, run: 
         improved = best is None or val_set is None or row["val_top1"] > best["val_top1"]
         if improved:
             best = {"epoch": epoch + 1, "val_top1": row.get("val_top1")}
-        _save_epoch(fit, epoch, best, row, improved)
+        if world.main:
+            _save_epoch(fit, epoch, best, row, improved)
         log.info(_epoch_line(row))
         if on_epoch is not None:
             on_epoch(row)
-    return best, sum(row["seconds"] for row in run.read_metrics())  # every epoch's, resumed or not
+    return best, sum(row["seconds"] for row in run.read_metrics()) if world.main else 0.0  # every epoch's
+
+
+class _Forward(torch.nn.Module):
+    """`fn` (the model, or its part after the cached stem) as a module, for DistributedDataParallel to wrap."""
+
+    def __init__(self, model: PromptedViT, fn: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        super().__init__()
+        self.model, self.fn = model, fn
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self.fn(inputs)
 
 
 def train_linear_probe(model: PromptedViT, splits: DataSplits, cfg: TrainConfig, run: RunDir,
-                       quiet: bool) -> tuple[dict, float]:
+                       quiet: bool, world: World = SINGLE) -> tuple[dict, float]:
     """Logistic regression on the frozen [CLS] features, its L2 strength chosen on val (`linear_probe.py`).
     One metrics row per strength tried; with `final`, the chosen strength is refitted on train + val."""
     log.info("computing the frozen features once for the linear probe...")
-    features = {name: _precompute(model.forward_features, _subset(getattr(splits, name), cfg), cfg, quiet)
+    features = {name: _precompute(model.forward_features, _subset(getattr(splits, name), cfg), cfg, quiet, world)
                 for name in ("train", "val")}
     (train_x, train_y), (val_x, val_y) = (features[name].tensors for name in ("train", "val"))
     started = time.perf_counter()
@@ -177,9 +211,10 @@ def train_linear_probe(model: PromptedViT, splits: DataSplits, cfg: TrainConfig,
     log.info(f"linear probe: L2 strength {fit.weight_decay:g} chosen on val (top-1 {best['val_top1']:.4f})")
     training = {"data": cfg.data, "protocol": cfg.protocol, "recipe": cfg.recipe, "seed": cfg.seed,
                 "weight_decay": fit.weight_decay}
-    save_task(model, run.best, training=training)
-    save_task(model, run.last, training=training)
-    run.write_metrics(rows)
+    if world.main:
+        save_task(model, run.best, training=training)
+        save_task(model, run.last, training=training)
+        run.write_metrics(rows)
     return best, time.perf_counter() - started
 
 
@@ -188,14 +223,16 @@ def train_epoch(fit: Fit, dataset: Dataset, epoch: int) -> dict:
     """One pass over the training set; returns the epoch's metrics row."""
     cfg, model, optimizer = fit.cfg, fit.model, fit.optimizer
     model.train()
-    torch.manual_seed(cfg.seed * 1000 + epoch)  # dropout and augmentation: a function of (seed, epoch), so
-    loader = fit.loader(dataset, shuffle=True, epoch=epoch)  # a resumed run replays exactly
+    torch.manual_seed(cfg.seed * 1000 + epoch + 7919 * fit.world.rank)  # dropout and augmentation: a function of
+    loader, weights = fit.train_batches(dataset, epoch)  # (seed, epoch), so a resumed run replays exactly
     total_loss, correct, seen, started = 0.0, 0, 0, time.perf_counter()
     bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=fit.quiet, leave=False)
     for step, (inputs, labels) in enumerate(bar):
         inputs, labels = inputs.to(fit.device), labels.to(fit.device)
         logits = fit.forward(inputs)
-        loss = F.cross_entropy(logits, labels)
+        losses = F.cross_entropy(logits, labels, reduction="none")
+        # this rank's share of the global batch's mean (DDP averages the ranks' gradients; see distributed.py)
+        loss = losses.sum() * weights[step]
         if not torch.isfinite(loss):
             raise TrainingError(f"the loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}; the last good "
                                 f"checkpoint is in {fit.run.last} (if any epoch finished). Lower the learning rates "
@@ -206,12 +243,14 @@ def train_epoch(fit: Fit, dataset: Dataset, epoch: int) -> dict:
             torch.nn.utils.clip_grad_norm_(model.trainable_parameters(), cfg.clip_grad)
         optimizer.step()
         fit.scheduler.step()
-        total_loss += loss.item() * len(labels)
-        correct += (logits.argmax(1) == labels).sum().item()
-        seen += len(labels)
-        bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{optimizer.param_groups[0]['lr']:.2g}",
+        if weights[step]:  # not a stand-in row
+            total_loss += losses.sum().item()
+            correct += (logits.argmax(1) == labels).sum().item()
+            seen += len(labels)
+        bar.set_postfix(loss=f"{losses.mean().item():.3f}", lr=f"{optimizer.param_groups[0]['lr']:.2g}",
                         img_s=f"{seen / (time.perf_counter() - started):.1f}")
     seconds = time.perf_counter() - started
+    total_loss, correct, seen = all_sum([total_loss, correct, seen], fit.world)
     _check_not_diverged(fit, total_loss / seen, epoch)
     return {"epoch": epoch + 1, "train_loss": total_loss / seen, "train_top1": correct / seen,
             "lr": optimizer.param_groups[0]["lr"], "img_per_s": seen / seconds, "seconds": seconds}
@@ -230,7 +269,7 @@ def _check_not_diverged(fit: Fit, loss: float, epoch: int) -> None:
 
 def validate(fit: Fit, dataset: Dataset) -> dict:
     fit.model.eval()
-    logits, labels = predict_logits(fit.forward, fit.loader(dataset, shuffle=False), fit.device)
+    logits, labels = _precompute(fit.forward, dataset, fit.cfg, True, fit.world).tensors
     return {"loss": F.cross_entropy(logits, labels).item(), "top1": evaluate_logits(logits, labels)["top1"]}
 
 
@@ -247,16 +286,16 @@ def _init_prompts_from_patches(model: PromptedViT, train_set: Dataset, cfg: Trai
 
 
 def _init_head(model: PromptedViT, features: Callable[[torch.Tensor], torch.Tensor], train_set: Dataset,
-               val_set: Dataset, cfg: TrainConfig, quiet: bool) -> None:
+               val_set: Dataset, cfg: TrainConfig, quiet: bool, world: World = SINGLE) -> None:
     """Set the head's standardisation from the initial model's features on the training set and, with
     head_init "probe", the head itself to the converged linear probe on them (L2 chosen on val)."""
     model.eval()
-    train_x, train_y = _precompute(features, train_set, cfg, quiet).tensors
+    train_x, train_y = _precompute(features, train_set, cfg, quiet, world).tensors
     if cfg.head_init != "probe":
         mean, std = standardisation(train_x)
         model.head_norm.set_(mean.float(), std.float())
         return
-    fit, _ = choose_probe((train_x, train_y), _precompute(features, val_set, cfg, quiet).tensors,
+    fit, _ = choose_probe((train_x, train_y), _precompute(features, val_set, cfg, quiet, world).tensors,
                           model.head.out_features)
     fit.load_into(model)
     log.info(f"head initialised at the linear probe on the initial features (L2 {fit.weight_decay:g}, "
@@ -317,9 +356,17 @@ def _load_splits(cfg: TrainConfig, backbone: torch.nn.Module) -> DataSplits:
 
 
 def _precompute(fn: Callable[[torch.Tensor], torch.Tensor], dataset: Dataset | None, cfg: TrainConfig,
-                quiet: bool) -> Dataset | None:
-    return precompute(fn, dataset, batch_size=cfg.batch_size, device=torch.device(cfg.device),
-                      num_workers=cfg.num_workers, quiet=quiet)
+                quiet: bool, world: World = SINGLE) -> TensorDataset | None:
+    """(fn(image), label) for every item in order; under torchrun each rank computes its rows and all are gathered."""
+    if dataset is None:
+        return None
+    rows = shard(len(dataset), world)
+    local = Subset(dataset, rows or [0]) if world.distributed else dataset  # [0]: a rank with no row computes one
+    outputs, labels = precompute(fn, local, batch_size=cfg.batch_size, device=torch.device(cfg.device),
+                                 num_workers=cfg.num_workers, quiet=quiet).tensors
+    if world.distributed:
+        outputs, labels = outputs[:len(rows)], labels[:len(rows)]
+    return TensorDataset(gather_rows(outputs, len(dataset), world), gather_rows(labels, len(dataset), world))
 
 
 def _subset(dataset: Dataset | None, cfg: TrainConfig) -> Dataset | None:
@@ -347,7 +394,8 @@ def _save_epoch(fit: Fit, epoch: int, best: dict, row: dict, improved: bool) -> 
 
 
 def _restore(fit: Fit) -> tuple[int, dict | None]:
-    state = torch.load(fit.run.state, weights_only=True)  # plain tensors and containers, never pickled code
+    state = torch.load(fit.run.state, weights_only=True) if fit.world.main else None  # never pickled code
+    state = broadcast(state, fit.world)  # rank 0's: the other ranks need no copy of the run directory
     fit.model.load_state_dict(state["tensors"], strict=False)
     fit.optimizer.load_state_dict(state["optimizer"])
     fit.scheduler.load_state_dict(state["scheduler"])
@@ -360,15 +408,18 @@ def _epoch_line(row: dict) -> str:
             f"{val}, {row['img_per_s']:.1f} img/s")
 
 
-def _summarise(cfg: TrainConfig, run: RunDir, backbone: torch.nn.Module, splits: DataSplits,
-               counts: ParameterCount, best: dict | None, train_seconds: float, quiet: bool, test: bool) -> dict:
+def _summarise(cfg: TrainConfig, run: RunDir, model: PromptedViT, splits: DataSplits, counts: ParameterCount,
+               best: dict | None, train_seconds: float, quiet: bool, test: bool, world: World = SINGLE) -> dict:
     metrics = {}
     if test and splits.test is not None:
-        if not cfg.tuning_method().frozen_backbone:  # the method changed the backbone in place: use a fresh one
-            backbone = create_backbone(cfg.backbone, img_size=cfg.img_size, weights=cfg.weights)
-        model = load_task(run.best, backbone=backbone).to(cfg.device)
-        metrics = evaluate_dataset(model, _subset(splits.test, cfg), batch_size=cfg.batch_size, device=cfg.device,
-                                   quiet=quiet)
+        # the best epoch's tensors, as saved (rank 0 reads them; every rank evaluates its share of the test set)
+        best_tensors = read_task_tensors(run.best, read_task_json(run.best)) if world.main else None
+        model.load_state_dict(broadcast(best_tensors, world), strict=False)
+        model.eval()
+        logits, labels = _precompute(model, _subset(splits.test, cfg), cfg, quiet, world).tensors
+        metrics = evaluate_logits(logits, labels)
+    if not world.main:
+        return {}  # rank 0's (it reads the run's files) is broadcast
     return {
         "method": cfg.method, "data": splits.describe(), "backbone": cfg.backbone, "epochs": cfg.epochs,
         "best_epoch": best["epoch"] if best else None, "best_val_top1": best["val_top1"] if best else None,
