@@ -7,6 +7,7 @@
       state.pt        training state (trainable tensors, optimizer, scheduler, epoch), every epoch
       summary.json    final figures: test accuracy of the best-on-val checkpoint
       eval/           what `vptune eval` writes (metrics JSON, confusion matrix PNG)
+      tensorboard/    TensorBoard event files (loss, lr, val accuracy, img/s), when tensorboard is installed
       .lock           while a run writes here: its pid and host
 
 Training writes it; eval, predict, info and the demo read it. A task checkpoint directory on its own (e.g.
@@ -43,6 +44,7 @@ class RunDir:
         self.best = self.path / "best"
         self.last = self.path / "last"
         self.eval = self.path / "eval"
+        self.tensorboard = self.path / "tensorboard"
 
     def __repr__(self) -> str:
         return f"RunDir({str(self.path)!r})"
@@ -84,6 +86,15 @@ class RunDir:
                 lock.unlink()
             if created and not any(self.path.iterdir()):  # nothing was written: leave no empty folder behind
                 self.path.rmdir()
+
+    def clear_interrupted_writes(self) -> list[Path]:
+        """Delete the temp files of writes a killed run left unfinished (`_io.atomic_write` names them
+        .NAME.*.tmp beside NAME); they were never renamed into place, so nothing read them."""
+        leftovers = [p for folder in (self.path, self.best, self.last) if folder.is_dir()
+                     for p in folder.glob(".*.tmp") if p.is_file()]
+        for path in leftovers:
+            path.unlink()
+        return leftovers
 
     # ------------------------------------------------------------------------------------------- replacing
     def move_aside(self) -> Path:

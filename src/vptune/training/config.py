@@ -93,6 +93,8 @@ class TrainConfig:
     warmup_epochs: float = _setting(1.0, "linear warm-up epochs before cosine decay")
     scale_lr: bool = _setting(True, "scale learning rates by batch/256")
     seed: int = _setting(0, "random seed; same seed, same metrics on CPU")
+    tensorboard: bool = _setting(True, "write TensorBoard event files to RUN/tensorboard (when the tensorboard "
+                                       "package is installed: pip install 'vptune[tensorboard]')")
     device: str = _setting("cpu", "cpu or cuda")
 
     # ------------------------------------------------------------------------------------------- derived

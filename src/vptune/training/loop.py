@@ -39,6 +39,7 @@ from .config import AUTO, TrainConfig
 from .distributed import (SINGLE, GlobalBatchSampler, World, all_sum, broadcast, check_batch, gather_rows,
                           init_world, shard)
 from .linear_probe import WEIGHT_DECAYS, choose_probe, fit_logistic_regression, standardisation
+from .logs import TensorBoardLog
 from .stem_cache import precompute, stem_cache_plan
 
 log = logging.getLogger("vptune")
@@ -59,6 +60,7 @@ class Fit:
     run: RunDir
     quiet: bool = False
     world: World = SINGLE
+    logs: TensorBoardLog = dataclasses.field(default_factory=lambda: TensorBoardLog(None))
 
     @property
     def device(self) -> torch.device:
@@ -161,19 +163,25 @@ def train_epochs(model: PromptedViT, splits: DataSplits, cfg: TrainConfig, run: 
         forward = DistributedDataParallel(_Forward(model, forward))
     fit = Fit(cfg, model, forward, optimizer, scheduler, run, quiet, world)
     start_epoch, best = _restore(fit) if resume else (0, None)
+    if cfg.tensorboard and world.main:
+        fit.logs = TensorBoardLog(run.tensorboard, purge_step=start_epoch * steps_per_epoch if resume else None)
 
-    for epoch in range(start_epoch, cfg.epochs):
-        row = train_epoch(fit, train_set, epoch)
-        if val_set is not None:
-            row.update({f"val_{k}": v for k, v in validate(fit, val_set).items()})
-        improved = best is None or val_set is None or row["val_top1"] > best["val_top1"]
-        if improved:
-            best = {"epoch": epoch + 1, "val_top1": row.get("val_top1")}
-        if world.main:
-            _save_epoch(fit, epoch, best, row, improved)
-        log.info(_epoch_line(row))
-        if on_epoch is not None:
-            on_epoch(row)
+    try:
+        for epoch in range(start_epoch, cfg.epochs):
+            row = train_epoch(fit, train_set, epoch)
+            if val_set is not None:
+                row.update({f"val_{k}": v for k, v in validate(fit, val_set).items()})
+            improved = best is None or val_set is None or row["val_top1"] > best["val_top1"]
+            if improved:
+                best = {"epoch": epoch + 1, "val_top1": row.get("val_top1")}
+            if world.main:
+                _save_epoch(fit, epoch, best, row, improved)
+                fit.logs.epoch(row)
+            log.info(_epoch_line(row))
+            if on_epoch is not None:
+                on_epoch(row)
+    finally:
+        fit.logs.close()
     return best, sum(row["seconds"] for row in run.read_metrics()) if world.main else 0.0  # every epoch's
 
 
@@ -242,6 +250,7 @@ def train_epoch(fit: Fit, dataset: Dataset, epoch: int) -> dict:
         if cfg.clip_grad is not None:
             torch.nn.utils.clip_grad_norm_(model.trainable_parameters(), cfg.clip_grad)
         optimizer.step()
+        fit.logs.step(epoch * len(loader) + step, losses.mean().item(), optimizer.param_groups[0]["lr"])
         fit.scheduler.step()
         if weights[step]:  # not a stand-in row
             total_loss += losses.sum().item()
@@ -330,6 +339,7 @@ def _start(run: RunDir, cfg: TrainConfig, *, resume: bool, overwrite: bool) -> t
         if cfg is None or not (run.state.is_file() or cfg.tuning_method().head_only):  # a probe is refitted whole
             raise TrainingError(f"cannot resume {run.path}: it has no {run.config.name} and {run.state.name} (no epoch "
                                 f"finished yet?); start it again with --overwrite")
+        run.clear_interrupted_writes()
         return cfg, None
     cfg = cfg.resolved()
     replaced = None
@@ -393,8 +403,23 @@ def _save_epoch(fit: Fit, epoch: int, best: dict, row: dict, improved: bool) -> 
     atomic_write(run.state, lambda tmp: torch.save(state, tmp))
 
 
+def _read_state(path: Path) -> dict:
+    """state.pt as `_save_epoch` writes it, loaded without unpickling code; anything else is a clear error."""
+    try:
+        state = torch.load(path, weights_only=True)
+    except Exception as err:  # truncated, corrupt, or a pickle that asks for code (refused by weights_only)
+        raise TrainingError(f"cannot resume from {path}: it is not a readable vptune training state "
+                            f"({type(err).__name__}: {str(err).splitlines()[0][:200]}); start the run again with "
+                            f"--overwrite, or train into another --output") from err
+    missing = {"epoch", "best", "tensors", "optimizer", "scheduler"} - (state.keys() if isinstance(state, dict) else set())
+    if missing:
+        raise TrainingError(f"cannot resume from {path}: it lacks {sorted(missing)}, so it is not a vptune training "
+                            f"state; start the run again with --overwrite, or train into another --output")
+    return state
+
+
 def _restore(fit: Fit) -> tuple[int, dict | None]:
-    state = torch.load(fit.run.state, weights_only=True) if fit.world.main else None  # never pickled code
+    state = _read_state(fit.run.state) if fit.world.main else None
     state = broadcast(state, fit.world)  # rank 0's: the other ranks need no copy of the run directory
     fit.model.load_state_dict(state["tensors"], strict=False)
     fit.optimizer.load_state_dict(state["optimizer"])
