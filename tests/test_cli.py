@@ -147,3 +147,20 @@ def test_predict_refuses_a_top_k_below_one(workspace, tmp_path, capsys, top_k):
     image = workspace / "images" / "red" / "0.png"
     assert main(["predict", str(tmp_path / "task"), str(image), "--top-k", top_k]) == 1
     assert "--top-k must be a positive integer" in capsys.readouterr().err
+
+
+def test_resume_refuses_flags_that_would_change_the_run_and_takes_more_epochs(workspace, tmp_path, capsys):
+    run = RunDir(tmp_path / "run")
+    assert main(train_args(workspace, run.path)) == 0
+    config, state = run.config.read_text(), run.state.read_bytes()
+
+    assert main(["train", "--resume", str(run.path), "--lr", "99", "--epochs", "3", "--data", "digits"]) == 1
+    err = capsys.readouterr().err
+    assert "--data, --lr would change it" in err and "only --epochs, --device" in err
+    assert main(["train", "--resume", str(run.path), "--epochs", "1"]) == 1
+    assert "already finished 2 epochs" in capsys.readouterr().err
+    assert run.config.read_text() == config and run.state.read_bytes() == state  # nothing touched
+
+    assert main(["train", "--resume", str(run.path), "--epochs", "3", "--quiet"]) == 0
+    assert [row["epoch"] for row in run.read_metrics()] == [1, 2, 3]
+    assert "epochs: 3" in run.config.read_text()

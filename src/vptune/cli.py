@@ -197,10 +197,14 @@ def _configure_logging(quiet: bool) -> None:
 def _train(args: argparse.Namespace) -> int:
     from .training import load_train_config, train
 
-    if args.resume is not None:
-        train(TrainConfig(output=str(args.resume)), resume=True, quiet=args.quiet)
-        return 0
     flags = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)}
+    if args.resume is not None:
+        if args.config is not None or args.overwrite:
+            raise ConfigError("--resume continues a run with its own config.yaml: leave out --config and --overwrite")
+        if flags.get("output") == str(args.resume):
+            del flags["output"]
+        train(TrainConfig(output=str(args.resume)), resume=True, quiet=args.quiet, changes=flags)
+        return 0
     cfg = load_train_config(args.config, **flags)
     if cfg.lr == "auto":
         from .experiments import train_with_lr_search

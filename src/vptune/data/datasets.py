@@ -145,11 +145,13 @@ def _relative(path: Path, root: Path) -> str:
         return path.as_posix()
 
 
-def image_problem(path: Path) -> str | None:
-    """Why `path` is not a readable image (None if it is): Pillow's verify() for structure, then a full decode,
-    which also catches truncated files that verify() lets through."""
+def image_problem(path: Path, max_pixels: int = MAX_PIXELS) -> str | None:
+    """Why `path` is not a readable image (None if it is): over the pixel limit (from the header), Pillow's
+    verify() for structure, then a full decode, which also catches truncated files that verify() lets through."""
     try:
         with Image.open(path) as image:
+            if image.size[0] * image.size[1] > max_pixels:
+                return f"{image.size[0]} x {image.size[1]} pixels, over the limit of {max_pixels:,}"
             image.verify()
         with Image.open(path) as image:
             image.load()

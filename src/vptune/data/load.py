@@ -79,8 +79,9 @@ def _user_splits(path: Path, seed: int, skip_bad: bool, train_tf: Transform, tes
     else:
         _require_files(splits)
     splits, rule = _complete_splits(splits, data.class_names, seed)
-    for split in ("train", "test"):
-        if not splits[split]:
+    _warn_suspicious(splits, data.class_names)
+    for split in ("train", "val", "test"):
+        if split in splits and not splits[split]:
             raise DataError(f"{path}: the {split} split is empty" + (" after dropping bad files" if skipped else ""))
     info = {"source": str(path.resolve()), "format": data.format, **info, "split_rule": rule,
             "class_names_from": data.class_names_from, "skipped_bad": skipped,
@@ -92,12 +93,19 @@ def _user_splits(path: Path, seed: int, skip_bad: bool, train_tf: Transform, tes
 
 
 def _require_files(splits: dict[str, list[Sample]]) -> None:
-    """Existence check of every listed file, up front (cheap: one stat each); names the list file and line."""
+    """Every listed file of every split exists and decodes, checked up front (a bad test image must not stop a
+    run after all its epochs); names the list file and line."""
     missing = list({s.path: s for samples in splits.values() for s in samples if not s.path.is_file()}.values())
     if missing:
         shown = "; ".join(f"{s.origin}: {s.path}" for s in missing[:3])
         raise DataError(f"{len(missing)} listed image file(s) do not exist: {shown}"
                         + (" ..." if len(missing) > 3 else "") + ". Fix the list, or load with skip_bad=True.")
+    samples = {s.path: s for split in splits.values() for s in split}
+    bad = find_bad_images(samples)
+    if bad:
+        shown = "; ".join(f"{samples[path].origin}: {path} ({why})" for path, why in list(bad.items())[:3])
+        raise DataError(f"{len(bad)} image file(s) cannot be read: {shown}" + (" ..." if len(bad) > 3 else "")
+                        + ". Fix or remove them, or load with skip_bad=True (--skip-bad) to drop them.")
 
 
 def _drop_bad(splits: dict[str, list[Sample]]) -> tuple[dict[str, list[Sample]], int]:
@@ -132,6 +140,28 @@ def _complete_splits(splits: dict[str, list[Sample]], class_names: list[str],
     if "trainval" not in out:
         out["trainval"] = out["train"] + out["val"]
     return out, rule
+
+
+def _warn_suspicious(splits: dict[str, list[Sample]], class_names: list[str]) -> None:
+    """Warn about what makes test accuracy meaningless or hints at a typo: one file in train (or val) and test,
+    a class seen only in test, a numeric label far outside the others."""
+    test_files = {s.path.resolve() for s in splits["test"]}
+    for split in ("train", "val"):
+        shared = {s.path.resolve() for s in splits.get(split, [])} & test_files
+        if shared:
+            warnings.warn(f"{len(shared)} image file(s) are listed in both {split} and test (e.g. {sorted(shared)[0]}): "
+                          f"test accuracy will be optimistic; remove the duplicates", DataWarning, stacklevel=4)
+    trained = {s.label for s in splits["train"]}
+    unseen = sorted({s.label for s in splits["test"]} - trained)
+    if unseen:
+        names = ", ".join(repr(class_names[c]) for c in unseen[:5])
+        warnings.warn(f"{len(unseen)} class(es) appear in test but not in train: {names}; no model can learn them",
+                      DataWarning, stacklevel=4)
+    if class_names and all(name.lstrip("-").isdigit() for name in class_names) and len(class_names) > 2:
+        values = sorted(int(name) for name in class_names)
+        if values[-1] - values[-2] > len(values):
+            warnings.warn(f"label {values[-1]} is far from the other labels ({values[0]}..{values[-2]}): a typo?",
+                          DataWarning, stacklevel=4)
 
 
 def _warn_small(classes: list[int], class_names: list[str], splits: str) -> None:

@@ -28,6 +28,9 @@ from ..model import INITS, LOCATIONS, PromptConfig
 CACHE_STEM = ("auto", "off")
 AUTO = "auto"  # lr: searched first (vptune.experiments.train_with_lr_search)
 OPTIMIZERS = ("sgd", "adamw")
+# Settings a resumed run may change (`train(..., resume=True, changes=...)`, `vptune train --resume RUN --epochs 20`):
+# they do not change what the finished epochs computed. Everything else continues as config.yaml says.
+RESUME_MAY_CHANGE = ("epochs", "device", "num_workers", "tensorboard")
 RENAMED = {"cache_frozen": "cache_stem"}  # old setting names still read from config files
 
 
@@ -186,6 +189,24 @@ def read_settings(path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(settings, dict):
         raise ConfigError(f"--config {path}: expected a mapping of setting: value")
     return settings
+
+
+def apply_resume_changes(cfg: TrainConfig, changes: dict[str, Any], finished_epochs: int) -> TrainConfig:
+    """The run's settings with the changes a resume may make; the others are refused, naming them."""
+    refused = sorted(name for name, value in changes.items()
+                     if name not in RESUME_MAY_CHANGE and value != getattr(cfg, name, None))
+    if refused:
+        flags = ", ".join(f"--{name.replace('_', '-')}" for name in refused)
+        allowed = ", ".join(f"--{name.replace('_', '-')}" for name in RESUME_MAY_CHANGE)
+        raise ConfigError(f"--resume continues the run with its own config.yaml; {flags} would change it. Train a new "
+                          f"run instead (another --output, or --overwrite); only {allowed} may differ on a resume")
+    epochs = changes.get("epochs", cfg.epochs)
+    if isinstance(epochs, int) and epochs < finished_epochs:
+        raise ConfigError(f"--epochs {epochs}: the run has already finished {finished_epochs} epochs; give at least "
+                          f"that many")
+    resumed = dataclasses.replace(cfg, **{k: v for k, v in changes.items() if k in RESUME_MAY_CHANGE})
+    resumed.validate()
+    return resumed
 
 
 def load_train_config(path: str | os.PathLike | None = None, **overrides: Any) -> TrainConfig:

@@ -35,7 +35,7 @@ from ..methods import build_model, optimizer_groups
 from ..model import ParameterCount, PromptedViT, count_parameters
 from ..rundir import RunDir
 from ..tasks import WEIGHTS_FILE, read_task_json, read_task_tensors, save_task, task_tensors
-from .config import AUTO, TrainConfig
+from .config import AUTO, TrainConfig, apply_resume_changes
 from .distributed import (SINGLE, GlobalBatchSampler, World, all_sum, broadcast, check_batch, gather_rows,
                           init_world, shard)
 from .linear_probe import WEIGHT_DECAYS, choose_probe, fit_logistic_regression, standardisation
@@ -75,13 +75,15 @@ class Fit:
 
 
 def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, quiet: bool = False,
-          on_epoch: Callable[[dict], None] | None = None, test: bool = True) -> dict:
+          on_epoch: Callable[[dict], None] | None = None, test: bool = True, changes: dict | None = None) -> dict:
     """Run (or with `resume`, continue) one training run; returns the summary written to summary.json.
 
     quiet: hide the progress bars (log lines go through the "vptune" logger).
     on_epoch: called with each epoch's metrics row once the epoch is saved; it may raise to stop the run
         (a sweep's pruner does).
     test: evaluate the best checkpoint on the test split at the end (a sweep's trials do not look at test).
+    changes: with `resume`, settings to change from the run's config.yaml: only `RESUME_MAY_CHANGE` (e.g. more
+        epochs); any other that differs is refused.
     """
     if cfg.lr == AUTO:
         raise ConfigError("lr 'auto' is a search before training: run vptune.experiments.train_with_lr_search(cfg) "
@@ -96,13 +98,14 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, qu
         log.setLevel(logging.WARNING)
     run = RunDir(cfg.output)
     with run.lock() if world.main else nullcontext():
-        return _train(run, cfg, resume, overwrite, quiet, on_epoch, test, world, device)
+        return _train(run, cfg, resume, overwrite, quiet, on_epoch, test, world, device, changes or {})
 
 
 def _train(run: RunDir, cfg: TrainConfig, resume: bool, overwrite: bool, quiet: bool,
            on_epoch: Callable[[dict], None] | None, test: bool, world: World = SINGLE,
-           device: str | None = None) -> dict:
-    cfg, replaced = _start(run, cfg, resume=resume, overwrite=overwrite) if world.main else (None, None)
+           device: str | None = None, changes: dict | None = None) -> dict:
+    cfg, replaced = _start(run, cfg, resume=resume, overwrite=overwrite, changes=changes) if world.main \
+        else (None, None)
     cfg = broadcast(cfg, world)
     check_batch(cfg.batch_size, world)
     cfg = dataclasses.replace(cfg, device=device or cfg.device)  # this rank's device; config.yaml keeps the given one
@@ -330,7 +333,8 @@ def warmup_cosine(total_steps: int, warmup_steps: int) -> Callable[[int], float]
 
 
 # ------------------------------------------------------------------------------------------- set-up
-def _start(run: RunDir, cfg: TrainConfig, *, resume: bool, overwrite: bool) -> tuple[TrainConfig, Path | None]:
+def _start(run: RunDir, cfg: TrainConfig, *, resume: bool, overwrite: bool,
+           changes: dict | None = None) -> tuple[TrainConfig, Path | None]:
     """The settings to run with: config.yaml's when resuming; else `cfg` resolved and validated, written to a
     fresh run directory. With `overwrite`, an old vptune run there is moved aside (returned, for the caller to
     delete once the new run has started, or to put back); a folder that is not a vptune run is never touched."""
@@ -339,6 +343,9 @@ def _start(run: RunDir, cfg: TrainConfig, *, resume: bool, overwrite: bool) -> t
         if cfg is None or not (run.state.is_file() or cfg.tuning_method().head_only):  # a probe is refitted whole
             raise TrainingError(f"cannot resume {run.path}: it has no {run.config.name} and {run.state.name} (no epoch "
                                 f"finished yet?); start it again with --overwrite")
+        if changes:
+            cfg = apply_resume_changes(cfg, changes, len(run.read_metrics()))
+            run.write_config(cfg.to_dict())  # a later resume continues with the new number of epochs
         run.clear_interrupted_writes()
         return cfg, None
     cfg = cfg.resolved()

@@ -1,0 +1,61 @@
+"""Every split is checked before training starts, and suspicious lists are warned about."""
+import warnings
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vptune.data import DataError, DataWarning, load_data
+
+KW = dict(img_size=16, mean=(0.5,) * 3, std=(0.5,) * 3)
+
+
+def make_csv(tmp_path, rows):
+    """rows: (file name, label, split); each distinct file is a small random PNG."""
+    rng = np.random.default_rng(0)
+    for name in {r[0] for r in rows}:
+        Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(tmp_path / name)
+    (tmp_path / "labels.csv").write_text("".join(f"{n},{label},{split}\n" for n, label, split in rows))
+    return tmp_path / "labels.csv"
+
+
+def base_rows(labels=("cat", "dog")):
+    return [(f"{label}{i}.png", label, split) for label in labels for i, split in
+            enumerate(["train"] * 4 + ["val", "test"])]
+
+
+def test_a_corrupt_test_image_is_refused_before_training_naming_it(tmp_path):
+    csv = make_csv(tmp_path, base_rows())
+    (tmp_path / "dog5.png").write_bytes((tmp_path / "dog5.png").read_bytes()[:60])  # the test split's dog
+    with pytest.raises(DataError, match=r"1 image file\(s\) cannot be read: .*labels.csv.*dog5.png.*--skip-bad"):
+        load_data(csv, **KW)
+    splits = load_data(csv, skip_bad=True, **KW)  # the fix the message names
+    assert len(splits.test) == 1
+
+
+def test_an_empty_val_list_is_refused(tmp_path):
+    root = tmp_path / "vtab"
+    root.mkdir()
+    make_csv(root, base_rows())
+    (root / "images").mkdir()
+    for split in ("train800", "val200", "test"):
+        wanted = {"train800": "train", "val200": "val", "test": "test"}[split]
+        lines = [f"{n} {0 if label == 'cat' else 1}" for n, label, s in base_rows() if s == wanted]
+        (root / f"{split}.txt").write_text("" if split == "val200" else "\n".join(lines) + "\n")
+    (root / "labels.csv").unlink()
+    with pytest.raises(DataError, match="val"):
+        load_data(root, **KW)
+
+
+def test_duplicates_test_only_classes_and_far_labels_are_warned_about(tmp_path):
+    rows = [(f"{name}{i}.png", label, split) for name, label in (("a", 1), ("b", 2), ("c", 3))
+            for i, split in enumerate(["train", "train", "val", "test"])]
+    rows += [("a0.png", 1, "test"), ("x.png", 99, "test")]  # a train image listed again in test; a stray label
+    csv = make_csv(tmp_path, rows)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        load_data(csv, **KW)
+    messages = [str(w.message) for w in caught if issubclass(w.category, DataWarning)]
+    assert any("1 image file(s) are listed in both train and test" in m for m in messages), messages
+    assert any("appear in test but not in train: '99'" in m for m in messages), messages
+    assert any("label 99 is far from the other labels (1..3)" in m for m in messages), messages
