@@ -43,3 +43,42 @@ def test_a_failed_atomic_write_keeps_the_old_file_and_no_temp_file(tmp_path):
         atomic_write(path, half_then_fail)
     assert path.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["file.txt"]
+
+
+def test_a_full_disk_names_the_file_and_keeps_its_last_good_version(tmp_path, monkeypatch):
+    import errno
+    from types import SimpleNamespace
+
+    from vptune import _io
+    from vptune.errors import WriteError
+
+    target = atomic_write_text(tmp_path / "state.pt", "good")
+
+    def no_space(tmp):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(WriteError, match=r"cannot write .*state.pt: the disk is full \(its previous version is intact\)"):
+        atomic_write(target, no_space)
+    # torch.save says it with a C++ RuntimeError; the free space tells it apart from a bug
+    monkeypatch.setattr(_io.shutil, "disk_usage", lambda folder: SimpleNamespace(free=0))
+
+    def torch_full(tmp):
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0")
+
+    with pytest.raises(WriteError, match="the disk is full"):
+        atomic_write(target, torch_full)
+    assert target.read_text() == "good" and [p.name for p in tmp_path.iterdir()] == ["state.pt"]
+    monkeypatch.undo()
+    with pytest.raises(RuntimeError, match="a bug"):  # with space left, a RuntimeError is not the user's problem
+        atomic_write(target, lambda tmp: (_ for _ in ()).throw(RuntimeError("a bug")))
+
+
+def test_an_output_folder_that_cannot_be_written_is_refused_before_training(workspace, tmp_path):
+    from conftest import train_config
+
+    from vptune import train
+    from vptune.errors import WriteError
+
+    (tmp_path / "a-file").write_text("not a folder")
+    with pytest.raises(WriteError, match="cannot write to the output folder .*a-file/run.*choose another --output"):
+        train(train_config(workspace, tmp_path / "a-file" / "run"), quiet=True)

@@ -1,15 +1,19 @@
 """Small file helpers shared by every room: atomic writes, sha256, the cache directory, the package version.
 
-Imports nothing of vptune, so anything may import it.
+Imports nothing of vptune but `errors` (which imports nothing), so anything may import it.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
+import shutil
 import tempfile
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Callable
+
+from .errors import WriteError
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
@@ -19,8 +23,11 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
     The new file gets the permissions any file created here would get (the umask), not mkstemp's private 0600.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as err:
+        raise _write_error(path, err) from err
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -29,10 +36,31 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as err:  # torch.save reports a full disk as a RuntimeError from its C++ writer
+        tmp.unlink(missing_ok=True)
+        if isinstance(err, OSError) or _disk_full(path.parent):
+            raise _write_error(path, err) from err
+        raise
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def _disk_full(folder: Path) -> bool:
+    try:
+        return shutil.disk_usage(folder).free < 1 << 20
+    except OSError:
+        return False
+
+
+def _write_error(path: Path, err: Exception) -> WriteError:
+    kept = " (its previous version is intact)" if path.exists() else ""
+    if getattr(err, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or _disk_full(path.parent):
+        return WriteError(f"cannot write {path}: the disk is full{kept}; free some space or write somewhere else")
+    reason = getattr(err, "strerror", None) or str(err)
+    return WriteError(f"cannot write {path}: {reason}{kept}; check that the folder exists and is writable, or write "
+                      f"somewhere else")
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:

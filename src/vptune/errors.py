@@ -24,3 +24,7 @@ class CheckpointError(VptuneError, ValueError):
 
 class TrainingError(VptuneError, RuntimeError):
     """Training cannot start or go on (diverged, or the run directory is in the way)."""
+
+
+class WriteError(VptuneError, OSError):
+    """A file cannot be written (disk full, no permission); the file's previous version, if any, is intact."""

@@ -26,7 +26,7 @@ from typing import Any, Iterator
 import yaml
 
 from ._io import atomic_write_text
-from .errors import CheckpointError, TrainingError
+from .errors import CheckpointError, TrainingError, WriteError
 from .tasks import CONFIG_FILE
 
 LOCK = ".lock"
@@ -62,11 +62,11 @@ class RunDir:
         """Hold RUN/.lock (the holder's pid and host) while a run writes here: a second run refuses instead of
         writing into the same files; the lock of a process that is gone is taken over."""
         created = not self.path.exists()
-        self.path.mkdir(parents=True, exist_ok=True)
         lock = self.path / LOCK
         mine = json.dumps({"pid": os.getpid(), "host": socket.gethostname()})
         for _ in range(2):
-            try:
+            try:  # also the up-front check that the output folder can be written at all
+                self.path.mkdir(parents=True, exist_ok=True)
                 fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
                 holder = _read_lock(lock)
@@ -76,6 +76,9 @@ class RunDir:
                 raise TrainingError(f"{self.path} is in use by another vptune run (pid {holder.get('pid')} on "
                                     f"{holder.get('host')}); wait for it to finish, or delete {lock} if that "
                                     f"process is gone") from None
+            except OSError as err:
+                raise WriteError(f"cannot write to the output folder {self.path}: {err.strerror or err}; choose "
+                                 f"another --output, or make it writable") from err
             with os.fdopen(fd, "w") as f:
                 f.write(mine)
             break

@@ -39,3 +39,19 @@ def test_info_reads_task_json_without_building_the_backbone(tmp_path, monkeypatc
     assert f"prompts           {prompts:>12,}" in text and f"head              {64 * 3 + 3:>12,}" in text
     backbone = sum(p.numel() for p in model.backbone.parameters())
     assert f"({100 * (prompts + 64 * 3 + 3) / backbone:.3f}% of the backbone)" in text
+
+
+def test_eval_of_someone_elses_task_never_fetches_data_unasked(tmp_path, monkeypatch):
+    from vptune import ConfigError
+    from vptune.inference import evaluate
+
+    monkeypatch.setenv("VPTUNE_CACHE", str(tmp_path / "cache"))
+    model = PromptedViT(make_tiny_vit(), PromptConfig(num_tokens=2), num_classes=10)
+    save_task(model, tmp_path / "task", training={"data": "digits", "protocol": "vtab1k", "seed": 0})
+    try:
+        evaluate(tmp_path / "task")
+    except ConfigError as err:
+        assert "built-in data set 'digits', which is not on this machine yet; pass --data digits" in str(err)
+    else:
+        raise AssertionError("evaluate fetched data it was not asked to")
+    assert not (tmp_path / "cache").exists()

@@ -11,7 +11,8 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from .._io import atomic_write_text
-from ..data import DataError, collate, load_data
+from ..data import DataError, builtin_name, collate, load_data
+from ..data.builtin import cache_path
 from ..errors import ConfigError
 from ..rundir import RunDir
 from ..tasks import load_task, read_task_json
@@ -103,6 +104,11 @@ def evaluate(path: str | os.PathLike, *, data: str | None = None, split: str = "
     source = data or training.get("data")
     if source is None:
         raise ConfigError(f"{task} does not record its training data; pass --data")
+    recorded_builtin = data is None and builtin_name(source)
+    if recorded_builtin and not cache_path(recorded_builtin).is_file():
+        # a task directory from someone else must not make this machine download or install anything unasked
+        raise ConfigError(f"{task} was trained on the built-in data set {recorded_builtin!r}, which is not on this "
+                          f"machine yet; pass --data {recorded_builtin} to fetch it (or --data PATH for your own)")
     model = load_task(task).to(device)
     size = meta["data"]["input_size"][-1]
     splits = load_data(source, img_size=size, mean=tuple(meta["data"]["mean"]), std=tuple(meta["data"]["std"]),
