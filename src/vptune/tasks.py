@@ -12,6 +12,7 @@ leaves a half-written file behind. Loading never unpickles anything.
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -145,14 +146,60 @@ def read_task_json(directory: Path) -> dict[str, Any]:
         raise CheckpointError(f"{config_path} is corrupt (not valid JSON: {err}); re-save the task") from err
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise CheckpointError(f"{config_path} is not a vptune task file (no \"format\": \"{FORMAT}\")")
-    if meta.get("format_version", 0) > FORMAT_VERSION:
+    version = meta.get("format_version", 1)
+    if not _is_int(version):
+        raise CheckpointError(f"{config_path}: format_version must be an integer, got {version!r}; re-save the task")
+    if version > FORMAT_VERSION:
         raise CheckpointError(f"{config_path} has format version {meta['format_version']}, newer than this vptune "
                               f"understands ({FORMAT_VERSION}); upgrade vptune")
     for key in REQUIRED_FIELDS:
         parent, _, child = key.partition(".")
         if parent not in meta or (child and (not isinstance(meta[parent], dict) or child not in meta[parent])):
             raise CheckpointError(f"{config_path} lacks the field {key!r}; the file is incomplete, re-save the task")
+    problem = _type_problem(meta)
+    if problem:
+        raise CheckpointError(f"{config_path}: {problem}; the file was edited or damaged, re-save the task")
     return meta
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _numbers(value: Any, count: int, positive: bool = False) -> bool:
+    return (isinstance(value, list) and len(value) == count
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                    and (v > 0 or not positive) for v in value))
+
+
+def _type_problem(meta: dict[str, Any]) -> str | None:
+    """What in task.json has the wrong type or an impossible value (None if nothing): checked before any of it
+    reaches torch, so an edited file is a clear error, never a crash or a silently different model."""
+    backbone, data, num_classes = meta["backbone"], meta["data"], meta["num_classes"]
+    checks = {
+        "num_classes must be a positive integer": _is_int(num_classes) and num_classes > 0,
+        "prompt must be a mapping": isinstance(meta["prompt"], dict),
+        "tensors must map names to shapes": isinstance(meta["tensors"], dict) and all(
+            isinstance(shape, list) and all(_is_int(n) and n >= 0 for n in shape) for shape in meta["tensors"].values()),
+        "backbone.name must be text": isinstance(backbone["name"], str),
+        "backbone.img_size must be [height, width]": _numbers(backbone["img_size"], 2, positive=True)
+        and all(_is_int(v) for v in backbone["img_size"]),
+        "backbone.fingerprint must be text": isinstance(backbone.get("fingerprint", ""), (str, type(None))),
+        "backbone.weights must be a path or null": isinstance(backbone.get("weights"), (str, type(None))),
+        "data.input_size must be [3, height, width]": _numbers(data["input_size"], 3, positive=True)
+        and all(_is_int(v) for v in data["input_size"]),
+        "data.mean must be 3 numbers": _numbers(data["mean"], 3),
+        "data.std must be 3 positive numbers": _numbers(data["std"], 3, positive=True),
+        "head must be a mapping with a true/false norm": isinstance(meta.get("head", {}), dict)
+        and isinstance(meta.get("head", {}).get("norm", False), bool),
+        "class_names must be a list of one name per class, or null": meta.get("class_names") is None or (
+            isinstance(meta["class_names"], list) and _is_int(num_classes)
+            and len(meta["class_names"]) == num_classes and all(isinstance(n, str) for n in meta["class_names"])),
+        "method must be a name or a mapping with a name": isinstance(meta.get("method", "vpt-deep"), str) or (
+            isinstance(meta.get("method"), dict) and isinstance(meta["method"].get("name"), str)),
+        "weights_sha256 must be text": isinstance(meta.get("weights_sha256", ""), (str, type(None))),
+    }
+    return next((problem for problem, ok in checks.items() if not ok), None)
 
 
 def read_task_tensors(directory: Path, meta: dict[str, Any]) -> dict[str, torch.Tensor]:
