@@ -17,6 +17,7 @@ import traceback
 import typing
 from pathlib import Path
 
+from .data import MAX_PIXELS
 from .errors import ConfigError, VptuneError
 from .experiments.sweep import SEARCHABLE, sweep_help
 from .methods import method_summaries
@@ -101,6 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("images", type=Path, nargs="+")
     predict.add_argument("--top-k", type=int, default=5)
     predict.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    predict.add_argument("--max-pixels", type=int, default=MAX_PIXELS,
+                         help=f"refuse images with more pixels than this (default {MAX_PIXELS:,})")
 
     serve = command("serve", "serve many tasks on one backbone over HTTP (needs the serve extra)", _serve)
     serve.add_argument("--task", action="append", default=[], metavar="NAME=DIR", required=True,
@@ -250,7 +253,9 @@ def _predict(args: argparse.Namespace) -> int:
     from .inference.predictor import Predictor, check_top_k
 
     check_top_k(args.top_k)  # before the task and its backbone are loaded
-    results = Predictor.from_task(args.task).predict_files(args.images, top_k=args.top_k)
+    if args.max_pixels < 1:
+        raise ConfigError(f"--max-pixels must be a positive number of pixels, got {args.max_pixels}")
+    results = Predictor.from_task(args.task, max_pixels=args.max_pixels).predict_files(args.images, top_k=args.top_k)
     if args.json:
         print(json.dumps(results, indent=2))
         return 0

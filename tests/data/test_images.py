@@ -35,3 +35,22 @@ def test_a_file_name_that_is_not_utf8_does_not_crash_the_fingerprint(tmp_path):
     Image.new("RGB", (8, 8)).save(Path(root / "a") / odd)
     splits = load_data(root, img_size=16, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
     assert len(splits.describe()["fingerprint"]) == 16
+
+
+def test_training_and_predict_refuse_images_over_the_pixel_limit_flag(workspace, tmp_path, capsys):
+    from conftest import train_args
+
+    from vptune.cli import main
+
+    data = tmp_path / "data"
+    for label in ("a", "b"):
+        (data / label).mkdir(parents=True)
+        for i in range(6):
+            Image.new("RGB", (40 + i, 40), label == "a" and "red" or "blue").save(data / label / f"{i}.png")
+    args = train_args(workspace, tmp_path / "run")
+    args[args.index("--data") + 1] = str(data)
+    assert main([*args, "--max-pixels", "1000"]) == 1  # every image is 1,600+ pixels
+    assert "over the limit of 1,000" in capsys.readouterr().err and not (tmp_path / "run").exists()
+    assert main(args) == 0
+    assert main(["predict", str(tmp_path / "run"), str(data / "a" / "0.png"), "--max-pixels", "1000"]) == 1
+    assert "is 40 x 40 pixels, over the limit of 1,000" in capsys.readouterr().err

@@ -117,8 +117,8 @@ def _to_rgb(image: Image.Image) -> Image.Image:
 class FileDataset(Dataset):
     """Image files with int labels, decoded with Pillow on each access."""
 
-    def __init__(self, samples: list[Sample], transform: Transform, root: Path):
-        self.samples, self.transform, self.root = samples, transform, root
+    def __init__(self, samples: list[Sample], transform: Transform, root: Path, max_pixels: int = MAX_PIXELS):
+        self.samples, self.transform, self.root, self.max_pixels = samples, transform, root, max_pixels
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -126,7 +126,7 @@ class FileDataset(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         sample = self.samples[i]
         with one_thread():
-            return self.transform(read_image(sample)), sample.label
+            return self.transform(read_image(sample, self.max_pixels)), sample.label
 
     @property
     def labels(self) -> np.ndarray:
@@ -160,11 +160,11 @@ def image_problem(path: Path, max_pixels: int = MAX_PIXELS) -> str | None:
     return None
 
 
-def find_bad_images(paths: Iterable[Path]) -> dict[Path, str]:
+def find_bad_images(paths: Iterable[Path], max_pixels: int = MAX_PIXELS) -> dict[Path, str]:
     """Check every file once (threads: Pillow decodes outside the GIL). Returns {bad path: reason}."""
     unique = sorted(set(paths))
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        problems = pool.map(lambda p: image_problem(p) if p.is_file() else "file not found", unique)
+        problems = pool.map(lambda p: image_problem(p, max_pixels) if p.is_file() else "file not found", unique)
         return {p: why for p, why in zip(unique, problems) if why is not None}
 
 

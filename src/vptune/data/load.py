@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from .builtin import TEST_SPLITS, builtin_name, load_builtin
-from .datasets import ArrayDataset, DataSplits, FileDataset, Sample, find_bad_images
+from .datasets import MAX_PIXELS, ArrayDataset, DataSplits, FileDataset, Sample, find_bad_images
 from .errors import DataError, DataWarning
 from .formats import read_user_data
 from .splits import carve, vtab1k_split
@@ -21,7 +21,7 @@ CARVED_VAL = 0.10            # val share carved from train when a source has a t
 
 def load_data(source: str | os.PathLike, *, img_size: int, mean: tuple[float, float, float],
               std: tuple[float, float, float], protocol: str = "vtab1k", recipe: str = "vtab", seed: int = 0,
-              skip_bad: bool = False) -> DataSplits:
+              skip_bad: bool = False, max_pixels: int = MAX_PIXELS) -> DataSplits:
     """Load a built-in data set by name or a user's data set by path, as train / val / trainval / test.
 
     source:   "fashion-mnist", "animal-mnist", "digits", or a path: image folder, .csv, VTAB-1k task folder,
@@ -32,7 +32,8 @@ def load_data(source: str | os.PathLike, *, img_size: int, mean: tuple[float, fl
     recipe:   "vtab" (plain resize) or "fgvc" (random crop + flip for train / trainval; center crop otherwise).
     seed:     fixes every sampled split (recorded in `describe()`).
     skip_bad: users' data: decode every file once up front and drop unreadable / missing ones with one warning,
-              instead of failing.
+              instead of failing (by default every file is decoded up front too, and a bad one is an error).
+    max_pixels: users' images over this many pixels are refused (decompression bombs), from their header.
     """
     if protocol not in PROTOCOLS:
         raise DataError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
@@ -45,7 +46,7 @@ def load_data(source: str | os.PathLike, *, img_size: int, mean: tuple[float, fl
     name = builtin_name(source)
     if name is not None:
         return _builtin_splits(name, protocol, int(seed), train_tf, test_tf, info)
-    return _user_splits(Path(source).expanduser(), int(seed), skip_bad, train_tf, test_tf, info)
+    return _user_splits(Path(source).expanduser(), int(seed), skip_bad, train_tf, test_tf, info, max_pixels)
 
 
 def _builtin_splits(name: str, protocol: str, seed: int, train_tf: Transform, test_tf: Transform,
@@ -70,14 +71,14 @@ def _builtin_splits(name: str, protocol: str, seed: int, train_tf: Transform, te
 
 
 def _user_splits(path: Path, seed: int, skip_bad: bool, train_tf: Transform, test_tf: Transform,
-                 info: dict) -> DataSplits:
+                 info: dict, max_pixels: int) -> DataSplits:
     data = read_user_data(path)
     splits = data.splits
     skipped = 0
     if skip_bad:
-        splits, skipped = _drop_bad(splits)
+        splits, skipped = _drop_bad(splits, max_pixels)
     else:
-        _require_files(splits)
+        _require_files(splits, max_pixels)
     splits, rule = _complete_splits(splits, data.class_names, seed)
     _warn_suspicious(splits, data.class_names)
     for split in ("train", "val", "test"):
@@ -87,12 +88,12 @@ def _user_splits(path: Path, seed: int, skip_bad: bool, train_tf: Transform, tes
             "class_names_from": data.class_names_from, "skipped_bad": skipped,
             "note": "protocol only changes built-in data sets; users' splits come from their files or the rule"}
     train_sets = {"train", "trainval"}
-    made = {split: FileDataset(samples, train_tf if split in train_sets else test_tf, data.root)
+    made = {split: FileDataset(samples, train_tf if split in train_sets else test_tf, data.root, max_pixels)
             for split, samples in splits.items()}
     return DataSplits(made["train"], made["val"], made["trainval"], made["test"], data.class_names, info)
 
 
-def _require_files(splits: dict[str, list[Sample]]) -> None:
+def _require_files(splits: dict[str, list[Sample]], max_pixels: int) -> None:
     """Every listed file of every split exists and decodes, checked up front (a bad test image must not stop a
     run after all its epochs); names the list file and line."""
     missing = list({s.path: s for samples in splits.values() for s in samples if not s.path.is_file()}.values())
@@ -101,16 +102,16 @@ def _require_files(splits: dict[str, list[Sample]]) -> None:
         raise DataError(f"{len(missing)} listed image file(s) do not exist: {shown}"
                         + (" ..." if len(missing) > 3 else "") + ". Fix the list, or load with skip_bad=True.")
     samples = {s.path: s for split in splits.values() for s in split}
-    bad = find_bad_images(samples)
+    bad = find_bad_images(samples, max_pixels)
     if bad:
         shown = "; ".join(f"{samples[path].origin}: {path} ({why})" for path, why in list(bad.items())[:3])
         raise DataError(f"{len(bad)} image file(s) cannot be read: {shown}" + (" ..." if len(bad) > 3 else "")
                         + ". Fix or remove them, or load with skip_bad=True (--skip-bad) to drop them.")
 
 
-def _drop_bad(splits: dict[str, list[Sample]]) -> tuple[dict[str, list[Sample]], int]:
+def _drop_bad(splits: dict[str, list[Sample]], max_pixels: int) -> tuple[dict[str, list[Sample]], int]:
     """skip_bad=True: decode every file once, drop the unreadable or missing ones, and say so once."""
-    bad = find_bad_images(s.path for samples in splits.values() for s in samples)
+    bad = find_bad_images((s.path for samples in splits.values() for s in samples), max_pixels)
     if bad:
         shown = "; ".join(f"{path} ({why})" for path, why in list(bad.items())[:3])
         warnings.warn(f"skip_bad=True: dropped {len(bad)} unreadable or missing image file(s): {shown}"

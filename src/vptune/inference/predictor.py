@@ -7,7 +7,7 @@ from typing import Sequence
 
 import torch
 
-from ..data import Sample, build_transform, read_image
+from ..data import MAX_PIXELS, Sample, build_transform, read_image
 from ..errors import ConfigError
 from ..model import PromptedViT
 from ..rundir import RunDir
@@ -18,12 +18,13 @@ class Predictor:
     """Top-k predictions of one task. The transform comes from the model's own data config (input size, mean,
     std of its backbone), so a model built in Python predicts exactly like one loaded from a task directory."""
 
-    def __init__(self, model: PromptedViT, *, batch_size: int = 32) -> None:
+    def __init__(self, model: PromptedViT, *, batch_size: int = 32, max_pixels: int = MAX_PIXELS) -> None:
         self.model = model.eval()
         data = model.data_config
         self.transform = build_transform(data["input_size"][-1], data["mean"], data["std"])
         self.class_names = model.class_names or [str(i) for i in range(model.head.out_features)]
         self.batch_size = batch_size
+        self.max_pixels = max_pixels  # larger files are refused from their header, before decoding
 
     @classmethod
     def from_task(cls, path: str | os.PathLike, backbone: torch.nn.Module | str | None = None,
@@ -42,7 +43,7 @@ class Predictor:
         results = []
         for start in range(0, len(paths), self.batch_size):
             chunk = paths[start:start + self.batch_size]
-            images = torch.stack([self.transform(read_image(Sample(Path(p), -1, "command line"))) for p in chunk])
+            images = torch.stack([self.transform(read_image(Sample(Path(p), -1, "command line"), self.max_pixels)) for p in chunk])
             results += [{"image": str(path), "top": top} for path, top in zip(chunk, self.predict(images, top_k))]
         return results
 

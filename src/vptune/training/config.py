@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from ..backbones import DEFAULT_BACKBONE
-from ..data import builtin_name
+from ..data import MAX_PIXELS, builtin_name
 from ..errors import ConfigError
 from ..methods import Method, get_method, method_names
 from ..model import INITS, LOCATIONS, PromptConfig
@@ -67,6 +67,8 @@ class TrainConfig:
                            ("vtab", "fgvc"))
     final: bool = _setting(False, "train on train+val and report test (VTAB-1k's final run; no model selection)")
     skip_bad: bool = _setting(False, "skip unreadable images with a warning instead of stopping")
+    max_pixels: int = _setting(MAX_PIXELS, "refuse images with more pixels than this (decompression bombs; Pillow's "
+                                           "own limit is 89 million)")
     subset: int | None = _setting(None, "use at most N images per split (quick checks)")
     num_workers: int = _setting(0, "data loader workers")
     cache_stem: str = _setting("auto", "auto: run the stem (the frozen blocks before the first prompt) once per "
@@ -137,7 +139,7 @@ class TrainConfig:
             choices = f.metadata.get("choices")
             if choices and value is not None and value not in choices:
                 raise ConfigError(f"{f.name} must be one of {', '.join(choices)}, got {value!r}")
-        for name in ("epochs", "batch_size"):
+        for name in ("epochs", "batch_size", "max_pixels"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
         if isinstance(self.lr, str) and self.lr != AUTO:

@@ -120,6 +120,8 @@ def _train(run: RunDir, cfg: TrainConfig, resume: bool, overwrite: bool, quiet: 
     except BaseException:
         if replaced is not None:
             run.put_back(replaced)
+        elif not resume and world.main:  # a new run that could not start leaves nothing behind (its config is ours)
+            run.config.unlink(missing_ok=True)
         raise
     if replaced is not None:
         shutil.rmtree(replaced)
@@ -369,7 +371,7 @@ def _load_splits(cfg: TrainConfig, backbone: torch.nn.Module) -> DataSplits:
     data_cfg = resolve_model_data_config(backbone)
     return load_data(cfg.data, img_size=data_cfg["input_size"][-1], mean=tuple(data_cfg["mean"]),
                      std=tuple(data_cfg["std"]), protocol=cfg.protocol, recipe=cfg.recipe, seed=cfg.seed,
-                     skip_bad=cfg.skip_bad)
+                     skip_bad=cfg.skip_bad, max_pixels=cfg.max_pixels)
 
 
 def _precompute(fn: Callable[[torch.Tensor], torch.Tensor], dataset: Dataset | None, cfg: TrainConfig,
