@@ -66,6 +66,11 @@ class Fit:
     def device(self) -> torch.device:
         return torch.device(self.cfg.device)
 
+    @property
+    def inference(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """`forward` without DDP's wrapper: evaluation needs no gradient sync, and ranks may run unequal batches."""
+        return self.forward.module.fn if isinstance(self.forward, DistributedDataParallel) else self.forward
+
     def train_batches(self, dataset: Dataset, epoch: int) -> tuple[DataLoader, list[float]]:
         """This rank's share of each global batch of the epoch (`distributed.py`), and each step's loss weight."""
         generator = torch.Generator().manual_seed(self.cfg.seed * 100_003 + epoch)
@@ -283,7 +288,7 @@ def _check_not_diverged(fit: Fit, loss: float, epoch: int) -> None:
 
 def validate(fit: Fit, dataset: Dataset) -> dict:
     fit.model.eval()
-    logits, labels = _precompute(fit.forward, dataset, fit.cfg, True, fit.world).tensors
+    logits, labels = _precompute(fit.inference, dataset, fit.cfg, True, fit.world).tensors
     return {"loss": F.cross_entropy(logits, labels).item(), "top1": evaluate_logits(logits, labels)["top1"]}
 
 
