@@ -22,23 +22,26 @@ from vptune import TrainConfig, TrainingError, train
 COMMON = dict(method="vpt-deep", img_size=112)  # the demo's image size: what 2 CPU cores train in minutes
 RECIPES: dict[str, dict] = {
     "linear": dict(method="linear"),
-    # the defaults before docs/recipe.md, spelled out so the name keeps its meaning when the defaults change
-    "current": dict(optimizer="sgd", lr=0.5, head_lr=0.02, head_norm=False, head_init="random"),
-    "probe-sgd": dict(head_init="probe"),
-    "norm-sgd": dict(head_norm=True),
-    "probe-norm-sgd": dict(head_norm=True, head_init="probe"),
+    # the defaults before docs/recipe.md, spelled out so the name keeps its meaning when the defaults change (every
+    # recipe names its prompt init: the default became "patches" after these runs)
+    "current": dict(optimizer="sgd", lr=0.5, head_lr=0.02, head_norm=False, head_init="random", prompt_init="xavier"),
+    "probe-sgd": dict(head_init="probe", prompt_init="xavier"),
+    "norm-sgd": dict(head_norm=True, prompt_init="xavier"),
+    "probe-norm-sgd": dict(head_norm=True, head_init="probe", prompt_init="xavier"),
     "probe-norm-adamw": dict(head_norm=True, head_init="probe", optimizer="adamw", lr=1e-2, head_lr=1e-2,
-                             weight_decay=1e-4),
+                             weight_decay=1e-4, prompt_init="xavier"),
     # the head starts at an optimum: a tenth of the prompts' lr keeps it there while the prompts adapt (as LP-FT
     # does for fine-tuning after a linear probe); and the paper's prompt dropout for deep prompts
     "probe-norm-adamw-slowhead": dict(head_norm=True, head_init="probe", optimizer="adamw", lr=1e-2, head_lr=1e-3,
-                                      weight_decay=1e-4),
+                                      weight_decay=1e-4, prompt_init="xavier"),
     "probe-norm-adamw-slowhead-dropout": dict(head_norm=True, head_init="probe", optimizer="adamw", lr=1e-2,
-                                              head_lr=1e-3, weight_decay=1e-4, prompt_dropout=0.1),
+                                              head_lr=1e-3, weight_decay=1e-4, prompt_dropout=0.1,
+                                              prompt_init="xavier"),
     # prompts start as the backbone's own patch tokens at each block's input, not noise (model/prompted_vit.py)
     "patches-probe-norm-adamw": dict(head_norm=True, head_init="probe", optimizer="adamw", lr=1e-2, head_lr=1e-2,
                                      weight_decay=1e-4, prompt_init="patches"),
-    "norm-adamw": dict(head_norm=True, optimizer="adamw", lr=1e-2, head_lr=1e-2, weight_decay=1e-4),
+    "norm-adamw": dict(head_norm=True, optimizer="adamw", lr=1e-2, head_lr=1e-2, weight_decay=1e-4,
+                       prompt_init="xavier"),
     "defaults": dict(),  # whatever TrainConfig's defaults are now
 }
 

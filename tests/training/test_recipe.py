@@ -38,3 +38,11 @@ def test_a_standardised_head_is_saved_and_reloaded(tmp_path, tiny_vit, images):
     with torch.no_grad():
         assert torch.equal(model(images), loaded(images))
     assert torch.equal(loaded.head_norm.std, model.head_norm.std)
+
+
+def test_vpt_prompts_start_as_patch_tokens_where_they_are_tokens(workspace, tmp_path):
+    resolved = {name: train_config(workspace, tmp_path, **settings).resolved().prompt_init for name, settings in {
+        "deep": {}, "shallow": {"method": "vpt-shallow"}, "add": {"prompt_location": "add"},
+        "projected": {"prompt_project": 8}, "chosen": {"prompt_init": "zeros"}, "lora": {"method": "lora"}}.items()}
+    assert resolved == {"deep": "patches", "shallow": "patches", "add": "xavier", "projected": "xavier",
+                        "chosen": "zeros", "lora": "xavier"}

@@ -37,6 +37,7 @@ class Method:
     default_head_lr: ClassVar[float] = 1e-3
     head_norm: ClassVar[bool] = False   # standardise the head's input (TrainConfig.head_norm)
     head_init: ClassVar[str] = "random"  # or "probe" (TrainConfig.head_init)
+    prompt_init: ClassVar[str] = "xavier"  # or "patches" where prompts are prepended tokens (TrainConfig.prompt_init)
 
     @property
     def label(self) -> str:

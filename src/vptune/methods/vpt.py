@@ -11,7 +11,8 @@ from .base import Method, register
 # original's SGD (prompt lr 0.5, head lr 0.02 on raw features) diverged on a small low-variety task, because the
 # backbone's [CLS] has a large offset and scale (norm near 48) that set the head's stable lr, and the prompts'
 # gradient scale differs by task. Standardising the head's input removes the first; AdamW's per-parameter steps
-# the second; starting the head at the converged linear probe makes the prompts learn from the first step.
+# the second; starting the head at the converged linear probe makes the prompts learn from the first step; and
+# starting the prompts as the backbone's own patch tokens (not noise) keeps the features the probe was fitted on.
 # Base rates, scaled by batch / 256: at batch 32 both get 1.25e-3.
 LR = 1e-2
 HEAD_LR = 1e-2
@@ -24,6 +25,7 @@ class _VPT(Method):
     default_head_lr = HEAD_LR
     head_norm = True
     head_init = "probe"
+    prompt_init = "patches"
 
     @property
     def mode(self) -> str:

@@ -59,7 +59,10 @@ class TrainConfig:
                                     LOCATIONS)
     prompt_dropout: float = _setting(0.0, "prompt dropout")
     prompt_project: int | None = _setting(None, "prompt projection dim (default: none)")
-    prompt_init: str = _setting("xavier", "prompt initialisation", INITS)
+    prompt_init: str | None = _setting(None, "prompt initialisation: patches (the backbone's own patch tokens at each "
+                                             "prompted block's input, from training images), xavier (the paper's), "
+                                             "zeros or normal (default: the method's, patches for VPT where prompts "
+                                             "are prepended without projection, else xavier)", INITS)
     lora_rank: int = _setting(8, "LoRA rank for --method lora")
     # data
     protocol: str = _setting("vtab1k", "built-in data: vtab1k (train800/val200/test) or full", ("vtab1k", "full"))
@@ -108,8 +111,9 @@ class TrainConfig:
 
     def prompt_config(self) -> PromptConfig:
         try:
+            init = self.prompt_init or self._default_prompt_init(self.tuning_method())
             return PromptConfig(num_tokens=self.num_tokens, layers=self.prompt_layers, location=self.prompt_location,
-                                dropout=self.prompt_dropout, project=self.prompt_project, init=self.prompt_init)
+                                dropout=self.prompt_dropout, project=self.prompt_project, init=init)
         except ValueError as err:
             raise ConfigError(str(err)) from err
 
@@ -125,9 +129,14 @@ class TrainConfig:
             lr=self.lr if self.lr is not None else method.default_lr,
             head_lr=self.head_lr if self.head_lr is not None else method.default_head_lr,
             head_norm=self.head_norm if self.head_norm is not None else method.head_norm,
-            head_init=self.head_init or method.head_init)
+            head_init=self.head_init or method.head_init,
+            prompt_init=self.prompt_init or self._default_prompt_init(method))
         cfg.validate()
         return cfg
+
+    def _default_prompt_init(self, method: Method) -> str:
+        prompts_are_tokens = self.prompt_location == "prepend" and not self.prompt_project
+        return method.prompt_init if prompts_are_tokens or method.prompt_init != "patches" else "xavier"
 
     # ------------------------------------------------------------------------------------------- checks
     def validate(self) -> None:

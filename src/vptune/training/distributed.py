@@ -30,6 +30,7 @@ class World:
     rank: int = 0
     size: int = 1
     local_rank: int = 0
+    owns_group: bool = False  # init_world created the process group, so `leave` destroys it
 
     @property
     def main(self) -> bool:
@@ -57,9 +58,17 @@ def init_world(device: str) -> tuple[World, str]:
     if cuda:
         torch.cuda.set_device(local_rank)
         device = f"cuda:{local_rank}"
-    if not dist.is_initialized():
+    owns_group = not dist.is_initialized()  # a caller's own group (a script already under DDP) is left alone
+    if owns_group:
         dist.init_process_group("nccl" if cuda else "gloo")
-    return World(dist.get_rank(), dist.get_world_size(), local_rank), device
+    return World(dist.get_rank(), dist.get_world_size(), local_rank, owns_group), device
+
+
+def leave(world: World) -> None:
+    """Tear down the process group init_world created: its communication threads must stop before the
+    interpreter exits (otherwise a rank can abort with "terminate called without an active exception")."""
+    if world.owns_group and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def check_batch(batch_size: int, world: World) -> None:

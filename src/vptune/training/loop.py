@@ -37,7 +37,7 @@ from ..rundir import RunDir
 from ..tasks import WEIGHTS_FILE, read_task_json, read_task_tensors, save_task, task_tensors
 from .config import AUTO, TrainConfig, apply_resume_changes
 from .distributed import (SINGLE, GlobalBatchSampler, World, all_sum, broadcast, check_batch, gather_rows,
-                          init_world, shard)
+                          init_world, leave, shard)
 from .linear_probe import WEIGHT_DECAYS, choose_probe, fit_logistic_regression, standardisation
 from .logs import TensorBoardLog
 from .stem_cache import precompute, stem_cache_plan
@@ -102,8 +102,11 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, qu
         quiet = True
         log.setLevel(logging.WARNING)
     run = RunDir(cfg.output)
-    with run.lock() if world.main else nullcontext():
-        return _train(run, cfg, resume, overwrite, quiet, on_epoch, test, world, device, changes or {})
+    try:
+        with run.lock() if world.main else nullcontext():
+            return _train(run, cfg, resume, overwrite, quiet, on_epoch, test, world, device, changes or {})
+    finally:
+        leave(world)
 
 
 def _train(run: RunDir, cfg: TrainConfig, resume: bool, overwrite: bool, quiet: bool,
