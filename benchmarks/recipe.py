@@ -37,7 +37,9 @@ RECIPES: dict[str, dict] = {
     "probe-norm-adamw-slowhead-dropout": dict(head_norm=True, head_init="probe", optimizer="adamw", lr=1e-2,
                                               head_lr=1e-3, weight_decay=1e-4, prompt_dropout=0.1,
                                               prompt_init="xavier"),
-    # prompts start as the backbone's own patch tokens at each block's input, not noise (model/prompted_vit.py)
+    # prompts start at k-means prototypes of the patch tokens entering each block, not noise (model/prompted_vit.py);
+    # rows named "sampled-patches-..." in docs/recipe/*.jsonl ran an earlier version of this init (single sampled
+    # tokens instead of prototypes; commits 55c152f up to the k-means change)
     "patches-probe-norm-adamw": dict(head_norm=True, head_init="probe", optimizer="adamw", lr=1e-2, head_lr=1e-2,
                                      weight_decay=1e-4, prompt_init="patches"),
     "norm-adamw": dict(head_norm=True, optimizer="adamw", lr=1e-2, head_lr=1e-2, weight_decay=1e-4,

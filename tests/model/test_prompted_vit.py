@@ -8,6 +8,7 @@ from conftest import sharpen
 from timm.models.vision_transformer import Block
 
 from vptune import PromptConfig, PromptedViT, count_parameters
+from vptune.model.prompted_vit import kmeans
 
 
 def _prompt_grads(model):
@@ -253,8 +254,9 @@ def test_xavier_init_uses_the_papers_bound(tiny_vit):
 
 
 @pytest.mark.parametrize("mode,layers", [("deep", None), ("deep", "1,3"), ("shallow", None)])
-def test_patches_init_copies_the_block_inputs_patch_tokens(tiny_vit, images, mode, layers):
-    model = PromptedViT(tiny_vit(), PromptConfig(num_tokens=5, mode=mode, layers=layers, init="patches"),
+def test_patches_init_sets_each_prompt_to_centroids_of_its_blocks_input(tiny_vit, mode, layers):
+    images = torch.randn(6, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    model = PromptedViT(tiny_vit(), PromptConfig(num_tokens=3, mode=mode, layers=layers, init="patches"),
                         num_classes=2)
     model.init_prompts_from_patches(images, torch.Generator().manual_seed(0))
     x, start = model._embed(images), model.num_prefix_tokens
@@ -262,10 +264,21 @@ def test_patches_init_copies_the_block_inputs_patch_tokens(tiny_vit, images, mod
         if i in model._prompt_index:
             patches = x[:, start:].flatten(0, 1)  # every token the backbone feeds block i, without prompts
             prompt = model.prompts.tokens[model._prompt_index[i]]
-            distance = torch.cdist(prompt, patches).min(dim=1).values
-            assert distance.max() < 1e-5, f"block {i}: a prompt token is not one of its input's patch tokens"
-            assert len({tuple(t.tolist()) for t in prompt}) == 5  # drawn without replacement
+            nearest = torch.cdist(patches, prompt).argmin(dim=1)
+            assert len(set(nearest.tolist())) == 3, f"block {i}: every prototype has tokens of its own"
+            for k in range(3):  # Lloyd's fixed point: each prototype is the mean of the tokens nearest to it
+                torch.testing.assert_close(prompt[k], patches[nearest == k].mean(0), atol=1e-4, rtol=0)
         x = block(x)
+
+
+def test_kmeans_finds_well_separated_clusters():
+    generator = torch.Generator().manual_seed(0)
+    centres = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
+    points = torch.cat([c + 0.1 * torch.randn(50, 2, generator=generator) for c in centres])
+    found = kmeans(points, 3, torch.Generator().manual_seed(1))
+    distance = torch.cdist(found, centres)
+    assert distance.min(dim=1).values.max() < 0.1 and len(set(distance.argmin(dim=1).tolist())) == 3
+    assert kmeans(points[:2], 3, generator).shape == (3, 2)  # fewer points than prototypes: some repeat
 
 
 def test_patches_init_is_refused_where_prompts_are_not_tokens():

@@ -36,10 +36,10 @@ class PromptConfig:
         project: if set, prompts live in this smaller dimension and a learned Linear maps them to the
             backbone's width (the original's "prompt projection").
         init: "xavier" (uniform(-v, v), v = sqrt(6 / (3 * patch_h * patch_w + dim)), the paper's rule),
-            "patches" (each prompt token starts as a patch token of a training image at its block's input, as
-            the frozen backbone computes it: set from data by `PromptedViT.init_prompts_from_patches`, which the
-            trainer calls; xavier until then; prepend without projection only), "zeros", or "normal"
-            (std `init_std`).
+            "patches" (each block's prompt starts at k-means prototypes of the patch tokens training images
+            bring to that block through the frozen backbone: set from data by
+            `PromptedViT.init_prompts_from_patches`, which the trainer calls; xavier until then; prepend without
+            projection only), "zeros", or "normal" (std `init_std`).
         init_std: standard deviation for init="normal".
     """
 
