@@ -148,11 +148,14 @@ class MultiTaskModel(nn.Module):
                 logits[row] = out
         return logits
 
-    def predict(self, images: torch.Tensor, tasks: Sequence[str], top_k: int = 5) -> list[list[dict]]:
-        """For each image, its task's top-k {class, index, probability}."""
-        check_top_k(top_k)
-        return [top_k_rows(out.softmax(dim=0)[None].cpu(), self.class_names(name), top_k)[0]
-                for out, name in zip(self(images, tasks), tasks)]
+    def predict(self, images: torch.Tensor, tasks: Sequence[str],
+                top_k: int | Sequence[int] = 5) -> list[list[dict]]:
+        """For each image, its task's top-k {class, index, probability}; `top_k` may differ per image."""
+        ks = [top_k] * len(tasks) if isinstance(top_k, int) else list(top_k)
+        for k in set(ks):
+            check_top_k(k)
+        return [top_k_rows(out.softmax(dim=0)[None].cpu(), self.class_names(name), k)[0]
+                for out, name, k in zip(self(images, tasks), tasks, ks)]
 
     def _features(self, images: torch.Tensor, tasks: list[str]) -> torch.Tensor:
         """The shared pass: final normed [CLS] (B, d) of every image, each with its own task's prompts."""

@@ -32,7 +32,7 @@ from ..data import DataError, decode_image
 from ..errors import ConfigError
 from .batcher import Batcher, Overloaded
 from .multitask import MultiTaskModel
-from .predictor import check_top_k, top_k_rows
+from .predictor import check_top_k
 
 API_KEY_ENV = "VPTUNE_API_KEY"
 PAGE = Path(__file__).with_name("page.html")
@@ -101,9 +101,8 @@ def create_app(model: MultiTaskModel, settings: ServeSettings):
     limit = int(settings.max_upload_mb * 1024 * 1024)
 
     def run_batch(items: list[tuple[str, torch.Tensor, int]]) -> list[list[dict]]:
-        logits = model(torch.stack([image for _, image, _ in items]), [name for name, _, _ in items])
-        return [top_k_rows(out.softmax(dim=0)[None].cpu(), model.class_names(name), k)[0]
-                for out, (name, _, k) in zip(logits, items)]
+        names, images, ks = zip(*items)
+        return model.predict(torch.stack(images), names, ks)
 
     batcher = Batcher(run_batch, max_batch=settings.max_batch, max_wait=settings.max_wait_ms / 1000,
                       max_pending=settings.max_pending)
