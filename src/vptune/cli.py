@@ -206,7 +206,8 @@ def _train(args: argparse.Namespace) -> int:
             raise ConfigError("--resume continues a run with its own config.yaml: leave out --config and --overwrite")
         if flags.get("output") == str(args.resume):
             del flags["output"]
-        train(TrainConfig(output=str(args.resume)), resume=True, quiet=args.quiet, changes=flags)
+        summary = train(TrainConfig(output=str(args.resume)), resume=True, quiet=args.quiet, changes=flags)
+        _report(args.resume, summary)
         return 0
     cfg = load_train_config(args.config, **flags)
     if cfg.lr == "auto":
@@ -218,10 +219,14 @@ def _train(args: argparse.Namespace) -> int:
         summary = train_with_lr_search(cfg, overwrite=args.overwrite, quiet=args.quiet)
     else:
         summary = train(cfg, overwrite=args.overwrite, quiet=args.quiet)
-    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for all
-        tested = f": test top-1 {summary['test_top1']:.4f}" if summary["test_top1"] is not None else ""
-        print(f"task written to {cfg.output}{tested}")
+    _report(cfg.output, summary)
     return 0
+
+
+def _report(output: str | Path, summary: dict) -> None:
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for all
+        tested = f": test top-1 {summary['test_top1']:.4f}" if summary.get("test_top1") is not None else ""
+        print(f"task written to {output}{tested}")
 
 
 def _sweep(args: argparse.Namespace) -> int:
