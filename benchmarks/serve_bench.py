@@ -211,10 +211,29 @@ def main() -> None:
         library_rate = report["library"][8]["mixed_img_s"] if 8 in report["library"] else None
         for row in report["server"]:
             row["vs_library_mixed_batch"] = row["img_s"] / library_rate if library_rate else None
+    print(markdown(report))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(report, indent=2) + "\n")
         print(f"written {args.out}")
+
+
+def markdown(report: dict) -> str:
+    """The tables of docs/performance.md's serving section."""
+    lines = ["| tasks in the batch | mixed batch (img/s) | x single-task batch | one model per task (img/s) | mixed x naive |",
+             "|---|---|---|---|---|"]
+    for count, row in report["library"].items():
+        lines.append(f"| {count} | {row['mixed_img_s']:.1f} | {row['vs_single_task_batch']:.2f} | "
+                     f"{row['one_model_per_task_img_s']:.1f} | {row['mixed_img_s'] / row['one_model_per_task_img_s']:.2f} |")
+    lines += ["", "| server: tasks | clients | requests | img/s | p50 ms | p99 ms | x library mixed batch (8 tasks) |",
+              "|---|---|---|---|---|---|---|"]
+    for row in report["server"]:
+        ratio = f"{row['vs_library_mixed_batch']:.2f}" if row.get("vs_library_mixed_batch") else "-"
+        lines.append(f"| {row['tasks']} | {row['clients']} | {row['requests']} | {row['img_s']:.1f} | "
+                     f"{row['p50_ms']:.0f} | {row['p99_ms']:.0f} | {ratio} |")
+    batchers = report["batchers"]
+    lines += ["", "| batcher | img/s |", "|---|---|"] + [f"| {name} | {rate:.1f} |" for name, rate in batchers.items()]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
