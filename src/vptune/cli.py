@@ -130,17 +130,10 @@ def build_parser() -> argparse.ArgumentParser:
 def add_serve_flags(parser: argparse.ArgumentParser) -> None:
     from .inference.server import ServeSettings
 
-    helps = {"host": "address to bind (127.0.0.1: this machine only; 0.0.0.0: every interface)", "port": "TCP port",
-             "max_batch": "most images in one forward pass", "max_wait_ms": "how long the first request of a batch "
-             "waits for others (ms)", "max_pending": "queued requests before answering 503",
-             "max_upload_mb": "request body limit (413 above it)", "max_pixels": "decoded image limit (400 above it)",
-             "top_k": "classes returned when a request does not say",
-             "api_key": "require 'Authorization: Bearer KEY' on every route but /health (default: $VPTUNE_API_KEY)"}
     for field in dataclasses.fields(ServeSettings):
-        kind = str if field.name in ("host", "api_key") else type(field.default)
-        parser.add_argument(f"--{field.name.replace('_', '-')}", type=kind, default=field.default,
-                            help=f"{helps[field.name]} (default {field.default})" if field.default is not None
-                            else helps[field.name])
+        text = field.metadata["help"]
+        parser.add_argument(f"--{field.name.replace('_', '-')}", type=type(field.default or ""), default=field.default,
+                            help=text if field.default is None else f"{text} (default {field.default})")
 
 
 def add_config_flags(parser: argparse.ArgumentParser, config: type, skip: tuple[str, ...] = ()) -> None:

@@ -39,18 +39,24 @@ PAGE = Path(__file__).with_name("page.html")
 access_log = logging.getLogger("vptune.access")
 
 
+def _setting(default, help: str, **kwargs):
+    return field(default=default, metadata={"help": help}, **kwargs)
+
+
 @dataclass
 class ServeSettings:
-    """What `vptune serve` takes besides the tasks (each is a flag of the same name)."""
-    host: str = "127.0.0.1"
-    port: int = 8000
-    max_batch: int = 32           # images in one forward pass
-    max_wait_ms: float = 5.0      # how long the first request of a batch waits for company
-    max_pending: int = 256        # queued requests before 503
-    max_upload_mb: float = 10.0   # request body limit (413 above it)
-    max_pixels: int = 25_000_000  # decoded image limit (400 above it; Pillow's own bomb limit is 89 million)
-    top_k: int = 5                # default when a request does not say
-    api_key: str | None = field(default=None, repr=False)  # or $VPTUNE_API_KEY; /health stays open
+    """What `vptune serve` takes besides the tasks (each is a flag of the same name, with the field's help)."""
+    host: str = _setting("127.0.0.1", "address to bind (127.0.0.1: this machine only; 0.0.0.0: every interface)")
+    port: int = _setting(8000, "TCP port")
+    max_batch: int = _setting(32, "most images in one forward pass")
+    max_wait_ms: float = _setting(5.0, "how long the first request of a batch waits for others (ms)")
+    max_pending: int = _setting(256, "queued requests before answering 503")
+    max_upload_mb: float = _setting(10.0, "request body limit (413 above it)")
+    max_pixels: int = _setting(25_000_000, "decoded image limit (400 above it; Pillow's own bomb limit is 89 "
+                                           "million)")
+    top_k: int = _setting(5, "classes returned when a request does not say")
+    api_key: str | None = _setting(None, "require 'Authorization: Bearer KEY' on every route but /health "
+                                         "(default: $VPTUNE_API_KEY)", repr=False)
 
     def validate(self) -> None:
         for name in ("max_batch", "max_pending", "max_pixels"):
