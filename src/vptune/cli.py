@@ -130,9 +130,11 @@ def build_parser() -> argparse.ArgumentParser:
 def add_serve_flags(parser: argparse.ArgumentParser) -> None:
     from .inference.server import ServeSettings
 
+    hints = typing.get_type_hints(ServeSettings)
     for field in dataclasses.fields(ServeSettings):
         text = field.metadata["help"]
-        parser.add_argument(f"--{field.name.replace('_', '-')}", type=type(field.default or ""), default=field.default,
+        kind = next(t for t in (typing.get_args(hints[field.name]) or (hints[field.name],)) if t is not type(None))
+        parser.add_argument(f"--{field.name.replace('_', '-')}", type=kind, default=field.default,
                             help=text if field.default is None else f"{text} (default {field.default})")
 
 

@@ -166,6 +166,26 @@ def test_bad_requests_get_their_status_and_reason_and_the_server_goes_on(server,
     assert post_image(server, "colours", png).status_code == 200  # still serving
 
 
+def test_small_and_large_uploads_both_predict_as_the_library(tasks, tmp_path):
+    """Small images are decoded on the event loop, large ones in a worker thread: both give the library's answer."""
+    from fastapi.testclient import TestClient
+
+    from vptune.inference.server import INLINE_DECODE_PIXELS, ServeSettings, create_app
+
+    model = MultiTaskModel(tasks={"colours": tasks["colours"]})
+    generator = torch.Generator().manual_seed(0)
+    with TestClient(create_app(model, ServeSettings())) as client:
+        for side in (24, int(INLINE_DECODE_PIXELS ** 0.5) + 1):
+            pixels = torch.randint(0, 256, (side, side, 3), generator=generator, dtype=torch.uint8).numpy()
+            path = tmp_path / f"{side}.png"
+            Image.fromarray(pixels).save(path)
+            want = model.predict(model.transform()(read_image(Sample(path, -1, "test")))[None], ["colours"], 3)[0]
+            got = client.post("/v1/tasks/colours/predict?top_k=3", files={"image": ("x.png", path.read_bytes())})
+            assert got.status_code == 200, got.text
+            assert [g["class"] for g in got.json()["top"]] == [g["class"] for g in want]
+            assert all(abs(a["probability"] - b["probability"]) < 1e-5 for a, b in zip(got.json()["top"], want))
+
+
 def _concurrently(calls):
     results = [None] * len(calls)
 
