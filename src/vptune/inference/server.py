@@ -130,11 +130,13 @@ def create_app(model: MultiTaskModel, settings: ServeSettings):
                       max_pending=settings.max_pending)
 
     async def warm_up() -> None:
-        # One blank image per task before the first request: the per-task prompt caches are built, the batch
-        # thread's torch threads started and the batch time (for the automatic wait) measured here, not in some
-        # user's first request.
+        # Before the first request: the per-task prompt caches are built, the batch thread's torch threads
+        # started, and a full batch's time (which the automatic wait is taken from) measured; a batch of one
+        # image would set the wait too short and split the first requests' batches.
         blank = torch.zeros(3, *model.data_config["input_size"][1:])
-        await asyncio.gather(*(batcher.submit((name, blank, 1)) for name in model.tasks))
+        names = list(model.tasks)
+        count = max(settings.max_batch, len(names))  # every task at least once
+        await asyncio.gather(*(batcher.submit((names[i % len(names)], blank, 1)) for i in range(count)))
 
     @asynccontextmanager
     async def lifespan(app):
