@@ -129,3 +129,18 @@ def test_a_batch_that_will_not_fill_closes_after_a_quiet_spell():
     results, elapsed = run(main())
     assert [size for _, size in results] == [3, 3, 3]
     assert AUTO_QUIET * 1.0 <= elapsed < AUTO_WAIT * 1.0
+
+
+def test_warm_up_runs_outside_the_queue_bound_and_sets_the_wait():
+    async def main():
+        recorder = Recorder(0.4)
+        batcher = Batcher(recorder, max_batch=2, max_wait=None, max_pending=1)
+        await batcher.start()
+        await batcher.warm_up([1, 2, 3])  # more items than max_pending: still runs, in batches of max_batch
+        wait = batcher.wait
+        await batcher.stop()
+        return recorder.batches, wait
+
+    batches, wait = run(main())
+    assert batches == [[1, 2], [3]]
+    assert AUTO_WAIT * 0.4 <= wait < AUTO_WAIT * 0.4 + 0.05
