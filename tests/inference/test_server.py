@@ -120,6 +120,7 @@ def test_predictions_match_the_library_through_both_upload_forms(server, tasks, 
 def test_health_tasks_and_the_api_key(server):
     health = httpx.get(server.url + "/health")
     assert health.json()["status"] == "ok" and health.json()["auth"] is True
+    assert health.json()["max_wait_ms"] == health.json()["quiet_ms"] == WAIT_MS  # a fixed --max-wait-ms
     assert httpx.get(server.url + "/v1/tasks").status_code == 401
     assert httpx.get(server.url + "/v1/tasks", headers={"Authorization": "Bearer nope"}).status_code == 401
     listing = httpx.get(server.url + "/v1/tasks", headers=AUTH).json()["tasks"]
@@ -175,6 +176,8 @@ def test_small_and_large_uploads_both_predict_as_the_library(tasks, tmp_path):
     model = MultiTaskModel(tasks={"colours": tasks["colours"]})
     generator = torch.Generator().manual_seed(0)
     with TestClient(create_app(model, ServeSettings())) as client:
+        health = client.get("/health").json()  # the automatic wait, from the warm-up batch's time
+        assert health["max_wait_ms"] > 0 and abs(5 * health["quiet_ms"] - health["max_wait_ms"]) < 0.1
         for side in (24, int(INLINE_DECODE_PIXELS ** 0.5) + 1):
             pixels = torch.randint(0, 256, (side, side, 3), generator=generator, dtype=torch.uint8).numpy()
             path = tmp_path / f"{side}.png"

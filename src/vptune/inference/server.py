@@ -171,7 +171,8 @@ def create_app(model: MultiTaskModel, settings: ServeSettings):
     @app.get("/health")
     def health() -> dict:
         return {"status": "ok", "tasks": len(model.tasks), "auth": api_key is not None,
-                "pending": batcher.pending, "max_wait_ms": round(1000 * batcher.wait, 2)}
+                "pending": batcher.pending, "max_wait_ms": round(1000 * batcher.wait, 2),
+                "quiet_ms": round(1000 * batcher.quiet, 2)}
 
     @app.get("/v1/tasks", dependencies=[Depends(authorised)])
     def tasks() -> dict:
