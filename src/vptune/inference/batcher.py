@@ -11,7 +11,7 @@ By default the wait follows the model and the hardware instead of a constant. Wi
 batch run times (about 200 ms for a CPU forward pass, a few ms on a GPU), a batch that is not full closes T/4
 after its first item, or sooner, once T/20 has passed without a new item: requests that come in a burst (clients
 that all got their answers from the last batch) are all caught, and a batch that will not fill (fewer clients
-than --max-batch) does not sit out the whole wait. A batch closed too early leaves stragglers that pay a whole
+than max_batch) does not sit out the whole wait. A batch closed too early leaves stragglers that pay a whole
 forward pass for a few images (on a 2-core CPU a batch of 2 runs at about half the images/s of a batch of 16); a
 5 ms constant did that on a CPU and would be long on a GPU. The longest, not the average: an average shrinks with
 every small batch, which shortens the next wait and makes small batches likelier still.
