@@ -9,9 +9,9 @@
    same model and load, in process (skipped if `batched` is not installed).
 3. Server (`vptune serve` as a subprocess on 127.0.0.1, default settings but --max-batch): --clients concurrent
    keep-alive clients (aiohttp: pip install aiohttp) posting PNG uploads, each to its own task (tasks: 1, 4 or
-   16), --requests in all; throughput, p50 / p99 latency, the batch sizes the server formed, the CPU both sides used (the clients share
-   the server's cores here), and the ratio to the library's mixed batch of the same tasks and size, measured in
-   turns with the serving (--rounds).
+   16), --requests in all; throughput, p50 / p99 latency, the batch sizes the server formed, the CPU both sides
+   used (the clients share the server's cores here), and the ratio to the library's mixed batch of the same tasks
+   and size, measured in turns with the serving (--rounds).
 Every figure of one run comes from the same machine in one process, side by side.
 """
 from __future__ import annotations
