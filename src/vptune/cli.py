@@ -270,7 +270,6 @@ def _serve(args: argparse.Namespace) -> int:
     from .inference.server import ServeSettings, parse_task_flags, serve
 
     settings = ServeSettings(**{f.name: getattr(args, f.name) for f in dataclasses.fields(ServeSettings)})
-    settings.validate()
     serve(parse_task_flags(args.task), settings)
     return 0
 

@@ -108,11 +108,8 @@ class Batcher:
     async def warm_up(self, items: list[Any]) -> None:
         """Run `items` (in batches of at most max_batch) before serving, outside the queue and its bound: the
         batch function's first-call costs are paid here, and the automatic wait starts from a real batch time."""
-        loop = asyncio.get_running_loop()
         for start in range(0, len(items), self.max_batch):
-            started = time.monotonic()
-            await loop.run_in_executor(self._thread, self.run_batch, items[start:start + self.max_batch])
-            self._run_seconds.append(time.monotonic() - started)
+            await self._call(items[start:start + self.max_batch])
 
     async def stop(self) -> None:
         """Finish every queued item, then stop the worker."""
@@ -122,7 +119,6 @@ class Batcher:
         self._thread.shutdown(wait=True)
 
     async def _work(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             first = await self._queue.get()
             if first is None:
@@ -141,21 +137,25 @@ class Batcher:
                     break
                 batch.append(nxt)
                 last = time.monotonic()
-            await self._run(loop, batch)
+            await self._run(batch)
             if stopping:
                 return
 
-    async def _run(self, loop: asyncio.AbstractEventLoop, batch: list) -> None:
-        items = [item for item, _ in batch]
+    async def _call(self, items: list[Any]) -> Sequence[Any]:
+        """The batch function on `items`, in the worker thread; a run that returns counts toward the wait."""
         started = time.monotonic()
+        results = await asyncio.get_running_loop().run_in_executor(self._thread, self.run_batch, items)
+        self._run_seconds.append(time.monotonic() - started)
+        return results
+
+    async def _run(self, batch: list) -> None:
         try:
-            results = await loop.run_in_executor(self._thread, self.run_batch, items)
+            results = await self._call([item for item, _ in batch])
         except Exception as err:  # every caller of this batch gets the error (a bug: the server answers 500)
             for _, future in batch:
                 if not future.done():
                     future.set_exception(err)
             return
-        self._run_seconds.append(time.monotonic() - started)
         self.stats.batches += 1
         self.stats.items += len(batch)
         self.stats.largest = max(self.stats.largest, len(batch))

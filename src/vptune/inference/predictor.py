@@ -43,7 +43,8 @@ class Predictor:
         results = []
         for start in range(0, len(paths), self.batch_size):
             chunk = paths[start:start + self.batch_size]
-            images = torch.stack([self.transform(read_image(Sample(Path(p), -1, "command line"), self.max_pixels)) for p in chunk])
+            images = torch.stack([self.transform(read_image(Sample(Path(p), -1, "command line"), self.max_pixels))
+                                  for p in chunk])
             results += [{"image": str(path), "top": top} for path, top in zip(chunk, self.predict(images, top_k))]
         return results
 

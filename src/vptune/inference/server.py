@@ -1,7 +1,7 @@
 """`vptune serve`: many tasks on one backbone behind an HTTP JSON API (FastAPI + uvicorn, the `serve` extra).
 
-Thin over `MultiTaskModel` and `Batcher`: a request is decoded and transformed in a thread, queued, and answered
-from a mixed-task batch.
+Thin over `MultiTaskModel` and `Batcher`: a request is decoded and transformed (on the event loop when the image
+is small, in a thread when it is large), queued, and answered from a mixed-task batch.
 
     GET  /                          a small page: pick a task, drop an image, see the top-k as bars
     GET  /health                    {"status": "ok", ...} (never needs the API key)
@@ -289,10 +289,10 @@ def describe_task(model: MultiTaskModel, name: str) -> dict:
 def serve(tasks: dict[str, str], settings: ServeSettings) -> None:
     """Load the tasks onto one backbone and serve them until interrupted (SIGINT / SIGTERM finish the requests
     in flight first)."""
-    import uvicorn
-
     settings.validate()
     require_serve_extra()
+    import uvicorn
+
     if not tasks:
         raise ConfigError("no task to serve: give at least one --task NAME=DIR")
     model = MultiTaskModel(tasks=tasks)
