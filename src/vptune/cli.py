@@ -1,4 +1,4 @@
-"""`vptune` command line: argparse over the library (train, sweep, eval, predict, info, demo, bench), no logic of
+"""`vptune` command line: argparse over the library (train, sweep, ablate, eval, predict, info, demo, bench), no logic of
 its own.
 
 The project's own errors (bad settings, data, checkpoints, run folders: `vptune.errors.VptuneError`) print as one
@@ -19,6 +19,8 @@ from pathlib import Path
 
 from .data import MAX_PIXELS
 from .errors import ConfigError, VptuneError
+from .experiments.ablate import SETS as ABLATION_SETS
+from .experiments.ablate import ablate_help
 from .experiments.sweep import SEARCHABLE, sweep_help
 from .methods import method_summaries
 from .training import TrainConfig
@@ -88,6 +90,21 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--seeds", default=argparse.SUPPRESS, help="retrain seeds on train + val (default 0,1,2; "
                                                                   "'none' skips the retrain)")
     add_config_flags(sweep, TrainConfig, skip=SEARCHABLE)
+
+    ablate = command("ablate", "rerun one of the paper's comparisons (methods, location, depth, length, pooling, "
+                               "init, recipes) on tasks and seeds: runs file, tables, plots", _ablate,
+                     description=ablate_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    ablate.add_argument("set", choices=list(ABLATION_SETS), help="the comparison to run")
+    ablate.add_argument("--tasks", default="digits,animal-mnist,fashion-mnist",
+                        help="comma-separated built-in names or data paths (default: the three built-ins)")
+    ablate.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
+    ablate.add_argument("--out", default="runs/ablate", help="folder for runs.jsonl and the reports, shared by "
+                                                             "every set (default runs/ablate)")
+    ablate.add_argument("--cells", default=None, help="run only these cells of the set, comma-separated (default: "
+                                                      "all; see --plan)")
+    ablate.add_argument("--plan", action="store_true", help="list the cells and the runs still to do, then stop")
+    ablate.add_argument("--quiet", action="store_true", help="warnings only")
+    add_config_flags(ablate, TrainConfig, skip=("data", "output", "seed"))
 
     evaluate = command("eval", "evaluate a task: top-1/top-5, per class, confusion matrix PNG", _eval)
     evaluate.add_argument("task", type=Path, help="task directory (a training run or a task checkpoint)")
@@ -237,6 +254,35 @@ def _sweep(args: argparse.Namespace) -> int:
           + (f"; retrained: test top-1 {retrained['mean']:.4f} +- {retrained['std']:.4f}"
              if retrained["mean"] is not None else ""))
     return 0
+
+
+def _ablate(args: argparse.Namespace) -> int:
+    from .experiments.ablate import AblateConfig, plan, run_ablation
+
+    common = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)}
+    config = AblateConfig(set=args.set, tasks=_comma_list(args.tasks, "--tasks"),
+                          seeds=tuple(_integer(s, "--seeds") for s in _comma_list(args.seeds, "--seeds")),
+                          out=args.out, common=common, only=_comma_list(args.cells, "--cells") if args.cells else ())
+    if args.plan:
+        print(plan(config))
+        return 0
+    run_ablation(config)
+    print(f"written: {Path(args.out) / (args.set + '.md')}, {args.set}.csv, {args.set}.png, runs.jsonl")
+    return 0
+
+
+def _comma_list(text: str, flag: str) -> tuple[str, ...]:
+    items = tuple(item.strip() for item in text.split(","))
+    if not all(items):
+        raise ConfigError(f"{flag} {text!r}: an empty item; give comma-separated values, e.g. {flag} a,b")
+    return items
+
+
+def _integer(text: str, flag: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise ConfigError(f"{flag}: {text!r} is not an integer") from None
 
 
 def _eval(args: argparse.Namespace) -> int:

@@ -99,3 +99,15 @@ def carve(labels: np.ndarray, fractions: Sequence[float], seed: int) -> tuple[li
             parts[k].append(members[start:start + h])
             start += h
     return [np.sort(np.concatenate(p)) if p else np.zeros(0, np.int64) for p in parts], too_small
+
+
+FIXED_SAMPLE_SEED = 0  # a fixed sample never depends on a run's seed: every seed is scored on the same images
+
+
+def fixed_sample(labels: np.ndarray, n: int) -> np.ndarray:
+    """Positions of a stratified sample of `n` of `labels`, the same on every call and machine (e.g. a test split
+    cut to a size that evaluates quickly, identical for every seed of an experiment)."""
+    if n >= len(labels):
+        return np.arange(len(labels))
+    return stratified_choice(labels, n, np.random.default_rng(FIXED_SAMPLE_SEED))
+

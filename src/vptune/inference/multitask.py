@@ -14,8 +14,9 @@ backbone is shared. A batch may hold images of different tasks; it runs ONE pass
   prompted block and finish on their own path, all of that task's images of the batch together.
 - Each image's final [CLS] goes through its own task's head.
 
-Tasks trained with methods that change backbone weights (full, bias, partial-K, LoRA) cannot share a backbone;
-they are refused (serve each on its own with `vptune predict` or `Predictor`).
+Tasks trained with methods that change backbone weights (full, bias, partial-K, LoRA) cannot share a backbone,
+nor can "concat-channel" prompts (they change the patch embedding); they are refused (serve each on its own with
+`vptune predict` or `Predictor`). Tasks pooling anything but [CLS] finish on their own path.
 """
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ from ..backbones import backbone_fingerprint
 from ..data import build_transform
 from ..errors import CheckpointError, ConfigError
 from ..model import PromptedViT
+from ..model.config import TOKEN_LOCATIONS
 from ..model.prompted_vit import backbone_data_config
 from ..model.attention import prefix_block, prompt_key_values, supports_prefix
 from ..rundir import RunDir
@@ -82,6 +84,10 @@ class MultiTaskModel(nn.Module):
             raise CheckpointError(f"task {name!r} ({directory}) was trained with method {method.label!r}, which "
                                   f"changes the backbone's weights, so it cannot share the backbone with other "
                                   f"tasks; serve it on its own (vptune predict, or vptune.Predictor)")
+        if isinstance(meta["prompt"], dict) and meta["prompt"].get("location") == "concat-channel":
+            raise CheckpointError(f"task {name!r} ({directory}) has prompt location 'concat-channel': its prompt "
+                                  f"changes the patch embedding itself, which the tasks of a mixed batch share; "
+                                  f"serve it on its own (vptune predict, or vptune.Predictor)")
         if self.backbone is not None:
             self._check_compatible(name, directory, meta)
         model = load_task(directory, backbone=self.backbone, check_fingerprint=False).eval()  # checked above
@@ -204,7 +210,7 @@ class MultiTaskModel(nn.Module):
         return stack.kv[which], stack.valid[which]
 
     def _build_stack(self, index: int, block: nn.Module) -> _PromptStack:
-        prompts = {name: model.prompts(1)[model._prompt_index[index]][0]  # (p, d)
+        prompts = {name: model.prompt_tokens(1)[model._prompt_index[index]][0]  # (p, d)
                    for name, model in self.tasks.items()
                    if self._in_shared_pass(model) and model.prompts is not None and index in model._prompt_index}
         p_max = max((p.shape[0] for p in prompts.values()), default=0)
@@ -226,10 +232,12 @@ class MultiTaskModel(nn.Module):
         blocks = model.backbone.blocks
         if not all(supports_prefix(b) for b in blocks):
             return False
+        if model.prompt_config.pooling != "cls":  # the shared pass ends with each image's [CLS]
+            return False
         if model.prompts is None:
             return True
         first = model.prompt_blocks[0]
-        return model.prompt_config.location == "prepend" and model.prompt_blocks == tuple(range(first, len(blocks)))
+        return model.prompt_config.location in TOKEN_LOCATIONS and model.prompt_blocks == tuple(range(first, len(blocks)))
 
 
 def _rows_by_task(tasks: Sequence[str]) -> dict[str, list[int]]:

@@ -114,8 +114,11 @@ def build_model(method: Method | str, backbone: nn.Module, prompt: PromptConfig,
     if isinstance(method, str):
         method = get_method(method, **options)
     backbone_fingerprint(backbone)  # remember the base weights before a method starts changing them
-    model = PromptedViT(backbone, method.prompt_config(prompt), num_classes, class_names=class_names,
-                        head_norm=head_norm)
+    try:
+        model = PromptedViT(backbone, method.prompt_config(prompt), num_classes, class_names=class_names,
+                            head_norm=head_norm)
+    except ValueError as err:  # a prompt that does not fit this backbone or task (e.g. init 'cls' with p != classes)
+        raise ConfigError(str(err)) from err
     method.adapt(backbone)  # after the wrapper froze everything
     model.method = method
     return model

@@ -11,8 +11,11 @@ from dataclasses import asdict, dataclass
 from typing import Any, Sequence, Union
 
 MODES = ("shallow", "deep")
-LOCATIONS = ("prepend", "add")
-INITS = ("xavier", "patches", "zeros", "normal")
+LOCATIONS = ("prepend", "add", "prepend-pixel", "concat-channel")
+INITS = ("xavier", "patches", "cls", "zeros", "normal")
+POOLINGS = ("cls", "image-pool", "prompt-pool", "global-pool")
+TOKEN_LOCATIONS = ("prepend", "prepend-pixel")    # prompts that are tokens of the sequence
+PIXEL_LOCATIONS = ("prepend-pixel", "concat-channel")  # prompts learned in the image's pixel space
 
 # `layers` accepts None (the mode's default), "all", "first K", "last K", or explicit block indices.
 LayersSpec = Union[None, str, Sequence[int]]
@@ -27,20 +30,31 @@ class PromptConfig:
         num_tokens: prompt length p per prompted block (0 turns prompting off: a linear probe).
         mode: "shallow" (one prompt, inserted once and carried through every later block) or
             "deep" (a distinct prompt at the input of each prompted block, replacing the previous one).
-        location: "prepend" (extra tokens after [CLS] and any register tokens) or "add" (one learned vector
-            per existing token position, added element-wise; its length comes from the backbone).
+        location: "prepend" (extra tokens after [CLS] and any register tokens), "add" (one learned vector
+            per existing token position, added element-wise; its length comes from the backbone), "prepend-pixel"
+            (p learned pixel patches, embedded by the frozen patch embedding, then inserted as "prepend" does) or
+            "concat-channel" (p learned input channels concatenated to the image; the patch embedding keeps its
+            pretrained weights for the image's channels and learns new ones, starting at zero, for the prompt's;
+            shallow only).
         layers: blocks that get a prompt. None: block 0 for shallow, every block for deep. Also "all",
             "first K", "last K", or block indices (0-based) as a list or as text "0,1,5" (as typed on a command
             line or in YAML). Shallow takes exactly one block.
         dropout: prompt dropout, applied after the projection, an independent mask per image.
         project: if set, prompts live in this smaller dimension and a learned Linear maps them to the
             backbone's width (the original's "prompt projection").
-        init: "xavier" (uniform(-v, v), v = sqrt(6 / (3 * patch_h * patch_w + dim)), the paper's rule),
+        init: "xavier" (uniform(-v, v), v = sqrt(6 / (3 * patch_h * patch_w + dim)), the paper's rule; prompts in
+            pixel space start as unit-variance noise, the scale of a normalised image's pixels),
+            "cls" (prompt j of each prompted block starts at the mean [CLS] token that block puts out for class j's
+            training images, the paper's prototype init; num_tokens must equal the number of classes; set from data
+            by `PromptedViT.init_prompts_from_classes`),
             "patches" (each block's prompt starts at k-means prototypes of the patch tokens training images
             bring to that block through the frozen backbone: set from data by
             `PromptedViT.init_prompts_from_patches`, which the trainer calls; xavier until then; prepend without
             projection only), "zeros", or "normal" (std `init_std`).
         init_std: standard deviation for init="normal".
+        pooling: what the head reads after the final norm: "cls" (the paper's default), "image-pool" (the mean of
+            the image tokens), "prompt-pool" (the mean of the prompts' outputs) or "global-pool" (all tokens).
+        shared: deep only: one prompt for every prompted block (the paper's "deep-shared") instead of one each.
     """
 
     num_tokens: int = 10
@@ -51,6 +65,8 @@ class PromptConfig:
     project: int | None = None
     init: str = "xavier"
     init_std: float = 0.02
+    pooling: str = "cls"
+    shared: bool = False
 
     def __post_init__(self) -> None:
         self.layers = _normalise_layers(self.layers)
@@ -63,6 +79,9 @@ class PromptConfig:
         _check_choice("mode", self.mode, MODES)
         _check_choice("location", self.location, LOCATIONS)
         _check_choice("init", self.init, INITS)
+        _check_choice("pooling", self.pooling, POOLINGS)
+        if not isinstance(self.shared, bool):
+            raise ValueError(f"PromptConfig.shared must be true or false, got {self.shared!r}")
         if not (isinstance(self.dropout, (int, float)) and 0.0 <= self.dropout < 1.0):
             raise ValueError(f"PromptConfig.dropout must be a float in [0, 1), got {self.dropout!r}")
         if self.project is not None and (not isinstance(self.project, int) or self.project <= 0):
@@ -70,9 +89,22 @@ class PromptConfig:
                              f"got {self.project!r}")
         if not (isinstance(self.init_std, (int, float)) and self.init_std > 0):
             raise ValueError(f"PromptConfig.init_std must be a positive number, got {self.init_std!r}")
-        if self.init == "patches" and (self.location != "prepend" or self.project is not None):
-            raise ValueError("PromptConfig.init='patches' starts prompts as the backbone's own tokens, so it needs "
-                             "location='prepend' and no projection; use init='xavier' here")
+        if self.init in ("patches", "cls") and (self.location != "prepend" or self.project is not None):
+            raise ValueError(f"PromptConfig.init={self.init!r} starts prompts as the backbone's own tokens, so it needs "
+                             f"location='prepend' and no projection; use init='xavier' here")
+        if self.location in PIXEL_LOCATIONS and self.project is not None:
+            raise ValueError(f"PromptConfig.project: location={self.location!r} prompts live in pixel space and the "
+                             f"frozen patch embedding maps them to tokens; leave project unset")
+        if self.location == "concat-channel" and (self.mode != "shallow" or self.layers not in (None, [0])):
+            raise ValueError("PromptConfig.location='concat-channel' adds input channels to the image, which exist "
+                             "before the first block only: use mode='shallow' with layers unset (or [0])")
+        if self.pooling == "prompt-pool" and (self.location not in TOKEN_LOCATIONS or not self.enabled):
+            raise ValueError(f"PromptConfig.pooling='prompt-pool' reads the prompts' outputs, so it needs prompts "
+                             f"that are tokens (location in {TOKEN_LOCATIONS}, num_tokens > 0); got "
+                             f"location={self.location!r}, num_tokens={self.num_tokens}")
+        if self.shared and self.mode != "deep":
+            raise ValueError("PromptConfig.shared=True shares one prompt between the prompted blocks of VPT-deep; "
+                             "use mode='deep' (shallow has one prompted block)")
         _check_layers_syntax(self.layers)
 
     @property
@@ -155,4 +187,4 @@ def _parse_layer_words(spec: str, depth: int) -> list[int]:
     return list(range(k)) if which == "first" else list(range(depth - k, depth))
 
 
-__all__ = ["PromptConfig", "MODES", "LOCATIONS", "INITS"]
+__all__ = ["PromptConfig", "MODES", "LOCATIONS", "INITS", "POOLINGS"]

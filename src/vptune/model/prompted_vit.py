@@ -23,18 +23,21 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 from functools import partial
-from typing import Iterator, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import torch
+import torch.nn.functional as F
+from timm.layers import PatchEmbed
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .config import PromptConfig
+from .config import PIXEL_LOCATIONS, TOKEN_LOCATIONS, PromptConfig
 from .attention import prefix_block, prompt_key_values, supports_prefix
 from .prompts import Prompts
 
 PATHS = ("prefix", "tokens")
+READS_PROMPTS = ("prompt-pool", "global-pool")  # poolings that need the prompts' outputs of the last block
 
 
 class PromptedViT(nn.Module):
@@ -77,6 +80,9 @@ class PromptedViT(nn.Module):
         self.num_prefix_tokens = backbone.num_prefix_tokens
         self.prompt_blocks = prompt.resolve_layers(depth)
         self._prompt_index = {block: i for i, block in enumerate(self.prompt_blocks)}
+        if prompt.enabled and prompt.init == "cls" and prompt.num_tokens != num_classes:
+            raise ValueError(f"PromptConfig.init='cls' starts prompt j at class j's mean [CLS] embedding, so num_tokens "
+                             f"must equal the number of classes ({num_classes}), got {prompt.num_tokens}")
         self.prompts = self._build_prompts(prompt) if prompt.enabled else None
         self.head_norm: nn.Module = FeatureNorm(self.embed_dim) if head_norm else nn.Identity()
         self.head = nn.Linear(self.embed_dim, num_classes)
@@ -98,19 +104,24 @@ class PromptedViT(nn.Module):
 
     # ----------------------------------------------------------------------------------------------- set-up
     def _build_prompts(self, prompt: PromptConfig) -> Prompts:
-        patch_h, patch_w = self.backbone.patch_embed.patch_size
-        if prompt.location == "prepend":
-            length = prompt.num_tokens
-        else:  # "add": one learned vector per existing token position
-            length = self.num_prefix_tokens + self.backbone.patch_embed.num_patches
-        return Prompts(prompt, self.prompt_blocks, length, self.embed_dim, patch_h * patch_w)
+        patch_embed = self.backbone.patch_embed
+        patch_h, patch_w = patch_embed.patch_size
+        length, dim = prompt.num_tokens, prompt.project or self.embed_dim
+        if prompt.location == "add":  # one learned vector per existing token position
+            length = self.num_prefix_tokens + patch_embed.num_patches
+        elif prompt.location in PIXEL_LOCATIONS:
+            _check_plain_patch_embed(patch_embed, prompt.location)
+            height, width = patch_embed.img_size
+            dim = 3 * patch_h * patch_w if prompt.location == "prepend-pixel" else height * width
+        return Prompts(prompt, self.prompt_blocks, length, dim, self.embed_dim, (patch_h, patch_w))
 
     def _plan_prefix_blocks(self, depth: int) -> frozenset[int]:
         """Blocks that can run in prefix form: they hold prompt slots whose outputs nobody reads."""
-        if self.prompts is None or self.prompt_config.location != "prepend":
+        if self.prompts is None or self.prompt_config.location not in TOKEN_LOCATIONS:
             return frozenset()
         first = self.prompt_blocks[0]
-        unread = {i for i in range(first, depth) if i == depth - 1 or i + 1 in self._prompt_index}
+        last_unread = self.prompt_config.pooling not in READS_PROMPTS  # the head may read the prompts' outputs
+        unread = {i for i in range(first, depth) if (i == depth - 1 and last_unread) or i + 1 in self._prompt_index}
         unknown = sorted({type(self.backbone.blocks[i]).__name__ for i in unread
                           if not supports_prefix(self.backbone.blocks[i])})
         if unknown:
@@ -152,6 +163,17 @@ class PromptedViT(nn.Module):
         """Images (B, 3, H, W) -> final normed [CLS] embedding (B, embed_dim)."""
         return self.features_from_stem(self.stem(images))
 
+    def prompt_tokens(self, batch_size: int) -> torch.Tensor:
+        """The prompt tokens each prompted block inserts, (num_blocks, B or 1, p, d): the learned tokens, or for
+        "prepend-pixel" the learned pixel patches through the frozen patch embedding (its projection and norm, no
+        position embedding, as for the paper's prompts)."""
+        prompts = self.prompts(batch_size)
+        if self.prompt_config.location != "prepend-pixel":
+            return prompts
+        patch_embed = self.backbone.patch_embed
+        proj = patch_embed.proj  # a convolution with stride = kernel = patch: a linear map of each flat patch
+        return patch_embed.norm(F.linear(prompts, proj.weight.flatten(1), proj.bias))
+
     @property
     def stem_depth(self) -> int:
         """How many leading blocks run exactly as in the backbone, on the image tokens alone.
@@ -163,7 +185,7 @@ class PromptedViT(nn.Module):
         """
         if self.prompts is None:
             return len(self.backbone.blocks) - 1
-        return self.prompt_blocks[0]
+        return 0 if self.prompt_config.location == "concat-channel" else self.prompt_blocks[0]
 
     def stem(self, images: torch.Tensor) -> torch.Tensor:
         """Images (B, 3, H, W) -> tokens (B, prefix + m, d) after the first `stem_depth` blocks."""
@@ -181,20 +203,48 @@ class PromptedViT(nn.Module):
         return self.head(self.head_norm(features))
 
     def features_from_stem(self, x: torch.Tensor) -> torch.Tensor:
-        if self.prompts is None:
+        """`stem` output (B, prefix + m, d) -> what the head reads (B, d): the final normed [CLS], or a mean of
+        final normed tokens (`PromptConfig.pooling`)."""
+        slots = None  # the prompts' final outputs (B, p, d), where the pooling needs them
+        location = None if self.prompts is None else self.prompt_config.location
+        if location in (None, "concat-channel"):
             x = self._blocks_plain(x)
-        elif self.prompt_config.location == "add":
+        elif location == "add":
             x = self._blocks_add(x)
         elif self.path == "tokens":
-            x = self._blocks_tokens(x)
+            x, slots = self._blocks_tokens(x)
         else:
-            x = self._blocks_prefix(x)
-        return self.backbone.fc_norm(self.backbone.norm(x[:, 0]))
+            x, slots = self._blocks_prefix(x)
+        return self._pool(x, slots)
+
+    def _pool(self, x: torch.Tensor, slots: torch.Tensor | None) -> torch.Tensor:
+        bb, pooling = self.backbone, self.prompt_config.pooling
+        if pooling == "cls":
+            return bb.fc_norm(bb.norm(x[:, 0]))
+        tokens = {"image-pool": lambda: x[:, self.num_prefix_tokens:], "prompt-pool": lambda: slots,
+                  "global-pool": lambda: x if slots is None else torch.cat([x, slots], dim=1)}[pooling]()
+        return bb.fc_norm(bb.norm(tokens).mean(dim=1))
 
     def _embed(self, images: torch.Tensor) -> torch.Tensor:
         """Patch embedding, [CLS] and register tokens, position embedding: (B, prefix + m, d)."""
         bb = self.backbone
-        return bb.norm_pre(bb.patch_drop(bb._pos_embed(bb.patch_embed(images))))
+        if self.prompts is not None and self.prompt_config.location == "concat-channel":
+            patches = self._embed_with_channels(images)
+        else:
+            patches = bb.patch_embed(images)
+        return bb.norm_pre(bb.patch_drop(bb._pos_embed(patches)))
+
+    def _embed_with_channels(self, images: torch.Tensor) -> torch.Tensor:
+        """"concat-channel": the patch embedding of the image with the p prompt channels concatenated. A convolution
+        over 3 + p channels is the image's convolution (pretrained weights) plus the prompt channels' (new weights)."""
+        patch_embed, channel_weight = self.backbone.patch_embed, self.prompts.channel_weight
+        height, width = patch_embed.img_size
+        if tuple(images.shape[-2:]) != (height, width):
+            raise ValueError(f"location='concat-channel' learned prompt channels of {height} x {width} pixels, but "
+                             f"these images are {tuple(images.shape[-2:])}; resize them to the model's image size")
+        channels = self.prompts.dropout(self.prompts.tokens.view(1, -1, height, width))
+        x = patch_embed.proj(images) + F.conv2d(channels, channel_weight, stride=patch_embed.proj.stride)
+        return patch_embed.norm(x.flatten(2).transpose(1, 2))  # NCHW -> tokens, as timm's PatchEmbed does
 
     def _block(self, fn, *args: torch.Tensor) -> torch.Tensor:
         """fn(*args), recomputed in the backward pass when gradient checkpointing is on and gradients flow."""
@@ -207,16 +257,20 @@ class PromptedViT(nn.Module):
         return enumerate(self.backbone.blocks[start:], start=start)
 
     def _blocks_plain(self, x: torch.Tensor) -> torch.Tensor:
-        """No prompt: the stem ran all blocks but the last, which computes [CLS] only when we know its type."""
-        last = self.backbone.blocks[-1]
-        if supports_prefix(last):
-            return self._block(partial(prefix_block, last, prompt_kv=None, queries=1), x)
-        return self._block(last, x)
+        """No prompt tokens (a linear probe; "concat-channel", whose prompt is in the embedding): the blocks after
+        the stem; the last computes [CLS] only, when the head reads nothing else and we know the block's type."""
+        last = len(self.backbone.blocks) - 1
+        for i, block in self._blocks_after_stem():
+            if i == last and self.prompt_config.pooling == "cls" and supports_prefix(block):
+                block = partial(prefix_block, block, prompt_kv=None, queries=1)
+            x = self._block(block, x)
+        return x
 
-    def _blocks_tokens(self, x: torch.Tensor) -> torch.Tensor:
-        """Reference: prompts are tokens of the sequence, inserted once and replaced at each prompted block."""
+    def _blocks_tokens(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Reference: prompts are tokens of the sequence, inserted once and replaced at each prompted block.
+        Returns the real tokens (B, prefix + m, d) and the prompts' final outputs (B, p, d)."""
         batch, start, p = x.shape[0], self.num_prefix_tokens, self.prompt_config.num_tokens
-        prompts = self.prompts(batch)
+        prompts = self.prompt_tokens(batch)
         inserted = False
         for i, block in self._blocks_after_stem():
             if i in self._prompt_index:
@@ -224,12 +278,13 @@ class PromptedViT(nn.Module):
                 x = torch.cat([x[:, :start], prompts[self._prompt_index[i]].expand(batch, -1, -1), rest], dim=1)
                 inserted = True
             x = self._block(block, x)
-        return x
+        return torch.cat([x[:, :start], x[:, start + p:]], dim=1), x[:, start:start + p]
 
-    def _blocks_prefix(self, x: torch.Tensor) -> torch.Tensor:
-        """Fast path: real tokens (B, prefix + m, d) flow through; prompt slots are kept on the side."""
+    def _blocks_prefix(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Fast path: real tokens (B, prefix + m, d) flow through; prompt slots are kept on the side. Returns the
+        real tokens and the prompts' final outputs (None when the last block did not compute them)."""
         batch, start, p = x.shape[0], self.num_prefix_tokens, self.prompt_config.num_tokens
-        prompts = self.prompts(batch)
+        prompts = self.prompt_tokens(batch)
         use_cache = self._kv_cache_usable(x)
         slots = None  # what the prompt slots hold now: (B or 1, p, d); the stem ends at the first prompt
         last = len(self.backbone.blocks) - 1
@@ -240,12 +295,13 @@ class PromptedViT(nn.Module):
             if i in self._prefix_blocks:
                 kv = self._prompt_kv(i, block, slots, cache=use_cache and fresh)
                 # The head reads [CLS] only: the last block needs no other token's output.
-                x = self._block(partial(prefix_block, block, queries=1 if i == last else None), x, kv)
+                queries = 1 if i == last and self.prompt_config.pooling == "cls" else None
+                x = self._block(partial(prefix_block, block, queries=queries), x, kv)
                 slots = None  # their outputs would be replaced or never read
-            else:  # slot outputs are carried on into the next block: run the full sequence
+            else:  # slot outputs are carried on into the next block (or read by the head): the full sequence
                 h = self._block(block, torch.cat([x[:, :start], slots.expand(batch, -1, -1), x[:, start:]], dim=1))
                 x, slots = torch.cat([h[:, :start], h[:, start + p:]], dim=1), h[:, start:start + p]
-        return x
+        return x, slots
 
     def _blocks_add(self, x: torch.Tensor) -> torch.Tensor:
         """"add": each prompted block's prompt is added element-wise to the tokens entering it."""
@@ -305,10 +361,36 @@ class PromptedViT(nn.Module):
         p, last = self.prompt_config.num_tokens, self.prompt_blocks[-1]
         x = self._embed(images.to(self.prompts.tokens.device))
         for i, block in enumerate(self.backbone.blocks[:last + 1]):
-            if i in self._prompt_index:
+            if i in self._prompt_index and not (self.prompt_config.shared and i != self.prompt_blocks[0]):
                 patches = x[:, self.num_prefix_tokens:].flatten(0, 1)  # (B * m, d)
-                self.prompts.tokens[self._prompt_index[i]] = kmeans(patches, p, generator)
+                self.prompts.tokens[self.prompts.row(i)] = kmeans(patches, p, generator)
             x = block(x)
+        self.clear_cache()
+
+    @torch.no_grad()
+    def init_prompts_from_classes(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Set prompt j of each prompted block to the mean [CLS] token that block puts out, through the frozen
+        backbone without prompts, for the images of class j (`PromptConfig.init="cls"`, the paper's prototype init;
+        per block, as the original's "cls-nolastl"). The [CLS] a block receives is the same for every image at
+        block 0, so the one it puts out is used. batches: (images (B, 3, H, W), labels (B,)) over the training set.
+        With shared prompts, the first prompted block's prototypes serve every block."""
+        p = self.prompt_config.num_tokens
+        if self.prompts is None or self.prompt_config.init != "cls":
+            raise ValueError("init_prompts_from_classes needs a model built with PromptConfig(init='cls')")
+        sums = torch.zeros_like(self.prompts.tokens)
+        counts = torch.zeros(p, device=sums.device)
+        last = self.prompt_blocks[-1]
+        for images, labels in batches:
+            x, labels = self._embed(images.to(sums.device)), labels.to(sums.device)
+            counts += torch.bincount(labels, minlength=p)[:p]
+            for i, block in enumerate(self.backbone.blocks[:last + 1]):
+                x = block(x)
+                if i in self._prompt_index and not (self.prompt_config.shared and i != self.prompt_blocks[0]):
+                    sums[self.prompts.row(i)].index_add_(0, labels, x[:, 0])
+        if bool((counts == 0).any()):
+            missing = (counts == 0).nonzero().flatten().tolist()
+            raise ValueError(f"init='cls' needs training images of every class; none of class(es) {missing}")
+        self.prompts.tokens.copy_(sums / counts[None, :, None])
         self.clear_cache()
 
 
@@ -402,6 +484,18 @@ def _check_backbone(backbone: nn.Module) -> None:
     if backbone.cls_token is None:
         raise ValueError(f"backbone {_timm_name(backbone)!r} has no class token, but VPT's head reads the final "
                          f"[CLS] embedding; use a ViT built with class_token=True")
+
+
+def _check_plain_patch_embed(patch_embed: nn.Module, location: str) -> None:
+    """Pixel prompts go through the patch embedding by hand: only timm's plain one, whose projection is a linear map
+    of each patch and whose output is flattened tokens, is known to give the same tokens as its own forward."""
+    proj = getattr(patch_embed, "proj", None)
+    plain = (type(patch_embed) is PatchEmbed and isinstance(proj, nn.Conv2d) and patch_embed.flatten
+             and proj.kernel_size == proj.stride and proj.padding == (0, 0)
+             and not getattr(patch_embed, "dynamic_img_pad", False))
+    if not plain:
+        raise ValueError(f"PromptConfig.location={location!r} needs timm's plain PatchEmbed (a stride = kernel "
+                         f"convolution, flattened); this backbone has {type(patch_embed).__name__}: use 'prepend'")
 
 
 def _timm_name(backbone: nn.Module) -> str:

@@ -1,4 +1,4 @@
-"""The learned prompt tokens: parameters, initialisation, optional projection, prompt dropout."""
+"""The learned prompts: parameters, initialisation, optional projection, prompt dropout."""
 from __future__ import annotations
 
 import math
@@ -6,31 +6,39 @@ import math
 import torch
 from torch import nn
 
-from .config import PromptConfig
+from .config import PIXEL_LOCATIONS, PromptConfig
 
 
 class Prompts(nn.Module):
-    """One learned prompt per prompted block.
+    """One learned prompt per prompted block (or one shared by all of them, `PromptConfig.shared`).
 
-    `tokens` has shape (num_blocks, length, prompt_dim): length is `num_tokens` for "prepend" and the
-    backbone's sequence length for "add". `forward` returns the prompts as the blocks consume them:
-    projected to the backbone width and, in training with dropout > 0, with an independent dropout
-    mask per image (as the original does). Without dropout the batch dimension stays 1 so callers can
-    broadcast, which is what lets the prefix path compute prompt keys/values once per batch.
+    `tokens` has shape (sets, length, prompt_dim), sets = 1 when shared, else one per prompted block. What a row
+    is depends on the location: "prepend": p tokens (prompt_dim = the backbone's width, or `project`); "add": one
+    vector per existing token position; "prepend-pixel": p pixel patches, flattened (3 * patch_h * patch_w);
+    "concat-channel": p image channels, flattened (H * W), with `channel_weight` (width, p, patch_h, patch_w), the
+    patch embedding's new input weights for them.
+
+    `forward` returns every prompted block's prompt as stored (projected, in training with dropout > 0 with an
+    independent mask per image); the model maps pixel prompts to tokens. Without dropout the batch dimension stays 1
+    so callers can broadcast, which is what lets the prefix path compute prompt keys/values once per batch.
     """
 
-    def __init__(self, config: PromptConfig, blocks: tuple[int, ...], length: int, embed_dim: int,
-                 patch_area: int) -> None:
+    def __init__(self, config: PromptConfig, blocks: tuple[int, ...], length: int, prompt_dim: int, embed_dim: int,
+                 patch_size: tuple[int, int]) -> None:
         super().__init__()
         self.blocks = blocks
-        prompt_dim = config.project or embed_dim
-        self.tokens = nn.Parameter(torch.empty(len(blocks), length, prompt_dim))
+        self.location = config.location
+        self.tokens = nn.Parameter(torch.empty(1 if config.shared else len(blocks), length, prompt_dim))
         self.proj: nn.Module = nn.Linear(prompt_dim, embed_dim) if config.project else nn.Identity()
+        self.channel_weight = nn.Parameter(torch.zeros(embed_dim, length, *patch_size)) \
+            if config.location == "concat-channel" else None
         self.dropout = nn.Dropout(config.dropout)
-        self.reset_parameters(config, patch_area)
+        self.reset_parameters(config, patch_size[0] * patch_size[1])
 
     def reset_parameters(self, config: PromptConfig, patch_area: int) -> None:
-        if config.init in ("xavier", "patches"):  # "patches" is set from data later (PromptedViT)
+        if config.init in ("xavier", "patches", "cls") and self.location in PIXEL_LOCATIONS:
+            nn.init.normal_(self.tokens)  # pixels of a normalised image have unit variance
+        elif config.init in ("xavier", "patches", "cls"):  # "patches" and "cls" are set from data later
             # The paper's rule: Xavier-uniform as for the patch projection (fan_in = 3 * ph * pw).
             bound = math.sqrt(6.0 / (3 * patch_area + self.tokens.shape[-1]))
             nn.init.uniform_(self.tokens, -bound, bound)
@@ -41,15 +49,21 @@ class Prompts(nn.Module):
         if isinstance(self.proj, nn.Linear):
             nn.init.kaiming_normal_(self.proj.weight, a=0, mode="fan_out")
             nn.init.zeros_(self.proj.bias)
+        if self.channel_weight is not None:
+            nn.init.zeros_(self.channel_weight)  # the model starts as the pretrained one; the weights then learn
 
     @property
     def per_image(self) -> bool:
         """True when each image sees its own prompt (training with prompt dropout)."""
         return self.training and self.dropout.p > 0
 
+    def row(self, block: int) -> int:
+        """The row of `tokens` that holds `block`'s prompt."""
+        return 0 if len(self.tokens) == 1 else self.blocks.index(block)
+
     def forward(self, batch_size: int) -> torch.Tensor:
-        """Prompts for every prompted block: (num_blocks, B or 1, length, embed_dim)."""
-        prompts = self.proj(self.tokens).unsqueeze(1)
+        """Prompts for every prompted block: (num_blocks, B or 1, length, dim)."""
+        prompts = self.proj(self.tokens).unsqueeze(1).expand(len(self.blocks), -1, -1, -1)
         if self.per_image:
             prompts = self.dropout(prompts.expand(-1, batch_size, -1, -1))
         return prompts

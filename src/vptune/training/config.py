@@ -23,14 +23,14 @@ from ..backbones import DEFAULT_BACKBONE
 from ..data import MAX_PIXELS, builtin_name
 from ..errors import ConfigError
 from ..methods import Method, get_method, method_names
-from ..model import INITS, LOCATIONS, PromptConfig
+from ..model import INITS, LOCATIONS, POOLINGS, PromptConfig
 
 CACHE_STEM = ("auto", "off")
 AUTO = "auto"  # lr: searched first (vptune.experiments.train_with_lr_search)
 OPTIMIZERS = ("sgd", "adamw")
 # Settings a resumed run may change (`train(..., resume=True, changes=...)`, `vptune train --resume RUN --epochs 20`):
 # they do not change what the finished epochs computed. Everything else continues as config.yaml says.
-RESUME_MAY_CHANGE = ("epochs", "device", "num_workers", "tensorboard")
+RESUME_MAY_CHANGE = ("epochs", "device", "num_workers", "tensorboard", "test_subset")
 RENAMED = {"cache_frozen": "cache_stem"}  # old setting names still read from config files
 
 
@@ -55,14 +55,20 @@ class TrainConfig:
     num_tokens: int = _setting(10, "prompt length p")
     prompt_layers: str | list[int] | None = _setting(
         None, "blocks with a prompt: all, 'first K', 'last K' or indices '0,1,5' (default: the mode's)")
-    prompt_location: str = _setting("prepend", "prompts as extra tokens, or added to the existing ones",
-                                    LOCATIONS)
+    prompt_location: str = _setting("prepend", "prepend (extra tokens after [CLS]), add (added to the existing tokens), "
+                                               "prepend-pixel (learned pixel patches, embedded by the frozen patch "
+                                               "embedding, as extra tokens) or concat-channel (learned extra input "
+                                               "channels)", LOCATIONS)
     prompt_dropout: float = _setting(0.0, "prompt dropout")
     prompt_project: int | None = _setting(None, "prompt projection dim (default: none)")
     prompt_init: str | None = _setting(None, "prompt initialisation: patches (the backbone's own patch tokens at each "
                                              "prompted block's input, from training images), xavier (the paper's), "
+                                             "cls (each prompt a class's mean [CLS] embedding; p = classes), "
                                              "zeros or normal (default: the method's, patches for VPT where prompts "
                                              "are prepended without projection, else xavier)", INITS)
+    pooling: str = _setting("cls", "what the head reads: cls (the final [CLS]), image-pool (mean of the image tokens), "
+                                   "prompt-pool (mean of the prompts' outputs), global-pool (all tokens)", POOLINGS)
+    prompt_shared: bool = _setting(False, "VPT-deep: one prompt shared by every prompted block (deep-shared)")
     lora_rank: int = _setting(8, "LoRA rank for --method lora")
     # data
     protocol: str = _setting("vtab1k", "built-in data: vtab1k (train800/val200/test) or full", ("vtab1k", "full"))
@@ -73,6 +79,8 @@ class TrainConfig:
     max_pixels: int = _setting(MAX_PIXELS, "refuse images with more pixels than this (decompression bombs; Pillow's "
                                            "own limit is 89 million)")
     subset: int | None = _setting(None, "use at most N images per split (quick checks)")
+    test_subset: int | None = _setting(None, "score the test split on a fixed stratified sample of N of its images, "
+                                             "the same for every seed (default: all of them)")
     num_workers: int = _setting(0, "data loader workers")
     cache_stem: str = _setting("auto", "auto: run the stem (the frozen blocks before the first prompt) once per "
                                        "image, not every epoch, when the recipe has no random augmentation and it "
@@ -113,7 +121,8 @@ class TrainConfig:
         try:
             init = self.prompt_init or self._default_prompt_init(self.tuning_method())
             return PromptConfig(num_tokens=self.num_tokens, layers=self.prompt_layers, location=self.prompt_location,
-                                dropout=self.prompt_dropout, project=self.prompt_project, init=init)
+                                dropout=self.prompt_dropout, project=self.prompt_project, init=init,
+                                pooling=self.pooling, shared=self.prompt_shared)
         except ValueError as err:
             raise ConfigError(str(err)) from err
 
@@ -163,8 +172,9 @@ class TrainConfig:
             value = getattr(self, name)
             if not (value >= 0 and math.isfinite(value)):
                 raise ConfigError(f"{name} must be a finite number >= 0, got {value!r}")
-        if self.subset is not None and self.subset < 1:
-            raise ConfigError(f"subset must be a positive number of images, got {self.subset!r}")
+        for name in ("subset", "test_subset"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be a positive number of images, got {getattr(self, name)!r}")
         if self.img_size is not None and self.img_size < 1:
             raise ConfigError(f"img_size must be a positive number of pixels, got {self.img_size!r}")
         self.tuning_method()  # ConfigError for an unknown method name

@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from .._io import atomic_write
 from ..backbones import create_backbone
 from ..data import DataSplits, collate, load_data
+from ..data.splits import fixed_sample
 from ..errors import ConfigError, TrainingError
 from ..inference.evaluate import evaluate_logits
 from ..methods import build_model, optimizer_groups
@@ -160,6 +161,9 @@ def train_epochs(model: PromptedViT, splits: DataSplits, cfg: TrainConfig, run: 
     forward: Callable[[torch.Tensor], torch.Tensor] = model
     if not resume and model.prompts is not None and model.prompt_config.init == "patches":
         _init_prompts_from_patches(model, train_set, cfg)
+    if not resume and model.prompts is not None and model.prompt_config.init == "cls":
+        model.eval()
+        model.init_prompts_from_classes(DataLoader(train_set, batch_size=cfg.batch_size, collate_fn=collate))
     if stem_cache_plan(model, frozen_backbone=method.frozen_backbone, recipe=cfg.recipe, cache_stem=cfg.cache_stem,
                        num_images=len(train_set) + len(val_set or ())):
         train_set, val_set = (_precompute(model.stem, s, cfg, quiet, world) for s in (train_set, val_set))
@@ -396,6 +400,13 @@ def _precompute(fn: Callable[[torch.Tensor], torch.Tensor], dataset: Dataset | N
     return TensorDataset(gather_rows(outputs, len(dataset), world), gather_rows(labels, len(dataset), world))
 
 
+def _test_set(dataset: Dataset, cfg: TrainConfig) -> Dataset:
+    """The test images scored: all, or `cfg.test_subset` of them fixed across seeds, then `cfg.subset`."""
+    if cfg.test_subset is not None and len(dataset) > cfg.test_subset:
+        dataset = Subset(dataset, fixed_sample(dataset.labels, cfg.test_subset).tolist())
+    return _subset(dataset, cfg)
+
+
 def _subset(dataset: Dataset | None, cfg: TrainConfig) -> Dataset | None:
     """At most `cfg.subset` images of a split, drawn by the seed (for quick checks like `demo --smoke`)."""
     if dataset is None or cfg.subset is None or len(dataset) <= cfg.subset:
@@ -458,7 +469,7 @@ def _summarise(cfg: TrainConfig, run: RunDir, model: PromptedViT, splits: DataSp
         best_tensors = read_task_tensors(run.best, read_task_json(run.best)) if world.main else None
         model.load_state_dict(broadcast(best_tensors, world), strict=False)
         model.eval()
-        logits, labels = _precompute(model, _subset(splits.test, cfg), cfg, quiet, world).tensors
+        logits, labels = _precompute(model, _test_set(splits.test, cfg), cfg, quiet, world).tensors
         metrics = evaluate_logits(logits, labels)
     if not world.main:
         return {}  # rank 0's (it reads the run's files) is broadcast

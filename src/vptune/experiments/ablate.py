@@ -1,0 +1,317 @@
+"""`vptune ablate SET`: the paper's comparisons, rerun on your backbone and tasks with one command.
+
+A named set is a list of cells (TrainConfig settings on top of the common ones: "prompts in the first 3 blocks",
+"location add", "method full"); every cell is trained on every task with every seed. Each finished run is one
+JSON line in OUT/runs.jsonl (settings, seed, test top-1, best val, the per-epoch curve, wall time), appended as
+soon as it ends, and the set's tables and plots (OUT/SET.md, .csv, .png; `ablate_report.py`) are rewritten after
+every run. Runs are keyed by their resolved settings, so a cell shared by two sets (VPT-deep with the default
+prompt is in most of them) is trained once, and a killed `ablate` run continues where it stopped: the run that
+was under way resumes from its last finished epoch (`vptune train --resume`, which ends exactly where an
+uninterrupted run does) and nothing finished is repeated.
+
+    vptune ablate depth --tasks digits,animal-mnist --seeds 0,1,2 --epochs 6 --img-size 112 --out runs/ablate
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from .._io import atomic_write_text
+from ..backbones import create_backbone
+from ..errors import ConfigError, TrainingError
+from ..rundir import RunDir
+from ..training import TrainConfig, train
+from .recipes import RECIPES
+
+log = logging.getLogger("vptune")
+
+MARKER = "ablation.json"  # what makes a folder an ablation folder (never a folder of the user's)
+FORMAT = "vptune-ablation"
+RUNS = "runs.jsonl"
+NUM_CLASSES = "num_classes"  # a cell's num_tokens may say this: p = the task's number of classes (init "cls")
+# Settings that do not change what a run computes, left out of its key.
+NOT_IN_KEY = ("output", "device", "num_workers", "tensorboard")
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One setting of a set: a label, the TrainConfig settings it changes, and where it goes on the set's plot."""
+
+    name: str
+    settings: dict[str, Any]
+    series: str = ""          # a curve of a line plot (e.g. "first k" / "last k"), or "" for bars
+    x: float | None = None    # its position on that curve (k, p)
+
+
+@dataclass(frozen=True)
+class AblationSet:
+    """A named comparison: its cells (given the backbone's depth), the plot that shows it, and the pairs of cells
+    whose per-run differences the report states (a claim of the paper each)."""
+
+    name: str
+    summary: str
+    cells: Callable[[int], list[Cell]]
+    plot: str = "bars"        # bars, lines, or log-lines (x on a log axis)
+    xlabel: str = ""
+    pairs: Callable[[int], list[tuple[str, str]]] = lambda depth: []
+
+
+def _quarters(depth: int) -> list[int]:
+    """The paper's k in {1, 3, 6, 9, 12} for 12 blocks: 1, a quarter, half, three quarters and all of them."""
+    return sorted({1, *(max(1, round(depth * q / 4)) for q in (1, 2, 3, 4))})
+
+
+def _depth_cells(depth: int) -> list[Cell]:
+    def prompted(which: str, k: int) -> dict[str, Any]:  # every block: VPT-deep's default (one run, shared)
+        return {"method": "vpt-deep"} if k == depth else {"method": "vpt-deep", "prompt_layers": f"{which} {k}"}
+
+    cells = []
+    for k in _quarters(depth):
+        cells.append(Cell(f"first {k}", prompted("first", k), "first k", k))
+        cells.append(Cell(f"last {k}", prompted("last", k), "last k", k))
+    return cells
+
+
+def _depth_pairs(depth: int) -> list[tuple[str, str]]:
+    ks = [k for k in _quarters(depth) if k < depth]
+    return [(f"first {k}", f"last {k}") for k in ks] + [(f"first {depth}", f"first {k}") for k in ks]
+
+
+LOCATIONS = ("prepend", "add", "prepend-pixel", "concat-channel")
+POOLINGS = ("cls", "image-pool", "prompt-pool", "global-pool")
+LENGTHS = (1, 5, 10, 50, 100)
+INITS = ("xavier", "patches", "cls")
+BASELINES = ("linear", "full", "bias", "partial-1", "lora")
+
+SETS: dict[str, AblationSet] = {s.name: s for s in (
+    AblationSet("methods", "VPT-shallow and VPT-deep against the linear probe and the tuning baselines",
+                lambda depth: [Cell(m, {"method": m}) for m in (*BASELINES, "vpt-shallow", "vpt-deep")],
+                pairs=lambda depth: [("vpt-deep", "vpt-shallow"), ("vpt-deep", "linear"), ("vpt-deep", "full"),
+                                     ("vpt-shallow", "linear")]),
+    AblationSet("location", "where prompts go: prepended tokens, added to the tokens, pixel patches, input channels",
+                lambda depth: [Cell(f"{loc} {mode}", {"method": f"vpt-{mode}", "prompt_location": loc})
+                               for mode in ("shallow", "deep") for loc in LOCATIONS],
+                pairs=lambda depth: [(f"prepend {m}", f"{loc} {m}") for m in ("shallow", "deep")
+                                     for loc in LOCATIONS[1:]]),
+    AblationSet("depth", "prompts in the first k blocks against the last k blocks (VPT-deep)", _depth_cells,
+                plot="lines", xlabel="prompted blocks k", pairs=_depth_pairs),
+    AblationSet("length", "prompt length p (VPT-deep)",
+                lambda depth: [Cell(f"p={p}", {"method": "vpt-deep", "num_tokens": p}, "p", p) for p in LENGTHS],
+                plot="log-lines", xlabel="prompt length p",
+                pairs=lambda depth: [("p=10", f"p={p}") for p in LENGTHS if p != 10]),
+    AblationSet("pooling", "what the head reads: [CLS], the mean of image tokens, of prompts, of all tokens",
+                lambda depth: [Cell(pool, {"method": "vpt-deep", "pooling": pool}) for pool in POOLINGS],
+                pairs=lambda depth: [("cls", pool) for pool in POOLINGS[1:]]),
+    AblationSet("init", "prompt initialisation (p = the number of classes, so that 'cls' prototypes apply)",
+                lambda depth: [Cell(init, {"method": "vpt-deep", "prompt_init": init, "num_tokens": NUM_CLASSES})
+                               for init in INITS],
+                pairs=lambda depth: [("xavier", "cls"), ("patches", "xavier"), ("patches", "cls")]),
+    AblationSet("recipes", "candidate default recipes for VPT-deep (docs/recipe.md)",
+                lambda depth: [Cell(name, settings) for name, settings in RECIPES.items()]),
+)}
+
+
+@dataclass
+class AblateConfig:
+    """One `vptune ablate` invocation: which set, on which tasks and seeds, with which common settings."""
+
+    set: str
+    tasks: tuple[str, ...] = ("digits", "animal-mnist", "fashion-mnist")
+    seeds: tuple[int, ...] = (0, 1, 2)
+    out: str = "runs/ablate"
+    common: dict[str, Any] = field(default_factory=dict)  # TrainConfig settings for every run (epochs, img_size..)
+    only: tuple[str, ...] = ()  # run only these cells of the set (the report still shows every finished one)
+
+    def validate(self) -> AblationSet:
+        """The set, after every cell's settings were checked on every task: bad input stops before any run."""
+        if self.set not in SETS:
+            raise ConfigError(f"unknown ablation set {self.set!r}; choose one of {', '.join(SETS)}")
+        if not self.tasks or not all(isinstance(t, str) and t.strip() for t in self.tasks):
+            raise ConfigError("--tasks needs at least one task: built-in names or data paths, comma-separated")
+        if not self.seeds or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in self.seeds):
+            raise ConfigError(f"--seeds needs non-negative integers, comma-separated, got {self.seeds!r}")
+        unknown = sorted(set(self.only) - {cell.name for cell in self.cells()})
+        if unknown:
+            raise ConfigError(f"--cells: {unknown} are not cells of {self.set!r}; its cells are "
+                              f"{', '.join(cell.name for cell in self.cells())}")
+        clash = sorted({"data", "seed", "output"} & self.common.keys())
+        if clash:
+            raise ConfigError(f"ablate sets {clash} itself (from --tasks, --seeds, --out); leave them out")
+        base = _train_config(self.common)
+        for task in self.tasks:
+            for cell in self.to_run():
+                _train_config({**self.common, **_concrete(cell.settings, 10), "data": task}).resolved()
+        base.resolved()
+        return SETS[self.set]
+
+    def cells(self) -> list[Cell]:
+        return SETS[self.set].cells(self.depth)
+
+    def to_run(self) -> list[Cell]:
+        return [cell for cell in self.cells() if not self.only or cell.name in self.only]
+
+    @property
+    def depth(self) -> int:
+        """The backbone's number of blocks (the depth set's k follow it)."""
+        if not hasattr(self, "_depth"):
+            cfg = _train_config(self.common)
+            self._depth = len(create_backbone(cfg.backbone, img_size=cfg.img_size, weights=cfg.weights).blocks)
+        return self._depth
+
+
+def run_ablation(config: AblateConfig) -> list[dict]:
+    """Train every (seed, task, cell) not yet in OUT/runs.jsonl, writing each result and the reports as it ends.
+    Returns the set's rows (finished before or now), in cell order."""
+    from .ablate_report import write_reports
+
+    ablation = config.validate()
+    out = Path(config.out)
+    with _ablation_folder(out):
+        done = {row["key"]: row for row in read_runs(out)}
+        plan = [(seed, task, cell) for seed in config.seeds for task in config.tasks for cell in config.to_run()]
+        todo = [(seed, task, cell) for seed, task, cell in plan if run_key(config, cell, task, seed) not in done]
+        log.info(f"ablate {ablation.name}: {len(plan)} runs, {len(plan) - len(todo)} already done, {len(todo)} to go")
+        for index, (seed, task, cell) in enumerate(todo, start=1):
+            log.info(f"[{index}/{len(todo)}] {cell.name} on {task}, seed {seed}")
+            row = _run_one(config, out, cell, task, seed)
+            _append(out / RUNS, row)
+            done[row["key"]] = row
+            write_reports(config, ablation, done)
+        write_reports(config, ablation, done)
+        if (out / "work").is_dir() and not any((out / "work").iterdir()):
+            (out / "work").rmdir()
+    return [done[run_key(config, cell, task, seed)] for seed, task, cell in plan]
+
+
+def plan(config: AblateConfig) -> str:
+    """What `run_ablation` would do: the set's cells and how many of its runs are finished."""
+    config.validate()
+    done = {row["key"] for row in read_runs(Path(config.out))}
+    cells = config.to_run()
+    lines = [f"{config.set}: {SETS[config.set].summary}", ""]
+    for cell in cells:
+        finished = sum(run_key(config, cell, task, seed) in done for task in config.tasks for seed in config.seeds)
+        settings = ", ".join(f"{k}={v}" for k, v in cell.settings.items())
+        lines.append(f"  {cell.name:<36} {settings:<60} {finished}/{len(config.tasks) * len(config.seeds)} done")
+    total = len(cells) * len(config.tasks) * len(config.seeds)
+    left = sum(run_key(config, c, t, s) not in done for c in cells for t in config.tasks for s in config.seeds)
+    lines += ["", f"{total} runs ({len(cells)} cells x {len(config.tasks)} tasks x {len(config.seeds)} seeds), "
+                  f"{left} to do, into {config.out}"]
+    return "\n".join(lines)
+
+
+def ablate_help() -> str:
+    sets = "\n".join(f"  {s.name:<10} {s.summary}" for s in SETS.values())
+    return (__doc__.split("\n\n")[1] + "\n\nsets:\n" + sets + "\n\nEvery `vptune train` flag sets the common "
+            "settings of all runs (e.g. --epochs 6 --img-size 112 --test-subset 2000).")
+
+
+# ------------------------------------------------------------------------------------------------- runs
+def run_settings(config: AblateConfig, cell: Cell, task: str, seed: int) -> dict[str, Any]:
+    """The TrainConfig settings of one run (without its output folder)."""
+    return {**config.common, **_concrete(cell.settings, _num_classes(task)), "data": task, "seed": seed}
+
+
+def run_key(config: AblateConfig, cell: Cell, task: str, seed: int) -> str:
+    """A run's identity: a hash of its resolved settings, so equal runs of different sets are trained once, and a
+    run whose default meaning changed (a new default of vptune) is trained again."""
+    resolved = _train_config(run_settings(config, cell, task, seed)).resolved().to_dict()
+    kept = {k: v for k, v in sorted(resolved.items()) if k not in NOT_IN_KEY}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _run_one(config: AblateConfig, out: Path, cell: Cell, task: str, seed: int) -> dict:
+    key = run_key(config, cell, task, seed)
+    run = RunDir(out / "work" / key)
+    settings = run_settings(config, cell, task, seed)
+    started = time.perf_counter()
+    failure = None
+    try:
+        if run.state.is_file() and run.config.is_file():  # killed mid-run: it continues exactly
+            log.info(f"resuming the interrupted run in {run.path}")
+            summary = train(TrainConfig(output=str(run.path)), resume=True, quiet=True)
+        else:
+            summary = train(_train_config({**settings, "output": str(run.path)}), overwrite=True, quiet=True)
+    except TrainingError as err:  # diverged: a result of this setting, recorded as such
+        summary, failure = {}, str(err)
+    curve = run.read_metrics()
+    row = {"key": key, "set": config.set, "cell": cell.name, "task": task, "seed": seed, "settings": settings,
+           "test_top1": summary.get("test_top1"), "best_val_top1": summary.get("best_val_top1"),
+           "best_epoch": summary.get("best_epoch"), "trainable_percent": summary.get("trainable_percent"),
+           "trainable_parameters": summary.get("trainable_parameters"), "failure": failure,
+           "wall_seconds": time.perf_counter() - started,
+           "curve": [{k: r.get(k) for k in ("epoch", "train_loss", "train_top1", "val_top1", "weight_decay")}
+                     for r in curve]}
+    shutil.rmtree(run.path, ignore_errors=True)  # the row holds what the tables need; checkpoints are not kept
+    return row
+
+
+def read_runs(out: Path) -> list[dict]:
+    """The finished runs of OUT/runs.jsonl; a line cut short by a kill mid-write is ignored (its run reruns)."""
+    path = Path(out) / RUNS
+    if not path.is_file():
+        return []
+    rows = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            log.warning(f"{path}:{number}: an unfinished line (a write was interrupted); that run will run again")
+            continue
+        if isinstance(row, dict) and isinstance(row.get("key"), str):
+            rows.append(row)
+    return rows
+
+
+def _append(path: Path, row: dict) -> None:
+    """One line at the end of the runs file, flushed to disk before the next run starts."""
+    text = path.read_text() if path.is_file() else ""
+    if text and not text.endswith("\n"):  # a line cut short by a kill: end it, so the new row stays its own line
+        text += "\n"
+    atomic_write_text(path, text + json.dumps(row) + "\n")
+
+
+@contextmanager
+def _ablation_folder(out: Path) -> Iterator[None]:
+    """OUT, marked as an ablation folder and locked while runs write there; a folder with other files is refused."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file; give a folder for the ablation's runs and reports")
+    if out.is_dir() and any(out.iterdir()) and not (out / MARKER).is_file():
+        raise ConfigError(f"--out {out} is not empty and is not an ablation folder (no {MARKER}); choose an empty "
+                          f"or new folder, or the --out of an earlier `vptune ablate`")
+    with RunDir(out).lock():
+        if not (out / MARKER).is_file():
+            atomic_write_text(out / MARKER, json.dumps({"format": FORMAT, "version": 1}) + "\n")
+        yield
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+def _train_config(settings: dict[str, Any]) -> TrainConfig:
+    return TrainConfig.from_dict(settings, origin="ablate")
+
+
+def _concrete(settings: dict[str, Any], num_classes: int) -> dict[str, Any]:
+    return {k: (num_classes if v == NUM_CLASSES else v) for k, v in settings.items()}
+
+
+_CLASS_COUNTS: dict[str, int] = {}
+
+
+def _num_classes(task: str) -> int:
+    """How many classes a task has (read once per task)."""
+    if task not in _CLASS_COUNTS:
+        from ..data import load_data
+
+        _CLASS_COUNTS[task] = load_data(task, img_size=8, mean=(0, 0, 0), std=(1, 1, 1)).num_classes
+    return _CLASS_COUNTS[task]
+
+
+__all__ = ["SETS", "AblationSet", "AblateConfig", "Cell", "run_ablation", "plan", "read_runs", "run_key",
+           "run_settings"]

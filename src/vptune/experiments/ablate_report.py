@@ -1,0 +1,184 @@
+"""The reports of `vptune ablate`: for a set, OUT/SET.csv (one row per run), OUT/SET.md (mean +- std over seeds per
+cell and task, each seed in brackets, the trainable share, and the paired differences the paper's claims rest on)
+and OUT/SET.png (shaped like the paper's figures: accuracy against k or p, or bars).
+"""
+from __future__ import annotations
+
+import csv
+import io
+import statistics
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .._io import atomic_write, atomic_write_text
+
+if TYPE_CHECKING:
+    from .ablate import AblateConfig, AblationSet
+
+CSV_FIELDS = ("set", "cell", "task", "seed", "test_top1", "best_val_top1", "best_epoch", "trainable_percent",
+              "wall_seconds", "failure", "key")
+
+
+def set_rows(config: "AblateConfig", ablation: "AblationSet", done: dict[str, dict]) -> list[dict]:
+    """The finished runs of this set, labelled with this set's cell names (a run may have been made by another)."""
+    from .ablate import run_key
+
+    rows = []
+    for seed in config.seeds:
+        for task in config.tasks:
+            for cell in config.cells():
+                row = done.get(run_key(config, cell, task, seed))
+                if row is not None:
+                    rows.append({**row, "set": ablation.name, "cell": cell.name, "task": task, "seed": seed})
+    return rows
+
+
+def write_reports(config: "AblateConfig", ablation: "AblationSet", done: dict[str, dict]) -> list[Path]:
+    out = Path(config.out)
+    rows = set_rows(config, ablation, done)
+    cells = [cell.name for cell in config.cells()]
+    written = [atomic_write_text(out / f"{ablation.name}.csv", to_csv(rows)),
+               atomic_write_text(out / f"{ablation.name}.md", to_markdown(config, ablation, rows, cells))]
+    if rows:
+        written.append(plot(ablation, config, rows, out / f"{ablation.name}.png"))
+    return written
+
+
+def to_csv(rows: list[dict]) -> str:
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=CSV_FIELDS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return text.getvalue()
+
+
+# ------------------------------------------------------------------------------------------------ tables
+def scores(rows: list[dict], cell: str, task: str) -> list[tuple[int, float | None]]:
+    """(seed, test top-1 or None for a failed run) of one cell on one task, by seed."""
+    return sorted((r["seed"], r["test_top1"]) for r in rows if r["cell"] == cell and r["task"] == task)
+
+
+def summary_text(values: list[tuple[int, float | None]]) -> str:
+    """'**0.9234** +- 0.0050 (0.921, 0.930, fail)': mean and standard deviation of the finished seeds, each seed."""
+    if not values:
+        return ""
+    ok = [v for _, v in values if v is not None]
+    mean = f"**{statistics.fmean(ok):.4f}**" if ok else "failed"
+    spread = f" +- {statistics.stdev(ok):.4f}" if len(ok) > 1 else ""
+    each = ", ".join("fail" if v is None else f"{v:.3f}" for _, v in values)
+    return f"{mean}{spread} ({each})"
+
+
+def paired(rows: list[dict], a: str, b: str) -> dict | None:
+    """Per-run differences a - b in test top-1 over every (task, seed) both finished: the mean, how many runs a
+    won, lost and tied, and the mean of each task's mean difference (every task weighs the same)."""
+    by_run = {(r["cell"], r["task"], r["seed"]): r["test_top1"] for r in rows if r["test_top1"] is not None}
+    pairs = [(task, by_run[a, task, seed] - by_run[b, task, seed]) for (cell, task, seed) in by_run
+             if cell == a and (b, task, seed) in by_run]
+    if not pairs:
+        return None
+    diffs = [d for _, d in pairs]
+    tasks = sorted({t for t, _ in pairs})
+    per_task = {t: statistics.fmean(d for task, d in pairs if task == t) for t in tasks}
+    return {"a": a, "b": b, "runs": len(diffs), "mean": statistics.fmean(diffs),
+            "std": statistics.stdev(diffs) if len(diffs) > 1 else 0.0,
+            "wins": sum(d > 0 for d in diffs), "losses": sum(d < 0 for d in diffs), "ties": sum(d == 0 for d in diffs),
+            "per_task": per_task, "tasks_won": sum(v > 0 for v in per_task.values())}
+
+
+def to_markdown(config: "AblateConfig", ablation: "AblationSet", rows: list[dict], cells: list[str]) -> str:
+    tasks = list(config.tasks)
+    names = [_task_label(t) for t in tasks]
+    share = {r["cell"]: r["trainable_percent"] for r in rows if r.get("trainable_percent") is not None}
+    lines = [f"# `vptune ablate {ablation.name}`: {ablation.summary}", "",
+             f"Test top-1, mean +- std over seeds {', '.join(map(str, config.seeds))} (each seed in brackets). "
+             f"Common settings: {_settings_text(config.common) or 'the defaults'}.", "",
+             "| cell | " + " | ".join(names) + " | mean over tasks | trainable |",
+             "|---|" + "---|" * (len(tasks) + 2)]
+    for cell in cells:
+        texts = [summary_text(scores(rows, cell, task)) for task in tasks]
+        task_means = [statistics.fmean(ok) for task in tasks
+                      if (ok := [v for _, v in scores(rows, cell, task) if v is not None])]
+        mean = f"{statistics.fmean(task_means):.4f}" if len(task_means) == len(tasks) else ""
+        trainable = f"{share[cell]:.3f}%" if cell in share else ""
+        lines.append(f"| {cell} | " + " | ".join(texts) + f" | {mean} | {trainable} |")
+    comparisons = [c for a, b in ablation.pairs(config.depth) if (c := paired(rows, a, b))]
+    if comparisons:
+        lines += ["", "Paired differences (same task and seed), test top-1 points:", "",
+                  "| a - b | runs | mean | std | a won / lost / tied | tasks where a is ahead on average |",
+                  "|---|---|---|---|---|---|"]
+        for c in comparisons:
+            lines.append(f"| {c['a']} - {c['b']} | {c['runs']} | {100 * c['mean']:+.2f} | {100 * c['std']:.2f} | "
+                         f"{c['wins']} / {c['losses']} / {c['ties']} | {c['tasks_won']} of {len(c['per_task'])} |")
+    failed = [r for r in rows if r.get("failure")]
+    if failed:
+        lines += ["", "Failed runs: " + "; ".join(f"{r['cell']} on {_task_label(r['task'])} seed {r['seed']}: "
+                                                  f"{r['failure'][:120]}" for r in failed)]
+    minutes = sum(r["wall_seconds"] for r in rows) / 60
+    lines += ["", f"{len(rows)} runs, {minutes:.0f} min of wall time in all."]
+    return "\n".join(lines) + "\n"
+
+
+def _settings_text(settings: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in settings.items())
+
+
+def _task_label(task: str) -> str:
+    """A short name: a built-in's, or the folder of a path (the parent folder for a CSV or list file)."""
+    path = Path(task)
+    return path.parent.name if path.suffix else path.name
+
+
+# ------------------------------------------------------------------------------------------------ plots
+def plot(ablation: "AblationSet", config: "AblateConfig", rows: list[dict], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = list(config.tasks)
+    cells = config.cells()
+    if ablation.plot == "bars":
+        fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(tasks) * len(cells) / 3), 4))
+        width = 0.8 / len(cells)
+        for i, cell in enumerate(cells):
+            means, stds = zip(*(_mean_std(scores(rows, cell.name, task)) for task in tasks))
+            ax.bar([t + i * width for t in range(len(tasks))], means, width, yerr=stds, capsize=2, label=cell.name)
+        ax.set_xticks([t + 0.4 - width / 2 for t in range(len(tasks))], [_task_label(t) for t in tasks])
+        ax.set_ylabel("test top-1")
+        _zoom(ax, rows)
+        ax.legend(fontsize=7, ncol=2)
+    else:
+        fig, axes = plt.subplots(1, len(tasks), figsize=(3.6 * len(tasks), 3.4), squeeze=False)
+        for ax, task in zip(axes[0], tasks):
+            for series in dict.fromkeys(c.series for c in cells):
+                members = [c for c in cells if c.series == series]
+                points = [(c.x, *_mean_std(scores(rows, c.name, task))) for c in members]
+                points = [p for p in points if p[1] == p[1]]  # cells not run yet (nan) are left out
+                if points:
+                    xs, means, stds = zip(*points)
+                    ax.errorbar(xs, means, yerr=stds, marker="o", capsize=2, label=series)
+            if ablation.plot == "log-lines":
+                ax.set_xscale("log")
+            ax.set(title=_task_label(task), xlabel=ablation.xlabel, ylabel="test top-1")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+    fig.suptitle(f"vptune ablate {ablation.name}", fontsize=10)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    plt.close(fig)
+    return path
+
+
+def _mean_std(values: list[tuple[int, float | None]]) -> tuple[float, float]:
+    ok = [v for _, v in values if v is not None]
+    if not ok:
+        return float("nan"), 0.0
+    return statistics.fmean(ok), statistics.stdev(ok) if len(ok) > 1 else 0.0
+
+
+def _zoom(ax, rows: list[dict]) -> None:
+    """Start the accuracy axis a little under the lowest score, so differences of a point are visible."""
+    ok = [r["test_top1"] for r in rows if r["test_top1"] is not None]
+    if ok:
+        ax.set_ylim(max(0.0, min(ok) - 0.05), min(1.0, max(ok) + 0.03))

@@ -1,0 +1,33 @@
+"""Candidate default recipes for VPT-deep, compared in docs/recipe.md (`vptune ablate recipes`).
+
+Each is a set of TrainConfig settings that spells out everything it changes, so a name keeps its meaning when
+vptune's defaults change (every recipe names its prompt init: the default became "patches" after these runs).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+RECIPES: dict[str, dict[str, Any]] = {
+    "linear": dict(method="linear"),
+    # the defaults before docs/recipe.md: the original's SGD with lrs chosen on one built-in
+    "current": dict(optimizer="sgd", lr=0.5, head_lr=0.02, head_norm=False, head_init="random", prompt_init="xavier"),
+    "probe-sgd": dict(head_init="probe", prompt_init="xavier"),
+    "norm-sgd": dict(head_norm=True, prompt_init="xavier"),
+    "probe-norm-sgd": dict(head_norm=True, head_init="probe", prompt_init="xavier"),
+    "probe-norm-adamw": dict(head_norm=True, head_init="probe", optimizer="adamw", lr=1e-2, head_lr=1e-2,
+                             weight_decay=1e-4, prompt_init="xavier"),
+    # the head starts at an optimum: a tenth of the prompts' lr keeps it there while the prompts adapt (as LP-FT
+    # does for fine-tuning after a linear probe); and the paper's prompt dropout for deep prompts
+    "probe-norm-adamw-slowhead": dict(head_norm=True, head_init="probe", optimizer="adamw", lr=1e-2, head_lr=1e-3,
+                                      weight_decay=1e-4, prompt_init="xavier"),
+    "probe-norm-adamw-slowhead-dropout": dict(head_norm=True, head_init="probe", optimizer="adamw", lr=1e-2,
+                                              head_lr=1e-3, weight_decay=1e-4, prompt_dropout=0.1,
+                                              prompt_init="xavier"),
+    # prompts start at k-means prototypes of the patch tokens entering each block, not noise (model/prompted_vit.py);
+    # rows named "sampled-patches-..." in docs/recipe/*.jsonl ran an earlier version of this init
+    "patches-probe-norm-adamw": dict(head_norm=True, head_init="probe", optimizer="adamw", lr=1e-2, head_lr=1e-2,
+                                     weight_decay=1e-4, prompt_init="patches"),
+    "norm-adamw": dict(head_norm=True, optimizer="adamw", lr=1e-2, head_lr=1e-2, weight_decay=1e-4,
+                       prompt_init="xavier"),
+    "defaults": dict(),  # whatever TrainConfig's defaults are now
+}
