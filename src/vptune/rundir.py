@@ -9,6 +9,8 @@
       eval/           what `vptune eval` writes (metrics JSON, confusion matrix PNG)
       tensorboard/    TensorBoard event files (loss, lr, val accuracy, img/s), when tensorboard is installed
       .lock           while a run writes here: its pid and host
+      .vptune-run     the marker that makes this a vptune run (its layout's version): --overwrite replaces only
+                      folders that have it (or, from before the marker, a vptune task checkpoint in best/ or last/)
 
 Training writes it; eval, predict, info and the demo read it. A task checkpoint directory on its own (e.g.
 written by `save_task`) is accepted wherever a run is, see `RunDir.find_task`.
@@ -30,13 +32,15 @@ from .errors import CheckpointError, TrainingError, WriteError
 from .tasks import CONFIG_FILE
 
 LOCK = ".lock"
+MARKER = ".vptune-run"
+RUN_FORMAT = {"format": "vptune-run", "version": 1}
 
 
 class RunDir:
     """Paths and small readers / writers of one training run directory."""
 
     def __init__(self, path: str | os.PathLike) -> None:
-        self.path = Path(path)
+        self.path = Path(path).absolute()  # "." from inside the run still names the run's folder
         self.config = self.path / "config.yaml"
         self.metrics = self.path / "metrics.jsonl"
         self.state = self.path / "state.pt"
@@ -50,8 +54,15 @@ class RunDir:
         return f"RunDir({str(self.path)!r})"
 
     def is_run(self) -> bool:
-        """True when the directory holds a vptune training run (its config or metrics)."""
-        return self.config.is_file() or self.metrics.is_file()
+        """True when the directory holds a vptune training run: its marker, or (runs from before the marker) a
+        vptune task checkpoint in best/ or last/. A folder that merely has a config.yaml is not one."""
+        if (self.path / MARKER).is_file():
+            return True
+        return any(_is_task_checkpoint(folder / CONFIG_FILE) for folder in (self.best, self.last))
+
+    def mark(self) -> None:
+        """Write the run marker (done when a run starts, before anything else of the run)."""
+        atomic_write_text(self.path / MARKER, json.dumps(RUN_FORMAT) + "\n")
 
     def is_empty(self) -> bool:
         return not self.path.exists() or not any(p.name != LOCK for p in self.path.iterdir())
@@ -102,13 +113,31 @@ class RunDir:
     # ------------------------------------------------------------------------------------------- replacing
     def move_aside(self) -> Path:
         """Move this run's files (not the lock) into a hidden sibling folder, to be deleted once a new run has
-        started cleanly (`discard`) or put back if it has not (`put_back`)."""
-        aside = self.path.parent / f".{self.path.name}.replaced-{os.getpid()}"
+        started cleanly or put back if it has not (`put_back`; after a kill, `restore_replaced`)."""
+        aside = self.path.parent / f"{ASIDE_PREFIX.format(name=self.path.name)}{os.getpid()}"
         aside.mkdir()
         for child in self.path.iterdir():
             if child.name != LOCK:
                 child.rename(aside / child.name)
         return aside
+
+    def restore_replaced(self) -> Path | None:
+        """Put back a run that an `--overwrite` moved aside when its process was killed before the new run
+        started (the new run never got past its config, so nothing of it is lost). Returns where it was."""
+        pattern = ASIDE_PREFIX.format(name=self.path.name) + "*"
+        for aside in sorted(self.path.parent.glob(pattern)) if self.path.parent.is_dir() else []:
+            pid = aside.name.rsplit("-", 1)[-1]
+            if aside.is_dir() and not (pid.isdigit() and _alive(int(pid))):
+                foreign = sorted(p.name for p in self.path.iterdir() if p.name not in STARTING_FILES) \
+                    if self.path.is_dir() else []
+                if foreign:
+                    raise TrainingError(f"{self.path} was being replaced (--overwrite) when its process was killed; "
+                                        f"the previous run is in {aside}, and {self.path} now holds {foreign[:3]}: "
+                                        f"move what you want to keep out of {self.path}, then run again")
+                self.path.mkdir(parents=True, exist_ok=True)
+                self.put_back(aside)
+                return aside
+        return None
 
     def put_back(self, aside: Path) -> None:
         for child in self.path.iterdir():
@@ -155,6 +184,17 @@ class RunDir:
         """Where evaluation results of a task go: the run's eval/ for best/ or last/, else task/eval/."""
         task = Path(task)
         return task.parent / "eval" if task.name in ("best", "last") else task / "eval"
+
+
+ASIDE_PREFIX = ".{name}.replaced-"  # + the pid of the process that moved it
+STARTING_FILES = {LOCK, MARKER, "config.yaml"}  # what a new run has written before the run it replaces is deleted
+
+
+def _is_task_checkpoint(path: Path) -> bool:
+    try:
+        return json.loads(path.read_text()).get("format") == "vptune-task"
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _read_lock(lock: Path) -> dict:

@@ -15,6 +15,9 @@ KINDS = {
     "add": ("vpt-deep", PromptConfig(location="add")),
     "first2": ("vpt-deep", PromptConfig(num_tokens=3, layers="first 2")),
     "linear": ("linear", PromptConfig(num_tokens=0)),
+    "pixel": ("vpt-deep", PromptConfig(num_tokens=2, location="prepend-pixel")),  # shared pass, embedded pixels
+    "image-pool": ("vpt-deep", PromptConfig(num_tokens=3, pooling="image-pool")),  # own path: not [CLS]
+    "shared": ("vpt-deep", PromptConfig(num_tokens=3, shared=True)),
 }
 
 
@@ -107,6 +110,11 @@ def test_tasks_that_cannot_share_the_backbone_are_refused_by_name(backbone, tmp_
     save_task(build_model("lora", lora_backbone, PromptConfig(num_tokens=0), 2), tmp_path / "lora")
     with pytest.raises(CheckpointError, match="task 'lora'.*'lora', which changes the backbone's weights"):
         multi.add_task("lora", tmp_path / "lora")
+
+    channel = PromptConfig(num_tokens=2, mode="shallow", location="concat-channel")
+    save_task(build_model("vpt-shallow", make_tiny_vit(depth=4), channel, 2), tmp_path / "channel")
+    with pytest.raises(CheckpointError, match="task 'channel'.*'concat-channel'.*serve it on its own"):
+        multi.add_task("channel", tmp_path / "channel")
 
     with pytest.raises(ConfigError, match="already loaded"):
         multi.add_task("deep", dirs["deep"])

@@ -2,6 +2,8 @@
 gradient checkpointing, the NaN guard, the schedule."""
 import os
 
+from pathlib import Path
+
 import pytest
 import torch
 from conftest import train_config, without_timings
@@ -169,6 +171,51 @@ def test_overwrite_never_deletes_a_folder_that_is_not_a_run(workspace, tmp_path)
             train(train_config(workspace, output), overwrite=True, quiet=True)
     assert (precious / "thesis.txt").read_text() == "years of work"
     assert len(list((workspace / "images" / "red").iterdir())) == 10
+
+
+def test_a_folder_with_a_config_yaml_of_its_own_is_not_a_run(workspace, tmp_path):
+    """A docker-compose project has a config.yaml too: only vptune's marker (or its task checkpoints) make a run."""
+    project = tmp_path / "compose"
+    project.mkdir()
+    (project / "config.yaml").write_text("services:\n  web: {image: nginx}\n")
+    (project / "metrics.jsonl").write_text('{"cpu": 1}\n')
+    (project / "app.py").write_text("print('mine')")
+    with pytest.raises(TrainingError, match="is not a vptune run directory"):
+        train(train_config(workspace, project), overwrite=True, quiet=True)
+    assert sorted(p.name for p in project.iterdir()) == ["app.py", "config.yaml", "metrics.jsonl"]
+    assert (project / "config.yaml").read_text().startswith("services:")
+
+
+def _gone_pid() -> int:
+    import subprocess
+    import sys
+
+    return int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True).stdout)
+
+
+def test_a_run_moved_aside_by_a_killed_overwrite_is_put_back(workspace, tmp_path, caplog):
+    """Killed between moving the old run aside and deleting it: the next command on the folder restores it."""
+    old = trained(workspace, tmp_path / "run", epochs=1)
+    files = {p.relative_to(old.path): p.read_bytes() for p in old.path.rglob("*") if p.is_file()}
+    aside = old.move_aside()
+    aside = aside.rename(aside.with_name(f".run.replaced-{_gone_pid()}"))  # its process died
+    old.mark()
+    old.write_config({"what": "the new run had only started"})
+    train(train_config(workspace, old.path), resume=True, quiet=True)  # resume finds and restores the old run
+    assert "the previous run was put back from" in caplog.text
+    now = {p.relative_to(old.path): p.read_bytes() for p in old.path.rglob("*") if p.is_file()}
+    kept = {path: data for path, data in files.items() if path.name != "summary.json"}  # the resume rewrites it
+    assert kept.items() <= now.items() and now[Path("config.yaml")] == files[Path("config.yaml")]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+def test_overwrite_with_output_dot_from_inside_the_run(workspace, tmp_path, monkeypatch):
+    old = trained(workspace, tmp_path / "run", epochs=1)
+    monkeypatch.chdir(old.path)
+    train(train_config(workspace, ".", epochs=2), overwrite=True, quiet=True)
+    assert len(RunDir(old.path).read_metrics()) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # the aside folder was beside it, and is gone
 
 
 def test_an_overwrite_that_fails_to_start_keeps_the_old_run(workspace, tmp_path):

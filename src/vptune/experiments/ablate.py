@@ -28,6 +28,7 @@ from ..backbones import create_backbone
 from ..errors import ConfigError, TrainingError
 from ..rundir import RunDir
 from ..training import TrainConfig, train
+from .ablate_report import write_reports
 from .recipes import RECIPES
 
 log = logging.getLogger("vptune")
@@ -85,6 +86,8 @@ def _depth_pairs(depth: int) -> list[tuple[str, str]]:
 
 
 LOCATIONS = ("prepend", "add", "prepend-pixel", "concat-channel")
+# input channels exist before the first block only, so concat-channel is shallow only (PromptConfig refuses deep)
+LOCATION_MODES = {(loc, mode) for loc in LOCATIONS for mode in ("shallow", "deep")} - {("concat-channel", "deep")}
 POOLINGS = ("cls", "image-pool", "prompt-pool", "global-pool")
 LENGTHS = (1, 5, 10, 50, 100)
 INITS = ("xavier", "patches", "cls")
@@ -97,9 +100,9 @@ SETS: dict[str, AblationSet] = {s.name: s for s in (
                                      ("vpt-shallow", "linear")]),
     AblationSet("location", "where prompts go: prepended tokens, added to the tokens, pixel patches, input channels",
                 lambda depth: [Cell(f"{loc} {mode}", {"method": f"vpt-{mode}", "prompt_location": loc})
-                               for mode in ("shallow", "deep") for loc in LOCATIONS],
+                               for mode in ("shallow", "deep") for loc in LOCATIONS if (loc, mode) in LOCATION_MODES],
                 pairs=lambda depth: [(f"prepend {m}", f"{loc} {m}") for m in ("shallow", "deep")
-                                     for loc in LOCATIONS[1:]]),
+                                     for loc in LOCATIONS[1:] if (loc, m) in LOCATION_MODES]),
     AblationSet("depth", "prompts in the first k blocks against the last k blocks (VPT-deep)", _depth_cells,
                 plot="lines", xlabel="prompted blocks k", pairs=_depth_pairs),
     AblationSet("length", "prompt length p (VPT-deep)",
@@ -169,8 +172,6 @@ class AblateConfig:
 def run_ablation(config: AblateConfig) -> list[dict]:
     """Train every (seed, task, cell) not yet in OUT/runs.jsonl, writing each result and the reports as it ends.
     Returns the set's rows (finished before or now), in cell order."""
-    from .ablate_report import write_reports
-
     ablation = config.validate()
     out = Path(config.out)
     with _ablation_folder(out):
@@ -183,8 +184,8 @@ def run_ablation(config: AblateConfig) -> list[dict]:
             row = _run_one(config, out, cell, task, seed)
             _append(out / RUNS, row)
             done[row["key"]] = row
-            write_reports(config, ablation, done)
-        write_reports(config, ablation, done)
+            write_reports(config, ablation, set_rows(config, done))
+        write_reports(config, ablation, set_rows(config, done))
         if (out / "work").is_dir() and not any((out / "work").iterdir()):
             (out / "work").rmdir()
     return [done[run_key(config, cell, task, seed)] for seed, task, cell in plan]
@@ -225,6 +226,18 @@ def run_key(config: AblateConfig, cell: Cell, task: str, seed: int) -> str:
     resolved = _train_config(run_settings(config, cell, task, seed)).resolved().to_dict()
     kept = {k: v for k, v in sorted(resolved.items()) if k not in NOT_IN_KEY}
     return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def set_rows(config: AblateConfig, done: dict[str, dict]) -> list[dict]:
+    """The finished runs of this set, labelled with this set's cell names (a run may have been made by another)."""
+    rows = []
+    for seed in config.seeds:
+        for task in config.tasks:
+            for cell in config.cells():
+                row = done.get(run_key(config, cell, task, seed))
+                if row is not None:
+                    rows.append({**row, "set": config.set, "cell": cell.name, "task": task, "seed": seed})
+    return rows
 
 
 def _run_one(config: AblateConfig, out: Path, cell: Cell, task: str, seed: int) -> dict:

@@ -1,6 +1,9 @@
 """The reports of `vptune ablate`: for a set, OUT/SET.csv (one row per run), OUT/SET.md (mean +- std over seeds per
 cell and task, each seed in brackets, the trainable share, and the paired differences the paper's claims rest on)
 and OUT/SET.png (shaped like the paper's figures: accuracy against k or p, or bars).
+
+`config` and `ablation` are `ablate.AblateConfig` and `ablate.AblationSet` (not imported: ablate imports this);
+`rows` are the set's finished runs, labelled with its cell names (`ablate.set_rows`).
 """
 from __future__ import annotations
 
@@ -8,34 +11,16 @@ import csv
 import io
 import statistics
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 from .._io import atomic_write, atomic_write_text
-
-if TYPE_CHECKING:
-    from .ablate import AblateConfig, AblationSet
 
 CSV_FIELDS = ("set", "cell", "task", "seed", "test_top1", "best_val_top1", "best_epoch", "trainable_percent",
               "wall_seconds", "failure", "key")
 
 
-def set_rows(config: "AblateConfig", ablation: "AblationSet", done: dict[str, dict]) -> list[dict]:
-    """The finished runs of this set, labelled with this set's cell names (a run may have been made by another)."""
-    from .ablate import run_key
-
-    rows = []
-    for seed in config.seeds:
-        for task in config.tasks:
-            for cell in config.cells():
-                row = done.get(run_key(config, cell, task, seed))
-                if row is not None:
-                    rows.append({**row, "set": ablation.name, "cell": cell.name, "task": task, "seed": seed})
-    return rows
-
-
-def write_reports(config: "AblateConfig", ablation: "AblationSet", done: dict[str, dict]) -> list[Path]:
+def write_reports(config: Any, ablation: Any, rows: list[dict]) -> list[Path]:
     out = Path(config.out)
-    rows = set_rows(config, ablation, done)
     cells = [cell.name for cell in config.cells()]
     written = [atomic_write_text(out / f"{ablation.name}.csv", to_csv(rows)),
                atomic_write_text(out / f"{ablation.name}.md", to_markdown(config, ablation, rows, cells))]
@@ -86,7 +71,21 @@ def paired(rows: list[dict], a: str, b: str) -> dict | None:
             "per_task": per_task, "tasks_won": sum(v > 0 for v in per_task.values())}
 
 
-def to_markdown(config: "AblateConfig", ablation: "AblationSet", rows: list[dict], cells: list[str]) -> str:
+def verdict(comparison: dict) -> str:
+    """The rule every report uses: a is ahead when its mean paired difference is over twice its standard error and
+    it won more runs than it lost (b ahead likewise); anything else is within noise. Fewer than 3 runs: too few."""
+    n, mean, std = comparison["runs"], comparison["mean"], comparison["std"]
+    if n < 3:
+        return "too few runs"
+    margin = 2 * std / n ** 0.5
+    if mean > margin and comparison["wins"] > comparison["losses"]:
+        return f"{comparison['a']} ahead"
+    if mean < -margin and comparison["losses"] > comparison["wins"]:
+        return f"{comparison['b']} ahead"
+    return "within noise"
+
+
+def to_markdown(config: Any, ablation: Any, rows: list[dict], cells: list[str]) -> str:
     tasks = list(config.tasks)
     names = [_task_label(t) for t in tasks]
     share = {r["cell"]: r["trainable_percent"] for r in rows if r.get("trainable_percent") is not None}
@@ -105,11 +104,14 @@ def to_markdown(config: "AblateConfig", ablation: "AblationSet", rows: list[dict
     comparisons = [c for a, b in ablation.pairs(config.depth) if (c := paired(rows, a, b))]
     if comparisons:
         lines += ["", "Paired differences (same task and seed), test top-1 points:", "",
-                  "| a - b | runs | mean | std | a won / lost / tied | tasks where a is ahead on average |",
-                  "|---|---|---|---|---|---|"]
+                  "| a - b | runs | mean | std | a won / lost / tied | tasks where a is ahead on average | verdict |",
+                  "|---|---|---|---|---|---|---|"]
         for c in comparisons:
             lines.append(f"| {c['a']} - {c['b']} | {c['runs']} | {100 * c['mean']:+.2f} | {100 * c['std']:.2f} | "
-                         f"{c['wins']} / {c['losses']} / {c['ties']} | {c['tasks_won']} of {len(c['per_task'])} |")
+                         f"{c['wins']} / {c['losses']} / {c['ties']} | {c['tasks_won']} of {len(c['per_task'])} | "
+                         f"{verdict(c)} |")
+        lines += ["", "Verdict: a is ahead when the mean paired difference is over twice its standard error and a "
+                      "won more runs than it lost (b likewise); otherwise within noise."]
     failed = [r for r in rows if r.get("failure")]
     if failed:
         lines += ["", "Failed runs: " + "; ".join(f"{r['cell']} on {_task_label(r['task'])} seed {r['seed']}: "
@@ -130,7 +132,7 @@ def _task_label(task: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ plots
-def plot(ablation: "AblationSet", config: "AblateConfig", rows: list[dict], path: Path) -> Path:
+def plot(ablation: Any, config: Any, rows: list[dict], path: Path) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")

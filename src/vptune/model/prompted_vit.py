@@ -27,7 +27,7 @@ from typing import Iterable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
-from timm.layers import PatchEmbed
+from timm.layers import Format, PatchEmbed, nchw_to
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 from torch.utils.checkpoint import checkpoint
@@ -244,7 +244,11 @@ class PromptedViT(nn.Module):
                              f"these images are {tuple(images.shape[-2:])}; resize them to the model's image size")
         channels = self.prompts.dropout(self.prompts.tokens.view(1, -1, height, width))
         x = patch_embed.proj(images) + F.conv2d(channels, channel_weight, stride=patch_embed.proj.stride)
-        return patch_embed.norm(x.flatten(2).transpose(1, 2))  # NCHW -> tokens, as timm's PatchEmbed does
+        if patch_embed.flatten:  # then the layout timm's PatchEmbed gives its blocks
+            x = x.flatten(2).transpose(1, 2)
+        elif patch_embed.output_fmt != Format.NCHW:
+            x = nchw_to(x, patch_embed.output_fmt)
+        return patch_embed.norm(x)
 
     def _block(self, fn, *args: torch.Tensor) -> torch.Tensor:
         """fn(*args), recomputed in the backward pass when gradient checkpointing is on and gradients flow."""
@@ -488,14 +492,13 @@ def _check_backbone(backbone: nn.Module) -> None:
 
 def _check_plain_patch_embed(patch_embed: nn.Module, location: str) -> None:
     """Pixel prompts go through the patch embedding by hand: only timm's plain one, whose projection is a linear map
-    of each patch and whose output is flattened tokens, is known to give the same tokens as its own forward."""
+    of each patch, is known to give the same tokens as its own forward."""
     proj = getattr(patch_embed, "proj", None)
-    plain = (type(patch_embed) is PatchEmbed and isinstance(proj, nn.Conv2d) and patch_embed.flatten
-             and proj.kernel_size == proj.stride and proj.padding == (0, 0)
-             and not getattr(patch_embed, "dynamic_img_pad", False))
+    plain = (type(patch_embed) is PatchEmbed and isinstance(proj, nn.Conv2d) and proj.kernel_size == proj.stride
+             and proj.padding == (0, 0) and not getattr(patch_embed, "dynamic_img_pad", False))
     if not plain:
         raise ValueError(f"PromptConfig.location={location!r} needs timm's plain PatchEmbed (a stride = kernel "
-                         f"convolution, flattened); this backbone has {type(patch_embed).__name__}: use 'prepend'")
+                         f"convolution without padding); this backbone's is not: use location='prepend'")
 
 
 def _timm_name(backbone: nn.Module) -> str:

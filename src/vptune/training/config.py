@@ -119,8 +119,10 @@ class TrainConfig:
 
     def prompt_config(self) -> PromptConfig:
         try:
-            init = self.prompt_init or self._default_prompt_init(self.tuning_method())
-            return PromptConfig(num_tokens=self.num_tokens, layers=self.prompt_layers, location=self.prompt_location,
+            method = self.tuning_method()
+            init = self.prompt_init or self._default_prompt_init(method)
+            return PromptConfig(num_tokens=self.num_tokens, mode=getattr(method, "mode", "deep"),
+                                layers=self.prompt_layers, location=self.prompt_location,
                                 dropout=self.prompt_dropout, project=self.prompt_project, init=init,
                                 pooling=self.pooling, shared=self.prompt_shared)
         except ValueError as err:

@@ -34,7 +34,7 @@ from ..errors import ConfigError, TrainingError
 from ..inference.evaluate import evaluate_logits
 from ..methods import build_model, optimizer_groups
 from ..model import ParameterCount, PromptedViT, count_parameters
-from ..rundir import RunDir
+from ..rundir import MARKER, RunDir
 from ..tasks import WEIGHTS_FILE, read_task_json, read_task_tensors, save_task, task_tensors
 from .config import AUTO, TrainConfig, apply_resume_changes
 from .distributed import (SINGLE, GlobalBatchSampler, World, all_sum, broadcast, check_batch, gather_rows,
@@ -129,8 +129,9 @@ def _train(run: RunDir, cfg: TrainConfig, resume: bool, overwrite: bool, quiet: 
     except BaseException:
         if replaced is not None:
             run.put_back(replaced)
-        elif not resume and world.main:  # a new run that could not start leaves nothing behind (its config is ours)
+        elif not resume and world.main:  # a new run that could not start leaves nothing behind (its files are ours)
             run.config.unlink(missing_ok=True)
+            (run.path / MARKER).unlink(missing_ok=True)
         raise
     if replaced is not None:
         shutil.rmtree(replaced)
@@ -352,6 +353,10 @@ def _start(run: RunDir, cfg: TrainConfig, *, resume: bool, overwrite: bool,
     """The settings to run with: config.yaml's when resuming; else `cfg` resolved and validated, written to a
     fresh run directory. With `overwrite`, an old vptune run there is moved aside (returned, for the caller to
     delete once the new run has started, or to put back); a folder that is not a vptune run is never touched."""
+    restored = run.restore_replaced()
+    if restored is not None:
+        log.warning(f"vptune: {run.path} was being replaced (--overwrite) when its process was killed; the previous "
+                    f"run was put back from {restored}")
     if resume:
         cfg = TrainConfig.from_dict(run.read_config(), str(run.config)) if run.config.is_file() else None
         if cfg is None or not (run.state.is_file() or cfg.tuning_method().head_only):  # a probe is refitted whole
@@ -369,10 +374,10 @@ def _start(run: RunDir, cfg: TrainConfig, *, resume: bool, overwrite: bool,
             raise TrainingError(f"{run.path} already exists and is not empty; pass --overwrite to replace it, "
                                 f"--resume to continue it, or choose another --output")
         if not run.is_run():
-            raise TrainingError(f"{run.path} is not a vptune run directory (it has no {run.config.name} or "
-                                f"{run.metrics.name}), so --overwrite will not delete what is in it; choose another "
-                                f"--output")
+            raise TrainingError(f"{run.path} is not a vptune run directory (it has no {MARKER} marker), so "
+                                f"--overwrite will not delete what is in it; choose another --output")
         replaced = run.move_aside()
+    run.mark()
     run.write_config(cfg.to_dict())
     return cfg, replaced
 

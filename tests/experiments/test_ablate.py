@@ -1,0 +1,141 @@
+"""`vptune ablate`: every named set runs end to end on the tiny task, a killed ablation continues without repeating
+a run and ends with the same tables, and the reports are written and parse."""
+import csv
+import json
+
+import pytest
+from conftest import TINY_VIT
+from PIL import Image
+
+from vptune.cli import main
+from vptune.errors import ConfigError
+from vptune.experiments import ablate
+from vptune.experiments.ablate import SETS, AblateConfig, read_runs, run_ablation
+
+
+def _config(ws, out, set_name, **kwargs):
+    common = dict(backbone=TINY_VIT, weights=str(ws / "tiny.safetensors"), img_size=32, epochs=1, batch_size=8,
+                  num_tokens=2)
+    return AblateConfig(set=set_name, tasks=(str(ws / "images"),), seeds=kwargs.pop("seeds", (0,)), out=str(out),
+                        common={**common, **kwargs.pop("common", {})}, **kwargs)
+
+
+def _table(out, set_name):
+    """The set's Markdown table without its last line (the wall time, which differs between runs)."""
+    return (out / f"{set_name}.md").read_text().rsplit("\n\n", 1)[0]
+
+
+@pytest.mark.parametrize("set_name", list(SETS))
+def test_every_set_runs_and_writes_its_reports(workspace, tmp_path, set_name):
+    config = _config(workspace, tmp_path / "out", set_name)
+    rows = run_ablation(config)
+    cells = config.cells()
+    assert len(rows) == len(cells) and all(r["failure"] is None for r in rows)
+    assert all(r["test_top1"] is not None and 0 <= r["test_top1"] <= 1 for r in rows)
+    with open(tmp_path / "out" / f"{set_name}.csv") as f:
+        table = list(csv.DictReader(f))
+    assert [r["cell"] for r in table] == [c.name for c in cells]
+    markdown = (tmp_path / "out" / f"{set_name}.md").read_text()
+    assert all(f"| {cell.name} | **" in markdown for cell in cells)
+    with Image.open(tmp_path / "out" / f"{set_name}.png") as image:
+        assert image.format == "PNG" and image.width > 100
+    assert not (tmp_path / "out" / "work").exists()  # each run's folder goes once its row is written
+
+
+def test_a_killed_ablation_continues_without_repeating_a_run(workspace, tmp_path, monkeypatch):
+    whole = _config(workspace, tmp_path / "whole", "length", seeds=(0, 1))
+    run_ablation(whole)
+
+    trained = []
+    original = ablate._run_one
+
+    def counting(config, out, cell, task, seed):
+        if len(trained) == 3 and config.out.endswith("killed") and not getattr(counting, "resumed", False):
+            raise KeyboardInterrupt  # the process is stopped between two runs
+        trained.append((cell.name, seed))
+        return original(config, out, cell, task, seed)
+
+    monkeypatch.setattr(ablate, "_run_one", counting)
+    killed = _config(workspace, tmp_path / "killed", "length", seeds=(0, 1))
+    with pytest.raises(KeyboardInterrupt):
+        run_ablation(killed)
+    assert len(read_runs(tmp_path / "killed")) == 3
+    counting.resumed = True
+    run_ablation(killed)
+    assert len(trained) == len(set(trained)) == 2 * len(killed.cells())  # each run once, over both invocations
+    assert _table(tmp_path / "killed", "length") == _table(tmp_path / "whole", "length")
+
+
+def test_a_run_under_way_resumes_from_its_last_epoch(workspace, tmp_path, monkeypatch):
+    """A run killed after its first epoch leaves its run folder; the next ablate continues it (vptune train
+    --resume semantics) instead of starting it again."""
+    from vptune.training import loop
+
+    config = _config(workspace, tmp_path / "out", "length", common=dict(epochs=2), only=("p=1",))
+    saved, restored = [], []
+    save_epoch, restore = loop._save_epoch, loop._restore
+
+    def save_then_die(fit, epoch, *args):
+        save_epoch(fit, epoch, *args)
+        saved.append(epoch)
+        if len(saved) == 1:
+            raise KeyboardInterrupt  # killed once epoch 1 is on disk
+
+    monkeypatch.setattr(loop, "_save_epoch", save_then_die)
+    monkeypatch.setattr(loop, "_restore", lambda fit: restored.append(1) or restore(fit))
+    with pytest.raises(KeyboardInterrupt):
+        run_ablation(config)
+    run_ablation(config)
+    assert saved == [0, 1] and restored == [1]  # epoch 1 was not trained again
+    row, = read_runs(tmp_path / "out")
+    assert [r["epoch"] for r in row["curve"]] == [1, 2]
+
+
+def test_a_runs_file_cut_mid_line_is_read_and_the_run_redone(workspace, tmp_path):
+    config = _config(workspace, tmp_path / "out", "pooling", only=("cls", "image-pool"))
+    run_ablation(config)
+    runs = tmp_path / "out" / "runs.jsonl"
+    lines = runs.read_text().splitlines()
+    runs.write_text(lines[0] + "\n" + lines[1][:40])  # killed while the second line was written
+    rows = run_ablation(config)
+    assert len(rows) == 2 and len(read_runs(tmp_path / "out")) == 2
+    assert json.loads(runs.read_text().splitlines()[-1])["cell"] == "image-pool"
+
+
+def test_a_folder_that_is_not_an_ablation_is_refused_and_left_alone(workspace, tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    with pytest.raises(ConfigError, match="not an ablation folder"):
+        run_ablation(_config(workspace, mine, "init"))
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["ablate", "depth", "--seeds", "0,x"], "--seeds: 'x' is not an integer"),
+    (["ablate", "depth", "--tasks", "digits,,x"], "--tasks 'digits,,x': an empty item"),
+    (["ablate", "pooling", "--cells", "cls,mean"], "--cells: ['mean'] are not cells of 'pooling'"),
+    (["ablate", "length", "--epochs", "0"], "epochs must be a positive integer"),
+])
+def test_bad_flags_are_one_line_errors(workspace, tmp_path, capsys, args, message):
+    flags = ["--backbone", TINY_VIT, "--weights", str(workspace / "tiny.safetensors"), "--img-size", "32",
+             "--out", str(tmp_path / "out")]
+    if "--tasks" not in args:
+        flags += ["--tasks", str(workspace / "images")]
+    assert main([*args, *flags]) in (1, 2)
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()  # nothing was created
+
+
+@pytest.mark.parametrize("diffs, expected", [
+    ([0.02, 0.03, 0.01, 0.02], "a ahead"),
+    ([-0.02, -0.03, -0.01, -0.02], "b ahead"),
+    ([0.05, -0.04, 0.01, -0.01], "within noise"),
+    ([0.02, 0.03], "too few runs"),
+])
+def test_the_paired_verdict_rule(diffs, expected):
+    from vptune.experiments.ablate_report import paired, verdict
+
+    rows = [{"cell": cell, "task": "t", "seed": seed, "test_top1": 0.5 + (d if cell == "a" else 0.0)}
+            for seed, d in enumerate(diffs) for cell in ("a", "b")]
+    assert verdict(paired(rows, "a", "b")) == expected
