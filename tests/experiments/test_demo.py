@@ -5,7 +5,7 @@ from vptune.cli import main
 
 
 def test_demo_smoke(tmp_path, capsys):
-    """Default backbone at 112 px, digits, 64 images, one epoch per method."""
+    """Default backbone at 112 px, animal-mnist (no extra needed), 64 images, one epoch per method."""
     assert main(["demo", "--smoke", "--output", str(tmp_path / "demo"), "--quiet"]) == 0
     rows = json.loads((tmp_path / "demo" / "results.json").read_text())
     assert [r["method"] for r in rows] == ["linear", "vpt-shallow", "vpt-deep"]
@@ -20,3 +20,9 @@ def test_demo_never_replaces_a_folder_it_did_not_write(tmp_path, capsys):
     assert main(["demo", "--smoke", "--output", str(tmp_path / "mine"), "--quiet"]) == 1
     assert "not a previous demo's output" in capsys.readouterr().err
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep"
+
+
+def test_demo_refuses_a_data_name_it_does_not_know_before_fetching(tmp_path, capsys):
+    assert main(["demo", "--data", "foo", "--output", str(tmp_path / "demo")]) == 1
+    assert "one of fashion-mnist, animal-mnist, digits" in capsys.readouterr().err
+    assert not (tmp_path / "demo").exists()

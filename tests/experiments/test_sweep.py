@@ -132,3 +132,34 @@ def test_two_local_workers_share_one_study(workspace, tmp_path):
     assert {t.params["lr"] for t in done} == {0.01, 0.1, 1.0, 10.0}
     assert len({t.user_attrs["worker"]["pid"] for t in done}) == 2 and os.getpid() not in \
         {t.user_attrs["worker"]["pid"] for t in done}
+
+
+def test_a_sweep_writes_only_into_its_own_folders(workspace, tmp_path):
+    """Not into the data folder (its trials would look like a class), not into a folder of the user's, not into a
+    folder another sweep is using; a wrong --trials is refused before anything runs."""
+    import socket
+
+    from vptune import ConfigError, TrainingError
+
+    def config(out, **kwargs):
+        return SweepConfig(base=train_config(workspace, out, epochs=1), output=str(out), space={"lr": [0.05]},
+                           pruner="none", seeds=(), **kwargs)
+
+    inside = workspace / "images" / "sweep"
+    with pytest.raises(ConfigError, match="inside the data folder"):
+        run_sweep(config(inside))
+    assert not inside.exists()
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    with pytest.raises(ConfigError, match="not a sweep folder"):
+        run_sweep(config(mine))
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "sweep.json").write_text("{}")
+    (busy / ".lock").write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
+    with pytest.raises(TrainingError, match="in use by another vptune run"):
+        run_sweep(config(busy))
+    with pytest.raises(ConfigError, match="--trials must be a positive integer"):
+        run_sweep(config(tmp_path / "zero", trials=0))

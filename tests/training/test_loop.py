@@ -1,7 +1,6 @@
 """The training loop on a tiny random ViT and a generated image folder: determinism, resume, the stem cache,
 gradient checkpointing, the NaN guard, the schedule."""
 import os
-
 from pathlib import Path
 
 import pytest
@@ -9,7 +8,7 @@ import torch
 from conftest import train_config, without_timings
 from safetensors.torch import load_file
 
-from vptune import RunDir, TrainingError, train
+from vptune import ConfigError, RunDir, TrainingError, train
 from vptune.training import loop, warmup_cosine
 
 
@@ -166,9 +165,12 @@ def test_overwrite_never_deletes_a_folder_that_is_not_a_run(workspace, tmp_path)
     precious = tmp_path / "precious"
     precious.mkdir()
     (precious / "thesis.txt").write_text("years of work")
-    for output in (precious, workspace / "images"):  # any folder; the data set itself
-        with pytest.raises(TrainingError, match="is not a vptune run directory"):
+    with pytest.raises(TrainingError, match="is not a vptune run directory"):
+        train(train_config(workspace, precious), overwrite=True, quiet=True)
+    for output in (workspace / "images", workspace / "images" / "new-run"):  # the data set, or a folder in it
+        with pytest.raises(ConfigError, match="inside the data folder"):
             train(train_config(workspace, output), overwrite=True, quiet=True)
+    assert not (workspace / "images" / "new-run").exists()
     assert (precious / "thesis.txt").read_text() == "years of work"
     assert len(list((workspace / "images" / "red").iterdir())) == 10
 

@@ -40,7 +40,7 @@ def test_resolved_fills_the_methods_defaults():
     (dict(momentum=float("nan")), "momentum must be a finite number"),
     (dict(warmup_epochs=float("nan")), "warmup_epochs must be a finite number"),
     (dict(subset=-1), "subset must be a positive number"),
-    (dict(prompt_init="ones"), "prompt_init must be one of xavier, patches, zeros, normal"),
+    (dict(prompt_init="ones"), "prompt_init must be one of xavier, patches, cls, zeros, normal"),
     (dict(cache_stem="yes"), "cache_stem must be one of auto, off"),
     (dict(prompt_layers=[0, "x"]), "prompt_layers must be"),
 ])

@@ -16,7 +16,8 @@ import torch
 
 from .._io import atomic_write_text
 from ..backbones import DEFAULT_BACKBONE
-from ..errors import TrainingError
+from ..data import BUILTIN_DATASETS, builtin_name
+from ..errors import ConfigError, TrainingError
 from ..rundir import RunDir
 from ..training import TrainConfig, train
 
@@ -33,8 +34,11 @@ def run_demo(output: Path, *, data: str | None = None, epochs: int | None = None
              quiet: bool = False) -> list[dict]:
     """Train the three methods into output/<method>/ and compare them; returns one row per method."""
     output = Path(output)
+    data = data or DEMO_DATA  # also for --smoke: animal-mnist needs no extra (digits needs scikit-learn)
+    if builtin_name(data) is None:  # before anything is fetched or deleted
+        raise ConfigError(f"vptune demo --data {data!r}: the demo runs on a built-in data set, one of "
+                          f"{', '.join(BUILTIN_DATASETS)}; for your own data use vptune train --data PATH")
     _clear_previous_demo(output)
-    data = data or ("digits" if smoke else DEMO_DATA)
     epochs = epochs or (1 if smoke else DEMO_EPOCHS)
     started = time.perf_counter()
     rows = []

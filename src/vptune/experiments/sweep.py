@@ -41,6 +41,7 @@ SEARCHABLE = ("lr", "head_lr", "weight_decay", "num_tokens", "method")
 SAMPLERS = ("grid", "tpe")
 PRUNERS = ("hyperband", "halving", "none")
 JOURNAL = "optuna-journal.log"
+MARKER = "sweep.json"  # what makes a folder a sweep folder
 
 
 @dataclass
@@ -68,6 +69,9 @@ class SweepConfig:
             raise ConfigError(f"sweep: --pruner must be one of {', '.join(PRUNERS)}, got {self.pruner!r}")
         if self.sampler == "grid" and any(_is_range(v) for v in self.space.values()):
             raise ConfigError("sweep: the grid sampler needs lists of values; ranges (log:LOW:HIGH) need --sampler tpe")
+        if self.trials is not None and (isinstance(self.trials, bool) or not isinstance(self.trials, int)
+                                        or self.trials < 1):
+            raise ConfigError(f"sweep: --trials must be a positive integer, got {self.trials!r}")
         if self.sampler == "tpe" and not self.trials:
             raise ConfigError("sweep: --sampler tpe needs --trials N")
         if not isinstance(self.workers, int) or self.workers < 1:
@@ -153,7 +157,27 @@ def run_sweep(config: SweepConfig) -> dict:
 
     config.validate()
     out = Path(config.output)
-    out.mkdir(parents=True, exist_ok=True)
+    _check_sweep_folder(out)
+    with RunDir(out).lock():  # a second sweep on this folder refuses (several machines share one RDB study instead)
+        if not (out / MARKER).is_file():
+            atomic_write_text(out / MARKER, json.dumps({"format": "vptune-sweep", "version": 1}) + "\n")
+        return _search_and_retrain(config, out)
+
+
+def _check_sweep_folder(out: Path) -> None:
+    """A sweep writes only into a new or empty folder, or one an earlier sweep made (its marker, or from before the
+    marker its Optuna journal)."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"sweep --output {out} is a file; give a folder")
+    if out.is_dir() and any(p.name != ".lock" for p in out.iterdir()) \
+            and not ((out / MARKER).is_file() or (out / JOURNAL).is_file()):
+        raise ConfigError(f"sweep --output {out} is not empty and is not a sweep folder (no {MARKER}); choose a new "
+                          f"or empty folder, or the --output of an earlier sweep to continue it")
+
+
+def _search_and_retrain(config: SweepConfig, out: Path) -> dict:
+    import optuna
+
     study = _study(config)
     _retry_dead_trials(study)
     if config.workers == 1:

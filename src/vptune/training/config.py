@@ -143,6 +143,7 @@ class TrainConfig:
             head_init=self.head_init or method.head_init,
             prompt_init=self.prompt_init or self._default_prompt_init(method))
         cfg.validate()
+        _check_output_outside_data(cfg.output, cfg.data)
         return cfg
 
     def _default_prompt_init(self, method: Method) -> str:
@@ -242,6 +243,16 @@ def load_train_config(path: str | os.PathLike | None = None, **overrides: Any) -
     except ConfigError as err:
         raise ConfigError(err if str(err).startswith(origin) else f"{origin}: {err}") from err
     return TrainConfig.from_dict({**settings, **overrides}, origin=origin)
+
+
+def _check_output_outside_data(output: str, data: str) -> None:
+    """Runs written inside an image folder would look like one more class (or more images) to the next run."""
+    if builtin_name(data) is not None or not Path(data).is_dir():
+        return
+    out, folder = Path(output).expanduser().resolve(), Path(data).resolve()
+    if out == folder or folder in out.parents:
+        raise ConfigError(f"output {output} is inside the data folder {data}: its files would be read as data by "
+                          f"the next run; choose an --output outside {data}")
 
 
 def _resolved_path(path: str) -> str:
