@@ -67,11 +67,17 @@ def test_prompt_layers_as_indices_work_in_yaml_as_on_the_command_line(workspace,
     (["--method", "partial-0"], "K >= 1"),
     (["--method", "partial-9"], "K must be in 1..6"),
     (["--num-tokens", "-3"], "PromptConfig.num_tokens"),
-    (["--prompt-location", "middle"], "prompt_location must be one of prepend, add"),
+    (["--prompt-location", "middle"], "prompt_location must be one of prepend, add, prepend-pixel"),
     (["--lr", "0"], "lr must be a positive number"),
     (["--weight-decay", "nan"], "weight_decay must be a finite number"),
     (["--data", "/no/such/folder"], "/no/such/folder"),
     (["--backbone", "no_such_vit"], "unknown backbone 'no_such_vit'"),
+    (["--device", "banana"], "device must be cpu, cuda, cuda:N or mps, got 'banana'"),
+    (["--prompt-layers", "last 99"], "K must be in 1..6"),
+    (["--prompt-layers", "0,0"], "lists a block twice"),
+    (["--pooling", "prompt-pool", "--prompt-location", "add"], "pooling='prompt-pool' reads the prompts' outputs"),
+    (["--prompt-location", "concat-channel"], "use mode='shallow'"),
+    (["--prompt-init", "cls"], "num_tokens must equal the number of classes (3)"),
 ])
 def test_bad_flags_give_a_one_line_error(workspace, tmp_path, capsys, extra, message):
     assert main(train_args(workspace, tmp_path / "run", *extra)) == 1
@@ -164,3 +170,17 @@ def test_resume_refuses_flags_that_would_change_the_run_and_takes_more_epochs(wo
     assert main(["train", "--resume", str(run.path), "--epochs", "3", "--quiet"]) == 0
     assert [row["epoch"] for row in run.read_metrics()] == [1, 2, 3]
     assert "epochs: 3" in run.config.read_text()
+
+
+def test_info_on_a_mistyped_path_names_the_path(capsys):
+    assert main(["info", "runs/no-such-task"]) == 1
+    assert "runs/no-such-task: no such task directory" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("key", ["", "  "])
+def test_serve_refuses_an_empty_api_key(key):
+    from vptune import ConfigError
+    from vptune.inference.server import ServeSettings
+
+    with pytest.raises(ConfigError, match="--api-key is empty, which would serve without authentication"):
+        ServeSettings(api_key=key).validate()

@@ -53,12 +53,13 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                         help="print the traceback of every error (also VPTUNE_DEBUG=1)")
-    parser = argparse.ArgumentParser(prog="vptune", parents=[common],
+    # allow_abbrev=False: "--seed 3" to `ablate` must not quietly mean its "--seeds 3"
+    parser = argparse.ArgumentParser(prog="vptune", parents=[common], allow_abbrev=False,
                                      description="Visual Prompt Tuning for frozen Vision Transformers")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     def command(name: str, help: str, run, **kwargs) -> argparse.ArgumentParser:
-        sub = commands.add_parser(name, help=help, parents=[common], **kwargs)
+        sub = commands.add_parser(name, help=help, parents=[common], allow_abbrev=False, **kwargs)
         sub.set_defaults(run=run)
         return sub
 

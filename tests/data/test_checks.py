@@ -59,3 +59,9 @@ def test_duplicates_test_only_classes_and_far_labels_are_warned_about(tmp_path):
     assert any("1 image file(s) are listed in both train and test" in m for m in messages), messages
     assert any("appear in test but not in train: '99'" in m for m in messages), messages
     assert any("label 99 is far from the other labels (1..3)" in m for m in messages), messages
+
+
+def test_a_data_set_with_one_class_is_refused(tmp_path):
+    """Every prediction would be right: a test top-1 of 1.0 that means nothing."""
+    with pytest.raises(DataError, match=r"has 1 class \(cat\); a classifier needs at least 2"):
+        load_data(make_csv(tmp_path, base_rows(labels=("cat",))), **KW)

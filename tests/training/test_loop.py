@@ -249,3 +249,14 @@ def test_a_second_run_on_the_same_folder_refuses_and_a_dead_holders_lock_is_take
     lock.write_text(json.dumps({"pid": int(gone.stdout), "host": socket.gethostname()}))  # its process is gone
     train(train_config(workspace, run, epochs=1), quiet=True)
     assert len(RunDir(run).read_metrics()) == 1 and not lock.exists()
+
+
+def test_a_batch_larger_than_the_training_set_scales_the_lr_by_the_batch_used(workspace, tmp_path):
+    """The workspace has 18 training images: batch 512 trains on batches of 18, and the lr is scaled by 18 / 256."""
+    from vptune import PromptConfig, build_model
+    from conftest import make_tiny_vit
+
+    cfg = train_config(workspace, tmp_path / "run", batch_size=512).resolved()
+    model = build_model("vpt-deep", make_tiny_vit(), PromptConfig(num_tokens=2), num_classes=3)
+    lrs = {g["name"]: g["lr"] for g in loop.make_optimizer(model, cfg, num_train=18).param_groups}
+    assert lrs == {"tuned": cfg.lr * 18 / 256, "head": cfg.head_lr * 18 / 256}

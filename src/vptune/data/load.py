@@ -73,6 +73,9 @@ def _builtin_splits(name: str, protocol: str, seed: int, train_tf: Transform, te
 def _user_splits(path: Path, seed: int, skip_bad: bool, train_tf: Transform, test_tf: Transform,
                  info: dict, max_pixels: int) -> DataSplits:
     data = read_user_data(path)
+    if len(data.class_names) < 2:  # every prediction would be right: a test top-1 of 1.0 that means nothing
+        raise DataError(f"{path}: the data set has {len(data.class_names)} class ({', '.join(data.class_names)}); a "
+                        f"classifier needs at least 2: add the other classes' images")
     splits = data.splits
     skipped = 0
     if skip_bad:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..backbones import create_backbone
 from ..model import ParameterCount
+from ..errors import CheckpointError
 from ..rundir import RunDir
 from ..tasks import WEIGHTS_FILE, read_task_json
 
@@ -16,6 +17,8 @@ def describe(target: str | os.PathLike) -> str:
     """A task's method, prompt config, trainable share and size on disk; or, for a name, a backbone's shape."""
     if Path(target).exists():
         return describe_task(target)
+    if any(sep in str(target) for sep in ("/", os.sep)) or str(target).startswith("."):  # meant as a path
+        raise CheckpointError(f"{target}: no such task directory (a backbone name has no '/'); check the path")
     return describe_backbone(str(target))
 
 

@@ -73,6 +73,10 @@ class ServeSettings:
         if not 0 <= self.port < 65536:
             raise ConfigError(f"--port must be 0..65535, got {self.port}")
         check_top_k(self.top_k)
+        for given, origin in ((self.api_key, "--api-key"), (os.environ.get(API_KEY_ENV), f"${API_KEY_ENV}")):
+            if given is not None and not given.strip():  # an unset $KEY typed as --api-key "$KEY"
+                raise ConfigError(f"{origin} is empty, which would serve without authentication; give the key, or "
+                                  f"leave {origin} out to serve without one on purpose")
 
 
 def parse_task_flags(values: list[str]) -> dict[str, str]:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
 from ..backbones import DEFAULT_BACKBONE
@@ -180,6 +181,7 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be a positive number of images, got {getattr(self, name)!r}")
         if self.img_size is not None and self.img_size < 1:
             raise ConfigError(f"img_size must be a positive number of pixels, got {self.img_size!r}")
+        check_device(self.device)
         self.tuning_method()  # ConfigError for an unknown method name
         self.prompt_config()  # ConfigError naming the bad prompt field
 
@@ -243,6 +245,20 @@ def load_train_config(path: str | os.PathLike | None = None, **overrides: Any) -
     except ConfigError as err:
         raise ConfigError(err if str(err).startswith(origin) else f"{origin}: {err}") from err
     return TrainConfig.from_dict({**settings, **overrides}, origin=origin)
+
+
+def check_device(name: str) -> None:
+    """A device torch knows and this machine has: cpu, cuda, cuda:N, mps."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"device must be cpu, cuda, cuda:N or mps, got {name!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r}: this machine has no CUDA GPU that torch can use; use --device cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA GPU(s); use cuda:0..")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device {name!r}: Apple's MPS is not available here; use --device cpu")
 
 
 def _check_output_outside_data(output: str, data: str) -> None:

@@ -174,7 +174,7 @@ def train_epochs(model: PromptedViT, splits: DataSplits, cfg: TrainConfig, run: 
         _init_head(model, features, train_set, val_set or train_set, cfg, quiet, world)  # final: no val to choose on
 
     steps_per_epoch = math.ceil(len(train_set) / cfg.batch_size)
-    optimizer = make_optimizer(model, cfg)
+    optimizer = make_optimizer(model, cfg, len(train_set))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, warmup_cosine(steps_per_epoch * cfg.epochs, round(steps_per_epoch * cfg.warmup_epochs)))
     if world.distributed:  # gradients all-reduced by torch's DDP; the wrapper runs whichever forward we chose
@@ -329,8 +329,11 @@ def _init_head(model: PromptedViT, features: Callable[[torch.Tensor], torch.Tens
              f"train top-1 {fit.train_top1:.4f})")
 
 
-def make_optimizer(model: PromptedViT, cfg: TrainConfig) -> torch.optim.Optimizer:
-    scale = cfg.batch_size / 256 if cfg.scale_lr else 1.0
+def make_optimizer(model: PromptedViT, cfg: TrainConfig, num_train: int | None = None) -> torch.optim.Optimizer:
+    """The method's optimizer, lrs scaled by the batch actually used / 256 (a batch size over the training set's
+    size gives batches of the whole set, and must not scale the lr as if they were larger)."""
+    batch = min(cfg.batch_size, num_train) if num_train else cfg.batch_size
+    scale = batch / 256 if cfg.scale_lr else 1.0
     groups = optimizer_groups(model, cfg.lr * scale, cfg.head_lr * scale, cfg.weight_decay)
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(groups)
