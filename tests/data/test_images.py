@@ -54,3 +54,24 @@ def test_training_and_predict_refuse_images_over_the_pixel_limit_flag(workspace,
     assert main(args) == 0
     assert main(["predict", str(tmp_path / "run"), str(data / "a" / "0.png"), "--max-pixels", "1000"]) == 1
     assert "is 40 x 40 pixels, over the limit of 1,000" in capsys.readouterr().err
+
+
+def test_only_the_promised_formats_are_opened(tmp_path):
+    """An EPS file would go to Pillow's EPS plugin (Ghostscript where installed): it is refused unread."""
+    import PIL
+
+    from vptune.data import DataError, decode_image
+    from vptune.data.datasets import open_image
+
+    eps = tmp_path / "drawing.eps"
+    eps.write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n")
+    with Image.open(eps) as image:
+        assert image.format == "EPS"  # what Pillow alone would do with it
+    with pytest.raises(PIL.UnidentifiedImageError):
+        open_image(eps)
+    with pytest.raises(DataError, match="cannot read image .*drawing.eps"):
+        decode_image(eps, str(eps))
+    for fmt in ("PNG", "JPEG", "BMP", "TIFF", "GIF", "WEBP"):
+        path = tmp_path / f"ok.{fmt.lower()}"
+        Image.new("RGB", (8, 6), (200, 10, 10)).save(path, format=fmt)
+        assert tuple(decode_image(path, str(path)).shape) == (3, 6, 8)

@@ -78,6 +78,14 @@ class Sample(NamedTuple):
 
 
 MAX_PIXELS = 40_000_000  # larger images are refused before decoding (Pillow's own bomb limit is 89 million)
+# The formats vptune reads (JPEG includes phone cameras' multi-picture MPO files). Pillow would otherwise try every
+# plugin it has, e.g. EPS, which runs Ghostscript where it is installed.
+IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "TIFF", "GIF")
+
+
+def open_image(source: str | os.PathLike | BinaryIO) -> Image.Image:
+    """`PIL.Image.open` limited to `IMAGE_FORMATS`; anything else raises PIL.UnidentifiedImageError."""
+    return Image.open(source, formats=IMAGE_FORMATS)
 
 
 def read_image(sample: Sample, max_pixels: int = MAX_PIXELS) -> torch.Tensor:
@@ -90,10 +98,10 @@ def read_image(sample: Sample, max_pixels: int = MAX_PIXELS) -> torch.Tensor:
 
 
 def decode_image(source: str | os.PathLike | BinaryIO, name: str, max_pixels: int = MAX_PIXELS,
-                 fix: str = "Send a PNG, JPEG, WebP, BMP or TIFF file.") -> torch.Tensor:
+                 fix: str = "Send a PNG, JPEG, WebP, BMP, TIFF or GIF file.") -> torch.Tensor:
     """`read_image` for a path or an open binary file (an upload): errors say "image {name}: ..." and `fix`."""
     try:
-        with Image.open(source) as image:
+        with open_image(source) as image:
             width, height = image.size
             if width * height > max_pixels:
                 raise DataError(f"image {name} is {width} x {height} pixels, over the limit of {max_pixels:,}; "
@@ -149,11 +157,11 @@ def image_problem(path: Path, max_pixels: int = MAX_PIXELS) -> str | None:
     """Why `path` is not a readable image (None if it is): over the pixel limit (from the header), Pillow's
     verify() for structure, then a full decode, which also catches truncated files that verify() lets through."""
     try:
-        with Image.open(path) as image:
+        with open_image(path) as image:
             if image.size[0] * image.size[1] > max_pixels:
                 return f"{image.size[0]} x {image.size[1]} pixels, over the limit of {max_pixels:,}"
             image.verify()
-        with Image.open(path) as image:
+        with open_image(path) as image:
             image.load()
     except Exception as err:
         return f"{type(err).__name__}: {err}"

@@ -28,10 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from PIL import Image
 
 from ..data import DataError, decode_image
-from ..data.datasets import one_thread
+from ..data.datasets import one_thread, open_image
 from ..errors import ConfigError
 from .batcher import Batcher, Overloaded
 from .multitask import MultiTaskModel
@@ -245,7 +244,7 @@ def create_app(model: MultiTaskModel, settings: ServeSettings):
 def _pixels(data: bytes) -> int:
     """Width x height from the image header (no decoding); 0 if there is no readable header."""
     try:
-        with Image.open(io.BytesIO(data)) as image:
+        with open_image(io.BytesIO(data)) as image:
             return image.width * image.height
     except Exception:  # not an image: decode_image gives the reason, at once
         return 0
