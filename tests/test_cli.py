@@ -184,3 +184,85 @@ def test_serve_refuses_an_empty_api_key(key):
 
     with pytest.raises(ConfigError, match="--api-key is empty, which would serve without authentication"):
         ServeSettings(api_key=key).validate()
+
+
+@pytest.fixture(scope="module")
+def trained_run(workspace, tmp_path_factory):
+    run = RunDir(tmp_path_factory.mktemp("trained") / "run")
+    assert main(train_args(workspace, run.path, "--epochs", "1")) == 0
+    return run
+
+
+@pytest.mark.parametrize("edit, expected", [
+    (lambda meta: meta["prompt"].update(layers=[0, 99]), "99"),
+    (lambda meta: meta.update(method={"name": "banana"}), "banana"),
+    (lambda meta: meta["prompt"].update(num_tokens=-3), "num_tokens"),
+    (lambda meta: meta["prompt"].update(num_tokens=10**8), "'prompts.tokens' has shape"),
+])
+def test_info_refuses_an_edited_task_json_as_predict_does(trained_run, tmp_path, capsys, edit, expected):
+    import shutil
+
+    task = tmp_path / "task"
+    shutil.copytree(trained_run.best, task)
+    meta = json.loads((task / "task.json").read_text())
+    edit(meta)
+    (task / "task.json").write_text(json.dumps(meta))
+    for command in (["info", str(task)], ["predict", str(task), str(trained_run.path / "config.yaml")]):
+        assert main(command) == 1, command
+        error = capsys.readouterr().err
+        assert error.startswith("vptune: error:") and expected in error, (command, error)
+
+
+def _copy_run(run, tmp_path):
+    import shutil
+
+    shutil.copytree(run.path, tmp_path / "copy")
+    return tmp_path / "copy"
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
+def test_a_resume_runs_on_the_device_it_is_given(trained_run, tmp_path, capsys):
+    """Once a resume ran on the CPU whatever --device said; now --device cuda here is the one-line error."""
+    copy = _copy_run(trained_run, tmp_path)
+    assert main(["train", "--resume", str(copy), "--device", "cuda", "--epochs", "2", "--quiet"]) == 1
+    assert "CUDA" in capsys.readouterr().err
+    assert "device: cpu" in (copy / "config.yaml").read_text()  # nothing recorded that did not run
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("epochs: [1, 2\n", "is not readable YAML"),
+    ("- just\n- a list\n", "holds a list"),
+    ("epochs: banana\n", "epochs"),
+])
+def test_a_damaged_config_yaml_on_resume_is_one_line_naming_it(trained_run, tmp_path, capsys, text, expected):
+    copy = _copy_run(trained_run, tmp_path)
+    (copy / "config.yaml").write_text(text)
+    assert main(["train", "--resume", str(copy), "--quiet"]) == 1
+    error = capsys.readouterr().err
+    assert error.startswith("vptune: error:") and str(copy / "config.yaml") in error and expected in error, error
+
+
+@pytest.mark.parametrize("size, expected", [("7", "smaller than"), ("100000", "img_size must be 1..4096")])
+def test_an_impossible_image_size_is_one_line_with_or_without_weights(workspace, tmp_path, capsys, size, expected):
+    args = [a if a != "32" else size for a in train_args(workspace, tmp_path / "run")]  # with --weights
+    assert main(args) == 1
+    error = capsys.readouterr().err
+    assert expected in error and "Traceback" not in error, error
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_full_disk_when_eval_writes_its_plot_is_one_line(trained_run, tmp_path, capsys, monkeypatch):
+    import errno
+
+    from matplotlib.figure import Figure
+
+    copy = _copy_run(trained_run, tmp_path)
+
+    def full_disk(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Figure, "savefig", full_disk)
+    assert main(["eval", str(copy), "--quiet"]) == 1
+    error = capsys.readouterr().err
+    assert "test_confusion.png: the disk is full" in error and "Traceback" not in error, error
+    assert not [p for p in (copy / "eval").iterdir() if p.name.endswith(".tmp")]

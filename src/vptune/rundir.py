@@ -21,6 +21,7 @@ import json
 import os
 import shutil
 import socket
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -81,12 +82,13 @@ class RunDir:
                 fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
                 holder = _read_lock(lock)
-                if holder.get("host") == socket.gethostname() and not _alive(holder.get("pid")):
-                    lock.unlink(missing_ok=True)  # stale: its process is gone
+                if _stale(lock, holder):
+                    lock.unlink(missing_ok=True)
                     continue
-                raise TrainingError(f"{self.path} is in use by another vptune run (pid {holder.get('pid')} on "
-                                    f"{holder.get('host')}); wait for it to finish, or delete {lock} if that "
-                                    f"process is gone") from None
+                who = (f"pid {holder['pid']} on {holder['host']}" if holder.get("pid") and holder.get("host")
+                       else "its lock is being written right now")
+                raise TrainingError(f"{self.path} is in use by another vptune run ({who}); wait for it to finish, "
+                                    f"or delete {lock} if that process is gone") from None
             except OSError as err:
                 raise WriteError(f"cannot write to the output folder {self.path}: {err.strerror or err}; choose "
                                  f"another --output, or make it writable") from err
@@ -149,7 +151,17 @@ class RunDir:
 
     # ------------------------------------------------------------------------------------------- files
     def read_config(self) -> dict[str, Any]:
-        return yaml.safe_load(self.config.read_text()) or {}
+        """config.yaml's settings; a damaged file is one error naming it (their values are checked by
+        TrainConfig)."""
+        try:
+            settings = yaml.safe_load(self.config.read_text()) or {}
+        except (yaml.YAMLError, UnicodeDecodeError, OSError) as err:
+            raise CheckpointError(f"{self.config} is not readable YAML ({' '.join(str(err).split())}); fix the "
+                                  f"file, or start the run again with --overwrite") from err
+        if not isinstance(settings, dict):
+            raise CheckpointError(f"{self.config} holds a {type(settings).__name__}, not the run's settings; fix "
+                                  f"the file, or start the run again with --overwrite")
+        return settings
 
     def write_config(self, settings: dict[str, Any]) -> None:
         atomic_write_text(self.config, yaml.safe_dump(settings, sort_keys=False))
@@ -157,7 +169,15 @@ class RunDir:
     def read_metrics(self) -> list[dict]:
         if not self.metrics.is_file():
             return []
-        return [json.loads(line) for line in self.metrics.read_text().splitlines() if line]
+        try:
+            rows = [json.loads(line) for line in self.metrics.read_text().splitlines() if line]
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise CheckpointError(f"{self.metrics} is damaged (not JSON lines: {err}); remove its broken lines, or "
+                                  f"start the run again with --overwrite") from err
+        if not all(isinstance(row, dict) for row in rows):
+            raise CheckpointError(f"{self.metrics} is damaged (a line is not an epoch's record); remove it, or start "
+                                  f"the run again with --overwrite")
+        return rows
 
     def write_metrics(self, rows: list[dict]) -> None:
         atomic_write_text(self.metrics, "".join(json.dumps(row) + "\n" for row in rows))
@@ -187,6 +207,7 @@ class RunDir:
 
 
 ASIDE_PREFIX = ".{name}.replaced-"  # + the pid of the process that moved it
+UNWRITTEN_LOCK_SECONDS = 5.0
 STARTING_FILES = {LOCK, MARKER, "config.yaml"}  # what a new run has written before the run it replaces is deleted
 
 
@@ -199,9 +220,21 @@ def _is_task_checkpoint(path: Path) -> bool:
 
 def _read_lock(lock: Path) -> dict:
     try:
-        return json.loads(lock.read_text())
+        holder = json.loads(lock.read_text())
     except (OSError, ValueError):
         return {}
+    return holder if isinstance(holder, dict) else {}
+
+
+def _stale(lock: Path, holder: dict) -> bool:
+    """A lock of this machine whose process is gone, or one left empty or damaged (its writer was killed between
+    creating and writing it) for longer than the instant that writing takes."""
+    if isinstance(holder.get("pid"), int) and isinstance(holder.get("host"), str):
+        return holder["host"] == socket.gethostname() and not _alive(holder["pid"])
+    try:
+        return time.time() - lock.stat().st_mtime > UNWRITTEN_LOCK_SECONDS
+    except OSError:
+        return True  # gone meanwhile
 
 
 def _alive(pid: object) -> bool:

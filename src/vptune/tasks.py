@@ -18,12 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ._io import atomic_write, atomic_write_text, file_sha256, package_version
-from .backbones import backbone_fingerprint, create_backbone
+from .backbones import backbone_fingerprint, backbone_on_this_machine, create_backbone
 from .errors import CheckpointError, VptuneError
 from .methods import Method, method_from_dict, method_of
 from .model import FeatureNorm, PromptConfig, PromptedViT
@@ -88,7 +88,7 @@ def task_metadata(model: PromptedViT, tensors: dict[str, torch.Tensor], weights_
 
 # ------------------------------------------------------------------------------------------------ loading
 def load_task(directory: str | os.PathLike, backbone: nn.Module | str | None = None, *,
-              check_fingerprint: bool = True, path: str = "prefix") -> PromptedViT:
+              check_fingerprint: bool = True, path: str = "prefix", allow_download: bool = False) -> PromptedViT:
     """Rebuild a PromptedViT from a task directory.
 
     Args:
@@ -97,24 +97,53 @@ def load_task(directory: str | os.PathLike, backbone: nn.Module | str | None = N
             `vptune.backbones.create_backbone`, or None to build the one named in task.json.
         check_fingerprint: refuse a backbone whose weights differ from the one the task was trained on.
         path: "prefix" (fast) or "tokens" (reference) computation.
+        allow_download: with `backbone` None, fetch the backbone task.json names if it is not on this machine
+            (a task folder from someone else makes this machine download nothing unasked).
     """
     directory = Path(directory)
     meta = read_task_json(directory)
-    tensors = read_task_tensors(directory, meta)
     method = task_method(meta, directory)
-    backbone = _resolve_backbone(backbone, meta)
+    backbone = _resolve_backbone(backbone, meta, directory, allow_download)
     _check_backbone_matches(backbone, meta, check_fingerprint)
+    with torch.device("meta"):  # shapes without memory: a task.json declaring 10^8 prompt tokens is refused here
+        skeleton = _rebuild(directory, meta, backbone, path)
+    weights_path = verified_weights(directory, meta)
+    _check_shapes(skeleton, tensor_shapes(weights_path), directory)
+    tensors = _read_tensors(weights_path)
+    model = _rebuild(directory, meta, backbone, path)
     try:
-        prompt = PromptConfig.from_dict(meta["prompt"])
-        model = PromptedViT(backbone, prompt, int(meta["num_classes"]), path=path,
-                            backbone_name=meta["backbone"]["name"], class_names=meta.get("class_names"),
-                            head_norm=bool(meta.get("head", {}).get("norm", False)))
         method.adapt(backbone)  # e.g. LoRA's modules must be in place before its tensors load
     except (ValueError, TypeError, KeyError) as err:
         raise CheckpointError(f"{directory / CONFIG_FILE}: cannot rebuild the model: {err}") from err
     model.method = method
     _load_tensors(model, tensors, directory)
     return model
+
+
+def check_task(directory: str | os.PathLike) -> dict[str, Any]:
+    """Everything `load_task` checks, without loading weights or allocating a tensor: task.json's fields and
+    method, the weights file's checksum, and the model task.json describes (its prompt layers against the
+    backbone's depth, its shapes against the file's header). Returns task.json's contents."""
+    directory = Path(directory)
+    meta = read_task_json(directory)
+    task_method(meta, directory)
+    weights_path = verified_weights(directory, meta)
+    with torch.device("meta"):
+        backbone = create_backbone(meta["backbone"]["name"], img_size=meta["backbone"]["img_size"][0],
+                                   pretrained=False)
+        skeleton = _rebuild(directory, meta, backbone, "prefix")
+    _check_shapes(skeleton, tensor_shapes(weights_path), directory)
+    return meta
+
+
+def _rebuild(directory: Path, meta: dict[str, Any], backbone: nn.Module, path: str) -> PromptedViT:
+    try:
+        prompt = PromptConfig.from_dict(meta["prompt"])
+        return PromptedViT(backbone, prompt, int(meta["num_classes"]), path=path,
+                           backbone_name=meta["backbone"]["name"], class_names=meta.get("class_names"),
+                           head_norm=bool(meta.get("head", {}).get("norm", False)))
+    except (ValueError, TypeError, KeyError) as err:
+        raise CheckpointError(f"{directory / CONFIG_FILE}: cannot rebuild the model: {err}") from err
 
 
 def task_method(meta: dict[str, Any], directory: Path) -> Method:
@@ -203,6 +232,11 @@ def _type_problem(meta: dict[str, Any]) -> str | None:
 
 
 def read_task_tensors(directory: Path, meta: dict[str, Any]) -> dict[str, torch.Tensor]:
+    return _read_tensors(verified_weights(directory, meta))
+
+
+def verified_weights(directory: Path, meta: dict[str, Any]) -> Path:
+    """The task's prompt.safetensors, checked against the sha256 its task.json records."""
     weights_path = directory / WEIGHTS_FILE
     if not weights_path.is_file():
         raise CheckpointError(f"{directory} lacks {WEIGHTS_FILE} (the prompts and head); the task was not saved "
@@ -211,13 +245,40 @@ def read_task_tensors(directory: Path, meta: dict[str, Any]) -> dict[str, torch.
     if expected_sha and file_sha256(weights_path) != expected_sha:
         raise CheckpointError(f"{weights_path} does not match {CONFIG_FILE} (sha256 differs): the file is truncated, "
                               f"corrupt, or from another save; re-save the task")
+    return weights_path
+
+
+def _read_tensors(weights_path: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(weights_path))
     except (SafetensorError, OSError, ValueError) as err:
         raise CheckpointError(f"{weights_path} is not a readable safetensors file ({err}); re-save the task") from err
 
 
-def _resolve_backbone(backbone: nn.Module | str | None, meta: dict[str, Any]) -> nn.Module:
+def tensor_shapes(weights_path: Path) -> dict[str, tuple[int, ...]]:
+    """The shapes in a safetensors file's header, read without loading a tensor."""
+    try:
+        with safe_open(str(weights_path), framework="pt") as file:
+            return {name: tuple(file.get_slice(name).get_shape()) for name in file.keys()}
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"{weights_path} is not a readable safetensors file ({err}); re-save the task") from err
+
+
+def _check_shapes(model: PromptedViT, shapes: dict[str, tuple[int, ...]], directory: Path) -> None:
+    """The task's own tensors (prompts, head) against the model task.json describes, before either is allocated.
+    Backbone tensors (LoRA, tuned biases, ...) are checked once their modules are in place (_load_tensors)."""
+    for name, param in model.state_dict().items():
+        if name.startswith("backbone."):
+            continue
+        if name not in shapes:
+            raise CheckpointError(f"{directory / WEIGHTS_FILE} does not fit its task.json: it lacks tensor {name!r}")
+        if tuple(param.shape) != shapes[name]:
+            raise CheckpointError(f"{directory / WEIGHTS_FILE}: tensor {name!r} has shape {shapes[name]}, the model "
+                                  f"built from task.json expects {tuple(param.shape)}{_shape_hint(name, model)}")
+
+
+def _resolve_backbone(backbone: nn.Module | str | None, meta: dict[str, Any], directory: Path,
+                      allow_download: bool) -> nn.Module:
     if isinstance(backbone, nn.Module):
         return backbone
     saved = meta["backbone"]
@@ -225,7 +286,12 @@ def _resolve_backbone(backbone: nn.Module | str | None, meta: dict[str, Any]) ->
     if weights and not Path(weights).is_file():
         raise CheckpointError(f"the task's backbone weights file {weights} is gone; pass backbone= (a module, or a "
                               f"name with its weights) explicitly")
-    return create_backbone(backbone or saved["name"], img_size=saved["img_size"][0], weights=weights)
+    name = backbone or saved["name"]
+    if backbone is None and weights is None and not allow_download and not backbone_on_this_machine(name):
+        raise CheckpointError(f"{directory / CONFIG_FILE} names the backbone {name!r}, which is not on this machine, "
+                              f"and vptune downloads nothing a task folder asks for by itself: add --allow-download "
+                              f"(Python: allow_download=True) to fetch it, or pass the backbone (backbone=...)")
+    return create_backbone(name, img_size=saved["img_size"][0], weights=weights)
 
 
 def _check_backbone_matches(backbone: nn.Module, meta: dict[str, Any], check_fingerprint: bool) -> None:

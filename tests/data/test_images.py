@@ -75,3 +75,19 @@ def test_only_the_promised_formats_are_opened(tmp_path):
         path = tmp_path / f"ok.{fmt.lower()}"
         Image.new("RGB", (8, 6), (200, 10, 10)).save(path, format=fmt)
         assert tuple(decode_image(path, str(path)).shape) == (3, 6, 8)
+
+
+@pytest.mark.parametrize("high", [1.0, 255.0])
+def test_a_32_bit_float_tiff_is_scaled_from_its_range_not_made_black(tmp_path, high):
+    gradient = np.linspace(0, high, 64 * 64, dtype=np.float32).reshape(64, 64)
+    Image.fromarray(gradient).save(tmp_path / "float.tif")
+    assert Image.open(tmp_path / "float.tif").mode == "F"
+    pixels = read_image(Sample(tmp_path / "float.tif", 0, "test"))[0].numpy().astype(int)
+    expected = np.rint(gradient / high * 255).astype(int)
+    assert np.abs(pixels - expected).max() <= 1
+
+
+def test_a_float_tiff_with_negative_values_is_refused_naming_it(tmp_path):
+    Image.fromarray(np.full((8, 8), -0.5, dtype=np.float32)).save(tmp_path / "signed.tif")
+    with pytest.raises(DataError, match=r"signed.tif .* negative, NaN or infinite pixel values"):
+        read_image(Sample(tmp_path / "signed.tif", 0, "test"))

@@ -163,3 +163,80 @@ def test_a_sweep_writes_only_into_its_own_folders(workspace, tmp_path):
         run_sweep(config(busy))
     with pytest.raises(ConfigError, match="--trials must be a positive integer"):
         run_sweep(config(tmp_path / "zero", trials=0))
+
+
+@pytest.mark.parametrize("url, expected", [
+    ("notaurl", "is not a database URL"),
+    ("nosuchdb://host/db", "SQLAlchemy knows no such database"),
+    ("postgresql://user:secret@localhost/db", "needs the database driver 'psycopg"),
+])
+def test_a_bad_storage_url_is_one_line_before_anything_runs(workspace, tmp_path, url, expected):
+    from vptune import ConfigError
+
+    pytest.importorskip("sqlalchemy")
+    if "postgresql" in url:
+        from sqlalchemy.engine import make_url
+
+        try:
+            make_url(url).get_dialect().import_dbapi()
+            pytest.skip("the PostgreSQL driver SQLAlchemy uses is installed here")
+        except ImportError:
+            pass
+    out = tmp_path / "sweep"
+    config = SweepConfig(base=train_config(workspace, out, epochs=1), output=str(out), space={"lr": [0.05]},
+                         storage=url, seeds=())
+    with pytest.raises(ConfigError, match=expected) as caught:
+        run_sweep(config)
+    assert "secret" not in str(caught.value)
+    if "postgresql" in url:  # SQLAlchemy 2.1 asks for psycopg (3), 2.0 for psycopg2: the package of the one it asks
+        assert "pip install 'psycopg[binary]'" in str(caught.value) or "pip install 'psycopg2-binary'" in \
+            str(caught.value)
+    assert not out.exists()
+
+
+def test_storage_that_cannot_be_written_is_one_line(workspace, tmp_path):
+    """A journal or SQLite file that cannot be opened for writing (here a folder in its place: root, as on CI,
+    writes through read-only permissions), never a traceback."""
+    from vptune import ConfigError
+    from vptune.errors import WriteError
+    from vptune.experiments.sweep import MARKER
+
+    def config(out, **kwargs):
+        return SweepConfig(base=train_config(workspace, out, epochs=1), output=str(out), space={"lr": [0.05]},
+                           seeds=(), **kwargs)
+
+    out = tmp_path / "sweep"
+    (out / JOURNAL).mkdir(parents=True)
+    (out / MARKER).write_text("{}")
+    with pytest.raises(WriteError, match=f"cannot write the sweep's study journal in {out}"):
+        run_sweep(config(out))
+    database = tmp_path / "study.db"
+    database.mkdir()
+    with pytest.raises(ConfigError, match=r"--storage sqlite:///.*cannot open the study there"):
+        run_sweep(config(tmp_path / "other", storage=f"sqlite:///{database}"))
+
+
+def test_a_sweep_with_missing_data_is_one_line_before_any_trial(workspace, tmp_path, capsys):
+    from vptune.cli import main
+
+    out = tmp_path / "sweep"
+    assert main(["sweep", "--data", str(tmp_path / "nope"), "--output", str(out), "--backbone", TINY_VIT,
+                 "--weights", str(workspace / "tiny.safetensors"), "--img-size", "32", "--epochs", "1",
+                 "--lr", "0.01,0.1", "--quiet"]) == 1
+    error = capsys.readouterr().err
+    assert "no such file or folder" in error and "Traceback" not in error and "Trial" not in error, error
+    assert not out.exists()
+
+
+def test_lr_auto_overwrite_into_a_folder_that_is_not_a_run_is_refused_before_the_search(workspace, tmp_path,
+                                                                                         capsys):
+    from conftest import train_args
+
+    from vptune.cli import main
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "config.yaml").write_text("services: {}\n")  # a docker-compose project, say
+    assert main(train_args(workspace, mine, "--lr", "auto", "--overwrite")) == 1
+    assert "is not a vptune run directory" in capsys.readouterr().err
+    assert [p.name for p in mine.iterdir()] == ["config.yaml"]

@@ -85,6 +85,26 @@ def test_a_full_queue_raises_overloaded_and_the_rest_still_run():
     assert [result for result, _ in run(main())] == [0, 10]
 
 
+def test_a_slot_is_taken_before_the_work_and_counted_once():
+    """The server takes a slot before reading and decoding an upload: while every slot is held (say by requests
+    still decoding), the next request is refused at once, and a submit inside its slot does not count twice."""
+    async def main():
+        batcher = Batcher(Recorder(), max_batch=4, max_wait=0.0, max_pending=2)
+        await batcher.start()
+        with batcher.slot(), batcher.slot():
+            assert batcher.pending == 2
+            with pytest.raises(Overloaded):
+                with batcher.slot():
+                    pass
+        with batcher.slot():
+            result = await batcher.submit(7, in_slot=True)
+            pending_inside = batcher.pending
+        await batcher.stop()
+        return result, pending_inside, batcher.pending
+
+    assert run(main()) == ((70, 1), 1, 0)
+
+
 def test_an_error_reaches_every_caller_of_its_batch_and_the_next_batch_runs():
     async def main():
         batcher = Batcher(Recorder(fail_on=3), max_batch=2, max_wait=0.2)

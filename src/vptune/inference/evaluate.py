@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from .._io import atomic_write_text
+from .._io import atomic_write_text, save_figure
 from ..data import DataError, builtin_name, collate, load_data
 from ..data.builtin import cache_path
 from ..errors import ConfigError
@@ -86,13 +86,12 @@ def save_confusion_png(confusion: Sequence[Sequence[int]], class_names: Sequence
             ax.text(j, i, str(count), ha="center", va="center", fontsize=7,
                     color="white" if rates[i, j] > 0.5 else "black")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=120)
 
 
 def evaluate(path: str | os.PathLike, *, data: str | None = None, split: str = "test", batch_size: int = 64,
-             device: str = "cpu", quiet: bool = True) -> tuple[dict, list[str], list[Path]]:
+             device: str = "cpu", quiet: bool = True, allow_download: bool = False
+             ) -> tuple[dict, list[str], list[Path]]:
     """Evaluate a task (or a run's best task) on a split of a data set (default: the one it was trained on).
 
     Writes the metrics as JSON and a confusion-matrix PNG into the run's eval/ folder; returns
@@ -109,7 +108,7 @@ def evaluate(path: str | os.PathLike, *, data: str | None = None, split: str = "
         # a task directory from someone else must not make this machine download or install anything unasked
         raise ConfigError(f"{task} was trained on the built-in data set {recorded_builtin!r}, which is not on this "
                           f"machine yet; pass --data {recorded_builtin} to fetch it (or --data PATH for your own)")
-    model = load_task(task).to(device)
+    model = load_task(task, allow_download=allow_download).to(device)
     size = meta["data"]["input_size"][-1]
     splits = load_data(source, img_size=size, mean=tuple(meta["data"]["mean"]), std=tuple(meta["data"]["std"]),
                        protocol=training.get("protocol", "vtab1k"), recipe=training.get("recipe", "vtab"),

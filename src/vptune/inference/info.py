@@ -1,4 +1,5 @@
-"""`vptune info`: what a task holds (read from task.json alone, no backbone is built), or a backbone's shape."""
+"""`vptune info`: what a task holds (from task.json, checked as `load_task` checks it, no weights loaded), or a
+backbone's shape."""
 from __future__ import annotations
 
 import json
@@ -10,7 +11,7 @@ from ..backbones import create_backbone
 from ..model import ParameterCount
 from ..errors import CheckpointError
 from ..rundir import RunDir
-from ..tasks import WEIGHTS_FILE, read_task_json
+from ..tasks import WEIGHTS_FILE, check_task
 
 
 def describe(target: str | os.PathLike) -> str:
@@ -24,7 +25,7 @@ def describe(target: str | os.PathLike) -> str:
 
 def describe_task(path: str | os.PathLike) -> str:
     task = RunDir.find_task(path)
-    meta = read_task_json(task)
+    meta = check_task(task)  # what predict would refuse, info refuses too
     backbone = meta["backbone"]
     method = meta.get("method")
     lines = [f"task         {task}",

@@ -57,12 +57,15 @@ class MultiTaskModel(nn.Module):
     Args:
         backbone: the shared frozen backbone, or None to build it from the first task's task.json.
         tasks: {name: task directory (or training run)} to load now; more can be added and removed later.
+        allow_download: with `backbone` None, fetch the backbone the first task names if it is not on this
+            machine (as in `load_task`).
     """
 
     def __init__(self, backbone: nn.Module | None = None,
-                 tasks: Mapping[str, str | os.PathLike] | None = None) -> None:
+                 tasks: Mapping[str, str | os.PathLike] | None = None, *, allow_download: bool = False) -> None:
         super().__init__()
         self.backbone: nn.Module | None = backbone
+        self.allow_download = allow_download
         self.tasks = nn.ModuleDict()
         self._stacks: dict[int, _PromptStack] = {}
         for name, directory in (tasks or {}).items():
@@ -90,7 +93,8 @@ class MultiTaskModel(nn.Module):
                                   f"serve it on its own (vptune predict, or vptune.Predictor)")
         if self.backbone is not None:
             self._check_compatible(name, directory, meta)
-        model = load_task(directory, backbone=self.backbone, check_fingerprint=False).eval()  # checked above
+        model = load_task(directory, backbone=self.backbone, check_fingerprint=False,  # checked above
+                          allow_download=self.allow_download).eval()
         if self.backbone is None:
             self.backbone = model.backbone
         model.to(self.device)

@@ -27,10 +27,10 @@ class Predictor:
         self.max_pixels = max_pixels  # larger files are refused from their header, before decoding
 
     @classmethod
-    def from_task(cls, path: str | os.PathLike, backbone: torch.nn.Module | str | None = None,
-                  **kwargs) -> "Predictor":
-        """A task directory, or a training run (its best checkpoint)."""
-        return cls(load_task(RunDir.find_task(path), backbone=backbone), **kwargs)
+    def from_task(cls, path: str | os.PathLike, backbone: torch.nn.Module | str | None = None, *,
+                  allow_download: bool = False, **kwargs) -> "Predictor":
+        """A task directory, or a training run (its best checkpoint); `allow_download` as in `load_task`."""
+        return cls(load_task(RunDir.find_task(path), backbone=backbone, allow_download=allow_download), **kwargs)
 
     @property
     def device(self) -> torch.device:

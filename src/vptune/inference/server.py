@@ -9,11 +9,13 @@ is small, in a thread when it is large), queued, and answered from a mixed-task 
     POST /v1/tasks/{name}/predict   an image (multipart field "image", or JSON {"image": base64}) -> top-k
 
 Errors are JSON {"detail": reason}: unknown task 404; not an image, a corrupt image or one over the pixel limit
-400; unsupported content type 415; an upload over the size limit 413; a full queue 503 with Retry-After; a
-missing or wrong bearer token 401. The server keeps serving after each.
+400; unsupported content type 415; an upload over the size limit 413; a full queue 503 with Retry-After (before
+the upload is read); a missing or wrong bearer token 401 (on every route but OPEN_PATHS). A client that hangs up
+mid-upload is one access-log line with status 499. The server keeps serving after each.
 """
 # No `from __future__ import annotations`: FastAPI reads the route functions' annotations at run time, and
 # Request is imported inside create_app (FastAPI is an optional extra).
+import asyncio
 import base64
 import binascii
 import gc
@@ -22,6 +24,7 @@ import json
 import logging
 import os
 import secrets
+import socket
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -40,6 +43,14 @@ API_KEY_ENV = "VPTUNE_API_KEY"
 PAGE = Path(__file__).with_name("page.html")
 access_log = logging.getLogger("vptune.access")
 INLINE_DECODE_PIXELS = 512 * 512  # uploads up to this size are decoded on the event loop, larger ones in a thread
+# Large decodes at once: each holds up to --max-pixels x 3 bytes and its resized copies, so this bounds their memory
+# (requests beyond it wait their turn, holding only their upload's bytes).
+DECODE_THREADS = min(4, os.cpu_count() or 1)
+# Open without the key, on purpose: /health (for load balancers, and the page asks it whether a key is needed), /
+# (a static page that holds no data: it asks for the key and sends it with each API call) and the API's schema
+# (/docs, /openapi.json: routes and fields, no task names, classes or data). Every other route needs the key.
+OPEN_PATHS = ("/", "/health", "/docs", "/openapi.json")
+CLIENT_CLOSED = 499  # nginx's status for a request whose client hung up before it was answered
 
 
 def _setting(default, help: str, **kwargs):
@@ -56,11 +67,11 @@ class ServeSettings:
                                                "from the recent batch run times, see the README)")
     max_pending: int = _setting(256, "queued requests before answering 503")
     max_upload_mb: float = _setting(10.0, "request body limit (413 above it)")
-    max_pixels: int = _setting(25_000_000, "decoded image limit (400 above it; Pillow's own bomb limit is 89 "
-                                           "million)")
+    max_pixels: int = _setting(16_000_000, "decoded image limit for an upload (400 above it; a 12-megapixel "
+                                           "photo fits; training's limit is 40 million)")
     top_k: int = _setting(5, "classes returned when a request does not say")
-    api_key: str | None = _setting(None, "require 'Authorization: Bearer KEY' on every route but /health "
-                                         "(default: $VPTUNE_API_KEY)", repr=False)
+    api_key: str | None = _setting(None, "require 'Authorization: Bearer KEY' on every route but "
+                                         f"{', '.join(OPEN_PATHS)} (default: $VPTUNE_API_KEY)", repr=False)
 
     def validate(self) -> None:
         for name in ("max_batch", "max_pending", "max_pixels"):
@@ -106,6 +117,7 @@ def create_app(model: MultiTaskModel, settings: ServeSettings):
     """The FastAPI application serving `model`'s tasks."""
     require_serve_extra()
     from fastapi import Depends, FastAPI, HTTPException, Request
+    from starlette.requests import ClientDisconnect
     from fastapi.responses import HTMLResponse, JSONResponse
     from fastapi.concurrency import run_in_threadpool
 
@@ -126,7 +138,12 @@ def create_app(model: MultiTaskModel, settings: ServeSettings):
         # A small image decodes and resizes in ~0.2 ms: less than the CPU a thread-pool hop costs under load
         # (~0.6 ms of GIL hand-offs per request, measured), so it runs right here. A large one could stall every
         # connection for tens of ms, so it goes to the pool. An unreadable header fails fast either way.
-        return prepare(data) if _pixels(data) <= INLINE_DECODE_PIXELS else await run_in_threadpool(prepare, data)
+        if _pixels(data) <= INLINE_DECODE_PIXELS:
+            return prepare(data)
+        async with decoding:
+            return await run_in_threadpool(prepare, data)
+
+    decoding = asyncio.Semaphore(DECODE_THREADS)
 
     wait = settings.max_wait_ms / 1000 if settings.max_wait_ms is not None else None
     batcher = Batcher(run_batch, max_batch=settings.max_batch, max_wait=wait,
@@ -154,18 +171,18 @@ def create_app(model: MultiTaskModel, settings: ServeSettings):
         await batcher.stop()  # every accepted request is answered before the process ends
         gc.unfreeze()
 
-    app = FastAPI(title="vptune", lifespan=lifespan, docs_url="/docs", redoc_url=None)
-    app.state.batcher = batcher
-
-    app.add_middleware(AccessLog)
-
     def authorised(request: Request) -> None:
-        if api_key is None:
+        if api_key is None or request.url.path in OPEN_PATHS:
             return
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not secrets.compare_digest(token.encode(), api_key.encode()):
             raise HTTPException(401, "missing or wrong API key: send the header 'Authorization: Bearer KEY'",
                                 headers={"WWW-Authenticate": "Bearer"})
+
+    app = FastAPI(title="vptune", lifespan=lifespan, docs_url="/docs", redoc_url=None, openapi_url="/openapi.json",
+                  swagger_ui_oauth2_redirect_url=None, dependencies=[Depends(authorised)])
+    app.state.batcher = batcher
+    app.add_middleware(AccessLog)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def page() -> str:
@@ -177,11 +194,11 @@ def create_app(model: MultiTaskModel, settings: ServeSettings):
                 "pending": batcher.pending, "max_wait_ms": round(1000 * batcher.wait, 2),
                 "quiet_ms": round(1000 * batcher.quiet, 2)}
 
-    @app.get("/v1/tasks", dependencies=[Depends(authorised)])
+    @app.get("/v1/tasks")
     def tasks() -> dict:
         return {"tasks": [describe_task(model, name) for name in model.tasks]}
 
-    @app.post("/v1/tasks/{name}/predict", dependencies=[Depends(authorised)])
+    @app.post("/v1/tasks/{name}/predict")
     async def predict(name: str, request: Request, top_k: int | None = None):
         if name not in model.tasks:
             raise HTTPException(404, f"no task {name!r}; this server has: {', '.join(model.tasks)}")
@@ -189,16 +206,17 @@ def create_app(model: MultiTaskModel, settings: ServeSettings):
         if content_type not in ("multipart/form-data", "application/json"):
             raise HTTPException(415, f"content type {content_type or 'none'!r} is not supported: send the image as "
                                      f"multipart/form-data (field 'image') or as application/json {{\"image\": BASE64}}")
-        body = await _read_body(request, limit)
-        data, requested_k = await _image_bytes(request, body, content_type)
-        k = top_k if top_k is not None else requested_k if requested_k is not None else settings.top_k
         try:
-            check_top_k(k)
-            image = await prepare_off_the_loop_if_large(data)
-        except (DataError, ConfigError) as err:
-            raise HTTPException(400, str(err)) from None
-        try:
-            top, batch_size = await batcher.submit((name, image, k))
+            with batcher.slot():  # taken first: a request the queue cannot take is not even read
+                body = await _read_body(request, limit)
+                data, requested_k = await _image_bytes(request, body, content_type)
+                k = top_k if top_k is not None else requested_k if requested_k is not None else settings.top_k
+                try:
+                    check_top_k(k)
+                    image = await prepare_off_the_loop_if_large(data)
+                except (DataError, ConfigError) as err:
+                    raise HTTPException(400, str(err)) from None
+                top, batch_size = await batcher.submit((name, image, k), in_slot=True)
         except Overloaded as err:
             raise HTTPException(503, f"server busy ({err}); retry shortly", headers={"Retry-After": "1"}) from None
         return JSONResponse({"task": name, "top": top}, headers={"X-Batch-Size": str(batch_size)})
@@ -209,10 +227,13 @@ def create_app(model: MultiTaskModel, settings: ServeSettings):
         if declared.isdigit() and int(declared) > limit:
             raise HTTPException(413, too_big)
         body = bytearray()
-        async for chunk in request.stream():  # chunked uploads have no length to check up front
-            body += chunk
-            if len(body) > limit:
-                raise HTTPException(413, too_big)
+        try:
+            async for chunk in request.stream():  # chunked uploads have no length to check up front
+                body += chunk
+                if len(body) > limit:
+                    raise HTTPException(413, too_big)
+        except ClientDisconnect:  # no one to answer: one access-log line, no traceback
+            raise HTTPException(CLIENT_CLOSED, "the client closed the connection during the upload") from None
         return bytes(body)
 
     async def _image_bytes(request: Request, body: bytes, content_type: str) -> tuple[bytes, int | None]:
@@ -289,7 +310,7 @@ def describe_task(model: MultiTaskModel, name: str) -> dict:
             "prompt": task.prompt_config.to_dict(), "image_size": list(task.backbone.patch_embed.img_size)}
 
 
-def serve(tasks: dict[str, str], settings: ServeSettings) -> None:
+def serve(tasks: dict[str, str], settings: ServeSettings, *, allow_download: bool = False) -> None:
     """Load the tasks onto one backbone and serve them until interrupted (SIGINT / SIGTERM finish the requests
     in flight first)."""
     settings.validate()
@@ -298,13 +319,28 @@ def serve(tasks: dict[str, str], settings: ServeSettings) -> None:
 
     if not tasks:
         raise ConfigError("no task to serve: give at least one --task NAME=DIR")
-    model = MultiTaskModel(tasks=tasks)
+    listening = _listen(settings.host, settings.port)  # before loading the tasks: a taken port fails at once
+    model = MultiTaskModel(tasks=tasks, allow_download=allow_download)
     app = create_app(model, settings)
     logging.getLogger("vptune.access").setLevel(logging.INFO)
-    print(f"vptune: serving {len(tasks)} task(s) ({', '.join(tasks)}) on http://{settings.host}:{settings.port}",
-          flush=True)
-    uvicorn.run(app, host=settings.host, port=settings.port, access_log=False, log_level="warning",
-                timeout_graceful_shutdown=30)
+    host, port = listening.getsockname()[:2]
+    print(f"vptune: serving {len(tasks)} task(s) ({', '.join(tasks)}) on http://{_url_host(host)}:{port}",
+          flush=True)  # the port bound, which --port 0 leaves to the system
+    config = uvicorn.Config(app, access_log=False, log_level="warning", timeout_graceful_shutdown=30)
+    uvicorn.Server(config).run(sockets=[listening])
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        return socket.create_server((host, port), family=family)
+    except OSError as err:
+        raise ConfigError(f"cannot listen on {_url_host(host)}:{port}: {err.strerror or err}; choose another "
+                          f"--port (--port 0 takes a free one) or --host") from None
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
 
 
 __all__ = ["ServeSettings", "create_app", "serve", "parse_task_flags", "describe_task"]

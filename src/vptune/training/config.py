@@ -21,7 +21,7 @@ import torch
 import yaml
 
 from ..backbones import DEFAULT_BACKBONE
-from ..data import MAX_PIXELS, builtin_name
+from ..data import BUILTIN_DATASETS, MAX_PIXELS, builtin_name
 from ..errors import ConfigError
 from ..methods import Method, get_method, method_names
 from ..model import INITS, LOCATIONS, POOLINGS, PromptConfig
@@ -32,6 +32,8 @@ OPTIMIZERS = ("sgd", "adamw")
 # Settings a resumed run may change (`train(..., resume=True, changes=...)`, `vptune train --resume RUN --epochs 20`):
 # they do not change what the finished epochs computed. Everything else continues as config.yaml says.
 RESUME_MAY_CHANGE = ("epochs", "device", "num_workers", "tensorboard", "test_subset")
+# A ViT at 4096 px has (4096 / 16)^2 = 65,536 tokens, beyond what attention fits in memory on one GPU today
+MAX_IMG_SIZE = 4096
 RENAMED = {"cache_frozen": "cache_stem"}  # old setting names still read from config files
 
 
@@ -144,6 +146,9 @@ class TrainConfig:
             head_init=self.head_init or method.head_init,
             prompt_init=self.prompt_init or self._default_prompt_init(method))
         cfg.validate()
+        if builtin_name(cfg.data) is None and not Path(cfg.data).exists():  # before any trial, search or folder
+            raise ConfigError(f"data {self.data}: no such file or folder; give an image folder, a CSV, a VTAB-1k or "
+                              f"FGVC split folder, or a built-in name ({', '.join(BUILTIN_DATASETS)})")
         _check_output_outside_data(cfg.output, cfg.data)
         return cfg
 
@@ -179,8 +184,9 @@ class TrainConfig:
         for name in ("subset", "test_subset"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be a positive number of images, got {getattr(self, name)!r}")
-        if self.img_size is not None and self.img_size < 1:
-            raise ConfigError(f"img_size must be a positive number of pixels, got {self.img_size!r}")
+        if self.img_size is not None and not 1 <= self.img_size <= MAX_IMG_SIZE:
+            raise ConfigError(f"img_size must be 1..{MAX_IMG_SIZE} pixels, got {self.img_size!r} (a ViT's cost grows "
+                              f"with its square; 224 is the usual size)")
         check_device(self.device)
         self.tuning_method()  # ConfigError for an unknown method name
         self.prompt_config()  # ConfigError naming the bad prompt field

@@ -30,7 +30,7 @@ from .._io import atomic_write
 from ..backbones import create_backbone
 from ..data import DataSplits, collate, load_data
 from ..data.splits import fixed_sample
-from ..errors import ConfigError, TrainingError
+from ..errors import ConfigError, TrainingError, VptuneError
 from ..inference.evaluate import evaluate_logits
 from ..methods import build_model, optimizer_groups
 from ..model import ParameterCount, PromptedViT, count_parameters
@@ -96,7 +96,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, qu
                           "(what `vptune train --lr auto` does), or give a number")
     if not resume:
         cfg = cfg.resolved()  # bad settings are refused before anything is created or locked
-    world, device = init_world(cfg.device)  # under torchrun: this process's rank (see distributed.py)
+    # the device this run asks for: a resume's --device, else the one its config.yaml recorded
+    wanted = (changes or {}).get("device") or _recorded_device(RunDir(cfg.output)) if resume else cfg.device
+    world, device = init_world(wanted or cfg.device)  # under torchrun: this rank's device (see distributed.py)
     if not resume:
         check_batch(cfg.batch_size, world)
     if not world.main:  # rank 0 logs and writes for everyone
@@ -108,6 +110,13 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, qu
             return _train(run, cfg, resume, overwrite, quiet, on_epoch, test, world, device, changes or {})
     finally:
         leave(world)
+
+
+def _recorded_device(run: RunDir) -> str | None:
+    try:
+        return run.read_config().get("device") if run.config.is_file() else None
+    except VptuneError:
+        return None  # _start names what is wrong with the file
 
 
 def _train(run: RunDir, cfg: TrainConfig, resume: bool, overwrite: bool, quiet: bool,
@@ -351,6 +360,19 @@ def warmup_cosine(total_steps: int, warmup_steps: int) -> Callable[[int], float]
 
 
 # ------------------------------------------------------------------------------------------- set-up
+def _read_run_config(run: RunDir, changes: dict) -> TrainConfig:
+    """config.yaml with a resume's changes, validated as the command line's settings are (an edited file is one
+    error naming it)."""
+    cfg = TrainConfig.from_dict(run.read_config(), str(run.config))
+    if changes:
+        cfg = apply_resume_changes(cfg, changes, len(run.read_metrics()))
+    try:
+        cfg.validate()
+    except ConfigError as err:
+        raise ConfigError(f"{run.config}: {err}; fix the file, or start the run again with --overwrite") from err
+    return cfg
+
+
 def _start(run: RunDir, cfg: TrainConfig, *, resume: bool, overwrite: bool,
            changes: dict | None = None) -> tuple[TrainConfig, Path | None]:
     """The settings to run with: config.yaml's when resuming; else `cfg` resolved and validated, written to a
@@ -361,28 +383,33 @@ def _start(run: RunDir, cfg: TrainConfig, *, resume: bool, overwrite: bool,
         log.warning(f"vptune: {run.path} was being replaced (--overwrite) when its process was killed; the previous "
                     f"run was put back from {restored}")
     if resume:
-        cfg = TrainConfig.from_dict(run.read_config(), str(run.config)) if run.config.is_file() else None
+        cfg = _read_run_config(run, changes or {}) if run.config.is_file() else None
         if cfg is None or not (run.state.is_file() or cfg.tuning_method().head_only):  # a probe is refitted whole
             raise TrainingError(f"cannot resume {run.path}: it has no {run.config.name} and {run.state.name} (no epoch "
                                 f"finished yet?); start it again with --overwrite")
         if changes:
-            cfg = apply_resume_changes(cfg, changes, len(run.read_metrics()))
             run.write_config(cfg.to_dict())  # a later resume continues with the new number of epochs
         run.clear_interrupted_writes()
         return cfg, None
     cfg = cfg.resolved()
-    replaced = None
-    if not run.is_empty():
-        if not overwrite:
-            raise TrainingError(f"{run.path} already exists and is not empty; pass --overwrite to replace it, "
-                                f"--resume to continue it, or choose another --output")
-        if not run.is_run():
-            raise TrainingError(f"{run.path} is not a vptune run directory (it has no {MARKER} marker), so "
-                                f"--overwrite will not delete what is in it; choose another --output")
-        replaced = run.move_aside()
+    check_new_run(run, overwrite)
+    replaced = run.move_aside() if not run.is_empty() else None
     run.mark()
     run.write_config(cfg.to_dict())
     return cfg, replaced
+
+
+def check_new_run(run: RunDir, overwrite: bool) -> None:
+    """Refuse a new run's folder that holds something (without `overwrite`) or that is not a vptune run (with it),
+    before anything is written there; callers with long work before the run (--lr auto) ask first."""
+    if run.is_empty():
+        return
+    if not overwrite:
+        raise TrainingError(f"{run.path} already exists and is not empty; pass --overwrite to replace it, "
+                            f"--resume to continue it, or choose another --output")
+    if not run.is_run():
+        raise TrainingError(f"{run.path} is not a vptune run directory (it has no {MARKER} marker), so "
+                            f"--overwrite will not delete what is in it; choose another --output")
 
 
 def _load_splits(cfg: TrainConfig, backbone: torch.nn.Module) -> DataSplits:
