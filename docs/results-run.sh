@@ -15,13 +15,18 @@ TASKS="digits,animal-mnist,fashion-mnist,$PWD/runs/holdout/defects/labels.csv"
 COMMON=(--tasks "$TASKS" --epochs 5 --img-size 112 --test-subset 2000 --out docs/results --quiet)
 export OMP_NUM_THREADS=1
 step() { $VPTUNE ablate "$@" "${COMMON[@]}"; }
+# each step names every seed so far: finished runs are skipped, and its tables cover all of them
+so_far=""
 for seed in ${SEEDS:-0 1 2}; do
-  step methods --seeds "$seed" --cells linear,vpt-shallow,vpt-deep
-  step location --seeds "$seed" --cells "prepend shallow,add shallow,add deep"
-  step depth --seeds "$seed"
+  so_far="${so_far:+$so_far,}$seed"
+  step methods --seeds "$so_far" --cells linear,vpt-shallow,vpt-deep
+  step location --seeds "$so_far" --cells "prepend shallow,add shallow,add deep"
+  step depth --seeds "$so_far"
 done
+so_far=""
 for seed in ${SEEDS:-0 1 2}; do
-  step methods --seeds "$seed"
-  step location --seeds "$seed"
-  for set in length pooling init; do step "$set" --seeds "$seed"; done
+  so_far="${so_far:+$so_far,}$seed"
+  step methods --seeds "$so_far"
+  step location --seeds "$so_far"
+  for set in length pooling init; do step "$set" --seeds "$so_far"; done
 done

@@ -225,12 +225,15 @@ def test_an_overwrite_that_fails_to_start_keeps_the_old_run(workspace, tmp_path)
 
     old = trained(workspace, tmp_path / "run", epochs=1)
     files = {p.relative_to(old.path): p.read_bytes() for p in old.path.rglob("*") if p.is_file()}
+    empty = tmp_path / "empty-data"  # exists, so the run starts; holds no image, so loading it fails
+    empty.mkdir()
     with pytest.raises(DataError):
-        train(train_config(workspace, old.path, data=str(tmp_path / "no-such-data")), overwrite=True, quiet=True)
+        train(train_config(workspace, old.path, data=str(empty)), overwrite=True, quiet=True)
     assert {p.relative_to(old.path): p.read_bytes() for p in old.path.rglob("*") if p.is_file()} == files
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # nothing moved aside is left behind
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty-data", "run"]  # nothing moved aside is left
     train(train_config(workspace, old.path, epochs=2), overwrite=True, quiet=True)  # a good one replaces it
-    assert len(RunDir(old.path).read_metrics()) == 2 and sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+    assert len(RunDir(old.path).read_metrics()) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty-data", "run"]
 
 
 def test_a_second_run_on_the_same_folder_refuses_and_a_dead_holders_lock_is_taken_over(workspace, tmp_path):

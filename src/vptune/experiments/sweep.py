@@ -121,7 +121,11 @@ def sweep_config(path: str | os.PathLike | None, settings: dict[str, Any], optio
     merged = {**file_sweep, **options}
     seeds = merged.pop("seeds", "0,1,2")
     if isinstance(seeds, str):
-        seeds = () if seeds.strip().lower() == "none" else tuple(int(s) for s in seeds.split(","))
+        try:
+            seeds = () if seeds.strip().lower() == "none" else tuple(int(s) for s in seeds.split(","))
+        except ValueError:
+            raise ConfigError(f"sweep: --seeds {seeds!r}: give comma-separated integers (e.g. 0,1,2), or none to "
+                              f"skip the retrain") from None
     base = load_train_config(None, **{"output": "runs/sweep", **file_settings, **settings})
     unknown = sorted(set(merged) - {f.name for f in dataclasses.fields(SweepConfig)})
     if unknown:

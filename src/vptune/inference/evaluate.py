@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 from .._io import atomic_write_text, save_figure
 from ..data import DataError, builtin_name, collate, load_data
 from ..data.builtin import cache_path
+from ..devices import check_device
 from ..errors import ConfigError
 from ..rundir import RunDir
 from ..tasks import load_task, read_task_json
@@ -97,6 +98,9 @@ def evaluate(path: str | os.PathLike, *, data: str | None = None, split: str = "
     Writes the metrics as JSON and a confusion-matrix PNG into the run's eval/ folder; returns
     (metrics, class names, written files).
     """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"--batch-size must be a positive integer, got {batch_size!r}")
+    check_device(device)  # before the task and its data load
     task = RunDir.find_task(path)
     meta = read_task_json(task)
     training = meta.get("training", {})

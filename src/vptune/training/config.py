@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 import yaml
 
 from ..backbones import DEFAULT_BACKBONE
 from ..data import BUILTIN_DATASETS, MAX_PIXELS, builtin_name
+from ..devices import check_device
 from ..errors import ConfigError
 from ..methods import Method, get_method, method_names
 from ..model import INITS, LOCATIONS, POOLINGS, PromptConfig
@@ -32,6 +32,8 @@ OPTIMIZERS = ("sgd", "adamw")
 # Settings a resumed run may change (`train(..., resume=True, changes=...)`, `vptune train --resume RUN --epochs 20`):
 # they do not change what the finished epochs computed. Everything else continues as config.yaml says.
 RESUME_MAY_CHANGE = ("epochs", "device", "num_workers", "tensorboard", "test_subset")
+# the settings `resolved()` fills from the method's defaults: never None in a config.yaml that vptune wrote
+RESOLVED_FIELDS = ("optimizer", "lr", "head_lr", "head_norm", "head_init", "prompt_init")
 # A ViT at 4096 px has (4096 / 16)^2 = 65,536 tokens, beyond what attention fits in memory on one GPU today
 MAX_IMG_SIZE = 4096
 RENAMED = {"cache_frozen": "cache_stem"}  # old setting names still read from config files
@@ -251,20 +253,6 @@ def load_train_config(path: str | os.PathLike | None = None, **overrides: Any) -
     except ConfigError as err:
         raise ConfigError(err if str(err).startswith(origin) else f"{origin}: {err}") from err
     return TrainConfig.from_dict({**settings, **overrides}, origin=origin)
-
-
-def check_device(name: str) -> None:
-    """A device torch knows and this machine has: cpu, cuda, cuda:N, mps."""
-    try:
-        device = torch.device(name)
-    except (RuntimeError, TypeError):
-        raise ConfigError(f"device must be cpu, cuda, cuda:N or mps, got {name!r}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {name!r}: this machine has no CUDA GPU that torch can use; use --device cpu")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise ConfigError(f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA GPU(s); use cuda:0..")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError(f"device {name!r}: Apple's MPS is not available here; use --device cpu")
 
 
 def _check_output_outside_data(output: str, data: str) -> None:

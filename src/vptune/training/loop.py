@@ -36,7 +36,7 @@ from ..methods import build_model, optimizer_groups
 from ..model import ParameterCount, PromptedViT, count_parameters
 from ..rundir import MARKER, RunDir
 from ..tasks import WEIGHTS_FILE, read_task_json, read_task_tensors, save_task, task_tensors
-from .config import AUTO, TrainConfig, apply_resume_changes
+from .config import AUTO, RESOLVED_FIELDS, TrainConfig, apply_resume_changes
 from .distributed import (SINGLE, GlobalBatchSampler, World, all_sum, broadcast, check_batch, gather_rows,
                           init_world, leave, shard)
 from .linear_probe import WEIGHT_DECAYS, choose_probe, fit_logistic_regression, standardisation
@@ -368,6 +368,9 @@ def _read_run_config(run: RunDir, changes: dict) -> TrainConfig:
         cfg = apply_resume_changes(cfg, changes, len(run.read_metrics()))
     try:
         cfg.validate()
+        unresolved = [name for name in RESOLVED_FIELDS if getattr(cfg, name) is None]
+        if unresolved:  # vptune train writes every setting it resolved
+            raise ConfigError(f"it lacks {', '.join(unresolved)}, so it was not written by vptune train")
     except ConfigError as err:
         raise ConfigError(f"{run.config}: {err}; fix the file, or start the run again with --overwrite") from err
     return cfg
@@ -472,7 +475,7 @@ def _read_state(path: Path) -> dict:
         state = torch.load(path, weights_only=True)
     except Exception as err:  # truncated, corrupt, or a pickle that asks for code (refused by weights_only)
         raise TrainingError(f"cannot resume from {path}: it is not a readable vptune training state "
-                            f"({type(err).__name__}: {str(err).splitlines()[0][:200]}); start the run again with "
+                            f"({type(err).__name__}: {(str(err).splitlines() or [''])[0][:200]}); start the run again with "
                             f"--overwrite, or train into another --output") from err
     missing = {"epoch", "best", "tensors", "optimizer", "scheduler"} - (state.keys() if isinstance(state, dict) else set())
     if missing:
