@@ -72,7 +72,7 @@ def test_prompt_layers_as_indices_work_in_yaml_as_on_the_command_line(workspace,
     (["--weight-decay", "nan"], "weight_decay must be a finite number"),
     (["--data", "/no/such/folder"], "/no/such/folder"),
     (["--backbone", "no_such_vit"], "unknown backbone 'no_such_vit'"),
-    (["--device", "banana"], "device must be cpu, cuda, cuda:N or mps, got 'banana'"),
+    (["--device", "banana"], "device must be auto, cpu, cuda, cuda:N or mps, got 'banana'"),
     (["--prompt-layers", "last 99"], "K must be in 1..6"),
     (["--prompt-layers", "0,0"], "lists a block twice"),
     (["--pooling", "prompt-pool", "--prompt-location", "add"], "pooling='prompt-pool' reads the prompts' outputs"),
@@ -266,3 +266,20 @@ def test_a_full_disk_when_eval_writes_its_plot_is_one_line(trained_run, tmp_path
     error = capsys.readouterr().err
     assert "test_confusion.png: the disk is full" in error and "Traceback" not in error, error
     assert not [p for p in (copy / "eval").iterdir() if p.name.endswith(".tmp")]
+
+
+def test_device_auto_is_the_default_and_records_the_device_chosen(workspace, tmp_path, capsys):
+    """No GPU here: auto picks the CPU, config.yaml says so; eval and predict take --device too."""
+    import torch
+
+    if torch.cuda.is_available() or torch.backends.mps.is_available():
+        pytest.skip("a GPU is present: auto would pick it")
+    run = RunDir(tmp_path / "run")
+    assert main(train_args(workspace, run.path, "--epochs", "1")) == 0
+    assert run.read_config()["device"] == "cpu"
+    assert main(["eval", str(run.path), "--device", "auto", "--quiet"]) == 0
+    image = str(workspace / "images" / "red" / "0.png")
+    assert main(["predict", str(run.path), image, "--device", "cpu"]) == 0
+    capsys.readouterr()
+    assert main(["predict", str(run.path), image, "--device", "cuda"]) == 1
+    assert "no CUDA GPU" in capsys.readouterr().err

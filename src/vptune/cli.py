@@ -112,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--data", help="data set to evaluate on (default: the one it was trained on)")
     evaluate.add_argument("--split", default="test", choices=["test", "val", "train", "trainval"])
     evaluate.add_argument("--batch-size", type=int, default=64)
-    evaluate.add_argument("--device", default="cpu")
+    add_device_flag(evaluate)
     evaluate.add_argument("--quiet", action="store_true")
     add_download_flag(evaluate)
 
@@ -123,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--json", action="store_true", help="print JSON instead of a table")
     predict.add_argument("--max-pixels", type=int, default=MAX_PIXELS,
                          help=f"refuse images with more pixels than this (default {MAX_PIXELS:,})")
+    add_device_flag(predict)
     add_download_flag(predict)
 
     serve = command("serve", "serve many tasks on one backbone over HTTP (needs the serve extra)", _serve)
@@ -146,6 +147,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("bench_args", nargs=argparse.REMAINDER)
     bench.set_defaults(run=_bench)
     return parser
+
+
+def add_device_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="auto", help="auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:N or mps")
 
 
 def add_download_flag(parser: argparse.ArgumentParser) -> None:
@@ -311,7 +316,8 @@ def _predict(args: argparse.Namespace) -> int:
     check_top_k(args.top_k)  # before the task and its backbone are loaded
     if args.max_pixels < 1:
         raise ConfigError(f"--max-pixels must be a positive number of pixels, got {args.max_pixels}")
-    predictor = Predictor.from_task(args.task, max_pixels=args.max_pixels, allow_download=args.allow_download)
+    predictor = Predictor.from_task(args.task, device=args.device, max_pixels=args.max_pixels,
+                                    allow_download=args.allow_download)
     results = predictor.predict_files(args.images, top_k=args.top_k)
     if args.json:
         print(json.dumps(results, indent=2))

@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 from .._io import atomic_write_text, save_figure
 from ..data import DataError, builtin_name, collate, load_data
 from ..data.builtin import cache_path
-from ..devices import check_device
+from ..devices import resolve_device
 from ..errors import ConfigError
 from ..rundir import RunDir
 from ..tasks import load_task, read_task_json
@@ -91,7 +91,7 @@ def save_confusion_png(confusion: Sequence[Sequence[int]], class_names: Sequence
 
 
 def evaluate(path: str | os.PathLike, *, data: str | None = None, split: str = "test", batch_size: int = 64,
-             device: str = "cpu", quiet: bool = True, allow_download: bool = False
+             device: str = "auto", quiet: bool = True, allow_download: bool = False
              ) -> tuple[dict, list[str], list[Path]]:
     """Evaluate a task (or a run's best task) on a split of a data set (default: the one it was trained on).
 
@@ -100,7 +100,7 @@ def evaluate(path: str | os.PathLike, *, data: str | None = None, split: str = "
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"--batch-size must be a positive integer, got {batch_size!r}")
-    check_device(device)  # before the task and its data load
+    device = resolve_device(device)  # before the task and its data load
     task = RunDir.find_task(path)
     meta = read_task_json(task)
     training = meta.get("training", {})

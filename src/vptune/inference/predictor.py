@@ -8,6 +8,7 @@ from typing import Sequence
 import torch
 
 from ..data import MAX_PIXELS, Sample, build_transform, read_image
+from ..devices import resolve_device
 from ..errors import ConfigError
 from ..model import PromptedViT
 from ..rundir import RunDir
@@ -28,9 +29,12 @@ class Predictor:
 
     @classmethod
     def from_task(cls, path: str | os.PathLike, backbone: torch.nn.Module | str | None = None, *,
-                  allow_download: bool = False, **kwargs) -> "Predictor":
-        """A task directory, or a training run (its best checkpoint); `allow_download` as in `load_task`."""
-        return cls(load_task(RunDir.find_task(path), backbone=backbone, allow_download=allow_download), **kwargs)
+                  device: str = "auto", allow_download: bool = False, **kwargs) -> "Predictor":
+        """A task directory, or a training run (its best checkpoint), on `device` (auto: CUDA, else MPS, else
+        CPU); `allow_download` as in `load_task`."""
+        device = resolve_device(device)
+        model = load_task(RunDir.find_task(path), backbone=backbone, allow_download=allow_download)
+        return cls(model.to(device), **kwargs)
 
     @property
     def device(self) -> torch.device:

@@ -21,7 +21,7 @@ import yaml
 
 from ..backbones import DEFAULT_BACKBONE
 from ..data import BUILTIN_DATASETS, MAX_PIXELS, builtin_name
-from ..devices import check_device
+from ..devices import AUTO as AUTO_DEVICE, check_device, resolve_device
 from ..errors import ConfigError
 from ..methods import Method, get_method, method_names
 from ..model import INITS, LOCATIONS, POOLINGS, PromptConfig
@@ -116,7 +116,8 @@ class TrainConfig:
     seed: int = _setting(0, "random seed; same seed, same metrics on CPU")
     tensorboard: bool = _setting(True, "write TensorBoard event files to RUN/tensorboard (when the tensorboard "
                                        "package is installed: pip install 'vptune[tensorboard]')")
-    device: str = _setting("cpu", "cpu or cuda")
+    device: str = _setting(AUTO_DEVICE, "auto (CUDA, else MPS, else CPU; config.yaml records the one chosen), "
+                                        "cpu, cuda, cuda:N or mps")
 
     # ------------------------------------------------------------------------------------------- derived
     def tuning_method(self) -> Method:
@@ -146,7 +147,8 @@ class TrainConfig:
             head_lr=self.head_lr if self.head_lr is not None else method.default_head_lr,
             head_norm=self.head_norm if self.head_norm is not None else method.head_norm,
             head_init=self.head_init or method.head_init,
-            prompt_init=self.prompt_init or self._default_prompt_init(method))
+            prompt_init=self.prompt_init or self._default_prompt_init(method),
+            device=resolve_device(self.device))
         cfg.validate()
         if builtin_name(cfg.data) is None and not Path(cfg.data).exists():  # before any trial, search or folder
             raise ConfigError(f"data {self.data}: no such file or folder; give an image folder, a CSV, a VTAB-1k or "
@@ -189,7 +191,8 @@ class TrainConfig:
         if self.img_size is not None and not 1 <= self.img_size <= MAX_IMG_SIZE:
             raise ConfigError(f"img_size must be 1..{MAX_IMG_SIZE} pixels, got {self.img_size!r} (a ViT's cost grows "
                               f"with its square; 224 is the usual size)")
-        check_device(self.device)
+        if self.device != AUTO_DEVICE:
+            check_device(self.device)
         self.tuning_method()  # ConfigError for an unknown method name
         self.prompt_config()  # ConfigError naming the bad prompt field
 

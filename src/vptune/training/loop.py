@@ -30,6 +30,7 @@ from .._io import atomic_write
 from ..backbones import create_backbone
 from ..data import DataSplits, collate, load_data
 from ..data.splits import fixed_sample
+from ..devices import resolve_device
 from ..errors import ConfigError, TrainingError, VptuneError
 from ..inference.evaluate import evaluate_logits
 from ..methods import build_model, optimizer_groups
@@ -98,7 +99,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, qu
         cfg = cfg.resolved()  # bad settings are refused before anything is created or locked
     # the device this run asks for: a resume's --device, else the one its config.yaml recorded
     wanted = (changes or {}).get("device") or _recorded_device(RunDir(cfg.output)) if resume else cfg.device
-    world, device = init_world(wanted or cfg.device)  # under torchrun: this rank's device (see distributed.py)
+    world, device = init_world(resolve_device(wanted or cfg.device))  # under torchrun: this rank's (distributed.py)
     if not resume:
         check_batch(cfg.batch_size, world)
     if not world.main:  # rank 0 logs and writes for everyone
@@ -148,7 +149,7 @@ def _train(run: RunDir, cfg: TrainConfig, resume: bool, overwrite: bool, quiet: 
     model.to(cfg.device)
     counts = count_parameters(model)
     log.info(f"{cfg.method} on {cfg.data} ({len(_subset(splits.train, cfg))} train images), {counts.trainable:,} "
-             f"trainable parameters ({counts.percent_of_backbone:.3f}% of the backbone)")
+             f"trainable parameters ({counts.percent_of_backbone:.3f}% of the backbone), on {cfg.device}")
 
     if method.head_only:
         best, train_seconds = train_linear_probe(model, splits, cfg, run, quiet, world)
@@ -366,6 +367,7 @@ def _read_run_config(run: RunDir, changes: dict) -> TrainConfig:
     cfg = TrainConfig.from_dict(run.read_config(), str(run.config))
     if changes:
         cfg = apply_resume_changes(cfg, changes, len(run.read_metrics()))
+    cfg = dataclasses.replace(cfg, device=resolve_device(cfg.device))  # a resume's --device auto
     try:
         cfg.validate()
         unresolved = [name for name in RESOLVED_FIELDS if getattr(cfg, name) is None]
