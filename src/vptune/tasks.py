@@ -105,11 +105,7 @@ def load_task(directory: str | os.PathLike, backbone: nn.Module | str | None = N
     method = task_method(meta, directory)
     backbone = _resolve_backbone(backbone, meta, directory, allow_download)
     _check_backbone_matches(backbone, meta, check_fingerprint)
-    with torch.device("meta"):  # shapes without memory: a task.json declaring 10^8 prompt tokens is refused here
-        skeleton = _rebuild(directory, meta, backbone, path)
-    weights_path = verified_weights(directory, meta)
-    _check_shapes(skeleton, tensor_shapes(weights_path), directory)
-    tensors = _read_tensors(weights_path)
+    tensors = _read_tensors(_checked_weights(directory, meta, backbone))
     model = _rebuild(directory, meta, backbone, path)
     try:
         method.adapt(backbone)  # e.g. LoRA's modules must be in place before its tensors load
@@ -127,13 +123,21 @@ def check_task(directory: str | os.PathLike) -> dict[str, Any]:
     directory = Path(directory)
     meta = read_task_json(directory)
     task_method(meta, directory)
-    weights_path = verified_weights(directory, meta)
     with torch.device("meta"):
         backbone = create_backbone(meta["backbone"]["name"], img_size=meta["backbone"]["img_size"][0],
                                    pretrained=False)
-        skeleton = _rebuild(directory, meta, backbone, "prefix")
-    _check_shapes(skeleton, tensor_shapes(weights_path), directory)
+    _checked_weights(directory, meta, backbone)
     return meta
+
+
+def _checked_weights(directory: Path, meta: dict[str, Any], backbone: nn.Module) -> Path:
+    """prompt.safetensors, verified against task.json's checksum, its header's shapes against the model task.json
+    describes, built on the meta device: a task.json declaring 10^8 prompt tokens is refused without memory."""
+    with torch.device("meta"):
+        skeleton = _rebuild(directory, meta, backbone, "prefix")
+    weights_path = verified_weights(directory, meta)
+    _check_shapes(skeleton, tensor_shapes(weights_path), directory)
+    return weights_path
 
 
 def _rebuild(directory: Path, meta: dict[str, Any], backbone: nn.Module, path: str) -> PromptedViT:

