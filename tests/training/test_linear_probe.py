@@ -69,7 +69,10 @@ def test_matches_scikit_learn_on_real_features_of_a_builtin_task(tmp_path):
     point of scikit-learn's at the L2 strength the probe chose on val."""
     from timm.data import resolve_model_data_config
 
+    from torch.utils.data import DataLoader
+
     from vptune import create_backbone, load_data
+    from vptune.data import collate
     from vptune.training.stem_cache import precompute
     try:
         backbone = create_backbone(img_size=56)
@@ -77,8 +80,8 @@ def test_matches_scikit_learn_on_real_features_of_a_builtin_task(tmp_path):
         pytest.skip(f"default backbone unavailable: {err}")
     config = resolve_model_data_config(backbone)
     splits = load_data("digits", img_size=56, mean=config["mean"], std=config["std"])
-    features = {name: precompute(backbone, getattr(splits, name), batch_size=64, device=torch.device("cpu"))
-                .tensors for name in ("train", "val", "test")}
+    features = {name: precompute(backbone, DataLoader(getattr(splits, name), batch_size=64, collate_fn=collate),
+                                 device=torch.device("cpu")).tensors for name in ("train", "val", "test")}
     chosen, _ = choose_probe(features["train"], features["val"], 10)
     ours, _ = chosen.accuracy_and_loss(*features["test"])
     scaler, reference = sklearn_probe(features["train"][0].numpy(), features["train"][1].numpy(),

@@ -38,7 +38,10 @@ FORMAT = "vptune-ablation"
 RUNS = "runs.jsonl"
 NUM_CLASSES = "num_classes"  # a cell's num_tokens may say this: p = the task's number of classes (init "cls")
 # Settings that do not change what a run computes, left out of its key.
-NOT_IN_KEY = ("output", "device", "num_workers", "tensorboard")
+NOT_IN_KEY = ("output", "device", "num_workers", "tensorboard", "compile")
+# Settings added after runs were recorded: left out of the key while they hold the value every earlier run had,
+# so those runs keep their keys (and are not trained again); any other value is part of the key.
+KEY_SINCE = {"precision": "fp32", "half_backbone": False}
 
 
 @dataclass(frozen=True)
@@ -229,7 +232,8 @@ def run_key(config: AblateConfig, cell: Cell, task: str, seed: int) -> str:
     """A run's identity: a hash of its resolved settings, so equal runs of different sets are trained once, and a
     run whose default meaning changed (a new default of vptune) is trained again."""
     resolved = _train_config(run_settings(config, cell, task, seed)).resolved().to_dict()
-    kept = {k: v for k, v in sorted(resolved.items()) if k not in NOT_IN_KEY}
+    kept = {k: v for k, v in sorted(resolved.items())
+            if k not in NOT_IN_KEY and not (k in KEY_SINCE and v == KEY_SINCE[k])}
     return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 

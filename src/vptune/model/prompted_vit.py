@@ -166,13 +166,19 @@ class PromptedViT(nn.Module):
     def prompt_tokens(self, batch_size: int) -> torch.Tensor:
         """The prompt tokens each prompted block inserts, (num_blocks, B or 1, p, d): the learned tokens, or for
         "prepend-pixel" the learned pixel patches through the frozen patch embedding (its projection and norm, no
-        position embedding, as for the paper's prompts)."""
-        prompts = self.prompts(batch_size)
+        position embedding, as for the paper's prompts). In the backbone's dtype: a backbone held in bf16 gets bf16
+        tokens (fp32 masters stay in `self.prompts`)."""
+        prompts = self.prompts(batch_size).to(self._dtype)
         if self.prompt_config.location != "prepend-pixel":
             return prompts
         patch_embed = self.backbone.patch_embed
         proj = patch_embed.proj  # a convolution with stride = kernel = patch: a linear map of each flat patch
         return patch_embed.norm(F.linear(prompts, proj.weight.flatten(1), proj.bias))
+
+    @property
+    def _dtype(self) -> torch.dtype:
+        """The frozen backbone's weights' dtype (float32, or 16 bits with `--half-backbone`)."""
+        return self.backbone.patch_embed.proj.weight.dtype
 
     @property
     def stem_depth(self) -> int:
@@ -309,7 +315,7 @@ class PromptedViT(nn.Module):
 
     def _blocks_add(self, x: torch.Tensor) -> torch.Tensor:
         """"add": each prompted block's prompt is added element-wise to the tokens entering it."""
-        prompts = self.prompts(x.shape[0])
+        prompts = self.prompts(x.shape[0]).to(self._dtype)
         if prompts.shape[2] != x.shape[1]:
             raise ValueError(f"location='add' learned one prompt vector per token for {prompts.shape[2]} tokens, "
                              f"but these images give {x.shape[1]}; use the image size the model was built for "
@@ -366,7 +372,7 @@ class PromptedViT(nn.Module):
         x = self._embed(images.to(self.prompts.tokens.device))
         for i, block in enumerate(self.backbone.blocks[:last + 1]):
             if i in self._prompt_index and not (self.prompt_config.shared and i != self.prompt_blocks[0]):
-                patches = x[:, self.num_prefix_tokens:].flatten(0, 1)  # (B * m, d)
+                patches = x[:, self.num_prefix_tokens:].flatten(0, 1).float()  # (B * m, d), fp32 under autocast
                 self.prompts.tokens[self.prompts.row(i)] = kmeans(patches, p, generator)
             x = block(x)
         self.clear_cache()
@@ -390,7 +396,7 @@ class PromptedViT(nn.Module):
             for i, block in enumerate(self.backbone.blocks[:last + 1]):
                 x = block(x)
                 if i in self._prompt_index and not (self.prompt_config.shared and i != self.prompt_blocks[0]):
-                    sums[self.prompts.row(i)].index_add_(0, labels, x[:, 0])
+                    sums[self.prompts.row(i)].index_add_(0, labels, x[:, 0].float())
         if bool((counts == 0).any()):
             missing = (counts == 0).nonzero().flatten().tolist()
             raise ValueError(f"init='cls' needs training images of every class; none of class(es) {missing}")

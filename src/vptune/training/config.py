@@ -21,7 +21,7 @@ import yaml
 
 from ..backbones import DEFAULT_BACKBONE
 from ..data import BUILTIN_DATASETS, MAX_PIXELS, builtin_name
-from ..devices import AUTO as AUTO_DEVICE, check_device, resolve_device
+from ..devices import AUTO as AUTO_DEVICE, PRECISIONS, check_device, resolve_device, resolve_precision
 from ..errors import ConfigError
 from ..methods import Method, get_method, method_names
 from ..model import INITS, LOCATIONS, POOLINGS, PromptConfig
@@ -31,7 +31,7 @@ AUTO = "auto"  # lr: searched first (vptune.experiments.train_with_lr_search)
 OPTIMIZERS = ("sgd", "adamw")
 # Settings a resumed run may change (`train(..., resume=True, changes=...)`, `vptune train --resume RUN --epochs 20`):
 # they do not change what the finished epochs computed. Everything else continues as config.yaml says.
-RESUME_MAY_CHANGE = ("epochs", "device", "num_workers", "tensorboard", "test_subset")
+RESUME_MAY_CHANGE = ("epochs", "device", "num_workers", "tensorboard", "test_subset", "compile")
 # the settings `resolved()` fills from the method's defaults: never None in a config.yaml that vptune wrote
 RESOLVED_FIELDS = ("optimizer", "lr", "head_lr", "head_norm", "head_init", "prompt_init")
 # A ViT at 4096 px has (4096 / 16)^2 = 65,536 tokens, beyond what attention fits in memory on one GPU today
@@ -86,7 +86,9 @@ class TrainConfig:
     subset: int | None = _setting(None, "use at most N images per split (quick checks)")
     test_subset: int | None = _setting(None, "score the test split on a fixed stratified sample of N of its images, "
                                              "the same for every seed (default: all of them)")
-    num_workers: int = _setting(0, "data loader workers")
+    num_workers: int | str = _setting("auto", "data loader worker processes: auto (none on the CPU, where images are "
+                                              "decoded before training; on a GPU the cores less one, at most 8) or "
+                                              "a number")
     cache_stem: str = _setting("auto", "auto: run the stem (the frozen blocks before the first prompt) once per "
                                        "image, not every epoch, when the recipe has no random augmentation and it "
                                        "fits in memory; off: every step", CACHE_STEM)
@@ -118,6 +120,14 @@ class TrainConfig:
                                        "package is installed: pip install 'vptune[tensorboard]')")
     device: str = _setting(AUTO_DEVICE, "auto (CUDA, else MPS, else CPU; config.yaml records the one chosen), "
                                         "cpu, cuda, cuda:N or mps")
+    precision: str = _setting("auto", "auto (bf16 on a GPU with bf16 units, fp32 elsewhere; config.yaml records the "
+                                      "one chosen), fp32, bf16 or fp16 (autocast around the forward; the trained "
+                                      "tensors stay fp32; fp16 adds a gradient scaler)", PRECISIONS)
+    half_backbone: bool = _setting(False, "hold the frozen backbone's weights in the --precision's 16-bit type: half "
+                                          "its memory (needs --precision bf16 or fp16 and a method that keeps the "
+                                          "backbone frozen)")
+    compile: bool = _setting(False, "torch.compile the forward (training and evaluation); falls back to eager with "
+                                    "a log line where the platform cannot compile")
 
     # ------------------------------------------------------------------------------------------- derived
     def tuning_method(self) -> Method:
@@ -149,12 +159,25 @@ class TrainConfig:
             head_init=self.head_init or method.head_init,
             prompt_init=self.prompt_init or self._default_prompt_init(method),
             device=resolve_device(self.device))
+        cfg.precision = resolve_precision(self.precision, cfg.device)
         cfg.validate()
+        cfg._check_half_backbone(method)
         if builtin_name(cfg.data) is None and not Path(cfg.data).exists():  # before any trial, search or folder
             raise ConfigError(f"data {self.data}: no such file or folder; give an image folder, a CSV, a VTAB-1k or "
                               f"FGVC split folder, or a built-in name ({', '.join(BUILTIN_DATASETS)})")
         _check_output_outside_data(cfg.output, cfg.data)
         return cfg
+
+    def _check_half_backbone(self, method: Method) -> None:
+        if not self.half_backbone:
+            return
+        if self.precision not in ("bf16", "fp16"):
+            raise ConfigError(f"half_backbone needs precision bf16 or fp16 (the backbone's 16-bit weights are used "
+                              f"under autocast), but the precision is {self.precision} on {self.device}; add "
+                              f"--precision bf16, or leave out --half-backbone")
+        if not method.frozen_backbone:
+            raise ConfigError(f"half_backbone holds frozen weights in 16 bits, but method {self.method!r} trains "
+                              f"backbone weights; leave out --half-backbone")
 
     def _default_prompt_init(self, method: Method) -> str:
         prompts_are_tokens = self.prompt_location == "prepend" and not self.prompt_project
@@ -193,6 +216,8 @@ class TrainConfig:
                               f"with its square; 224 is the usual size)")
         if self.device != AUTO_DEVICE:
             check_device(self.device)
+        if self.num_workers != AUTO_DEVICE and (not isinstance(self.num_workers, int) or self.num_workers < 0):
+            raise ConfigError(f"num_workers must be auto or a whole number >= 0, got {self.num_workers!r}")
         self.tuning_method()  # ConfigError for an unknown method name
         self.prompt_config()  # ConfigError naming the bad prompt field
 

@@ -19,7 +19,7 @@ from typing import Iterator
 
 import torch
 import torch.distributed as dist
-from torch.utils.data import Sampler
+from torch.utils.data import Dataset, Sampler
 
 from ..errors import ConfigError
 
@@ -77,26 +77,51 @@ def check_batch(batch_size: int, world: World) -> None:
                           f"processes; use a multiple of {world.size} (e.g. {world.size * max(1, batch_size // world.size)})")
 
 
-class GlobalBatchSampler(Sampler[list[int]]):
-    """This rank's rows of each global batch of one epoch's permutation (see the module docstring).
+class GlobalBatchSampler(Sampler[list[tuple[int, int]]]):
+    """This rank's rows of each global batch of one epoch's permutation (see the module docstring), as
+    (epoch, index) pairs for `EpochItems`. `set_epoch` before each epoch; one sampler serves the whole run, so a
+    loader's worker processes can live across epochs (the main process iterates the sampler).
 
     `weights()` gives, per step, the factor W / (images in the global batch), or 0 for a stand-in row."""
 
-    def __init__(self, num_items: int, batch_size: int, generator: torch.Generator, world: World) -> None:
-        order = torch.randperm(num_items, generator=generator).tolist()
-        self.batches = [order[i:i + batch_size] for i in range(0, num_items, batch_size)]
-        self.world = world
+    def __init__(self, num_items: int, batch_size: int, seed: int, world: World) -> None:
+        self.num_items, self.batch_size, self.seed, self.world = num_items, batch_size, seed, world
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+        order = torch.randperm(self.num_items, generator=generator).tolist()
+        self.epoch = epoch
+        self.batches = [order[i:i + self.batch_size] for i in range(0, self.num_items, self.batch_size)]
 
     def __len__(self) -> int:
         return len(self.batches)
 
-    def __iter__(self) -> Iterator[list[int]]:
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         for batch in self.batches:
-            mine = batch[self.world.rank::self.world.size]
-            yield mine or batch[:1]  # a stand-in row, weighted 0
+            mine = batch[self.world.rank::self.world.size] or batch[:1]  # [:1]: a stand-in row, weighted 0
+            yield [(self.epoch, i) for i in mine]
 
     def weights(self) -> list[float]:
         return [self.world.size / len(b) if b[self.world.rank::self.world.size] else 0.0 for b in self.batches]
+
+
+class EpochItems(Dataset):
+    """`dataset[index]` for an (epoch, index) pair, or a plain index (the passes before training: prompt and head
+    init), its random augmentation drawn from (seed, epoch, index) alone: the same crop and flip in any loader
+    process, with any number of them or of ranks, and after a resume."""
+
+    def __init__(self, dataset: Dataset, seed: int) -> None:
+        self.dataset, self.seed = dataset, seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, item: int | tuple[int, int]):
+        epoch, index = item if isinstance(item, tuple) else (-1, item)
+        with torch.random.fork_rng(devices=[]):  # the caller's random stream (dropout) is left as it was
+            torch.manual_seed((self.seed * 1_000_003 + epoch + 1) * 10_000_019 + index)
+            return self.dataset[index]
 
 
 def shard(num_items: int, world: World) -> list[int]:

@@ -4,8 +4,10 @@ The recipe is the original VPT's (SGD, momentum 0.9, warm-up then cosine, lr sca
 schedule stepped per iteration and separate learning rates for the tuned tensors and the head; methods that
 move backbone weights use AdamW (each method says which, `vptune.methods`).
 
-Everything random is a function of the seed and the epoch, so a run resumed with `--resume` ends exactly where
-an uninterrupted one does.
+Everything random is a function of the seed and the epoch (an augmented image's of the seed, the epoch and its
+index, whichever loader process makes it), so a run resumed with `--resume` ends exactly where an uninterrupted one
+does. `--precision` puts the forward under autocast (fp16 with a gradient scaler, whose state is saved too) and
+`--compile` compiles it (`vptune.devices`).
 """
 from __future__ import annotations
 
@@ -30,7 +32,7 @@ from .._io import atomic_write
 from ..backbones import create_backbone
 from ..data import DataSplits, collate, load_data
 from ..data.splits import fixed_sample
-from ..devices import resolve_device
+from ..devices import DTYPES, autocast, maybe_compile, resolve_device, resolve_precision, resolve_workers
 from ..errors import ConfigError, TrainingError, VptuneError
 from ..inference.evaluate import evaluate_logits
 from ..methods import build_model, optimizer_groups
@@ -38,8 +40,8 @@ from ..model import ParameterCount, PromptedViT, count_parameters
 from ..rundir import MARKER, RunDir
 from ..tasks import WEIGHTS_FILE, read_task_json, read_task_tensors, save_task, task_tensors
 from .config import AUTO, RESOLVED_FIELDS, TrainConfig, apply_resume_changes
-from .distributed import (SINGLE, GlobalBatchSampler, World, all_sum, broadcast, check_batch, gather_rows,
-                          init_world, leave, shard)
+from .distributed import (SINGLE, EpochItems, GlobalBatchSampler, World, all_sum, broadcast, check_batch,
+                          gather_rows, init_world, leave, shard)
 from .linear_probe import WEIGHT_DECAYS, choose_probe, fit_logistic_regression, standardisation
 from .logs import TensorBoardLog
 from .stem_cache import precompute, stem_cache_plan
@@ -63,10 +65,15 @@ class Fit:
     quiet: bool = False
     world: World = SINGLE
     logs: TensorBoardLog = dataclasses.field(default_factory=lambda: TensorBoardLog(None))
+    scaler: torch.amp.GradScaler | None = None  # fp16: scales the loss so small gradients survive 16 bits
+    _loader: DataLoader | None = None
 
     @property
     def device(self) -> torch.device:
         return torch.device(self.cfg.device)
+
+    def autocast(self):
+        return autocast(self.cfg.device, self.cfg.precision)
 
     @property
     def inference(self) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -74,11 +81,14 @@ class Fit:
         return self.forward.module.fn if isinstance(self.forward, DistributedDataParallel) else self.forward
 
     def train_batches(self, dataset: Dataset, epoch: int) -> tuple[DataLoader, list[float]]:
-        """This rank's share of each global batch of the epoch (`distributed.py`), and each step's loss weight."""
-        generator = torch.Generator().manual_seed(self.cfg.seed * 100_003 + epoch)
-        sampler = GlobalBatchSampler(len(dataset), self.cfg.batch_size, generator, self.world)
-        return DataLoader(dataset, batch_sampler=sampler, num_workers=self.cfg.num_workers,
-                          collate_fn=collate), sampler.weights()
+        """This rank's share of each global batch of the epoch (`distributed.py`), and each step's loss weight.
+        One loader for the whole run, so its worker processes (if any) live across epochs."""
+        if self._loader is None:
+            items = dataset if isinstance(dataset, EpochItems) else EpochItems(dataset, self.cfg.seed)  # cached stems
+            sampler = GlobalBatchSampler(len(dataset), self.cfg.batch_size, self.cfg.seed, self.world)
+            self._loader = make_loader(items, self.cfg, batch_sampler=sampler, persistent=True)
+        self._loader.batch_sampler.set_epoch(epoch)
+        return self._loader, self._loader.batch_sampler.weights()
 
 
 def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, quiet: bool = False,
@@ -147,9 +157,12 @@ def _train(run: RunDir, cfg: TrainConfig, resume: bool, overwrite: bool, quiet: 
         shutil.rmtree(replaced)
     model.grad_checkpointing = cfg.grad_checkpointing
     model.to(cfg.device)
+    if cfg.half_backbone:  # after build_model took the backbone's fingerprint from its own weights
+        model.backbone.to(DTYPES[cfg.precision])
     counts = count_parameters(model)
     log.info(f"{cfg.method} on {cfg.data} ({len(_subset(splits.train, cfg))} train images), {counts.trainable:,} "
-             f"trainable parameters ({counts.percent_of_backbone:.3f}% of the backbone), on {cfg.device}")
+             f"trainable parameters ({counts.percent_of_backbone:.3f}% of the backbone), on {cfg.device} in "
+             f"{cfg.precision}")
 
     if method.head_only:
         best, train_seconds = train_linear_probe(model, splits, cfg, run, quiet, world)
@@ -167,14 +180,15 @@ def train_epochs(model: PromptedViT, splits: DataSplits, cfg: TrainConfig, run: 
                  world: World = SINGLE) -> tuple[dict | None, float]:
     """The epoch loop (from the last finished epoch when resuming); returns the best epoch and the seconds spent."""
     method = cfg.tuning_method()
-    train_set = _subset(splits.trainval if cfg.final else splits.train, cfg)
+    train_set = EpochItems(_subset(splits.trainval if cfg.final else splits.train, cfg), cfg.seed)
     val_set = None if cfg.final else _subset(splits.val, cfg)
     forward: Callable[[torch.Tensor], torch.Tensor] = model
-    if not resume and model.prompts is not None and model.prompt_config.init == "patches":
-        _init_prompts_from_patches(model, train_set, cfg)
-    if not resume and model.prompts is not None and model.prompt_config.init == "cls":
-        model.eval()
-        model.init_prompts_from_classes(DataLoader(train_set, batch_size=cfg.batch_size, collate_fn=collate))
+    with autocast(cfg.device, cfg.precision):  # forward passes of the initial model (a half backbone needs it)
+        if not resume and model.prompts is not None and model.prompt_config.init == "patches":
+            _init_prompts_from_patches(model, train_set, cfg)
+        if not resume and model.prompts is not None and model.prompt_config.init == "cls":
+            model.eval()
+            model.init_prompts_from_classes(make_loader(train_set, cfg, batch_size=cfg.batch_size))
     if stem_cache_plan(model, frozen_backbone=method.frozen_backbone, recipe=cfg.recipe, cache_stem=cfg.cache_stem,
                        num_images=len(train_set) + len(val_set or ())):
         train_set, val_set = (_precompute(model.stem, s, cfg, quiet, world) for s in (train_set, val_set))
@@ -187,9 +201,11 @@ def train_epochs(model: PromptedViT, splits: DataSplits, cfg: TrainConfig, run: 
     optimizer = make_optimizer(model, cfg, len(train_set))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, warmup_cosine(steps_per_epoch * cfg.epochs, round(steps_per_epoch * cfg.warmup_epochs)))
+    forward = maybe_compile(forward, cfg.compile)
     if world.distributed:  # gradients all-reduced by torch's DDP; the wrapper runs whichever forward we chose
         forward = DistributedDataParallel(_Forward(model, forward))
-    fit = Fit(cfg, model, forward, optimizer, scheduler, run, quiet, world)
+    scaler = torch.amp.GradScaler(fit_device_type(cfg)) if cfg.precision == "fp16" else None
+    fit = Fit(cfg, model, forward, optimizer, scheduler, run, quiet, world, scaler=scaler)
     start_epoch, best = _restore(fit) if resume else (0, None)
     if cfg.tensorboard and world.main:
         fit.logs = TensorBoardLog(run.tensorboard, purge_step=start_epoch * steps_per_epoch if resume else None)
@@ -263,21 +279,22 @@ def train_epoch(fit: Fit, dataset: Dataset, epoch: int) -> dict:
     loader, weights = fit.train_batches(dataset, epoch)  # (seed, epoch), so a resumed run replays exactly
     total_loss, correct, seen, started = 0.0, 0, 0, time.perf_counter()
     bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=fit.quiet, leave=False)
+    skipped = 0
     for step, (inputs, labels) in enumerate(bar):
-        inputs, labels = inputs.to(fit.device), labels.to(fit.device)
-        logits = fit.forward(inputs)
-        losses = F.cross_entropy(logits, labels, reduction="none")
+        inputs, labels = (t.to(fit.device, non_blocking=True) for t in (inputs, labels))
+        with fit.autocast():
+            logits = fit.forward(inputs)
+        losses = F.cross_entropy(logits.float(), labels, reduction="none")
         # this rank's share of the global batch's mean (DDP averages the ranks' gradients; see distributed.py)
         loss = losses.sum() * weights[step]
         if not torch.isfinite(loss):
             raise TrainingError(f"the loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}; the last good "
                                 f"checkpoint is in {fit.run.last} (if any epoch finished). Lower the learning rates "
-                                f"(--lr {cfg.lr}, --head-lr {cfg.head_lr}) and train again")
+                                f"(--lr {cfg.lr}, --head-lr {cfg.head_lr}) and train again"
+                                + (" (or use --precision bf16 or fp32: fp16 overflows at 65504)"
+                                   if cfg.precision == "fp16" else ""))
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.clip_grad is not None:
-            torch.nn.utils.clip_grad_norm_(model.trainable_parameters(), cfg.clip_grad)
-        optimizer.step()
+        skipped += not optimizer_step(fit, loss)
         fit.logs.step(epoch * len(loader) + step, losses.mean().item(), optimizer.param_groups[0]["lr"])
         fit.scheduler.step()
         if weights[step]:  # not a stand-in row
@@ -289,8 +306,37 @@ def train_epoch(fit: Fit, dataset: Dataset, epoch: int) -> dict:
     seconds = time.perf_counter() - started
     total_loss, correct, seen = all_sum([total_loss, correct, seen], fit.world)
     _check_not_diverged(fit, total_loss / seen, epoch)
-    return {"epoch": epoch + 1, "train_loss": total_loss / seen, "train_top1": correct / seen,
-            "lr": optimizer.param_groups[0]["lr"], "img_per_s": seen / seconds, "seconds": seconds}
+    row = {"epoch": epoch + 1, "train_loss": total_loss / seen, "train_top1": correct / seen,
+           "lr": optimizer.param_groups[0]["lr"], "img_per_s": seen / seconds, "seconds": seconds}
+    if fit.scaler is not None:
+        row["skipped_steps"] = skipped
+    return row
+
+
+def optimizer_step(fit: Fit, loss: torch.Tensor) -> bool:
+    """Backward and update; False when fp16's scaler skipped the update (a gradient overflowed 16 bits: the scale
+    is lowered and the next step tries again, which is no sign of divergence)."""
+    if fit.scaler is None:
+        loss.backward()
+        _clip(fit)
+        fit.optimizer.step()
+        return True
+    scale = fit.scaler.get_scale()
+    fit.scaler.scale(loss).backward()
+    fit.scaler.unscale_(fit.optimizer)  # clip (and the optimizer) see the true gradients
+    _clip(fit)
+    fit.scaler.step(fit.optimizer)
+    fit.scaler.update()
+    return fit.scaler.get_scale() >= scale
+
+
+def _clip(fit: Fit) -> None:
+    if fit.cfg.clip_grad is not None:
+        torch.nn.utils.clip_grad_norm_(fit.model.trainable_parameters(), fit.cfg.clip_grad)
+
+
+def fit_device_type(cfg: TrainConfig) -> str:
+    return torch.device(cfg.device).type
 
 
 def _check_not_diverged(fit: Fit, loss: float, epoch: int) -> None:
@@ -364,11 +410,14 @@ def warmup_cosine(total_steps: int, warmup_steps: int) -> Callable[[int], float]
 def _read_run_config(run: RunDir, changes: dict) -> TrainConfig:
     """config.yaml with a resume's changes, validated as the command line's settings are (an edited file is one
     error naming it)."""
-    cfg = TrainConfig.from_dict(run.read_config(), str(run.config))
+    settings = run.read_config()
+    settings.setdefault("precision", "fp32")  # written before --precision existed: it ran in fp32
+    cfg = TrainConfig.from_dict(settings, str(run.config))
     if changes:
         cfg = apply_resume_changes(cfg, changes, len(run.read_metrics()))
     cfg = dataclasses.replace(cfg, device=resolve_device(cfg.device))  # a resume's --device auto
     try:
+        cfg.precision = resolve_precision(cfg.precision, cfg.device)  # e.g. bf16 resumed on a GPU without it
         cfg.validate()
         unresolved = [name for name in RESOLVED_FIELDS if getattr(cfg, name) is None]
         if unresolved:  # vptune train writes every setting it resolved
@@ -433,11 +482,20 @@ def _precompute(fn: Callable[[torch.Tensor], torch.Tensor], dataset: Dataset | N
         return None
     rows = shard(len(dataset), world)
     local = Subset(dataset, rows or [0]) if world.distributed else dataset  # [0]: a rank with no row computes one
-    outputs, labels = precompute(fn, local, batch_size=cfg.batch_size, device=torch.device(cfg.device),
-                                 num_workers=cfg.num_workers, quiet=quiet).tensors
+    with autocast(cfg.device, cfg.precision):
+        batches = make_loader(local, cfg, batch_size=cfg.batch_size)
+        outputs, labels = precompute(fn, batches, device=torch.device(cfg.device), quiet=quiet).tensors
     if world.distributed:
         outputs, labels = outputs[:len(rows)], labels[:len(rows)]
     return TensorDataset(gather_rows(outputs, len(dataset), world), gather_rows(labels, len(dataset), world))
+
+
+def make_loader(dataset: Dataset, cfg: TrainConfig, persistent: bool = False, **batching) -> DataLoader:
+    """A DataLoader that keeps `cfg.device` fed: `num_workers` processes (auto: `devices.resolve_workers`) decoding
+    and resizing off the main process, pinned memory for a GPU's non-blocking copies, one-thread collate."""
+    workers = resolve_workers(cfg.num_workers, cfg.device, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return DataLoader(dataset, num_workers=workers, collate_fn=collate, pin_memory=fit_device_type(cfg) == "cuda",
+                      persistent_workers=persistent and workers > 0, **batching)
 
 
 def _test_set(dataset: Dataset, cfg: TrainConfig) -> Dataset:
@@ -465,6 +523,8 @@ def _save_epoch(fit: Fit, epoch: int, best: dict, row: dict, improved: bool) -> 
         save_task(fit.model, run.best, training=training)
     state = {"epoch": epoch + 1, "best": best, "tensors": task_tensors(fit.model),
              "optimizer": fit.optimizer.state_dict(), "scheduler": fit.scheduler.state_dict()}
+    if fit.scaler is not None:
+        state["scaler"] = fit.scaler.state_dict()
     # metrics first: killed between the two writes, the run resumes from the previous state and redoes this
     # epoch, rewriting its row the same way; the other order would lose the row for good
     run.write_metrics(run.read_metrics()[:epoch] + [row])
@@ -492,6 +552,8 @@ def _restore(fit: Fit) -> tuple[int, dict | None]:
     fit.model.load_state_dict(state["tensors"], strict=False)
     fit.optimizer.load_state_dict(state["optimizer"])
     fit.scheduler.load_state_dict(state["scheduler"])
+    if fit.scaler is not None and "scaler" in state:
+        fit.scaler.load_state_dict(state["scaler"])
     return state["epoch"], state["best"]
 
 

@@ -12,9 +12,9 @@ import os
 from typing import Callable
 
 import torch
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, TensorDataset
 
-from ..data import RANDOM_RECIPES, collate
+from ..data import RANDOM_RECIPES
 from ..inference.evaluate import predict_logits
 from ..model import PromptedViT
 
@@ -47,12 +47,11 @@ def stem_cache_plan(model: PromptedViT, *, frozen_backbone: bool, recipe: str, c
 
 
 @torch.no_grad()
-def precompute(fn: Callable[[torch.Tensor], torch.Tensor], dataset: Dataset | None, *, batch_size: int,
-               device: torch.device, num_workers: int = 0, quiet: bool = True) -> TensorDataset | None:
-    """(fn(image), label) for every item, in the dataset's order, kept on the CPU."""
-    if dataset is None:
+def precompute(fn: Callable[[torch.Tensor], torch.Tensor], loader: DataLoader | None, *, device: torch.device,
+               quiet: bool = True) -> TensorDataset | None:
+    """(fn(image), label) for every item of an unshuffled loader, in order, kept on the CPU in float32."""
+    if loader is None:
         return None
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=collate)
     outputs, labels = predict_logits(fn, loader, device, desc="precompute", quiet=quiet)
     return TensorDataset(outputs, labels)
 
