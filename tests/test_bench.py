@@ -3,47 +3,74 @@
 No timing asserts: speed depends on the machine and its load. docs/performance.md has the real figures.
 """
 import csv
+import functools
 import json
 import math
+import shlex
 import statistics
+import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from vptune import bench
 
 FIGURES = ("train_step_s", "train_peak_mb", "infer_ips", "infer_b1_ips")
-COLUMNS = ["model", "mode", "prompts", "path", "train_batch", "infer_batch", *FIGURES,
-           *(f"{f}_vs_{base}" for base in ("ref", "floor") for f in FIGURES)]
+BASES = ("ref", "floor", "fp32_eager")
+COLUMNS = ["model", "mode", "prompts", "path", "precision", "compiled", "train_batch", "infer_batch", *FIGURES,
+           *(f"{f}_vs_{base}" for base in BASES for f in FIGURES), "compile_s", "compile_failed"]
+GPU_SCRIPT = Path(__file__).parents[1] / "benchmarks" / "gpu_bench.sh"
+
+
+def run_bench(out, *argv):
+    assert bench.main(["--quick", "--device", "cpu", "--prompts", "3", "--warmup", "0", "--out", str(out), *argv]) == 0
+    with open(out / "bench.csv", newline="") as f:
+        csv_rows = list(csv.DictReader(f))
+    return csv_rows, json.loads((out / "bench.json").read_text()), (out / "bench.md").read_text()
 
 
 @pytest.fixture(scope="module")
 def outputs(tmp_path_factory):
+    """Two precisions, every path, CPU memory in its subprocess and the data loader: the whole report."""
     out, images = tmp_path_factory.mktemp("bench"), tmp_path_factory.mktemp("images")
     for label in ("a", "b"):
         (images / label).mkdir()
         for i in range(6):
             Image.fromarray(np.full((20, 20, 3), 40 * i, np.uint8)).save(images / label / f"{i}.png")
-    argv = ["--quick", "--device", "cpu", "--prompts", "3", "--warmup", "0", "--out", str(out),
-            "--paths", "floor,tokens,prefix,prefix-ckpt", "--loader", str(images)]
-    assert bench.main(argv) == 0
-    with open(out / "bench.csv", newline="") as f:
-        csv_rows = list(csv.DictReader(f))
-    return csv_rows, json.loads((out / "bench.json").read_text()), (out / "bench.md").read_text()
+    return run_bench(out, "--paths", "floor,tokens,prefix,prefix-ckpt", "--precisions", "fp32,bf16",
+                     "--loader", str(images))
+
+
+@pytest.fixture(scope="module")
+def compiled_outputs(tmp_path_factory):
+    """--compile with two precisions. torch.compile's capture (dynamo) runs for real, but hands the captured
+    graphs to its "eager" backend: inductor's C++ code generation takes minutes per config on a CPU."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(torch, "compile", functools.partial(torch.compile, backend="eager"))
+        return run_bench(tmp_path_factory.mktemp("compiled"), "--paths", "floor,tokens", "--modes", "deep",
+                         "--precisions", "fp32,bf16", "--compile", "--no-memory", "--repeats", "1")
 
 
 def _number(value):
     return None if value in ("", None) else float(value)
 
 
-def test_csv_has_the_expected_columns_and_rows(outputs):
+def _key(row):
+    return row["mode"], str(row["prompts"]), row["path"], row["precision"]
+
+
+def test_csv_has_a_row_for_every_path_and_precision(outputs):
     rows, _, _ = outputs
     assert list(rows[0]) == COLUMNS
-    keys = [(r["mode"], r["prompts"], r["path"]) for r in rows]
-    assert keys == [("", "0", "floor")] + [(mode, "3", path) for mode in ("deep", "shallow")
-                                            for path in ("tokens", "prefix", "prefix-ckpt")]
+    floors = [("", "0", "floor", precision) for precision in ("fp32", "bf16")]
+    assert [_key(r) for r in rows] == floors + [(mode, "3", path, precision) for mode in ("deep", "shallow")
+                                                for path in ("tokens", "prefix", "prefix-ckpt")
+                                                for precision in ("fp32", "bf16")]
     for r in rows:
+        assert r["compiled"] == "False" and r["compile_s"] == ""
         assert _number(r["train_step_s"]) > 0 and _number(r["train_peak_mb"]) >= 0
         if r["path"].endswith("-ckpt"):  # no gradients at inference: checkpointing is not measured there
             assert r["infer_ips"] == "" and r["infer_b1_ips"] == ""
@@ -51,61 +78,136 @@ def test_csv_has_the_expected_columns_and_rows(outputs):
             assert _number(r["infer_ips"]) > 0 and _number(r["infer_b1_ips"]) > 0
 
 
+def test_every_ratio_is_filled_and_sane(outputs):
+    """Time and throughput ratios to the reference, the floor and fp32 eager: present, positive, finite."""
+    rows, _, _ = outputs
+    for r in rows:
+        figures = ["train_step_s"] if r["path"].endswith("-ckpt") else ["train_step_s", "infer_ips", "infer_b1_ips"]
+        bases = BASES[1:] if r["path"] == "floor" else BASES
+        for f in figures:
+            for base in bases:
+                ratio = _number(r[f"{f}_vs_{base}"])
+                assert ratio is not None and 0 < ratio < math.inf, (r["path"], r["precision"], f, base)
+        memory = _number(r["train_peak_mb_vs_floor"])  # a tiny model's floor may need no memory at all: None
+        assert memory is None or 0 <= memory < math.inf
+        if r["precision"] == "fp32":  # the fp32 eager row is its own base
+            assert _number(r["train_step_s_vs_fp32_eager"]) == 1.0
+
+
 def test_json_matches_csv_and_records_the_machine(outputs):
     csv_rows, data, _ = outputs
-    assert {"cpu", "cores", "torch", "device"} <= set(data["machine"])
+    assert {"cpu", "cores", "torch", "device", "device_name", "precisions"} <= set(data["machine"])
+    assert data["machine"]["device_name"] == data["machine"]["cpu"]  # on the CPU, the device is the CPU model
+    assert data["machine"]["precisions"] == ["fp32", "bf16"]
     assert data["settings"]["quick"] and data["settings"]["device"] == "cpu"
     assert len(data["rows"]) == len(csv_rows)
     for j, c in zip(data["rows"], csv_rows):
         assert list(j) == COLUMNS
+        assert j["precision"] == c["precision"] and str(j["compiled"]) == c["compiled"]
         for f in FIGURES:
             assert _number(c[f]) == pytest.approx(j[f]) if j[f] is not None else c[f] == ""
+    assert {r["precision"] for r in data["rows"]} == {"fp32", "bf16"}
 
 
 def test_ratios_are_consistent_with_the_raw_figures(outputs):
     """Each ratio is the median, over the rounds that measured both, of the row's value over the base's."""
     _, data, _ = outputs
     rows = data["rows"]
-    samples = {(s["group"], s["mode"], s["prompts"], s["path"], s["figure"]): s["values"] for s in data["samples"]}
+    fields = ("mode", "prompts", "path", "precision", "compiled")
+    samples = {(s["group"], *(s[k] for k in fields), s["figure"]): s["values"] for s in data["samples"]}
 
-    def paired(row, base_mode, base_prompts, base_path, figure):
-        ratios = [x / b for (g, mode, p, path, f), values in samples.items()
-                  if (mode, p, path, f) == (row["mode"], row["prompts"], row["path"], figure)
-                  for x, b in zip(values, samples.get((g, base_mode, base_prompts, base_path, figure), [])) if b]
+    def paired(row, base, figure):
+        ratios = [x / b for (g, *config, f), values in samples.items()
+                  if (*config, f) == (*(row[k] for k in fields), figure)
+                  for x, b in zip(values, samples.get((g, *base, figure), [])) if b]
         return statistics.median(ratios) if ratios else None
 
     for r in rows:
+        same_variant = (r["precision"], r["compiled"])
         for f in FIGURES:
-            values = [v for (_, mode, p, path, fig), vs in samples.items()
-                      if (mode, p, path, fig) == (r["mode"], r["prompts"], r["path"], f) for v in vs]
+            values = [v for (_, *config, fig), vs in samples.items()
+                      if (*config, fig) == (*(r[k] for k in fields), f) for v in vs]
             assert r[f] == (statistics.median(values) if values else None)
-            assert r[f"{f}_vs_floor"] == paired(r, "", 0, "floor", f)
-            ref = None if r["path"] == "floor" else paired(r, r["mode"], r["prompts"], "tokens", f)
+            assert r[f"{f}_vs_floor"] == paired(r, ("", 0, "floor", *same_variant), f)
+            ref = None if r["path"] == "floor" else paired(r, (r["mode"], r["prompts"], "tokens", *same_variant), f)
             assert r[f"{f}_vs_ref"] == ref
+            assert r[f"{f}_vs_fp32_eager"] == paired(r, (r["mode"], r["prompts"], r["path"], "fp32", False), f)
         if r["path"] == "tokens":
             assert r["train_step_s_vs_ref"] == 1.0 and r["infer_ips_vs_ref"] == 1.0
         if r["path"] == "floor":
             assert r["train_step_s_vs_floor"] == 1.0
         if r["path"] == "prefix":  # memory is measured once per config: its ratios are plain quotients
-            tokens = next(x for x in rows
-                          if (x["mode"], x["prompts"], x["path"]) == (r["mode"], r["prompts"], "tokens"))
+            tokens = next(x for x in rows if _key(x) == (r["mode"], str(r["prompts"]), "tokens", r["precision"]))
             if tokens["train_peak_mb"]:
                 assert math.isclose(r["train_peak_mb_vs_ref"], r["train_peak_mb"] / tokens["train_peak_mb"])
 
 
-def test_loader_alone_is_timed_on_the_training_split(outputs):
+def test_cpu_memory_is_measured_for_each_precision(outputs):
+    """The memory subprocess gets each config's precision: every bf16 row has its own figure."""
+    _, data, _ = outputs
+    bf16 = [r for r in data["rows"] if r["precision"] == "bf16"]
+    assert bf16 and all(r["train_peak_mb"] is not None for r in bf16)
+
+
+def test_loader_is_set_beside_the_model_training_speed(outputs):
     _, data, md = outputs
     [loader] = data["loader"]
     assert loader["img_size"] == 32 and loader["batch"] == data["settings"]["train_batch"]
     assert loader["images"] == 8  # the 70% training share of 2 classes x 6 images
     assert loader["img_per_s"] > 0
-    assert bench.loader_line(loader) in md
+    assert loader["num_workers"] == 0 and not loader["pin_memory"]  # auto on the CPU: as training, no workers
+    [line] = bench.loader_lines(loader, data["rows"])
+    assert line in md
+    fast = max((r for r in data["rows"] if r["path"] == "prefix"), key=lambda r: 1 / r["train_step_s"])
+    model_ips = fast["train_batch"] / fast["train_step_s"]
+    assert f"{loader['img_per_s']:.0f} img/s vs tiny training {model_ips:.0f} img/s (fast path" in line
+    verdict = "the model limits" if loader["img_per_s"] >= model_ips else "the data loader limits"
+    assert verdict in line
 
 
-def test_markdown_table_lists_every_row(outputs):
+def test_markdown_table_lists_every_row_with_precision_and_compile_columns(outputs):
     rows, _, md = outputs
     table_lines = [line for line in md.splitlines() if line.startswith("| tiny")]
     assert len(table_lines) == len(rows)
+    head = next(line for line in md.splitlines() if line.startswith("| model"))
+    assert "| precision | compiled |" in head and head.count("x fp32 eager") == len(FIGURES)
+    assert all(" | bf16 | no |" in line for line in table_lines if "bf16" in line)
+
+
+def test_one_variant_has_no_fp32_eager_column():
+    rows = [{"model": "m", "mode": "", "prompts": 0, "path": "floor", "precision": "fp32", "compiled": False,
+             "compile_failed": False, "infer_batch": 4, **{f: 1.0 for f in FIGURES},
+             **{f"{f}_vs_{b}": 1.0 for f in FIGURES for b in BASES}}]
+    assert "x fp32 eager" not in bench.table(rows) and "x floor" in bench.table(rows)
+
+
+def test_compiled_variants_are_measured_beside_eager(compiled_outputs):
+    rows, data, md = compiled_outputs
+    keys = {(r["path"], r["precision"], r["compiled"]) for r in rows}
+    assert keys == {(path, precision, compiled) for path in ("floor", "tokens") for precision in ("fp32", "bf16")
+                    for compiled in ("False", "True")}
+    for r in rows:
+        for f in ("train_step_s", "infer_ips", "infer_b1_ips"):
+            assert 0 < _number(r[f"{f}_vs_fp32_eager"]) < math.inf
+            assert 0 < _number(r[f"{f}_vs_floor"]) < math.inf
+        if r["compiled"] == "True":  # its untimed first calls are reported as compile time
+            assert _number(r["compile_s"]) > 0 and r["compile_failed"] == "False"
+    assert data["machine"]["compile"] is True
+    assert sum(" | yes |" in line for line in md.splitlines()) == 4
+
+
+def test_a_compile_failure_is_reported_not_hidden(tmp_path, monkeypatch, capsys):
+    def refuse(*args, **kwargs):
+        raise RuntimeError("no compiler here")
+
+    monkeypatch.setattr(torch, "compile", refuse)
+    rows, _, md = run_bench(tmp_path, "--paths", "floor,tokens", "--modes", "deep", "--compile", "--no-memory",
+                            "--repeats", "1")
+    compiled = [r for r in rows if r["compiled"] == "True"]
+    assert compiled and all(r["compile_failed"] == "True" for r in compiled)
+    assert all(_number(r["train_step_s"]) > 0 for r in compiled)  # measured eagerly all the same
+    assert "failed: eager" in md
+    assert "torch.compile failed for floor fp32 compiled" in capsys.readouterr().err
 
 
 def test_bad_paths_are_refused():
@@ -113,8 +215,62 @@ def test_bad_paths_are_refused():
         bench.main(["--quick", "--paths", "prefix"])  # no reference and no floor to divide by
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_a_device_this_machine_lacks_is_one_line_naming_it(tmp_path):
+    with pytest.raises(SystemExit) as stop:
+        bench.main(["--quick", "--device", "cuda", "--out", str(tmp_path / "out")])
+    message = str(stop.value.code)
+    assert message.startswith("vptune bench: ") and "'cuda'" in message and "\n" not in message
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("option, value, named", [("--precisions", "fp32,fp64", "fp32, bf16, fp16"),
+                                                  ("--device", "tpu", "auto, cpu, cuda"),
+                                                  ("--num-workers", "many", "auto or a whole number")])
+def test_bad_settings_are_refused_naming_what_is_allowed(option, value, named):
+    with pytest.raises(SystemExit) as stop:
+        bench.main(["--quick", option, value])
+    message = str(stop.value.code)
+    assert named in message and value.split(",")[-1] in message and "\n" not in message
+
+
+def test_device_auto_resolves_to_what_this_machine_has():
+    args = bench.parse_args(["--quick"])
+    assert args.device == ("cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available()
+                           else "cpu")
+    if args.device == "cpu":
+        assert args.precisions == ["fp32"] and args.num_workers == 0 and args.train_batch == 2
+
+
 def test_bad_loader_data_stops_before_any_timing(tmp_path):
     out = tmp_path / "out"
     with pytest.raises(SystemExit, match=r"--loader .*missing.* does not exist"):
         bench.main(["--quick", "--loader", str(tmp_path / "missing"), "--out", str(out)])
     assert not out.exists()
+
+
+def test_gpu_script_is_valid_bash_and_its_bench_options_parse(tmp_path):
+    """The GPU session's script (not run here): bash accepts it, and every bench run it would start parses
+    (on this machine's CPU: the script names --device cuda, which a CPU-only machine refuses)."""
+    subprocess.run(["bash", "-n", str(GPU_SCRIPT)], check=True)
+    dry = subprocess.run(["bash", str(GPU_SCRIPT), str(tmp_path / "gpu")], check=True, capture_output=True,
+                         text=True, env={"DRY_RUN": "1", "PATH": "/usr/bin:/bin"}).stdout.splitlines()
+    runs = [shlex.split(line) for line in dry if line.startswith("bench ")]
+    assert len(runs) >= 2 and any("--compile" in argv for argv in runs)
+    for argv in runs:
+        argv = ["cpu" if word == "cuda" else word for word in argv[1:]]
+        args = bench.parse_args(argv)
+        assert args.precisions == ["fp32", "bf16"] and args.paths == ["floor", "tokens", "prefix"]
+        assert set(args.models) <= {"vit-b16", "vit-s14"} and args.batch in (64, 256)
+        assert args.train_batch == args.batch and str(args.out).startswith(str(tmp_path / "gpu"))
+
+
+def test_the_command_line_passes_every_option_to_the_bench(capsys):
+    from vptune.cli import main
+
+    with pytest.raises(SystemExit) as stop:  # argparse's REMAINDER used to drop leading options: "unrecognized"
+        main(["bench", "--quick", "--precisions", "fp64"])
+    assert "fp32, bf16, fp16" in str(stop.value.code)
+    with pytest.raises(SystemExit) as stop:
+        main(["bench", "--help"])
+    assert stop.value.code == 0 and "--precisions" in capsys.readouterr().out

@@ -87,7 +87,7 @@ def test_bad_flags_give_a_one_line_error(workspace, tmp_path, capsys, extra, mes
 
 @pytest.mark.parametrize("text, message", [
     ("epochz: 3\n", "unknown setting(s) ['epochz']"),
-    ("num_workers: two\n", "num_workers must be an integer"),
+    ("num_workers: two\n", "num_workers must be auto or a whole number from 0 to"),
     ("skip_bad: 'no'\n", "skip_bad must be true or false"),
     ("epochs: [1\n", "is not valid YAML"),
     ("data: !!python/object/apply:os.system ['echo hi']\n", "is not valid YAML"),
@@ -283,3 +283,49 @@ def test_device_auto_is_the_default_and_records_the_device_chosen(workspace, tmp
     capsys.readouterr()
     assert main(["predict", str(run.path), image, "--device", "cuda"]) == 1
     assert "no CUDA GPU" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["eval", "predict", "serve"])
+def test_a_device_this_machine_lacks_is_one_line_for_inference(trained_run, workspace, capsys, monkeypatch, command):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a machine without CUDA, whichever this is
+    argv = {"eval": ["eval", str(trained_run.path)],
+            "predict": ["predict", str(trained_run.path), str(workspace / "images" / "red" / "0.png")],
+            "serve": ["serve", "--task", f"t={trained_run.path}", "--port", "0"]}[command]
+    assert main([*argv, "--device", "cuda"]) == 1
+    error = capsys.readouterr().err
+    assert error.splitlines() == ["vptune: error: device 'cuda': this machine has no CUDA GPU that torch can use; "
+                                  "use --device cpu"], error
+
+
+@pytest.mark.parametrize("command", ["eval", "predict", "serve"])
+def test_an_unknown_precision_is_refused_naming_the_allowed_ones(trained_run, capsys, command):
+    argv = {"eval": ["eval", str(trained_run.path)], "predict": ["predict", str(trained_run.path), "x.png"],
+            "serve": ["serve", "--task", f"t={trained_run.path}"]}[command]
+    with pytest.raises(SystemExit) as exit:
+        main([*argv, "--precision", "fp64"])
+    error = capsys.readouterr().err
+    assert exit.value.code == 2 and "--precision: invalid choice: 'fp64'" in error, error
+    assert all(name in error for name in ("auto", "fp32", "bf16", "fp16"))
+
+
+def test_eval_and_predict_take_precision_and_compile_and_log_them(trained_run, workspace, capsys, monkeypatch):
+    import importlib
+
+    evaluate_module = importlib.import_module("vptune.inference.evaluate")  # the package's `evaluate` is the function
+    predictor_module = importlib.import_module("vptune.inference.predictor")
+
+    compiled = []  # what reached maybe_compile (compiling itself has its own test: tests/inference/test_runtime.py)
+
+    def record(fn, enabled):
+        compiled.append(enabled)
+        return fn
+
+    monkeypatch.setattr(evaluate_module, "maybe_compile", record)
+    monkeypatch.setattr(predictor_module, "maybe_compile", record)
+    image = str(workspace / "images" / "red" / "0.png")
+    for argv in (["eval", str(trained_run.path)], ["predict", str(trained_run.path), image, "--json"]):
+        assert main([*argv, "--device", "cpu", "--precision", "bf16", "--compile"]) == 0
+        assert f"{argv[0]}: device cpu, precision bf16, compiled" in capsys.readouterr().err.splitlines()
+    assert compiled == [True, True]

@@ -23,21 +23,22 @@ SETTINGS = settings(max_examples=60, deadline=None, derandomize=True,
 HOSTILE = ["", " ", "0", "-1", "1", "2", "3", "7", "1.5", "1e999", "-1e999", "nan", "inf", "100000", "10**8",
            "banana", "none", "null", "true", "auto", "all", "first 2", "last 99", "0,0", "1,", ",", "log:1",
            "log:1:0", "cuda", "cuda:7", "mps", "cpu:0", "notaurl", "sqlite:///", "/", ".", "..", "/dev/null",
-           "~", "a=b", "x" * 300, "\u00e9\u00e8", "\x00"]
+           "~", "a=b", "x" * 300, "\u00e9\u00e8", "\x00", "bf16", "fp16", "fp64", "half"]
 values = st.sampled_from(HOSTILE) | st.text(max_size=8) | st.integers(-10**9, 10**9).map(str) \
     | st.floats(allow_nan=True).map(str)
 
 TRAIN_FLAGS = ["--epochs", "--batch-size", "--lr", "--head-lr", "--img-size", "--num-tokens", "--prompt-layers",
                "--device", "--method", "--prompt-location", "--prompt-init", "--pooling", "--max-pixels",
-               "--test-subset", "--weight-decay", "--seed", "--data", "--output", "--backbone", "--weights"]
+               "--test-subset", "--weight-decay", "--seed", "--data", "--output", "--backbone", "--weights",
+               "--precision", "--num-workers"]
 COMMANDS = {
     "train": TRAIN_FLAGS,
-    "eval": ["--batch-size", "--split", "--device", "--data", "TASK"],
-    "predict": ["--top-k", "--max-pixels", "TASK", "IMAGE"],
+    "eval": ["--batch-size", "--split", "--device", "--precision", "--data", "TASK"],
+    "predict": ["--top-k", "--max-pixels", "--device", "--precision", "TASK", "IMAGE"],
     "info": ["TARGET"],
     "sweep": ["--trials", "--storage", "--lr", "--workers", "--sampler", "--pruner", "--seeds", "--epochs"],
     "serve": ["--port", "--host", "--max-batch", "--max-pending", "--max-upload-mb", "--max-pixels", "--top-k",
-              "--max-wait-ms", "--api-key", "--task"],
+              "--max-wait-ms", "--api-key", "--device", "--precision", "--task"],
     "ablate": ["SET", "--tasks", "--seeds", "--cells", "--epochs"],
 }  # demo: a valid value would run the real backbone for minutes; its --data check has its own test
 

@@ -3,20 +3,25 @@
 For each model, prompt mode and prompt length p it measures, side by side in one process (the configs of a
 group take turns within every repeat, so load from other processes hits them alike), after warm-up, the
 median of several repeats of:
-- training step time: forward + cross-entropy + backward (to the prompts and head) + SGD-momentum step;
+- training step time: forward + cross-entropy + backward (to the prompts and head) + SGD-momentum step (fp16:
+  through a gradient scaler, as a training loop would);
 - peak memory of one training step, above the resident model and batch. CUDA: `max_memory_allocated`.
   CPU: each model's configs run in a fresh subprocess whose allocator returns freed blocks to the OS at once
   (MALLOC_MMAP_THRESHOLD_), reading the kernel's resident-set high-water mark (reset per config);
 - inference throughput, images/s at batch `--batch` and at batch 1 (eval + no_grad, prompt K/V cached);
-and every figure as a ratio to the reference "tokens" path and to the frozen backbone ("floor", no prompt),
-measured in the same group: the median over repeats of the ratio within each round, so that changes in the
-machine's load between rounds cancel. Random weights (`pretrained=False`): speed does not depend on the values.
-With `--loader DATA` it also times the training data loader alone (images/s), to show it is not the bottleneck.
+for every precision of `--precisions` (fp32, or autocast to bf16 / fp16) and, with `--compile`, eagerly and
+compiled (`torch.compile`); a group holds the floor and every path in every such variant. Each figure is also
+given as a ratio to the reference "tokens" path and to the frozen backbone ("floor", no prompt) of the same
+variant, and to the same config in fp32 eager: the median over repeats of the ratio within each round, so
+that changes in the machine's load between rounds cancel. Random weights (`pretrained=False`): speed does not
+depend on the values. With `--loader DATA` it also times the training data loader alone (images/s) and puts it
+beside the model's training images/s at the same batch, to show which of the two limits training.
 """
 from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import os
 import platform
@@ -25,15 +30,17 @@ import statistics
 import subprocess
 import sys
 import time
-from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
 
 from .data import DataError, collate, load_data
+from .devices import AUTO, autocast, maybe_compile, resolve_device, resolve_precision, resolve_workers
+from .errors import ConfigError
 from .model import PromptConfig, PromptedViT
 
 
@@ -56,28 +63,62 @@ MODELS = {
 }
 # floor: no prompt (linear probe); tokens: the reference; prefix: the fast path; -ckpt: gradient checkpointing
 PATHS = ("floor", "tokens", "prefix", "prefix-ckpt", "tokens-ckpt")
+PRECISIONS = ("fp32", "bf16", "fp16")  # fp32, or autocast to a 16-bit type (vptune.devices)
 FIGURES = ("train_step_s", "train_peak_mb", "infer_ips", "infer_b1_ips")
+BASES = ("ref", "floor", "fp32_eager")  # what each figure is also given as a ratio to (see `bases_of`)
 # Defaults of the full grid and of --quick (explicit options win over both).
 DEFAULTS = {"models": ["vit-s14", "vit-b16"], "prompts": [10, 50, 100, 200], "batch": 32, "threads": None}
 QUICK = {"models": ["tiny"], "prompts": [2, 4], "batch": 4, "train_batch": 2, "repeats": 1, "threads": 1}
 NUM_CLASSES = 100
 B1_CALLS = 8  # batch-1 inference: images per timed repeat
+SETTLE_ROUNDS = 5  # at most, untimed rounds of compiled configs before a figure's timed rounds (settle_compiled)
 
 
 @dataclass(frozen=True)
 class Config:
-    """One measured model: the floor has mode "" and prompts 0."""
+    """One measured model: the floor has mode "" and prompts 0. `precision` is fp32 or the autocast type;
+    `compiled` runs the forward through `torch.compile`."""
 
     model: str
     mode: str
     prompts: int
     path: str
+    precision: str = "fp32"
+    compiled: bool = False
 
     def build(self, backbone: torch.nn.Module, device: str) -> PromptedViT:
         prompt = PromptConfig(num_tokens=self.prompts, mode=self.mode or "deep")
         path = "prefix" if self.path == "floor" else self.path.split("-")[0]
         model = PromptedViT(backbone, prompt, NUM_CLASSES, path=path, grad_checkpointing=self.path.endswith("-ckpt"))
         return model.to(device)
+
+    def label(self) -> str:
+        where = f" {self.mode} p={self.prompts}" if self.prompts else ""
+        return f"{self.path}{where} {self.precision}{' compiled' if self.compiled else ''}"
+
+
+def bases_of(cfg: Config) -> dict[str, Config | None]:
+    """The configs each of cfg's figures is divided by: the reference path and the floor in the same precision
+    and compile setting, and the same config in fp32 eager (what the 16-bit and compiled variants gain)."""
+    return {"ref": replace(cfg, path="tokens") if cfg.path != "floor" else None,
+            "floor": replace(cfg, mode="", prompts=0, path="floor"),
+            "fp32_eager": replace(cfg, precision="fp32", compiled=False)}
+
+
+@dataclass
+class Built:
+    """A config's model, the forward the bench calls (the model itself or its compiled form), its optimizer,
+    and fp16's gradient scaler."""
+
+    model: PromptedViT
+    forward: Callable[[torch.Tensor], torch.Tensor]
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler | None
+
+    @property
+    def compile_failed(self) -> bool:
+        # maybe_compile's wrapper sets `failed` when it fell back to eager (its log line says why)
+        return bool(getattr(self.forward, "failed", False))
 
 
 # (group, config, figure) -> one value per timed round; the configs of a group share their rounds
@@ -99,20 +140,23 @@ class Runner:
         size = self.backbone.patch_embed.img_size
         self.images = torch.randn(max(args.batch, args.train_batch), 3, *size, device=self.device)
         self.labels = torch.randint(0, NUM_CLASSES, (args.train_batch,), device=self.device)
-        self.models: dict[Config, tuple[PromptedViT, torch.optim.Optimizer]] = {}
+        self.models: dict[Config, Built] = {}
 
-    def model(self, cfg: Config) -> tuple[PromptedViT, torch.optim.Optimizer]:
+    def model(self, cfg: Config) -> Built:
         if cfg not in self.models:
             model = cfg.build(self.backbone, self.device)
-            self.models[cfg] = model, torch.optim.SGD(model.trainable_parameters(), lr=1e-3, momentum=0.9)
+            optimizer = torch.optim.SGD(model.trainable_parameters(), lr=1e-3, momentum=0.9)
+            # fp16 gradients underflow without loss scaling; a real fp16 training loop pays for the scaler
+            scaler = torch.amp.GradScaler(self.device_type) if cfg.precision == "fp16" else None
+            self.models[cfg] = Built(model, maybe_compile(model, cfg.compiled), optimizer, scaler)
         return self.models[cfg]
 
-    def autocast(self):
-        dtype = torch.bfloat16 if self.args.dtype == "bfloat16" else None
-        return torch.autocast(self.device.split(":")[0], dtype=dtype) if dtype else nullcontext()
+    @property
+    def device_type(self) -> str:
+        return torch.device(self.device).type
 
     def sync(self) -> None:
-        if self.device.startswith("cuda"):
+        if self.device_type == "cuda":
             torch.cuda.synchronize(self.device)
 
     def timed(self, fn: Callable[[], object]) -> float:
@@ -123,20 +167,26 @@ class Runner:
         return time.perf_counter() - start
 
     def train_step(self, cfg: Config, batch: int | None = None) -> None:
-        model, optimizer = self.model(cfg)
+        built = self.model(cfg)
         batch = batch or self.args.train_batch
-        model.train()
-        optimizer.zero_grad(set_to_none=True)
-        with self.autocast():
-            loss = F.cross_entropy(model(self.images[:batch]), self.labels[:batch])
-        loss.backward()
-        optimizer.step()
+        built.model.train()
+        built.optimizer.zero_grad(set_to_none=True)
+        with autocast(self.device, cfg.precision):
+            loss = F.cross_entropy(built.forward(self.images[:batch]), self.labels[:batch])
+        if built.scaler is None:
+            loss.backward()
+            built.optimizer.step()
+        else:
+            built.scaler.scale(loss).backward()
+            built.scaler.step(built.optimizer)
+            built.scaler.update()
 
     def infer(self, cfg: Config, batch: int, calls: int = 1) -> None:
-        model = self.model(cfg)[0].eval()
-        with torch.no_grad(), self.autocast():
+        built = self.model(cfg)
+        built.model.eval()
+        with torch.no_grad(), autocast(self.device, cfg.precision):
             for _ in range(calls):
-                model(self.images[:batch])
+                built.forward(self.images[:batch])
 
     def cuda_peak_mb(self, cfg: Config) -> float:
         """Peak allocated memory of one training step above what was allocated before it."""
@@ -159,35 +209,95 @@ def side_by_side(configs: list[Config], measure: Callable[[Config], float], warm
                 samples.setdefault((key[0], cfg, key[1]), []).append(value)
 
 
+def settle_compiled(runner: Runner, configs: list[Config], call: Callable[[Config], object], phase: str,
+                    compile_s: dict[tuple[Config, str], float]) -> None:
+    """Untimed rounds of the compiled configs before a figure's rounds, whatever --warmup says, until a round
+    compiles nothing. A call compiles (or recompiles) on a new batch size, train or eval, prompts changed by
+    training steps (the cached prompt K/V is guarded on them) and a filled K/V cache; and the configs' models
+    share one forward code, so one config's compiled code can be picked up by another, which then compiles the
+    rest of its call. The seconds of these rounds, the first time a config meets `phase`, are its compile time."""
+    compiled = [c for c in configs if c.compiled]
+    first_time = {c for c in compiled if (c, phase) not in compile_s}
+    for _ in range(SETTLE_ROUNDS):
+        frames = compiled_frames()
+        for cfg in compiled:
+            seconds = runner.timed(lambda: call(cfg))
+            if cfg in first_time:
+                compile_s[(cfg, phase)] = compile_s.get((cfg, phase), 0.0) + seconds
+        if frames is not None and compiled_frames() == frames:
+            break
+
+
+def dynamo():
+    """torch.compile's front end, imported when first needed (it is slow to import)."""
+    from torch import _dynamo
+
+    return _dynamo
+
+
+def compiled_frames() -> int | None:
+    """How many frames torch.compile has compiled so far in this process (None where torch does not say)."""
+    try:
+        from torch._dynamo.utils import counters  # private, but the only count of compiles torch keeps
+    except ImportError:
+        return None
+    return counters["frames"]["total"]
+
+
+@contextmanager
+def compiler_settings(configs_at_once: int) -> Iterator[None]:
+    """Room for `configs_at_once` compiled configs in torch.compile's caches, emptied before and after. Their
+    models share one forward code, and dynamo gives a code 8 compiled versions by default, then silently runs it
+    eagerly: the later configs' "compiled" figures would be eager ones. Each config needs a few versions (train,
+    eval, batch 1, cache empty or filled); a limit still hit is made an error, so the config is reported as
+    compile failed. Emptied: only these configs count, and no compiled code outlives them in this process."""
+    if not configs_at_once:
+        yield
+        return
+    limit = max(8, 16 * configs_at_once)
+    dynamo().reset()
+    try:
+        with dynamo().config.patch(recompile_limit=limit, accumulated_recompile_limit=max(256, 4 * limit),
+                                   fail_on_recompile_limit_hit=True):
+            yield
+    finally:
+        dynamo().reset()
+
+
 def load_average() -> float | None:
     """1-minute load average: other processes' work on the CPUs slows every figure (ratios less so)."""
     return round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
 
 
-def time_model(alias: str, groups: dict[int, list[Config]], args: argparse.Namespace, samples: Samples,
-               loads: dict[int, float | None]) -> int:
-    """Times every group of one model into `samples`; returns the model's image size."""
-    runner = Runner(alias, args)
-    repeats = args.repeats or spec_of(alias).repeats
-    for g, group in groups.items():
-        loads[g] = load_average()
-        print(f"  {alias} (load {loads[g]}): "
-              f"{', '.join(c.path + (f' {c.mode} p={c.prompts}' if c.prompts else '') for c in group)}",
-              file=sys.stderr, flush=True)
-        side_by_side(group, lambda c: runner.timed(lambda: runner.train_step(c)), args.warmup, repeats,
-                     samples, (g, "train_step_s"))
-        infer = [c for c in group if not c.path.endswith("-ckpt")]  # checkpointing changes nothing without grad
-        side_by_side(infer, lambda c: args.batch / runner.timed(lambda: runner.infer(c, args.batch)),
-                     args.warmup, repeats, samples, (g, "infer_ips"))
-        side_by_side(infer, lambda c: B1_CALLS / runner.timed(lambda: runner.infer(c, 1, B1_CALLS)),
-                     args.warmup, repeats, samples, (g, "infer_b1_ips"))
-        if args.memory and args.device.startswith("cuda"):
-            for cfg in group:
-                samples[(g, cfg, "train_peak_mb")] = [runner.cuda_peak_mb(cfg)]
-        for cfg in group:  # free this group's models (the floor is kept: it is in every group)
-            if cfg.path != "floor":
-                runner.models.pop(cfg, None)
-    return runner.images.shape[-1]
+def time_group(runner: Runner, g: int, group: list[Config], repeats: int, results: Results) -> None:
+    """Times one group's configs side by side into `results` (every figure but CPU memory)."""
+    args, samples = runner.args, results.samples
+    results.loads[g] = load_average()
+    print(f"  {group[0].model} (load {results.loads[g]}): {', '.join(c.label() for c in group)}",
+          file=sys.stderr, flush=True)
+    infer = [c for c in group if not c.path.endswith("-ckpt")]  # checkpointing changes nothing without grad
+    # (figure, its configs, the timed call, images per call: None for a figure in seconds, else images/s)
+    phases = [("train_step_s", group, lambda c: runner.train_step(c), None),
+              ("infer_ips", infer, lambda c: runner.infer(c, args.batch), args.batch),
+              ("infer_b1_ips", infer, lambda c: runner.infer(c, 1, B1_CALLS), B1_CALLS)]
+    for figure, configs, call, images in phases:
+        settle_compiled(runner, configs, call, figure, results.compile_s)
+
+        def value(cfg: Config) -> float:
+            seconds = runner.timed(lambda: call(cfg))
+            return seconds if images is None else images / seconds
+
+        side_by_side(configs, value, args.warmup, repeats, samples, (g, figure))
+    if args.memory and runner.device_type == "cuda":
+        # back in training mode after inference: a compiled config must not count a recompile as its memory
+        settle_compiled(runner, group, phases[0][2], "train_step_s", results.compile_s)
+        for cfg in group:
+            samples[(g, cfg, "train_peak_mb")] = [runner.cuda_peak_mb(cfg)]
+    for cfg in group:
+        if cfg.compiled:
+            results.compile_failed[cfg] = runner.models[cfg].compile_failed
+        if cfg.path != "floor":  # free this group's models (the floors are kept: they are in every group)
+            runner.models.pop(cfg, None)
 
 
 def check_loader_data(source: str) -> None:
@@ -198,13 +308,15 @@ def check_loader_data(source: str) -> None:
         raise SystemExit(f"vptune bench: --loader {source}: {err}")
 
 
-def loader_throughput(source: str, img_size: int, batch: int, repeats: int) -> dict:
-    """Images/s of the training data loader alone (decode or cached arrays, transform, vptune's collate):
-    the median over `repeats` passes of the train split, after one untimed pass."""
+def loader_throughput(source: str, img_size: int, batch: int, repeats: int, workers: int, pin: bool) -> dict:
+    """Images/s of the training data loader alone (decode or cached arrays, transform, vptune's collate), set up
+    as training sets it up (`workers` processes kept across passes, pinned memory for a GPU): the median over
+    `repeats` passes of the train split, after one untimed pass (which also starts the workers)."""
     from torch.utils.data import DataLoader
 
     splits = load_data(source, img_size=img_size, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
-    loader = DataLoader(splits.train, batch_size=batch, shuffle=True, collate_fn=collate)
+    loader = DataLoader(splits.train, batch_size=batch, shuffle=True, collate_fn=collate, num_workers=workers,
+                        pin_memory=pin, persistent_workers=workers > 0)
     speeds = []
     for r in range(repeats + 1):
         start = time.perf_counter()
@@ -212,7 +324,7 @@ def loader_throughput(source: str, img_size: int, batch: int, repeats: int) -> d
         if r:
             speeds.append(images / (time.perf_counter() - start))
     return {"data": source, "img_size": img_size, "batch": batch, "images": len(splits.train),
-            "img_per_s": statistics.median(speeds)}
+            "num_workers": workers, "pin_memory": pin, "img_per_s": statistics.median(speeds), "models": []}
 
 
 # ---------------------------------------------------------------------------------- CPU memory (subprocess)
@@ -228,17 +340,21 @@ def memory_worker(spec: dict) -> None:
     runner, result = Runner(spec["alias"], args), {}
     for fields in spec["configs"]:
         cfg = Config(**fields)
-        runner.train_step(cfg, batch=1)  # first-call set-up (kernels, thread pools) is not the config's memory
-        Path("/proc/self/clear_refs").write_text("5")  # reset the high-water mark (VmHWM) to the current RSS
-        before = _proc_status_mb("VmRSS")
-        runner.train_step(cfg)
+        with compiler_settings(1 if cfg.compiled else 0):
+            # First-call set-up (kernels, thread pools) is not the config's memory. A compiled config sets up at
+            # the measured batch, so that the measured step does not compile a graph for a new batch size.
+            runner.train_step(cfg, batch=None if cfg.compiled else 1)
+            Path("/proc/self/clear_refs").write_text("5")  # reset the high-water mark (VmHWM) to the current RSS
+            before = _proc_status_mb("VmRSS")
+            runner.train_step(cfg)
         result[json.dumps(fields)] = max(_proc_status_mb("VmHWM") - before, 0.0)
         runner.models.pop(cfg)
     print(json.dumps(result))
 
 
 def cpu_memory(alias: str, configs: list[Config], args: argparse.Namespace) -> dict[Config, float]:
-    runner_args = {k: getattr(args, k) for k in ("device", "dtype", "batch", "train_batch", "threads")}
+    runner_args = {k: getattr(args, k) for k in ("device", "batch", "train_batch", "threads")}
+    # Each config's precision and compile setting travel in its own fields (Config's dataclass fields).
     spec = {"alias": alias, "configs": [asdict(c) for c in configs], "args": runner_args}
     # A fixed mmap threshold turns off glibc's heap reuse of large freed blocks, so RSS follows live memory.
     env = os.environ | {"MALLOC_MMAP_THRESHOLD_": "65536"}
@@ -255,36 +371,45 @@ def paired_ratio(samples: Samples, cfg: Config, base: Config, figure: str) -> fl
     return statistics.median(ratios) if ratios else None
 
 
-def make_rows(configs: list[Config], samples: Samples, args: argparse.Namespace) -> list[dict]:
-    """One row per config: the median of each figure, then each figure as a ratio to the reference and floor."""
+def make_rows(results: Results, args: argparse.Namespace) -> list[dict]:
+    """One row per config: the median of each figure, then each figure as a ratio to each base (`bases_of`),
+    then the seconds its compiled variant spent in untimed first calls and whether compiling failed."""
     rows = []
-    for c in configs:
-        row = {"model": c.model, "mode": c.mode, "prompts": c.prompts, "path": c.path,
-               "train_batch": args.train_batch, "infer_batch": args.batch}
+    for c in results.configs:
+        row = {"model": c.model, "mode": c.mode, "prompts": c.prompts, "path": c.path, "precision": c.precision,
+               "compiled": c.compiled, "train_batch": args.train_batch, "infer_batch": args.batch}
         for f in FIGURES:
-            values = [v for (_, cfg, fig), vs in samples.items() if cfg == c and fig == f for v in vs]
+            values = [v for (_, cfg, fig), vs in results.samples.items() if cfg == c and fig == f for v in vs]
             row[f] = statistics.median(values) if values else None
-        bases = {"ref": Config(c.model, c.mode, c.prompts, "tokens") if c.path != "floor" else None,
-                 "floor": Config(c.model, "", 0, "floor")}
-        for name, base in bases.items():
+        for name, base in bases_of(c).items():
             for f in FIGURES:
-                row[f"{f}_vs_{name}"] = paired_ratio(samples, c, base, f) if base else None
+                row[f"{f}_vs_{name}"] = paired_ratio(results.samples, c, base, f) if base else None
+        seconds = [s for (cfg, _), s in results.compile_s.items() if cfg == c]
+        row["compile_s"] = sum(seconds) if seconds else None
+        row["compile_failed"] = results.compile_failed.get(c, False)
         rows.append(row)
     return rows
 
 
-def machine_info(device: str) -> dict:
-    import timm
-
-    cpu = platform.processor()
+def cpu_name() -> str:
     if Path("/proc/cpuinfo").exists():
         names = re.findall(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.M)
-        cpu = names[0] if names else cpu
-    info = {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__, "timm": timm.__version__, "python": platform.python_version(),
-            "device": device}
-    if device.startswith("cuda"):
-        info["gpu"] = torch.cuda.get_device_name(device)
+        if names:
+            return names[0]
+    return platform.processor() or platform.machine()
+
+
+def machine_info(args: argparse.Namespace) -> dict:
+    import timm
+
+    kind, cpu = torch.device(args.device).type, cpu_name()
+    device_name = {"cuda": lambda: torch.cuda.get_device_name(args.device),
+                   "mps": lambda: f"Apple MPS ({cpu})"}.get(kind, lambda: cpu)()
+    info = {"device": args.device, "device_name": device_name, "precisions": args.precisions,
+            "compile": args.compile, "cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__, "timm": timm.__version__, "python": platform.python_version()}
+    if kind == "cuda":
+        info["gpu"] = device_name
     return info
 
 
@@ -292,35 +417,83 @@ def _fmt(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
+def _compiled_cell(row: dict) -> str:
+    return "no" if not row["compiled"] else "failed: eager" if row["compile_failed"] else "yes"
+
+
 def table(rows: list[dict]) -> str:
-    """Markdown table: each figure, then its ratio to the reference path (x ref) and to the floor (x floor)."""
-    head = ["model", "mode", "p", "path", "train s/step", "x ref", "x floor", "train peak MB", "x ref", "x floor",
-            f"infer img/s (b{rows[0]['infer_batch']})", "x ref", "x floor", "infer img/s (b1)", "x ref", "x floor"]
+    """Markdown table: each figure, then its ratio to the reference path (x ref), to the floor (x floor) and,
+    where more than one precision / compile setting was measured, to the same config in fp32 eager."""
+    variants = len({(r["precision"], r["compiled"]) for r in rows})
+    bases = BASES if variants > 1 else BASES[:2]
+    ratio_heads = [{"ref": "x ref", "floor": "x floor", "fp32_eager": "x fp32 eager"}[b] for b in bases]
+    figure_heads = ["train s/step", "train peak MB", f"infer img/s (b{rows[0]['infer_batch']})", "infer img/s (b1)"]
+    head = ["model", "mode", "p", "path", "precision", "compiled"]
+    for name in figure_heads:
+        head += [name, *ratio_heads]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = [r["model"], r["mode"] or "-", str(r["prompts"]), r["path"]]
+        cells = [r["model"], r["mode"] or "-", str(r["prompts"]), r["path"], r["precision"], _compiled_cell(r)]
         for f, spec in zip(FIGURES, (".3f", ".0f", ".1f", ".1f")):
-            cells += [_fmt(r[f], spec), _fmt(r[f"{f}_vs_ref"], ".2f"), _fmt(r[f"{f}_vs_floor"], ".2f")]
+            cells += [_fmt(r[f], spec), *(_fmt(r[f"{f}_vs_{b}"], ".2f") for b in bases)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
+def train_ips(row: dict) -> float | None:
+    """A row's training images/s at its training batch."""
+    return row["train_batch"] / row["train_step_s"] if row["train_step_s"] else None
+
+
+def loader_lines(loader: dict, rows: list[dict]) -> list[str]:
+    """The loader's images/s beside each model's training images/s at the same batch (the fastest fast-path
+    config, and the floor: a linear probe needs data fastest), and which of the two limits training."""
+    pinned = ", pinned memory" if loader["pin_memory"] else ""
+    head = (f"data loader ({loader['data']}, {loader['images']} training images at {loader['img_size']} px, "
+            f"batch {loader['batch']}, {loader['num_workers']} workers{pinned}): {loader['img_per_s']:.0f} img/s")
+    lines = []
+    for model in loader["models"]:
+        timed = [r for r in rows if r["model"] == model and train_ips(r)]
+        fast = max((r for r in timed if r["path"] == "prefix"), key=train_ips, default=None)
+        floor = max((r for r in timed if r["path"] == "floor"), key=train_ips, default=None)
+        if fast is None:
+            continue
+        variant = f"{fast['precision']}{' compiled' if fast['compiled'] else ''}"
+        line = (f"{head} vs {model} training {train_ips(fast):.0f} img/s (fast path, {fast['mode']} "
+                f"p={fast['prompts']}, {variant})")
+        if floor:
+            line += f", {train_ips(floor):.0f} img/s (frozen backbone, linear probe)"
+        verdict = "the model limits" if loader["img_per_s"] >= train_ips(fast) else "the data loader limits"
+        if floor and train_ips(fast) <= loader["img_per_s"] < train_ips(floor):
+            verdict += " (a linear probe would wait for the data loader)"
+        lines.append(f"{line}: {verdict}")
+    return lines or [head]
+
+
 def write_outputs(out: Path, rows: list[dict], meta: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    with open(out / "bench.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    (out / "bench.json").write_text(json.dumps({**meta, "rows": rows}, indent=1))
-    (out / "bench.md").write_text(f"Machine: {json.dumps(meta['machine'])}\n\nSettings: {json.dumps(meta['settings'])}"
-                                  f"\n\nLoad average (1 min) at group starts: {json.dumps(meta['load_avg_1min'])}"
-                                  f"\n\n{table(rows)}\n"
-                                  + "".join(f"\n{loader_line(x)}\n" for x in meta["loader"]))
+    lines = io.StringIO()
+    writer = csv.DictWriter(lines, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    _write_whole(out / "bench.csv", lines.getvalue())
+    _write_whole(out / "bench.json", json.dumps({**meta, "rows": rows}, indent=1))
+    loaders = [line for loader in meta["loader"] for line in loader_lines(loader, rows)]
+    _write_whole(out / "bench.md", f"Machine: {json.dumps(meta['machine'])}\n\nSettings: {json.dumps(meta['settings'])}"
+                                   f"\n\nLoad average (1 min) at group starts: {json.dumps(meta['load_avg_1min'])}"
+                                   f"\n\n{table(rows)}\n" + "".join(f"\n{line}\n" for line in loaders))
+
+
+def _write_whole(path: Path, text: str) -> None:
+    """Write then rename: a run stopped mid-write (a time limit) keeps the previous complete file."""
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(text)
+    os.replace(partial, path)
 
 
 # ------------------------------------------------------------------------------------------------------ CLI
 def _csv(kind: Callable[[str], object]) -> Callable[[str], list]:
-    return lambda text: [kind(item) for item in text.split(",") if item.strip()]
+    return lambda text: [kind(item.strip()) for item in text.split(",") if item.strip()]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -333,17 +506,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help=f"from {', '.join(PATHS)} (default: {','.join(PATHS[:4])})")
     parser.add_argument("--batch", type=int, help="inference batch, default 32 (batch 1 is always measured too)")
     parser.add_argument("--train-batch", type=int, default=None,
-                        help="training batch (default: --batch on CUDA, 8 on CPU where a ViT-B/16 step at 32 "
-                             "takes ~40 s)")
+                        help="training batch (default: --batch on CUDA, 8 elsewhere, where a ViT-B/16 step at 32 "
+                             "takes ~40 s on 2 CPU cores)")
     parser.add_argument("--repeats", type=int, help="timed repeats (default: 3; 1 for vit-b16)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed rounds before the repeats (default: 1)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                        help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--device", default=AUTO, help="auto (default: CUDA, else Apple's MPS, else the CPU), cpu, "
+                        "cuda, cuda:N or mps")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
-                        help="float32 (default) or bfloat16 autocast")
+    parser.add_argument("--precisions", type=_csv(str), help=f"comma list from {', '.join(PRECISIONS)}: fp32, or "
+                        "autocast to bf16 / fp16 (fp16 training with a gradient scaler), each measured side by side "
+                        "(default: fp32,bf16 on a GPU with bf16, else fp32)")
+    parser.add_argument("--compile", action="store_true", help="also measure every config compiled "
+                        "(torch.compile; eager where compiling fails, with a log line), side by side with eager; "
+                        "compile time is not timed but reported (compile_s)")
     parser.add_argument("--loader", metavar="DATA", help="also time the data loader alone on this data set "
-                        "(built-in name or path), at each model's image size")
+                        "(built-in name or path), at each model's image size, beside the model's training img/s")
+    parser.add_argument("--num-workers", default=AUTO, help="the --loader's worker processes: auto (default: as "
+                        "training, none on the CPU, the free cores up to 8 on a GPU) or a number")
     parser.add_argument("--no-memory", dest="memory", action="store_false", help="skip peak-memory measurement")
     parser.add_argument("--quick", action="store_true", help="tiny model and sizes (for tests)")
     parser.add_argument("--out", type=Path, default=Path("runs/bench"),
@@ -353,35 +532,64 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     for key, value in (QUICK if args.quick else DEFAULTS).items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    if args.train_batch is None:
-        args.train_batch = args.batch if args.device.startswith("cuda") else 8
     bad = [p for p in args.paths if p not in PATHS] + [m for m in args.modes or () if m not in ("deep", "shallow")]
     if bad or "tokens" not in args.paths or "floor" not in args.paths:
         parser.error(f"--paths must include floor and tokens (the ratios' bases), from {PATHS}; "
                      f"--modes from deep, shallow; got {bad or args.paths}")
+    try:
+        resolve_settings(args)
+    except ConfigError as err:  # one line naming the mistake, as every vptune command prints it
+        raise SystemExit(f"vptune bench: {err}")
     return args
+
+
+def resolve_settings(args: argparse.Namespace) -> None:
+    """--device, --precisions, --num-workers and --train-batch, which depend on the device, checked and resolved
+    in place (ConfigError names a wrong one)."""
+    args.device = resolve_device(args.device)
+    if args.precisions is None:  # bf16 where vptune's `auto` would train in it (a GPU with bf16 units)
+        args.precisions = list(dict.fromkeys(["fp32", resolve_precision(AUTO, args.device)]))
+    unknown = [p for p in args.precisions if p not in PRECISIONS]
+    if unknown or not args.precisions:
+        raise ConfigError(f"--precisions must be a comma list from {', '.join(PRECISIONS)}, got "
+                          f"{','.join(unknown) or 'nothing'}")
+    args.precisions = list(dict.fromkeys(resolve_precision(p, args.device) for p in args.precisions))
+    if args.num_workers != AUTO and not str(args.num_workers).isdigit():
+        raise ConfigError(f"--num-workers must be auto or a whole number >= 0, got {args.num_workers!r}")
+    args.num_workers = resolve_workers(args.num_workers, args.device)
+    if args.train_batch is None:
+        args.train_batch = args.batch if args.device.startswith("cuda") else 8
 
 
 def spec_of(alias: str) -> ModelSpec:
     return MODELS.get(alias) or ModelSpec(alias, {})
 
 
+def variants(args: argparse.Namespace) -> list[tuple[str, bool]]:
+    """(precision, compiled) pairs measured: every precision eagerly, and compiled too with --compile."""
+    return [(p, compiled) for compiled in ((False, True) if args.compile else (False,)) for p in args.precisions]
+
+
 def grid(args: argparse.Namespace, alias: str, first: int) -> dict[int, list[Config]]:
-    """Groups measured side by side, numbered from `first`: the floor and every path at one (mode, p)."""
-    floor = Config(alias, "", 0, "floor")
-    groups = [[floor] + [Config(alias, mode, p, path) for path in args.paths if path != "floor"]
-              for mode in args.modes or spec_of(alias).modes for p in args.prompts]
+    """Groups measured side by side, numbered from `first`: at one (mode, p), the floor and every path, each in
+    every variant (the variants of one path next to each other, as the table lists them)."""
+    kinds = variants(args)
+    floors = [Config(alias, "", 0, "floor", p, c) for p, c in kinds]
+    groups = [floors + [Config(alias, mode, n, path, p, c) for path in args.paths if path != "floor" for p, c in kinds]
+              for mode in args.modes or spec_of(alias).modes for n in args.prompts]
     return dict(enumerate(groups, start=first))
 
 
 @dataclass
 class Results:
-    """Everything measured so far; `measure` adds to it model by model."""
+    """Everything measured so far; `measure` adds to it group by group."""
 
     configs: list[Config] = field(default_factory=list)
     samples: Samples = field(default_factory=dict)
     loads: dict[int, float | None] = field(default_factory=dict)  # group -> 1-min load average at its start
     loaders: list[dict] = field(default_factory=list)  # `loader_throughput` results, one per image size
+    compile_s: dict[tuple[Config, str], float] = field(default_factory=dict)  # (config, figure) -> first calls
+    compile_failed: dict[Config, bool] = field(default_factory=dict)  # compiled configs that fell back to eager
 
     def load_summary(self) -> dict | None:
         known = [x for x in self.loads.values() if x is not None]
@@ -390,36 +598,48 @@ class Results:
 
 def measure(args: argparse.Namespace, results: Results, started: float) -> None:
     """Every model's groups, timed side by side in this process, then CPU memory in a subprocess per model
-    and the data loader alone; the outputs are rewritten after each model (a run that dies keeps those)."""
+    and the data loader alone; the outputs are rewritten after each group (a run that is stopped keeps those)."""
     for alias in args.models:
         groups = grid(args, alias, first=len(results.loads))
-        model_configs = list(dict.fromkeys(c for group in groups.values() for c in group))
-        results.configs += model_configs
-        img_size = time_model(alias, groups, args, results.samples, results.loads)
-        if args.memory and not args.device.startswith("cuda"):
+        runner, repeats = Runner(alias, args), args.repeats or spec_of(alias).repeats
+        for g, group in groups.items():
+            results.configs += [c for c in group if c not in results.configs]
+            with compiler_settings(sum(c.compiled for c in group)):
+                time_group(runner, g, group, repeats, results)
+            write_results(args, results, started)
+        img_size = runner.images.shape[-1]
+        del runner  # its models and batches: the memory subprocess and the loader do not need them
+        if args.memory and torch.device(args.device).type != "cuda":
             print(f"  {alias}: peak memory (one subprocess)", file=sys.stderr, flush=True)
+            model_configs = list(dict.fromkeys(c for group in groups.values() for c in group))
             peaks = cpu_memory(alias, model_configs, args)
             for g, group in groups.items():
                 results.samples.update({(g, c, "train_peak_mb"): [peaks[c]] for c in group})
-        if args.loader and img_size not in [x["img_size"] for x in results.loaders]:
-            print(f"  data loader alone: {args.loader} at {img_size} px", file=sys.stderr, flush=True)
-            results.loaders.append(loader_throughput(args.loader, img_size, args.train_batch, repeats=3))
+        if args.loader:
+            time_loader(args, results, alias, img_size)
         write_results(args, results, started)
+
+
+def time_loader(args: argparse.Namespace, results: Results, alias: str, img_size: int) -> None:
+    """The data loader alone at this model's image size (once per size: models of one size share it)."""
+    same_size = [x for x in results.loaders if x["img_size"] == img_size]
+    if not same_size:
+        print(f"  data loader alone: {args.loader} at {img_size} px, {args.num_workers} workers", file=sys.stderr,
+              flush=True)
+        pin = torch.device(args.device).type == "cuda"  # as training loads for a GPU
+        same_size = [loader_throughput(args.loader, img_size, args.train_batch, 3, args.num_workers, pin)]
+        results.loaders += same_size
+    same_size[0]["models"].append(alias)
 
 
 def write_results(args: argparse.Namespace, results: Results, started: float) -> None:
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "memory_worker"}
-    meta = {"machine": machine_info(args.device), "seconds": round(time.time() - started),
+    meta = {"machine": machine_info(args), "seconds": round(time.time() - started),
             "load_avg_1min": results.load_summary(), "settings": settings, "loader": results.loaders,
             "samples": [{"group": g, **asdict(c), "figure": f, "values": v}
                         for (g, c, f), v in results.samples.items()]}
-    write_outputs(args.out, make_rows(results.configs, results.samples, args), meta)
+    write_outputs(args.out, make_rows(results, args), meta)
     print(f"  wrote {args.out}/bench.csv, bench.json, bench.md ({meta['seconds']} s)", file=sys.stderr)
-
-
-def loader_line(loader: dict) -> str:
-    return (f"data loading alone ({loader['data']}, {loader['images']} training images at {loader['img_size']} px, "
-            f"batch {loader['batch']}, no workers): {loader['img_per_s']:.0f} img/s")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -427,17 +647,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.memory_worker:
         memory_worker(json.loads(args.memory_worker))
         return 0
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise SystemExit("vptune bench: --device cuda but CUDA is not available")
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.loader:
         check_loader_data(args.loader)
     results = Results()
     measure(args, results, started=time.time())
-    print(table(make_rows(results.configs, results.samples, args)))
+    rows = make_rows(results, args)
+    print(table(rows))
     for loader in results.loaders:
-        print(loader_line(loader))
+        print("\n".join(loader_lines(loader, rows)))
+    failed = [c.label() for c, bad in results.compile_failed.items() if bad]
+    if failed:
+        print(f"warning: torch.compile failed for {', '.join(failed)}: their 'compiled' figures are eager "
+              f"ones, from the first call that failed on (the log above says why)", file=sys.stderr)
     load = results.load_summary()
     # The bench's own threads count in the load average: only load well beyond them is other processes' work.
     if load and load["max"] > 1.25 * torch.get_num_threads() and not args.device.startswith("cuda"):

@@ -29,6 +29,11 @@ log = logging.getLogger("vptune")
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"]:  # its own parser takes every flag (argparse's REMAINDER drops leading --options)
+        from .bench import main as bench_main
+
+        return bench_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
@@ -112,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--data", help="data set to evaluate on (default: the one it was trained on)")
     evaluate.add_argument("--split", default="test", choices=["test", "val", "train", "trainval"])
     evaluate.add_argument("--batch-size", type=int, default=64)
-    add_device_flag(evaluate)
+    add_runtime_flags(evaluate)
     evaluate.add_argument("--quiet", action="store_true")
     add_download_flag(evaluate)
 
@@ -123,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--json", action="store_true", help="print JSON instead of a table")
     predict.add_argument("--max-pixels", type=int, default=MAX_PIXELS,
                          help=f"refuse images with more pixels than this (default {MAX_PIXELS:,})")
-    add_device_flag(predict)
+    add_runtime_flags(predict)
     add_download_flag(predict)
 
     serve = command("serve", "serve many tasks on one backbone over HTTP (needs the serve extra)", _serve)
@@ -144,13 +149,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = commands.add_parser("bench", help="speed and memory: frozen backbone vs reference vs fast path",
                                 add_help=False)
-    bench.add_argument("bench_args", nargs=argparse.REMAINDER)
-    bench.set_defaults(run=_bench)
+    bench.add_argument("bench_args", nargs=argparse.REMAINDER, help="see vptune bench --help")
     return parser
 
 
-def add_device_flag(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--device", default="auto", help="auto (CUDA, else MPS, else CPU), cpu, cuda, cuda:N or mps")
+def add_runtime_flags(parser: argparse.ArgumentParser) -> None:
+    """--device, --precision and --compile of an inference command (`eval`, `predict`); `serve` takes the first
+    two from ServeSettings, with the same help."""
+    from .devices import PRECISIONS
+    from .inference.runtime import COMPILE_HELP, DEVICE_HELP, PRECISION_HELP
+
+    parser.add_argument("--device", default="auto", help=f"{DEVICE_HELP} (default auto)")
+    parser.add_argument("--precision", default="auto", choices=PRECISIONS, help=f"{PRECISION_HELP} (default auto)")
+    parser.add_argument("--compile", action="store_true", help=COMPILE_HELP)
 
 
 def add_download_flag(parser: argparse.ArgumentParser) -> None:
@@ -167,6 +178,7 @@ def add_serve_flags(parser: argparse.ArgumentParser) -> None:
         text = field.metadata["help"]
         kind = next(t for t in (typing.get_args(hints[field.name]) or (hints[field.name],)) if t is not type(None))
         parser.add_argument(f"--{field.name.replace('_', '-')}", type=kind, default=field.default,
+                            choices=field.metadata.get("choices"),
                             help=text if field.default is None else f"{text} (default {field.default})")
 
 
@@ -199,14 +211,14 @@ def _scalar_type(hint):
     word (e.g. --lr auto) when it allows both."""
     allowed = typing.get_args(hint) or (hint,)
     kind = next(kind for kind in (int, float, str) if kind in allowed)
-    if kind is float and str in allowed:
-        return _number_or_word
+    if kind in (int, float) and str in allowed:
+        return lambda text: _number_or_word(text, kind)
     return kind
 
 
-def _number_or_word(text: str) -> float | str:
+def _number_or_word(text: str, kind: type = float) -> float | int | str:
     try:
-        return float(text)
+        return kind(text)
     except ValueError:
         return text
 
@@ -304,7 +316,8 @@ def _eval(args: argparse.Namespace) -> int:
     from .inference import evaluate, format_metrics
 
     metrics, names, written = evaluate(args.task, data=args.data, split=args.split, batch_size=args.batch_size,
-                                       device=args.device, quiet=args.quiet, allow_download=args.allow_download)
+                                       device=args.device, precision=args.precision, compile=args.compile,
+                                       quiet=args.quiet, allow_download=args.allow_download)
     print(format_metrics(metrics, names))
     print(f"\nwritten: {', '.join(str(p) for p in written)}")
     return 0
@@ -316,8 +329,8 @@ def _predict(args: argparse.Namespace) -> int:
     check_top_k(args.top_k)  # before the task and its backbone are loaded
     if args.max_pixels < 1:
         raise ConfigError(f"--max-pixels must be a positive number of pixels, got {args.max_pixels}")
-    predictor = Predictor.from_task(args.task, device=args.device, max_pixels=args.max_pixels,
-                                    allow_download=args.allow_download)
+    predictor = Predictor.from_task(args.task, device=args.device, precision=args.precision, compile=args.compile,
+                                    max_pixels=args.max_pixels, allow_download=args.allow_download)
     results = predictor.predict_files(args.images, top_k=args.top_k)
     if args.json:
         print(json.dumps(results, indent=2))
@@ -349,12 +362,6 @@ def _demo(args: argparse.Namespace) -> int:
 
     run_demo(args.output, data=args.data, epochs=args.epochs, smoke=args.smoke, quiet=args.quiet)
     return 0
-
-
-def _bench(args: argparse.Namespace) -> int:
-    from .bench import main as bench_main
-
-    return bench_main(args.bench_args)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import logging
 import os
+import platform
+import re
 from contextlib import AbstractContextManager, nullcontext
 from typing import Callable
 
@@ -125,6 +127,17 @@ def _is_compile_failure(err: Exception) -> bool:
         "compile" in type(err).__name__.lower()
 
 
+def describe_machine(device: str) -> str:
+    """What a timing was measured on, in words: the GPU's name, or the CPU's model and the cores torch uses."""
+    if torch.device(device).type == "cuda" and torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name(device)} (CUDA)"
+    cpu = platform.processor() or platform.machine()
+    if os.path.exists("/proc/cpuinfo"):
+        names = re.findall(r"^model name\s*:\s*(.+)$", open("/proc/cpuinfo").read(), re.M)
+        cpu = names[0].strip() if names else cpu
+    return f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
+
+
 def resolve_workers(name: int | str, device: str, local_world_size: int = 1) -> int:
     """Loader worker processes: `auto` is none on the CPU (images are decoded before training starts, and worker
     processes would take cores from the model's threads) and, on a GPU, the cores this process may use, less one
@@ -137,5 +150,6 @@ def resolve_workers(name: int | str, device: str, local_world_size: int = 1) -> 
     return max(0, min(MAX_AUTO_WORKERS, cores // max(1, local_world_size) - 1))
 
 
-__all__ = ["AUTO", "PRECISIONS", "autocast", "check_device", "check_precision", "maybe_compile", "resolve_device",
+__all__ = ["AUTO", "PRECISIONS", "autocast", "check_device", "check_precision", "describe_machine", "maybe_compile",
+           "resolve_device",
            "resolve_precision", "resolve_workers"]

@@ -237,6 +237,32 @@ def test_small_and_large_uploads_both_predict_as_the_library(tasks, tmp_path):
             assert all(abs(a["probability"] - b["probability"]) < 1e-5 for a, b in zip(got.json()["top"], want))
 
 
+def test_the_settings_device_and_precision_are_the_models_and_health_reports_them(tasks, workspace):
+    """bf16 asked for is bf16 served (and said by /health); settings that name another than the model's are refused."""
+    from fastapi.testclient import TestClient
+
+    from vptune import ConfigError
+    from vptune.inference.server import ServeSettings, create_app
+
+    model = MultiTaskModel(tasks={"colours": tasks["colours"]}, device="cpu", precision="bf16")
+    with TestClient(create_app(model, ServeSettings(device="cpu", precision="bf16"))) as client:
+        health = client.get("/health").json()
+        assert (health["device"], health["precision"]) == ("cpu", "bf16")
+        got = client.post("/v1/tasks/colours/predict?top_k=3", files={"image": ("x.png", png_bytes(workspace))})
+        assert got.status_code == 200, got.text
+    # the library in fp32, class by class (all 3 classes listed): bf16 moves each probability a little, which may
+    # swap two that are nearly equal
+    want = {g["class"]: g["probability"] for g in expected_top(tasks, workspace, "colours")}
+    served = {g["class"]: g["probability"] for g in got.json()["top"]}
+    assert served.keys() == want.keys() and all(abs(served[c] - want[c]) < 0.01 for c in want), (served, want)
+
+    fp32 = MultiTaskModel(tasks={"colours": tasks["colours"]}, device="cpu", precision="fp32")
+    with pytest.raises(ConfigError, match="precision bf16 but the model runs in fp32"):
+        create_app(fp32, ServeSettings(precision="bf16"))
+    with TestClient(create_app(fp32, ServeSettings())) as client:  # auto: whatever the model was built with
+        assert client.get("/health").json()["precision"] == "fp32"
+
+
 def _concurrently(calls):
     results = [None] * len(calls)
 

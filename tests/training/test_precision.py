@@ -135,8 +135,9 @@ def test_loader_workers_change_no_result_even_with_random_augmentation(workspace
     (["--precision", "fp64"], "precision must be one of auto, fp32, bf16, fp16, got 'fp64'"),
     (["--half-backbone"], "half_backbone needs precision bf16 or fp16"),
     (["--half-backbone", "--precision", "bf16", "--method", "full"], "method 'full' trains backbone weights"),
-    (["--num-workers", "-1"], "num_workers must be auto or a whole number >= 0, got -1"),
-    (["--num-workers", "some"], "num_workers must be auto or a whole number >= 0, got 'some'"),
+    (["--num-workers", "-1"], "num_workers must be auto or a whole number from 0 to"),
+    (["--num-workers", "100000"], "got 100000"),
+    (["--num-workers", "some"], "num_workers must be auto or a whole number from 0 to"),
 ])
 def test_bad_precision_settings_are_one_line_errors_before_anything_is_written(workspace, tmp_path, capsys, flags,
                                                                                says):

@@ -13,10 +13,11 @@ from tqdm.auto import tqdm
 from .._io import atomic_write_text, save_figure
 from ..data import DataError, builtin_name, collate, load_data
 from ..data.builtin import cache_path
-from ..devices import resolve_device
+from ..devices import autocast, maybe_compile
 from ..errors import ConfigError
 from ..rundir import RunDir
 from ..tasks import load_task, read_task_json
+from .runtime import log_runtime, resolve_runtime
 
 
 @torch.no_grad()
@@ -25,7 +26,7 @@ def predict_logits(forward: Callable[[torch.Tensor], torch.Tensor], loader: Data
     """Run `forward` over a loader of (inputs, labels): returns (outputs, labels) on the CPU."""
     outputs, labels = [], []
     for inputs, target in tqdm(loader, desc=desc, disable=quiet, leave=False):
-        outputs.append(forward(inputs.to(device)).float().cpu())
+        outputs.append(forward(inputs.to(device, non_blocking=True)).float().cpu())
         labels.append(target.cpu())
     return torch.cat(outputs), torch.cat(labels)
 
@@ -46,11 +47,19 @@ def evaluate_logits(logits: torch.Tensor, labels: torch.Tensor) -> dict:
 
 
 def evaluate_dataset(model: torch.nn.Module, dataset: Dataset, *, batch_size: int = 64, device: str = "cpu",
-                     quiet: bool = True) -> dict:
-    """`evaluate_logits` of `model` over every item of `dataset` (items: normalised image tensor, label)."""
-    model.eval()
+                     precision: str = "auto", compile: bool = False, quiet: bool = True) -> dict:
+    """`evaluate_logits` of `model` (on `device`) over every item of `dataset` (items: normalised image tensor,
+    label), its forward under `precision`'s autocast (auto: bf16 on a GPU that supports it, fp32 elsewhere),
+    through torch.compile with `compile`."""
+    device, precision = resolve_runtime(device, precision)
+    forward = maybe_compile(model.eval(), compile)
+
+    def run(images: torch.Tensor) -> torch.Tensor:
+        with autocast(device, precision):
+            return forward(images)
+
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
-    logits, labels = predict_logits(model, loader, torch.device(device), desc="test", quiet=quiet)
+    logits, labels = predict_logits(run, loader, torch.device(device), desc="test", quiet=quiet)
     return evaluate_logits(logits, labels)
 
 
@@ -91,16 +100,18 @@ def save_confusion_png(confusion: Sequence[Sequence[int]], class_names: Sequence
 
 
 def evaluate(path: str | os.PathLike, *, data: str | None = None, split: str = "test", batch_size: int = 64,
-             device: str = "auto", quiet: bool = True, allow_download: bool = False
-             ) -> tuple[dict, list[str], list[Path]]:
-    """Evaluate a task (or a run's best task) on a split of a data set (default: the one it was trained on).
+             device: str = "auto", precision: str = "auto", compile: bool = False, quiet: bool = True,
+             allow_download: bool = False) -> tuple[dict, list[str], list[Path]]:
+    """Evaluate a task (or a run's best task) on a split of a data set (default: the one it was trained on), on
+    `device` (auto: CUDA, else MPS, else CPU) under `precision`'s autocast (auto: bf16 on a GPU that supports it,
+    fp32 elsewhere), through torch.compile with `compile`. The checkpoint is read onto the CPU, then moved.
 
     Writes the metrics as JSON and a confusion-matrix PNG into the run's eval/ folder; returns
     (metrics, class names, written files).
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"--batch-size must be a positive integer, got {batch_size!r}")
-    device = resolve_device(device)  # before the task and its data load
+    device, precision = resolve_runtime(device, precision)  # before the task and its data load
     task = RunDir.find_task(path)
     meta = read_task_json(task)
     training = meta.get("training", {})
@@ -123,7 +134,9 @@ def evaluate(path: str | os.PathLike, *, data: str | None = None, split: str = "
     dataset = getattr(splits, split)
     if dataset is None:
         raise DataError(f"{source} has no {split!r} split")
-    metrics = evaluate_dataset(model, dataset, batch_size=batch_size, device=device, quiet=quiet)
+    log_runtime("eval", device, precision, compile)
+    metrics = evaluate_dataset(model, dataset, batch_size=batch_size, device=device, precision=precision,
+                               compile=compile, quiet=quiet)
     names = model.class_names or splits.class_names
     out = RunDir.eval_dir_for(task)
     metrics_path = atomic_write_text(out / f"{split}_metrics.json",

@@ -30,6 +30,7 @@ from torch import nn
 
 from ..backbones import backbone_fingerprint
 from ..data import build_transform
+from ..devices import autocast
 from ..errors import CheckpointError, ConfigError
 from ..model import PromptedViT
 from ..model.config import TOKEN_LOCATIONS
@@ -38,6 +39,7 @@ from ..model.attention import prefix_block, prompt_key_values, supports_prefix
 from ..rundir import RunDir
 from ..tasks import load_task, read_task_json, task_method
 from .predictor import check_top_k, top_k_rows
+from .runtime import resolve_runtime
 
 TASK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")  # safe in a URL path and as a module key
 
@@ -59,12 +61,19 @@ class MultiTaskModel(nn.Module):
         tasks: {name: task directory (or training run)} to load now; more can be added and removed later.
         allow_download: with `backbone` None, fetch the backbone the first task names if it is not on this
             machine (as in `load_task`).
+        device: where the backbone and every task run (moved there): auto (CUDA, else MPS, else CPU), cpu,
+            cuda, cuda:N or mps. Checkpoints are read onto the CPU first, so tasks trained anywhere load.
+        precision: autocast of the forward: auto (bf16 on a GPU that supports it, fp32 elsewhere), fp32, bf16
+            or fp16. Logits come back as fp32 whichever it is.
     """
 
     def __init__(self, backbone: nn.Module | None = None,
-                 tasks: Mapping[str, str | os.PathLike] | None = None, *, allow_download: bool = False) -> None:
+                 tasks: Mapping[str, str | os.PathLike] | None = None, *, allow_download: bool = False,
+                 device: str = "auto", precision: str = "auto") -> None:
         super().__init__()
-        self.backbone: nn.Module | None = backbone
+        resolved, self.precision = resolve_runtime(device, precision)  # before any task loads
+        self._device = torch.device(resolved)
+        self.backbone: nn.Module | None = None if backbone is None else backbone.to(self._device)
         self.allow_download = allow_download
         self.tasks = nn.ModuleDict()
         self._stacks: dict[int, _PromptStack] = {}
@@ -124,7 +133,8 @@ class MultiTaskModel(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        return next(self.backbone.parameters()).device if self.backbone is not None else torch.device("cpu")
+        """Where the backbone's weights are (the device asked for, unless the model was moved since)."""
+        return next(self.backbone.parameters()).device if self.backbone is not None else self._device
 
     @property
     def data_config(self) -> dict:
@@ -151,11 +161,12 @@ class MultiTaskModel(nn.Module):
         unknown = sorted(set(tasks) - self.tasks.keys())
         if unknown:
             raise KeyError(f"unknown task(s) {unknown}; loaded: {', '.join(self.tasks) or 'none'}")
-        features = self._features(images.to(self.device), list(tasks))
         logits: list[torch.Tensor | None] = [None] * len(tasks)
-        for name, rows in _rows_by_task(tasks).items():
-            for row, out in zip(rows, self.tasks[name].classify(features[rows])):
-                logits[row] = out
+        with autocast(self.device, self.precision):
+            features = self._features(images.to(self.device), list(tasks))
+            for name, rows in _rows_by_task(tasks).items():
+                for row, out in zip(rows, self.tasks[name].classify(features[rows]).float()):
+                    logits[row] = out
         return logits
 
     def predict(self, images: torch.Tensor, tasks: Sequence[str],

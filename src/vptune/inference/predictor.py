@@ -8,33 +8,49 @@ from typing import Sequence
 import torch
 
 from ..data import MAX_PIXELS, Sample, build_transform, read_image
-from ..devices import resolve_device
+from ..devices import autocast, maybe_compile, resolve_precision
 from ..errors import ConfigError
 from ..model import PromptedViT
 from ..rundir import RunDir
 from ..tasks import load_task
+from .runtime import log_runtime, resolve_runtime
 
 
 class Predictor:
     """Top-k predictions of one task. The transform comes from the model's own data config (input size, mean,
-    std of its backbone), so a model built in Python predicts exactly like one loaded from a task directory."""
+    std of its backbone), so a model built in Python predicts exactly like one loaded from a task directory.
 
-    def __init__(self, model: PromptedViT, *, batch_size: int = 32, max_pixels: int = MAX_PIXELS) -> None:
+    Args:
+        model: the task's model; it runs on the device its weights are on (`from_task` puts it on one).
+        batch_size: images decoded and run at once by `predict_files`.
+        max_pixels: larger image files are refused from their header, before decoding.
+        precision: autocast of the forward, `auto` (bf16 on a GPU that supports it, fp32 elsewhere), fp32, bf16
+            or fp16; logits come back as fp32 whichever it is.
+        compile: run the forward through `torch.compile` (eager, after one log line, where it cannot compile).
+    """
+
+    def __init__(self, model: PromptedViT, *, batch_size: int = 32, max_pixels: int = MAX_PIXELS,
+                 precision: str = "auto", compile: bool = False) -> None:
         self.model = model.eval()
         data = model.data_config
         self.transform = build_transform(data["input_size"][-1], data["mean"], data["std"])
         self.class_names = model.class_names or [str(i) for i in range(model.head.out_features)]
         self.batch_size = batch_size
-        self.max_pixels = max_pixels  # larger files are refused from their header, before decoding
+        self.max_pixels = max_pixels
+        self.precision = resolve_precision(precision, str(self.device))
+        self.forward = maybe_compile(self.model, compile)
 
     @classmethod
     def from_task(cls, path: str | os.PathLike, backbone: torch.nn.Module | str | None = None, *,
-                  device: str = "auto", allow_download: bool = False, **kwargs) -> "Predictor":
+                  device: str = "auto", precision: str = "auto", compile: bool = False,
+                  allow_download: bool = False, **kwargs) -> "Predictor":
         """A task directory, or a training run (its best checkpoint), on `device` (auto: CUDA, else MPS, else
-        CPU); `allow_download` as in `load_task`."""
-        device = resolve_device(device)
+        CPU) with `precision` (see the class); `allow_download` as in `load_task`. The checkpoint is read onto
+        the CPU and then moved, so a task trained on a GPU loads on a machine without one, and the reverse."""
+        device, precision = resolve_runtime(device, precision)  # before the task and its backbone load
         model = load_task(RunDir.find_task(path), backbone=backbone, allow_download=allow_download)
-        return cls(model.to(device), **kwargs)
+        log_runtime("predict", device, precision, compile)
+        return cls(model.to(device), precision=precision, compile=compile, **kwargs)
 
     @property
     def device(self) -> torch.device:
@@ -56,7 +72,14 @@ class Predictor:
     def predict(self, images: torch.Tensor, top_k: int = 5) -> list[list[dict]]:
         """Normalised images (B, 3, H, W) -> for each, its top-k {class, index, probability}."""
         check_top_k(top_k)
-        return top_k_rows(self.model(images.to(self.device)).softmax(dim=1).cpu(), self.class_names, top_k)
+        return top_k_rows(self.logits(images).softmax(dim=1).cpu(), self.class_names, top_k)
+
+    @torch.no_grad()
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        """Normalised images (B, 3, H, W) -> logits (B, num_classes), fp32, on the model's device."""
+        with autocast(self.device, self.precision):
+            logits = self.forward(images.to(self.device))
+        return logits.float()
 
 
 def top_k_rows(probabilities: torch.Tensor, class_names: Sequence[str], top_k: int) -> list[list[dict]]:

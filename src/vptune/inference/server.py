@@ -4,7 +4,7 @@ Thin over `MultiTaskModel` and `Batcher`: a request is decoded and transformed (
 is small, in a thread when it is large), queued, and answered from a mixed-task batch.
 
     GET  /                          a small page: pick a task, drop an image, see the top-k as bars
-    GET  /health                    {"status": "ok", ...} (never needs the API key)
+    GET  /health                    {"status": "ok", "device": ..., "precision": ..., ...} (never needs the API key)
     GET  /v1/tasks                  names, classes, method, prompt config, image size
     POST /v1/tasks/{name}/predict   an image (multipart field "image", or JSON {"image": base64}) -> top-k
 
@@ -34,10 +34,12 @@ import torch
 
 from ..data import DataError, decode_image
 from ..data.datasets import one_thread, open_image
+from ..devices import AUTO, PRECISIONS
 from ..errors import ConfigError
 from .batcher import Batcher, Overloaded
 from .multitask import MultiTaskModel
 from .predictor import check_top_k
+from .runtime import DEVICE_HELP, PRECISION_HELP, log_runtime, resolve_runtime
 
 API_KEY_ENV = "VPTUNE_API_KEY"
 PAGE = Path(__file__).with_name("page.html")
@@ -53,8 +55,8 @@ OPEN_PATHS = ("/", "/health", "/docs", "/openapi.json")
 CLIENT_CLOSED = 499  # nginx's status for a request whose client hung up before it was answered
 
 
-def _setting(default, help: str, **kwargs):
-    return field(default=default, metadata={"help": help}, **kwargs)
+def _setting(default, help: str, choices: tuple[str, ...] | None = None, **kwargs):
+    return field(default=default, metadata={"help": help, "choices": choices}, **kwargs)
 
 
 @dataclass
@@ -72,6 +74,14 @@ class ServeSettings:
     top_k: int = _setting(5, "classes returned when a request does not say")
     api_key: str | None = _setting(None, "require 'Authorization: Bearer KEY' on every route but "
                                          f"{', '.join(OPEN_PATHS)} (default: $VPTUNE_API_KEY)", repr=False)
+    # No --compile: a batch's size and task mix change from one request to the next, and each new shape would
+    # recompile (seconds) while requests wait.
+    device: str = _setting(AUTO, DEVICE_HELP)
+    precision: str = _setting(AUTO, PRECISION_HELP, choices=PRECISIONS)
+
+    def runtime(self) -> tuple[str, str]:
+        """(device, precision) with `auto` resolved on this machine; a ConfigError if either cannot run here."""
+        return resolve_runtime(self.device, self.precision)
 
     def validate(self) -> None:
         for name in ("max_batch", "max_pending", "max_pixels"):
@@ -83,6 +93,7 @@ class ServeSettings:
         if not 0 <= self.port < 65536:
             raise ConfigError(f"--port must be 0..65535, got {self.port}")
         check_top_k(self.top_k)
+        self.runtime()
         for given, origin in ((self.api_key, "--api-key"), (os.environ.get(API_KEY_ENV), f"${API_KEY_ENV}")):
             if given is not None and not given.strip():  # an unset $KEY typed as --api-key "$KEY"
                 raise ConfigError(f"{origin} is empty, which would serve without authentication; give the key, or "
@@ -122,6 +133,7 @@ def create_app(model: MultiTaskModel, settings: ServeSettings):
     from fastapi.concurrency import run_in_threadpool
 
     settings.validate()
+    _check_runtime(model, settings)
     api_key = settings.api_key or os.environ.get(API_KEY_ENV) or None
     transform = model.transform()
     limit = int(settings.max_upload_mb * 1024 * 1024)
@@ -191,6 +203,7 @@ def create_app(model: MultiTaskModel, settings: ServeSettings):
     @app.get("/health")
     def health() -> dict:
         return {"status": "ok", "tasks": len(model.tasks), "auth": api_key is not None,
+                "device": str(model.device), "precision": model.precision,
                 "pending": batcher.pending, "max_wait_ms": round(1000 * batcher.wait, 2),
                 "quiet_ms": round(1000 * batcher.quiet, 2)}
 
@@ -262,6 +275,19 @@ def create_app(model: MultiTaskModel, settings: ServeSettings):
     return app
 
 
+def _check_runtime(model: MultiTaskModel, settings: ServeSettings) -> None:
+    """The settings' device and precision, where they name one (not auto), are the model's: what /health reports
+    is then what was asked for."""
+    device, precision = settings.runtime()
+    wanted = torch.device(device)
+    if settings.device != AUTO and (wanted.type, wanted.index or 0) != (model.device.type, model.device.index or 0):
+        raise ConfigError(f"the settings ask for device {settings.device!r} but the model is on {model.device}; "
+                          f"build the MultiTaskModel with device={settings.device!r}")
+    if settings.precision != AUTO and precision != model.precision:
+        raise ConfigError(f"the settings ask for precision {precision} but the model runs in {model.precision}; "
+                          f"build the MultiTaskModel with precision={precision!r}")
+
+
 def _pixels(data: bytes) -> int:
     """Width x height from the image header (no decoding); 0 if there is no readable header."""
     try:
@@ -320,7 +346,9 @@ def serve(tasks: dict[str, str], settings: ServeSettings, *, allow_download: boo
     if not tasks:
         raise ConfigError("no task to serve: give at least one --task NAME=DIR")
     listening = _listen(settings.host, settings.port)  # before loading the tasks: a taken port fails at once
-    model = MultiTaskModel(tasks=tasks, allow_download=allow_download)
+    device, precision = settings.runtime()
+    model = MultiTaskModel(tasks=tasks, allow_download=allow_download, device=device, precision=precision)
+    log_runtime("serve", model.device, model.precision)
     app = create_app(model, settings)
     logging.getLogger("vptune.access").setLevel(logging.INFO)
     host, port = listening.getsockname()[:2]

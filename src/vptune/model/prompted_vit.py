@@ -331,7 +331,9 @@ class PromptedViT(nn.Module):
         """Cache prompt K/V only when nothing can change them within this call and no gradient is needed."""
         params = list(self.prompts.parameters())
         needs_grad = torch.is_grad_enabled() and any(q.requires_grad for q in params)
-        if self.training or needs_grad:
+        # Under torch.compile the K/V are computed in the graph (p tokens: cheap): a cache keyed on the prompts'
+        # versions would make every optimizer step a new guard, i.e. a recompile of the evaluation graph.
+        if self.training or needs_grad or torch.compiler.is_compiling():
             return False
         # Parameters bump `_version` on every in-place update (optimizer step, load_state_dict).
         key = (tuple((id(q), q.data_ptr(), q._version) for q in params), x.dtype, x.device,

@@ -216,8 +216,9 @@ class TrainConfig:
                               f"with its square; 224 is the usual size)")
         if self.device != AUTO_DEVICE:
             check_device(self.device)
-        if self.num_workers != AUTO_DEVICE and (not isinstance(self.num_workers, int) or self.num_workers < 0):
-            raise ConfigError(f"num_workers must be auto or a whole number >= 0, got {self.num_workers!r}")
+        most = max(64, os.cpu_count() or 1)  # each worker is a process holding a copy of the data set's index
+        if self.num_workers != AUTO_DEVICE and (not isinstance(self.num_workers, int) or not 0 <= self.num_workers <= most):
+            raise ConfigError(f"num_workers must be auto or a whole number from 0 to {most}, got {self.num_workers!r}")
         self.tuning_method()  # ConfigError for an unknown method name
         self.prompt_config()  # ConfigError naming the bad prompt field
 
