@@ -17,6 +17,7 @@ import math
 import os
 import shutil
 import time
+import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -296,7 +297,9 @@ def train_epoch(fit: Fit, dataset: Dataset, epoch: int) -> dict:
         optimizer.zero_grad(set_to_none=True)
         skipped += not optimizer_step(fit, loss)
         fit.logs.step(epoch * len(loader) + step, losses.mean().item(), optimizer.param_groups[0]["lr"])
-        fit.scheduler.step()
+        with warnings.catch_warnings():  # fp16: a step the scaler skipped still moves the schedule, on purpose
+            warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step\\(\\)` before", UserWarning)
+            fit.scheduler.step()
         if weights[step]:  # not a stand-in row
             total_loss += losses.sum().item()
             correct += (logits.argmax(1) == labels).sum().item()
