@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from .data import DataError, collate, load_data
-from .devices import AUTO, autocast, maybe_compile, resolve_device, resolve_precision, resolve_workers
+from .devices import AUTO, autocast, cpu_name, maybe_compile, resolve_device, resolve_precision, resolve_workers
 from .errors import ConfigError
 from .model import PromptConfig, PromptedViT
 
@@ -212,10 +212,9 @@ def side_by_side(configs: list[Config], measure: Callable[[Config], float], warm
 def settle_compiled(runner: Runner, configs: list[Config], call: Callable[[Config], object], phase: str,
                     compile_s: dict[tuple[Config, str], float]) -> None:
     """Untimed rounds of the compiled configs before a figure's rounds, whatever --warmup says, until a round
-    compiles nothing. A call compiles (or recompiles) on a new batch size, train or eval, prompts changed by
-    training steps (the cached prompt K/V is guarded on them) and a filled K/V cache; and the configs' models
-    share one forward code, so one config's compiled code can be picked up by another, which then compiles the
-    rest of its call. The seconds of these rounds, the first time a config meets `phase`, are its compile time."""
+    compiles nothing. A call compiles (or recompiles) on a new batch size and on train or eval; and the configs'
+    models share one forward code, so one config's compiled code can be picked up by another, which then compiles
+    the rest of its call. The seconds of these rounds, the first time a config meets `phase`, are its compile time."""
     compiled = [c for c in configs if c.compiled]
     first_time = {c for c in compiled if (c, phase) not in compile_s}
     for _ in range(SETTLE_ROUNDS):
@@ -389,14 +388,6 @@ def make_rows(results: Results, args: argparse.Namespace) -> list[dict]:
         row["compile_failed"] = results.compile_failed.get(c, False)
         rows.append(row)
     return rows
-
-
-def cpu_name() -> str:
-    if Path("/proc/cpuinfo").exists():
-        names = re.findall(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.M)
-        if names:
-            return names[0]
-    return platform.processor() or platform.machine()
 
 
 def machine_info(args: argparse.Namespace) -> dict:

@@ -131,11 +131,17 @@ def describe_machine(device: str) -> str:
     """What a timing was measured on, in words: the GPU's name, or the CPU's model and the cores torch uses."""
     if torch.device(device).type == "cuda" and torch.cuda.is_available():
         return f"{torch.cuda.get_device_name(device)} (CUDA)"
-    cpu = platform.processor() or platform.machine()
+    return f"{cpu_name()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
+
+
+def cpu_name() -> str:
+    """The CPU's model name (from /proc/cpuinfo where there is one)."""
     if os.path.exists("/proc/cpuinfo"):
-        names = re.findall(r"^model name\s*:\s*(.+)$", open("/proc/cpuinfo").read(), re.M)
-        cpu = names[0].strip() if names else cpu
-    return f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
+        with open("/proc/cpuinfo") as info:
+            names = re.findall(r"^model name\s*:\s*(.+)$", info.read(), re.M)
+        if names:
+            return names[0].strip()
+    return platform.processor() or platform.machine()
 
 
 def resolve_workers(name: int | str, device: str, local_world_size: int = 1) -> int:
@@ -150,6 +156,6 @@ def resolve_workers(name: int | str, device: str, local_world_size: int = 1) -> 
     return max(0, min(MAX_AUTO_WORKERS, cores // max(1, local_world_size) - 1))
 
 
-__all__ = ["AUTO", "PRECISIONS", "autocast", "check_device", "check_precision", "describe_machine", "maybe_compile",
+__all__ = ["AUTO", "PRECISIONS", "autocast", "check_device", "check_precision", "cpu_name", "describe_machine", "maybe_compile",
            "resolve_device",
            "resolve_precision", "resolve_workers"]
