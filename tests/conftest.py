@@ -89,3 +89,19 @@ def train_args(ws, output, *extra):
 
 def without_timings(rows):
     return [{k: v for k, v in row.items() if k not in ("seconds", "img_per_s")} for row in rows]
+
+
+@pytest.fixture
+def vptune_log():
+    """The records the "vptune" logger emits during a test, INFO and up, caught by a handler of its own: whether
+    "vptune" propagates to pytest's caplog depends on which CLI test ran before (the CLI sets its own handler)."""
+    import logging
+
+    records, handler, logger = [], logging.Handler(), logging.getLogger("vptune")
+    handler.emit = records.append
+    level = logger.level
+    logger.setLevel(logging.INFO)  # setLevel, not the attribute: it also clears the logger's is-enabled cache
+    logger.addHandler(handler)
+    yield records
+    logger.removeHandler(handler)
+    logger.setLevel(level)

@@ -1,6 +1,5 @@
 """Inference's device, precision and compile settings: `Predictor`, `MultiTaskModel` and `evaluate` run where and
 how they are told, in 16 bits when asked, and refuse a device or precision this machine cannot run in one line."""
-import logging
 
 import pytest
 import torch
@@ -74,14 +73,12 @@ def test_multitask_fp32_is_unchanged_and_bf16_is_close(tmp_path, batch):
     assert_bf16_close(torch.stack(fp32), torch.stack(bf16(batch, names)))
 
 
-def test_compiled_predictor_gives_the_eager_numbers(model, batch, caplog, monkeypatch):
+def test_compiled_predictor_gives_the_eager_numbers(model, batch, vptune_log):
     """torch.compile where it works here, the eager fallback (one warning) where it does not: the same logits."""
     eager = Predictor(model, precision="fp32").logits(batch)
     compiled = Predictor(model, precision="fp32", compile=True)
-    monkeypatch.setattr(logging.getLogger("vptune"), "propagate", True)  # see the test of from_task's log line
-    with caplog.at_level(logging.WARNING, logger="vptune"):
-        torch.testing.assert_close(compiled.logits(batch), eager, atol=1e-5, rtol=0)
-    assert len([r for r in caplog.records if "--compile" in r.getMessage()]) <= 1
+    torch.testing.assert_close(compiled.logits(batch), eager, atol=1e-5, rtol=0)
+    assert len([r for r in vptune_log if "--compile" in r.getMessage()]) <= 1
 
 
 def test_cuda_without_a_gpu_is_one_config_error_before_anything_loads(no_cuda, tmp_path):
@@ -106,17 +103,9 @@ def test_an_unknown_precision_names_the_allowed_ones(model, tmp_path):
         evaluate(tmp_path / "no-such-task", precision="fp64")
 
 
-def test_from_task_logs_the_device_and_precision_once(model, tmp_path, caplog, monkeypatch):
+def test_from_task_logs_the_device_and_precision_once(model, tmp_path, vptune_log):
     save_task(model, tmp_path / "task")
-    # a handler of our own on "vptune": whether it propagates to caplog's depends on which CLI test ran before
-    records, handler, vptune_log = [], logging.Handler(), logging.getLogger("vptune")
-    handler.emit = records.append
-    monkeypatch.setattr(vptune_log, "level", logging.INFO)
-    vptune_log.addHandler(handler)
-    try:
-        predictor = Predictor.from_task(tmp_path / "task", backbone=model.backbone, device="cpu", precision="bf16")
-    finally:
-        vptune_log.removeHandler(handler)
-    lines = [r.getMessage() for r in records if "device" in r.getMessage()]
+    predictor = Predictor.from_task(tmp_path / "task", backbone=model.backbone, device="cpu", precision="bf16")
+    lines = [r.getMessage() for r in vptune_log if "device" in r.getMessage()]
     assert lines == ["predict: device cpu, precision bf16"]
     assert predictor.device == torch.device("cpu") and predictor.precision == "bf16"
