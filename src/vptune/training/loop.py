@@ -205,7 +205,7 @@ def train_epochs(model: PromptedViT, splits: DataSplits, cfg: TrainConfig, run: 
     forward = maybe_compile(forward, cfg.compile)
     if world.distributed:  # gradients all-reduced by torch's DDP; the wrapper runs whichever forward we chose
         forward = DistributedDataParallel(_Forward(model, forward))
-    scaler = torch.amp.GradScaler(fit_device_type(cfg)) if cfg.precision == "fp16" else None
+    scaler = torch.amp.GradScaler(_device_type(cfg)) if cfg.precision == "fp16" else None
     fit = Fit(cfg, model, forward, optimizer, scheduler, run, quiet, world, scaler=scaler)
     start_epoch, best = _restore(fit) if resume else (0, None)
     if cfg.tensorboard and world.main:
@@ -338,7 +338,7 @@ def _clip(fit: Fit) -> None:
         torch.nn.utils.clip_grad_norm_(fit.model.trainable_parameters(), fit.cfg.clip_grad)
 
 
-def fit_device_type(cfg: TrainConfig) -> str:
+def _device_type(cfg: TrainConfig) -> str:
     return torch.device(cfg.device).type
 
 
@@ -497,7 +497,7 @@ def make_loader(dataset: Dataset, cfg: TrainConfig, persistent: bool = False, **
     """A DataLoader that keeps `cfg.device` fed: `num_workers` processes (auto: `devices.resolve_workers`) decoding
     and resizing off the main process, pinned memory for a GPU's non-blocking copies, one-thread collate."""
     workers = resolve_workers(cfg.num_workers, cfg.device, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-    return DataLoader(dataset, num_workers=workers, collate_fn=collate, pin_memory=fit_device_type(cfg) == "cuda",
+    return DataLoader(dataset, num_workers=workers, collate_fn=collate, pin_memory=_device_type(cfg) == "cuda",
                       persistent_workers=persistent and workers > 0, **batching)
 
 
