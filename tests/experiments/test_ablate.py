@@ -36,7 +36,12 @@ def test_every_set_runs_and_writes_its_reports(workspace, tmp_path, set_name):
         table = list(csv.DictReader(f))
     assert [r["cell"] for r in table] == [c.name for c in cells]
     markdown = (tmp_path / "out" / f"{set_name}.md").read_text()
-    assert all(f"| {cell.name} | **" in markdown for cell in cells)
+    body = {line.split(" | ")[0][2:]: line.split(" | ")[1:-2] for line in markdown.splitlines()
+            if line.startswith("| ") and not line.startswith(("| cell", "| a - b"))}
+    assert all(body[cell.name][0].lstrip("*")[:2] in ("0.", "1.") for cell in cells)  # a mean for every cell
+    best = max(r["test_top1"] for r in rows)
+    assert [body[c.name][0].startswith(f"**{best:.4f}**") for c in cells].count(True) >= 1  # the best in bold
+    assert sum(body[c.name][0].startswith("**") for c in cells) == sum(r["test_top1"] == best for r in rows)
     with Image.open(tmp_path / "out" / f"{set_name}.png") as image:
         assert image.format == "PNG" and image.width > 100
     assert not (tmp_path / "out" / "work").exists()  # each run's folder goes once its row is written

@@ -43,12 +43,13 @@ def scores(rows: list[dict], cell: str, task: str) -> list[tuple[int, float | No
     return sorted((r["seed"], r["test_top1"]) for r in rows if r["cell"] == cell and r["task"] == task)
 
 
-def summary_text(values: list[tuple[int, float | None]]) -> str:
-    """'**0.9234** +- 0.0050 (0.921, 0.930, fail)': mean and standard deviation of the finished seeds, each seed."""
+def summary_text(values: list[tuple[int, float | None]], best: bool = False) -> str:
+    """'0.9234 +- 0.0050 (0.921, 0.930, fail)': mean and standard deviation of the finished seeds, each seed; the
+    mean in bold for the best cell of its task."""
     if not values:
         return ""
     ok = [v for _, v in values if v is not None]
-    mean = f"**{statistics.fmean(ok):.4f}**" if ok else "failed"
+    mean = (f"**{statistics.fmean(ok):.4f}**" if best else f"{statistics.fmean(ok):.4f}") if ok else "failed"
     spread = f" +- {statistics.stdev(ok):.4f}" if len(ok) > 1 else ""
     each = ", ".join("fail" if v is None else f"{v:.3f}" for _, v in values)
     return f"{mean}{spread} ({each})"
@@ -90,14 +91,17 @@ def to_markdown(config: Any, ablation: Any, rows: list[dict], cells: list[str]) 
     names = [_task_label(t) for t in tasks]
     share = {r["cell"]: r["trainable_percent"] for r in rows if r.get("trainable_percent") is not None}
     lines = [f"# `vptune ablate {ablation.name}`: {ablation.summary}", "",
-             f"Test top-1, mean +- std over seeds {', '.join(map(str, config.seeds))} (each seed in brackets). "
+             f"Test top-1, mean +- std over seeds {', '.join(map(str, config.seeds))} (each seed in brackets; the best "
+             f"mean of each task in bold). "
              f"Common settings: {_settings_text(config.common) or 'the defaults'}.", "",
              "| cell | " + " | ".join(names) + " | mean over tasks | trainable |",
              "|---|" + "---|" * (len(tasks) + 2)]
+    means = {(cell, task): statistics.fmean(ok) for cell in cells for task in tasks
+             if (ok := [v for _, v in scores(rows, cell, task) if v is not None])}
+    best = {task: max((m for (_, t), m in means.items() if t == task), default=None) for task in tasks}
     for cell in cells:
-        texts = [summary_text(scores(rows, cell, task)) for task in tasks]
-        task_means = [statistics.fmean(ok) for task in tasks
-                      if (ok := [v for _, v in scores(rows, cell, task) if v is not None])]
+        texts = [summary_text(scores(rows, cell, task), best=means.get((cell, task)) == best[task]) for task in tasks]
+        task_means = [means[cell, task] for task in tasks if (cell, task) in means]
         mean = f"{statistics.fmean(task_means):.4f}" if len(task_means) == len(tasks) else ""
         trainable = f"{share[cell]:.3f}%" if cell in share else ""
         lines.append(f"| {cell} | " + " | ".join(texts) + f" | {mean} | {trainable} |")
