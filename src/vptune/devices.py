@@ -156,6 +156,5 @@ def resolve_workers(name: int | str, device: str, local_world_size: int = 1) -> 
     return max(0, min(MAX_AUTO_WORKERS, cores // max(1, local_world_size) - 1))
 
 
-__all__ = ["AUTO", "PRECISIONS", "autocast", "check_device", "check_precision", "cpu_name", "describe_machine", "maybe_compile",
-           "resolve_device",
-           "resolve_precision", "resolve_workers"]
+__all__ = ["AUTO", "PRECISIONS", "autocast", "check_device", "check_precision", "cpu_name", "describe_machine",
+           "maybe_compile", "resolve_device", "resolve_precision", "resolve_workers"]

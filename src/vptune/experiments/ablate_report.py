@@ -49,7 +49,9 @@ def summary_text(values: list[tuple[int, float | None]], best: bool = False) -> 
     if not values:
         return ""
     ok = [v for _, v in values if v is not None]
-    mean = (f"**{statistics.fmean(ok):.4f}**" if best else f"{statistics.fmean(ok):.4f}") if ok else "failed"
+    mean = f"{statistics.fmean(ok):.4f}" if ok else "failed"
+    if ok and best:
+        mean = f"**{mean}**"
     spread = f" +- {statistics.stdev(ok):.4f}" if len(ok) > 1 else ""
     each = ", ".join("fail" if v is None else f"{v:.3f}" for _, v in values)
     return f"{mean}{spread} ({each})"
