@@ -97,8 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                                   "'none' skips the retrain)")
     add_config_flags(sweep, TrainConfig, skip=SEARCHABLE)
 
-    ablate = command("ablate", "rerun one of the paper's comparisons (methods, location, depth, length, pooling, "
-                               "init, recipes) on tasks and seeds: runs file, tables, plots", _ablate,
+    ablate = command("ablate", "rerun one of the paper's comparisons (claims, methods, location, depth, length, "
+                               "pooling, init, recipes) on tasks and seeds: runs file, tables, plots", _ablate,
                      description=ablate_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
     ablate.add_argument("set", choices=list(ABLATION_SETS), help="the comparison to run")
     ablate.add_argument("--tasks", default="digits,animal-mnist,fashion-mnist",
@@ -108,7 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                              "every set (default runs/ablate)")
     ablate.add_argument("--cells", default=None, help="run only these cells of the set, comma-separated (default: "
                                                       "all; see --plan)")
-    ablate.add_argument("--plan", action="store_true", help="list the cells and the runs still to do, then stop")
+    only_look = ablate.add_mutually_exclusive_group()
+    only_look.add_argument("--plan", action="store_true", help="list the cells and the runs still to do, then stop")
+    only_look.add_argument("--report", action="store_true", help="rewrite the set's tables and plot from the runs "
+                                                              "--out holds, training nothing")
     ablate.add_argument("--quiet", action="store_true", help="warnings only")
     add_config_flags(ablate, TrainConfig, skip=("data", "output", "seed"))
 
@@ -284,7 +287,7 @@ def _sweep(args: argparse.Namespace) -> int:
 
 
 def _ablate(args: argparse.Namespace) -> int:
-    from .experiments.ablate import AblateConfig, plan, run_ablation
+    from .experiments.ablate import AblateConfig, plan, run_ablation, write_set_reports
 
     common = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)}
     config = AblateConfig(set=args.set, tasks=_comma_list(args.tasks, "--tasks"),
@@ -292,6 +295,9 @@ def _ablate(args: argparse.Namespace) -> int:
                           out=args.out, common=common, only=_comma_list(args.cells, "--cells") if args.cells else ())
     if args.plan:
         print(plan(config))
+        return 0
+    if args.report:
+        print("written: " + ", ".join(str(path) for path in write_set_reports(config)))
         return 0
     run_ablation(config)
     print(f"written: {Path(args.out) / (args.set + '.md')}, {args.set}.csv, {args.set}.png, runs.jsonl")

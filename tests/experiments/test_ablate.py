@@ -144,3 +144,73 @@ def test_the_paired_verdict_rule(diffs, expected):
     rows = [{"cell": cell, "task": "t", "seed": seed, "test_top1": 0.5 + (d if cell == "a" else 0.0)}
             for seed, d in enumerate(diffs) for cell in ("a", "b")]
     assert verdict(paired(rows, "a", "b")) == expected
+
+
+def _rows(values):
+    """Runs of a fake task: {(cell, seed): test top-1 or None for a failed run}."""
+    return [{"cell": cell, "task": "t", "seed": seed, "test_top1": top1} for (cell, seed), top1 in values.items()]
+
+
+def test_a_claim_on_several_pairs_counts_each_run_once():
+    from vptune.experiments.ablate_report import pooled
+
+    rows = _rows({("f1", 0): 0.80, ("l1", 0): 0.70, ("f3", 0): 0.90, ("l3", 0): 0.92,   # seed 0: +10, -2 -> +4
+                  ("f1", 1): 0.60, ("l1", 1): 0.50, ("f3", 1): 0.70, ("l3", 1): 0.60,   # seed 1: +10, +10 -> +10
+                  ("f1", 2): 0.60, ("l1", 2): 0.50, ("f3", 2): 0.70,                    # seed 2: l3 not run yet
+                  ("f1", 3): 0.60, ("l1", 3): 0.50, ("f3", 3): None, ("l3", 3): 0.60})  # seed 3: f3 diverged
+    c = pooled(rows, [("f1", "l1"), ("f3", "l3")], "a", "b")
+    assert c["runs"] == 2 and c["seeds"] == [0, 1] and c["failed"] == 1
+    assert c["mean"] == pytest.approx(0.07) and c["std"] == pytest.approx(0.06 / 2 ** 0.5)
+    assert (c["wins"], c["losses"]) == (2, 0)
+
+
+@pytest.mark.parametrize("diffs, matches, expected", [
+    ([0.02, 0.03, 0.01, 0.02], False, "holds"),
+    ([0.02, 0.03, 0.01, 0.02], True, "holds"),
+    ([0.05, -0.04, 0.01, -0.01], False, "not shown: within noise"),
+    ([0.05, -0.04, 0.01, -0.01], True, "holds: level"),
+    ([-0.02, -0.03, -0.01, -0.02], True, "does not hold: the reverse is ahead"),
+])
+def test_a_claim_holds_by_the_verdict_rule(diffs, matches, expected):
+    from vptune.experiments.ablate_report import claim_verdict, pooled
+
+    rows = _rows({(cell, seed): 0.5 + (d if cell == "x" else 0.0) for seed, d in enumerate(diffs) for cell in "xy"})
+    assert claim_verdict(pooled(rows, [("x", "y")], "a", "b"), matches) == expected
+
+
+def test_report_decides_the_claims_from_runs_other_sets_made_and_trains_nothing(workspace, tmp_path, capsys):
+    out = tmp_path / "out"
+    run_ablation(_config(workspace, out, "methods", only=("linear", "vpt-shallow", "vpt-deep")))
+    runs = (out / "runs.jsonl").read_text()
+    flags = ["--tasks", str(workspace / "images"), "--seeds", "0", "--backbone", TINY_VIT, "--weights",
+             str(workspace / "tiny.safetensors"), "--img-size", "32", "--epochs", "1", "--batch-size", "8",
+             "--num-tokens", "2", "--out", str(out)]
+    assert main(["ablate", "claims", "--report", *flags]) == 0
+    assert (out / "runs.jsonl").read_text() == runs  # nothing trained
+    claims = {line.split(" | ")[0][2:]: line.split(" | ")[1:] for line in (out / "claims.md").read_text().splitlines()
+              if line.startswith("| ") and " - " in line.split(" | ")[1]}
+    deep_shallow = claims["VPT-deep beats VPT-shallow"]
+    assert deep_shallow[1] == "1 (0)" and deep_shallow[-1] == "**too few runs** |"  # one task, one seed
+    assert claims["VPT-deep matches or beats full fine-tuning"][-1] == "no runs yet |"
+    with Image.open(out / "claims.png") as image:
+        assert image.format == "PNG"
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    assert main(["ablate", "claims", "--report", *flags[:-1], str(mine)]) == 1
+    assert "is not an ablation folder" in capsys.readouterr().err and not any(mine.iterdir())
+    with pytest.raises(SystemExit):
+        main(["ablate", "claims", "--report", "--plan", *flags])
+
+
+def test_a_cell_beats_the_default_only_when_it_wins_every_planned_run():
+    from vptune.experiments.ablate_report import beats_default
+
+    rows = _rows({("p=10", 0): 0.80, ("p=10", 1): 0.70,
+                  ("p=50", 0): 0.81, ("p=50", 1): 0.71,   # won both
+                  ("p=5", 0): 0.90, ("p=5", 1): 0.70,     # tied one
+                  ("p=100", 0): 0.90})                    # won the only one it has run
+    cells = ["p=5", "p=10", "p=50", "p=100"]
+    assert beats_default(rows, "p=10", cells, planned=2).endswith("in every one of the 2 runs (each task and seed): "
+                                                                  "p=50.")
+    assert beats_default(rows, "p=10", cells, planned=3).endswith(": none.")

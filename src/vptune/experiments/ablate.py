@@ -9,6 +9,10 @@ prompt is in most of them) is trained once, and a killed `ablate` run continues 
 was under way resumes from its last finished epoch (`vptune train --resume`, which ends exactly where an
 uninterrupted run does) and nothing finished is repeated.
 
+The `claims` set holds the cells the paper's main claims rest on and states one verdict a claim, pooled over the
+pairs of cells it rests on (`Claim`); `--report` rewrites a set's reports from the runs already there, so
+`vptune ablate claims --report` decides the claims from runs that `methods`, `location` and `depth` made.
+
     vptune ablate depth --tasks digits,animal-mnist --seeds 0,1,2 --epochs 6 --img-size 112 --out runs/ablate
 """
 from __future__ import annotations
@@ -55,6 +59,16 @@ class Cell:
 
 
 @dataclass(frozen=True)
+class Claim:
+    """A finding of the paper and the pairs of cells (a, b) it rests on: a should beat b, or with `matches` at least
+    not fall behind it. Its verdict pools the paired differences of every pair (ablate_report.claim_verdict)."""
+
+    text: str
+    pairs: tuple[tuple[str, str], ...]
+    matches: bool = False
+
+
+@dataclass(frozen=True)
 class AblationSet:
     """A named comparison: its cells (given the backbone's depth), the plot that shows it, and the pairs of cells
     whose per-run differences the report states (a claim of the paper each)."""
@@ -62,9 +76,11 @@ class AblationSet:
     name: str
     summary: str
     cells: Callable[[int], list[Cell]]
-    plot: str = "bars"        # bars, lines, or log-lines (x on a log axis)
+    plot: str = "bars"        # bars, lines, log-lines (x on a log axis), or claims (each claim's paired difference)
     xlabel: str = ""
     pairs: Callable[[int], list[tuple[str, str]]] = lambda depth: []
+    claims: Callable[[int], list[Claim]] = lambda depth: []
+    default: str = ""         # the cell that is vptune's default: the report names any cell that beat it everywhere
 
 
 def _quarters(depth: int) -> list[int]:
@@ -93,6 +109,30 @@ def _depth_pairs(depth: int) -> list[tuple[str, str]]:
     return [(f"first {k}", f"last {k}") for k in ks] + [(f"first {depth}", f"first {k}") for k in ks]
 
 
+def _claim_cells(depth: int) -> list[Cell]:
+    """The cells the paper's main claims rest on, each once: the methods, add against prepend, first against last
+    k blocks (first 1 is VPT-shallow and all blocks VPT-deep, so those two are not repeated)."""
+    return ([Cell(m, {"method": m}) for m in ("linear", "full", "vpt-shallow", "vpt-deep")]
+            + [Cell(f"add {m}", {"method": f"vpt-{m}", "prompt_location": "add"}) for m in ("shallow", "deep")]
+            + [cell for cell in _depth_cells(depth) if "prompt_layers" in cell.settings])
+
+
+def _claims(depth: int) -> list[Claim]:
+    def blocks(which: str, k: int) -> str:  # the claims set's name of a depth cell
+        return "vpt-deep" if k == depth else "vpt-shallow" if (which, k) == ("first", 1) else f"{which} {k}"
+
+    ks = [k for k in _quarters(depth) if k < depth]
+    return [Claim("VPT-deep beats VPT-shallow", (("vpt-deep", "vpt-shallow"),)),
+            Claim("prepended prompts beat added ones, VPT-shallow", (("vpt-shallow", "add shallow"),)),
+            Claim("prepended prompts beat added ones, VPT-deep", (("vpt-deep", "add deep"),)),
+            Claim("prompts in the first k blocks beat the last k, at equal k",
+                  tuple((blocks("first", k), blocks("last", k)) for k in ks)),
+            Claim(f"more prompted blocks do better: all {depth} beat the first k",
+                  tuple(("vpt-deep", blocks("first", k)) for k in ks)),
+            Claim("VPT-deep beats the linear probe", (("vpt-deep", "linear"),)),
+            Claim("VPT-deep matches or beats full fine-tuning", (("vpt-deep", "full"),), matches=True)]
+
+
 LOCATIONS = ("prepend", "add", "prepend-pixel", "concat-channel")
 # input channels exist before the first block only, so concat-channel is shallow only (PromptConfig refuses deep)
 LOCATION_MODES = {(loc, mode) for loc in LOCATIONS for mode in ("shallow", "deep")} - {("concat-channel", "deep")}
@@ -102,6 +142,10 @@ INITS = ("xavier", "patches", "cls")
 BASELINES = ("linear", "full", "bias", "partial-1", "lora")
 
 SETS: dict[str, AblationSet] = {s.name: s for s in (
+    AblationSet("claims", "the paper's main claims, each decided on its paired runs (the cells of methods, location "
+                          "and depth that they rest on)", _claim_cells, plot="claims",
+                pairs=lambda depth: list(dict.fromkeys(p for claim in _claims(depth) for p in claim.pairs)),
+                claims=_claims),
     AblationSet("methods", "VPT-shallow and VPT-deep against the linear probe and the tuning baselines",
                 lambda depth: [Cell(m, {"method": m}) for m in (*BASELINES, "vpt-shallow", "vpt-deep")],
                 pairs=lambda depth: [("vpt-deep", "vpt-shallow"), ("vpt-deep", "linear"), ("vpt-deep", "full"),
@@ -115,15 +159,16 @@ SETS: dict[str, AblationSet] = {s.name: s for s in (
                 plot="lines", xlabel="prompted blocks k", pairs=_depth_pairs),
     AblationSet("length", "prompt length p (VPT-deep)",
                 lambda depth: [Cell(f"p={p}", {"method": "vpt-deep", "num_tokens": p}, "p", p) for p in LENGTHS],
-                plot="log-lines", xlabel="prompt length p",
+                plot="log-lines", xlabel="prompt length p", default="p=10",
                 pairs=lambda depth: [("p=10", f"p={p}") for p in LENGTHS if p != 10]),
     AblationSet("pooling", "what the head reads: [CLS], the mean of image tokens, of prompts, of all tokens",
                 lambda depth: [Cell(pool, {"method": "vpt-deep", "pooling": pool}) for pool in POOLINGS],
-                pairs=lambda depth: [("cls", pool) for pool in POOLINGS[1:]]),
+                pairs=lambda depth: [("cls", pool) for pool in POOLINGS[1:]], default="cls"),
     AblationSet("init", "prompt initialisation (p = the number of classes, so that 'cls' prototypes apply)",
                 lambda depth: [Cell(init, {"method": "vpt-deep", "prompt_init": init, "num_tokens": NUM_CLASSES})
                                for init in INITS],
-                pairs=lambda depth: [("xavier", "cls"), ("patches", "xavier"), ("patches", "cls")]),
+                pairs=lambda depth: [("xavier", "cls"), ("patches", "xavier"), ("patches", "cls")],
+                default="patches"),
     AblationSet("recipes", "candidate default recipes for VPT-deep (docs/recipe.md)",
                 lambda depth: [Cell(name, settings) for name, settings in RECIPES.items()]),
 )}
@@ -197,6 +242,18 @@ def run_ablation(config: AblateConfig) -> list[dict]:
         if (out / "work").is_dir() and not any((out / "work").iterdir()):
             (out / "work").rmdir()
     return [done[run_key(config, cell, task, seed)] for seed, task, cell in plan]
+
+
+def write_set_reports(config: AblateConfig) -> list[Path]:
+    """Rewrite the set's reports from the runs OUT/runs.jsonl holds, training nothing: to see a set whose cells
+    other sets trained (claims), or the tables after runs made elsewhere were merged in."""
+    ablation = config.validate()
+    out = Path(config.out)
+    if not (out / MARKER).is_file():
+        raise ConfigError(f"--out {out} is not an ablation folder (no {MARKER}); give the --out of an earlier "
+                          f"`vptune ablate`")
+    done = {row["key"]: row for row in read_runs(out)}
+    return write_reports(config, ablation, set_rows(config, done))
 
 
 def plan(config: AblateConfig) -> str:
@@ -335,5 +392,5 @@ def _num_classes(task: str) -> int:
     return _CLASS_COUNTS[task]
 
 
-__all__ = ["SETS", "AblationSet", "AblateConfig", "Cell", "run_ablation", "plan", "read_runs", "run_key",
-           "run_settings"]
+__all__ = ["SETS", "AblationSet", "AblateConfig", "Cell", "Claim", "run_ablation", "write_set_reports", "plan",
+           "read_runs", "run_key", "run_settings"]

@@ -59,16 +59,31 @@ def summary_text(values: list[tuple[int, float | None]], best: bool = False) -> 
 
 def paired(rows: list[dict], a: str, b: str) -> dict | None:
     """Per-run differences a - b in test top-1 over every (task, seed) both finished: the mean, how many runs a
-    won, lost and tied, and the mean of each task's mean difference (every task weighs the same)."""
-    by_run = {(r["cell"], r["task"], r["seed"]): r["test_top1"] for r in rows if r["test_top1"] is not None}
-    pairs = [(task, by_run[a, task, seed] - by_run[b, task, seed]) for (cell, task, seed) in by_run
-             if cell == a and (b, task, seed) in by_run]
-    if not pairs:
+    won, lost and tied, and the mean of each task's mean difference (every task weighs the same); "failed" counts
+    the runs left out because one side failed (diverged)."""
+    return pooled(rows, [(a, b)], a, b)
+
+
+def pooled(rows: list[dict], pairs: list[tuple[str, str]], a: str, b: str) -> dict | None:
+    """`paired` for a claim resting on several pairs of cells (first k - last k at every k), labelled a and b: the
+    difference of one (task, seed) is the mean of its pairs' differences, counted once every pair finished there.
+    Runs shared by several pairs so weigh once per (task, seed), which keeps the differences independent."""
+    recorded = {(r["cell"], r["task"], r["seed"]): r["test_top1"] for r in rows}
+    complete = {(task, seed) for (_, task, seed) in recorded
+                if all((cell, task, seed) in recorded for pair in pairs for cell in pair)}
+    by_run = {run: top1 for run, top1 in recorded.items() if top1 is not None}
+    units = sorted((task, seed) for task, seed in complete
+                   if all((cell, task, seed) in by_run for pair in pairs for cell in pair))
+    if not units:
         return None
-    diffs = [d for _, d in pairs]
-    tasks = sorted({t for t, _ in pairs})
-    per_task = {t: statistics.fmean(d for task, d in pairs if task == t) for t in tasks}
-    return {"a": a, "b": b, "runs": len(diffs), "mean": statistics.fmean(diffs),
+    found = [(task, statistics.fmean(by_run[first, task, seed] - by_run[second, task, seed]
+                                     for first, second in pairs)) for task, seed in units]
+    diffs = [d for _, d in found]
+    tasks = sorted({t for t, _ in found})
+    per_task = {t: statistics.fmean(d for task, d in found if task == t) for t in tasks}
+    return {"a": a, "b": b, "runs": len(diffs), "failed": len(complete) - len(units),
+            "seeds": sorted({seed for _, seed in units}),
+            "mean": statistics.fmean(diffs),
             "std": statistics.stdev(diffs) if len(diffs) > 1 else 0.0,
             "wins": sum(d > 0 for d in diffs), "losses": sum(d < 0 for d in diffs), "ties": sum(d == 0 for d in diffs),
             "per_task": per_task, "tasks_won": sum(v > 0 for v in per_task.values())}
@@ -86,6 +101,46 @@ def verdict(comparison: dict) -> str:
     if mean < -margin and comparison["losses"] > comparison["wins"]:
         return f"{comparison['b']} ahead"
     return "within noise"
+
+
+def claim_verdict(comparison: dict | None, matches: bool = False) -> str:
+    """A claim that a beats b holds when a is ahead by `verdict`'s rule; "a matches or beats b" holds unless b is
+    ahead. `comparison` is `pooled(..., "a", "b")`."""
+    if comparison is None:
+        return "no runs yet"
+    side = verdict(comparison)
+    if side == "too few runs":
+        return side
+    if side == "b ahead":
+        return "does not hold: the reverse is ahead"
+    if side == "within noise":
+        return "holds: level" if matches else "not shown: within noise"
+    return "holds"
+
+
+def claim_comparisons(ablation: Any, depth: int, rows: list[dict]) -> list[tuple[Any, dict | None]]:
+    """Each claim of the set with the pooled comparison of its pairs (None before any of them finished)."""
+    return [(claim, pooled(rows, list(claim.pairs), "a", "b")) for claim in ablation.claims(depth)]
+
+
+def claims_markdown(claims: list[tuple[Any, dict | None]], planned: int) -> list[str]:
+    """The claims table; a verdict on fewer than the `planned` (task, seed) runs says so."""
+    lines = ["| claim (the paper) | a - b | runs (seeds) | mean | std | a won / lost / tied | tasks where a is "
+             "ahead on average | verdict |", "|---|---|---|---|---|---|---|---|"]
+    for claim, c in claims:
+        pairs = ", ".join(f"{a} - {b}" for a, b in claim.pairs)
+        if c is None:
+            lines.append(f"| {claim.text} | {pairs} | 0 | | | | | no runs yet |")
+            continue
+        so_far = f" (so far: {c['runs'] + c['failed']} of {planned} runs)" if c["runs"] + c["failed"] < planned else ""
+        if c["failed"]:
+            so_far += f"; {c['failed']} run{'s' * (c['failed'] > 1)} left out: a side failed"
+        lines.append(f"| {claim.text} | {pairs} | {c['runs']} ({', '.join(map(str, c['seeds']))}) | "
+                     f"{100 * c['mean']:+.2f} | {100 * c['std']:.2f} | {c['wins']} / {c['losses']} / {c['ties']} | "
+                     f"{c['tasks_won']} of {len(c['per_task'])} | **{claim_verdict(c, claim.matches)}**{so_far} |")
+    return lines + ["", "A run is one task and seed; a claim resting on several pairs of cells takes the mean of their "
+                        "differences in each run. A claim that a beats b holds when a is ahead by the rule below; "
+                        "\"matches or beats\" holds unless b is ahead."]
 
 
 def to_markdown(config: Any, ablation: Any, rows: list[dict], cells: list[str]) -> str:
@@ -107,6 +162,10 @@ def to_markdown(config: Any, ablation: Any, rows: list[dict], cells: list[str]) 
         mean = f"{statistics.fmean(task_means):.4f}" if len(task_means) == len(tasks) else ""
         trainable = f"{share[cell]:.3f}%" if cell in share else ""
         lines.append(f"| {cell} | " + " | ".join(texts) + f" | {mean} | {trainable} |")
+    claims = claim_comparisons(ablation, config.depth, rows)
+    if claims:
+        lines[2:2] = ["Each claim, decided on the paired runs it rests on (same task and seed; test top-1 points):",
+                      "", *claims_markdown(claims, len(tasks) * len(config.seeds)), ""]
     comparisons = [c for a, b in ablation.pairs(config.depth) if (c := paired(rows, a, b))]
     if comparisons:
         lines += ["", "Paired differences (same task and seed), test top-1 points:", "",
@@ -118,6 +177,8 @@ def to_markdown(config: Any, ablation: Any, rows: list[dict], cells: list[str]) 
                          f"{verdict(c)} |")
         lines += ["", "Verdict: a is ahead when the mean paired difference is over twice its standard error and a "
                       "won more runs than it lost (b likewise); otherwise within noise."]
+    if ablation.default:
+        lines += ["", beats_default(rows, ablation.default, cells, len(tasks) * len(config.seeds))]
     failed = [r for r in rows if r.get("failure")]
     if failed:
         lines += ["", "Failed runs: " + "; ".join(f"{r['cell']} on {_task_label(r['task'])} seed {r['seed']}: "
@@ -125,6 +186,14 @@ def to_markdown(config: Any, ablation: Any, rows: list[dict], cells: list[str]) 
     minutes = sum(r["wall_seconds"] for r in rows) / 60
     lines += ["", f"{len(rows)} runs, {minutes:.0f} min of wall time in all."]
     return "\n".join(lines) + "\n"
+
+
+def beats_default(rows: list[dict], default: str, cells: list[str], planned: int) -> str:
+    """Which cells beat the default in every planned run (each task and seed): the bar for changing a default."""
+    winners = [cell for cell in cells if cell != default and (c := paired(rows, cell, default))
+               and c["runs"] == c["wins"] == planned]
+    return (f"Cells that beat the default ({default}) in every one of the {planned} runs (each task and seed): "
+            f"{', '.join(winners) or 'none'}.")
 
 
 def _settings_text(settings: dict) -> str:
@@ -146,7 +215,9 @@ def plot(ablation: Any, config: Any, rows: list[dict], path: Path) -> Path:
 
     tasks = list(config.tasks)
     cells = config.cells()
-    if ablation.plot == "bars":
+    if ablation.plot == "claims":
+        fig = _plot_claims(claim_comparisons(ablation, config.depth, rows))
+    elif ablation.plot == "bars":
         fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(tasks) * len(cells) / 3), 4))
         width = 0.8 / len(cells)
         for i, cell in enumerate(cells):
@@ -175,6 +246,29 @@ def plot(ablation: Any, config: Any, rows: list[dict], path: Path) -> Path:
     fig.tight_layout()
     save_figure(fig, path)
     return path
+
+
+def _plot_claims(claims: list[tuple[Any, dict | None]]):
+    """One row a claim: its mean paired difference (points) with the verdict rule's margin (2 standard errors),
+    and each task's mean difference as a dot."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 0.55 * len(claims) + 1.2))
+    finished = [(row, c) for row, (_, c) in enumerate(claims) if c is not None]
+    for row, c in finished:
+        margin = 2 * c["std"] / c["runs"] ** 0.5
+        ax.errorbar(100 * c["mean"], row, xerr=100 * margin, fmt="o", color="C0", capsize=3,
+                    label="mean +- 2 SE" if row == finished[0][0] else None)
+        ax.scatter([100 * v for v in c["per_task"].values()], [row] * len(c["per_task"]), s=12, color="grey",
+                   zorder=3, label="a task's mean" if row == finished[0][0] else None)
+    ax.axvline(0, color="black", lw=0.8)
+    ax.set_yticks(range(len(claims)), [claim.text for claim, _ in claims], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("a - b, test top-1 points")
+    ax.grid(axis="x", alpha=0.3)
+    if finished:
+        ax.legend(fontsize=7)
+    return fig
 
 
 def _mean_std(values: list[tuple[int, float | None]]) -> tuple[float, float]:
