@@ -146,13 +146,17 @@ def claims_markdown(claims: list[tuple[Any, dict | None]], planned: int) -> list
 def to_markdown(config: Any, ablation: Any, rows: list[dict], cells: list[str]) -> str:
     tasks = list(config.tasks)
     names = [_task_label(t) for t in tasks]
+    planned = len(tasks) * len(config.seeds)
     share = {r["cell"]: r["trainable_percent"] for r in rows if r.get("trainable_percent") is not None}
-    lines = [f"# `vptune ablate {ablation.name}`: {ablation.summary}", "",
-             f"Test top-1, mean +- std over seeds {', '.join(map(str, config.seeds))} (each seed in brackets; the best "
-             f"mean of each task in bold). "
-             f"Common settings: {_settings_text(config.common) or 'the defaults'}.", "",
-             "| cell | " + " | ".join(names) + " | mean over tasks | trainable |",
-             "|---|" + "---|" * (len(tasks) + 2)]
+    lines = [f"# `vptune ablate {ablation.name}`: {ablation.summary}", ""]
+    claims = claim_comparisons(ablation, config.depth, rows)
+    if claims:
+        lines += ["Each claim, decided on the paired runs it rests on (same task and seed; test top-1 points):", "",
+                  *claims_markdown(claims, planned), ""]
+    lines += [f"Test top-1, mean +- std over seeds {', '.join(map(str, config.seeds))} (each seed in brackets; the "
+              f"best mean of each task in bold). Common settings: {_settings_text(config.common) or 'the defaults'}.",
+              "", "| cell | " + " | ".join(names) + " | mean over tasks | trainable |",
+              "|---|" + "---|" * (len(tasks) + 2)]
     means = {(cell, task): statistics.fmean(ok) for cell in cells for task in tasks
              if (ok := [v for _, v in scores(rows, cell, task) if v is not None])}
     best = {task: max((m for (_, t), m in means.items() if t == task), default=None) for task in tasks}
@@ -162,10 +166,6 @@ def to_markdown(config: Any, ablation: Any, rows: list[dict], cells: list[str]) 
         mean = f"{statistics.fmean(task_means):.4f}" if len(task_means) == len(tasks) else ""
         trainable = f"{share[cell]:.3f}%" if cell in share else ""
         lines.append(f"| {cell} | " + " | ".join(texts) + f" | {mean} | {trainable} |")
-    claims = claim_comparisons(ablation, config.depth, rows)
-    if claims:
-        lines[2:2] = ["Each claim, decided on the paired runs it rests on (same task and seed; test top-1 points):",
-                      "", *claims_markdown(claims, len(tasks) * len(config.seeds)), ""]
     comparisons = [c for a, b in ablation.pairs(config.depth) if (c := paired(rows, a, b))]
     if comparisons:
         lines += ["", "Paired differences (same task and seed), test top-1 points:", "",
@@ -178,7 +178,7 @@ def to_markdown(config: Any, ablation: Any, rows: list[dict], cells: list[str]) 
         lines += ["", "Verdict: a is ahead when the mean paired difference is over twice its standard error and a "
                       "won more runs than it lost (b likewise); otherwise within noise."]
     if ablation.default:
-        lines += ["", beats_default(rows, ablation.default, cells, len(tasks) * len(config.seeds))]
+        lines += ["", beats_default(rows, ablation.default, cells, planned)]
     failed = [r for r in rows if r.get("failure")]
     if failed:
         lines += ["", "Failed runs: " + "; ".join(f"{r['cell']} on {_task_label(r['task'])} seed {r['seed']}: "
