@@ -92,15 +92,19 @@ def pooled(rows: list[dict], pairs: list[tuple[str, str]], a: str, b: str) -> di
 def verdict(comparison: dict) -> str:
     """The rule every report uses: a is ahead when its mean paired difference is over twice its standard error and
     it won more runs than it lost (b ahead likewise); anything else is within noise. Fewer than 3 runs: too few."""
-    n, mean, std = comparison["runs"], comparison["mean"], comparison["std"]
-    if n < 3:
+    mean, margin = comparison["mean"], noise_margin(comparison)
+    if comparison["runs"] < 3:
         return "too few runs"
-    margin = 2 * std / n ** 0.5
     if mean > margin and comparison["wins"] > comparison["losses"]:
         return f"{comparison['a']} ahead"
     if mean < -margin and comparison["losses"] > comparison["wins"]:
         return f"{comparison['b']} ahead"
     return "within noise"
+
+
+def noise_margin(comparison: dict) -> float:
+    """Twice the standard error of the mean paired difference: `verdict`'s bar, and the claims plot's error bar."""
+    return 2 * comparison["std"] / comparison["runs"] ** 0.5
 
 
 def claim_verdict(comparison: dict | None, matches: bool = False) -> str:
@@ -256,8 +260,7 @@ def _plot_claims(claims: list[tuple[Any, dict | None]]):
     fig, ax = plt.subplots(figsize=(8, 0.55 * len(claims) + 1.2))
     finished = [(row, c) for row, (_, c) in enumerate(claims) if c is not None]
     for row, c in finished:
-        margin = 2 * c["std"] / c["runs"] ** 0.5
-        ax.errorbar(100 * c["mean"], row, xerr=100 * margin, fmt="o", color="C0", capsize=3,
+        ax.errorbar(100 * c["mean"], row, xerr=100 * noise_margin(c), fmt="o", color="C0", capsize=3,
                     label="mean +- 2 SE" if row == finished[0][0] else None)
         ax.scatter([100 * v for v in c["per_task"].values()], [row] * len(c["per_task"]), s=12, color="grey",
                    zorder=3, label="a task's mean" if row == finished[0][0] else None)
