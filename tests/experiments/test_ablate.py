@@ -69,6 +69,9 @@ def test_a_killed_ablation_continues_without_repeating_a_run(workspace, tmp_path
     run_ablation(killed)
     assert len(trained) == len(set(trained)) == 2 * len(killed.cells())  # each run once, over both invocations
     assert _table(tmp_path / "killed", "length") == _table(tmp_path / "whole", "length")
+    run_ablation(_config(workspace, tmp_path / "killed", "length", seeds=(1,)))  # a later step names fewer seeds:
+    assert len(trained) == 2 * len(killed.cells())  # it trains nothing
+    assert _table(tmp_path / "killed", "length") == _table(tmp_path / "whole", "length")  # and keeps seed 0's runs
 
 
 def test_a_run_under_way_resumes_from_its_last_epoch(workspace, tmp_path, monkeypatch):

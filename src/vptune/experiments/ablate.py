@@ -295,9 +295,11 @@ def run_key(config: AblateConfig, cell: Cell, task: str, seed: int) -> str:
 
 
 def set_rows(config: AblateConfig, done: dict[str, dict]) -> list[dict]:
-    """The finished runs of this set, labelled with this set's cell names (a run may have been made by another)."""
+    """The finished runs of this set, labelled with this set's cell names (a run may have been made by another),
+    at the seeds asked for and every other seed OUT holds: `--seeds 0` after seeds 0-2 ran keeps all three in the
+    tables, so a later step never shrinks an earlier one's report."""
     rows = []
-    for seed in config.seeds:
+    for seed in sorted(set(config.seeds) | {row["seed"] for row in done.values()}):
         for task in config.tasks:
             for cell in config.cells():
                 row = done.get(run_key(config, cell, task, seed))

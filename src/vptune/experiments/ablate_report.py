@@ -150,14 +150,15 @@ def claims_markdown(claims: list[tuple[Any, dict | None]], planned: int) -> list
 def to_markdown(config: Any, ablation: Any, rows: list[dict], cells: list[str]) -> str:
     tasks = list(config.tasks)
     names = [_task_label(t) for t in tasks]
-    planned = len(tasks) * len(config.seeds)
+    seeds = sorted(set(config.seeds) | {r["seed"] for r in rows})
+    planned = len(tasks) * len(seeds)
     share = {r["cell"]: r["trainable_percent"] for r in rows if r.get("trainable_percent") is not None}
     lines = [f"# `vptune ablate {ablation.name}`: {ablation.summary}", ""]
     claims = claim_comparisons(ablation, config.depth, rows)
     if claims:
         lines += ["Each claim, decided on the paired runs it rests on (same task and seed; test top-1 points):", "",
                   *claims_markdown(claims, planned), ""]
-    lines += [f"Test top-1, mean +- std over seeds {', '.join(map(str, config.seeds))} (each seed in brackets; the "
+    lines += [f"Test top-1, mean +- std over seeds {', '.join(map(str, seeds))} (each seed in brackets; the "
               f"best mean of each task in bold). Common settings: {_settings_text(config.common) or 'the defaults'}.",
               "", "| cell | " + " | ".join(names) + " | mean over tasks | trainable |",
               "|---|" + "---|" * (len(tasks) + 2)]
