@@ -16,8 +16,12 @@ from vptune.experiments.ablate import SETS, AblateConfig, read_runs, run_ablatio
 def _config(ws, out, set_name, **kwargs):
     common = dict(backbone=TINY_VIT, weights=str(ws / "tiny.safetensors"), img_size=32, epochs=1, batch_size=8,
                   num_tokens=2)
-    return AblateConfig(set=set_name, tasks=(str(ws / "images"),), seeds=kwargs.pop("seeds", (0,)), out=str(out),
-                        common={**common, **kwargs.pop("common", {})}, **kwargs)
+    extra = kwargs.pop("common", {})
+    config = AblateConfig(set=set_name, tasks=(str(ws / "images"),), seeds=kwargs.pop("seeds", (0,)), out=str(out),
+                          common=common, **kwargs)
+    varied = {key for cell in config.cells() for key in cell.settings}  # the set's own (it refuses them as common)
+    config.common = {**{k: v for k, v in common.items() if k not in varied}, **extra}
+    return config
 
 
 def _table(out, set_name):
@@ -124,6 +128,10 @@ def test_a_folder_that_is_not_an_ablation_is_refused_and_left_alone(workspace, t
     (["ablate", "depth", "--tasks", "digits,,x"], "--tasks 'digits,,x': an empty item"),
     (["ablate", "pooling", "--cells", "cls,mean"], "--cells: ['mean'] are not cells of 'pooling'"),
     (["ablate", "length", "--epochs", "0"], "epochs must be a positive integer"),
+    # a flag that the set's cells set themselves would be silently overridden in some runs or all of them
+    (["ablate", "length", "--num-tokens", "50"], "--num-tokens: `ablate length` varies num_tokens"),
+    (["ablate", "depth", "--prompt-layers", "first 2"], "--prompt-layers: `ablate depth` varies prompt_layers"),
+    (["ablate", "methods", "--method", "vpt-deep"], "leave --method out"),
 ])
 def test_bad_flags_are_one_line_errors(workspace, tmp_path, capsys, args, message):
     flags = ["--backbone", TINY_VIT, "--weights", str(workspace / "tiny.safetensors"), "--img-size", "32",

@@ -200,6 +200,11 @@ class AblateConfig:
         clash = sorted({"data", "seed", "output"} & self.common.keys())
         if clash:
             raise ConfigError(f"ablate sets {clash} itself (from --tasks, --seeds, --out); leave them out")
+        varied = [key for key in dict.fromkeys(k for cell in self.cells() for k in cell.settings) if key in self.common]
+        if varied:  # a cell's setting wins over the common one: the flag would silently change some runs or none
+            flags = ", ".join("--" + key.replace("_", "-") for key in varied)
+            raise ConfigError(f"{flags}: `ablate {self.set}` varies {', '.join(varied)} across its cells itself; "
+                              f"leave {flags} out (`--plan` lists each cell's settings)")
         base = _train_config(self.common)
         for task in self.tasks:
             for cell in self.to_run():
