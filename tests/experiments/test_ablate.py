@@ -121,6 +121,8 @@ def test_a_folder_that_is_not_an_ablation_is_refused_and_left_alone(workspace, t
     with pytest.raises(ConfigError, match="not an ablation folder"):
         run_ablation(_config(workspace, mine, "init"))
     assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+    with pytest.raises(ConfigError, match="not an ablation folder"):  # --plan says so too, before any run
+        ablate.plan(_config(workspace, mine, "init"))
 
 
 @pytest.mark.parametrize("args, message", [
@@ -132,6 +134,9 @@ def test_a_folder_that_is_not_an_ablation_is_refused_and_left_alone(workspace, t
     (["ablate", "length", "--num-tokens", "50"], "--num-tokens: `ablate length` varies num_tokens"),
     (["ablate", "depth", "--prompt-layers", "first 2"], "--prompt-layers: `ablate depth` varies prompt_layers"),
     (["ablate", "methods", "--method", "vpt-deep"], "leave --method out"),
+    # a run named twice would be trained twice over
+    (["ablate", "depth", "--seeds", "0,1,0"], "--seeds: 0 given more than once"),
+    (["ablate", "pooling", "--cells", "cls,cls"], "--cells: cls given more than once"),
 ])
 def test_bad_flags_are_one_line_errors(workspace, tmp_path, capsys, args, message):
     flags = ["--backbone", TINY_VIT, "--weights", str(workspace / "tiny.safetensors"), "--img-size", "32",

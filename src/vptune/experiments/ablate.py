@@ -193,6 +193,10 @@ class AblateConfig:
             raise ConfigError("--tasks needs at least one task: built-in names or data paths, comma-separated")
         if not self.seeds or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in self.seeds):
             raise ConfigError(f"--seeds needs non-negative integers, comma-separated, got {self.seeds!r}")
+        for flag, values in (("--tasks", self.tasks), ("--seeds", self.seeds), ("--cells", self.only)):
+            twice = sorted({str(v) for v in values if values.count(v) > 1})
+            if twice:  # the run would be trained twice over (its key is the same)
+                raise ConfigError(f"{flag}: {', '.join(twice)} given more than once; name each once")
         unknown = sorted(set(self.only) - {cell.name for cell in self.cells()})
         if unknown:
             raise ConfigError(f"--cells: {unknown} are not cells of {self.set!r}; its cells are "
@@ -264,6 +268,7 @@ def write_set_reports(config: AblateConfig) -> list[Path]:
 def plan(config: AblateConfig) -> str:
     """What `run_ablation` would do: the set's cells and how many of its runs are finished."""
     config.validate()
+    _check_out(Path(config.out))
     done = {row["key"] for row in read_runs(Path(config.out))}
     cells = config.to_run()
     lines = [f"{config.set}: {SETS[config.set].summary}", ""]
@@ -367,15 +372,20 @@ def _append(path: Path, row: dict) -> None:
 @contextmanager
 def _ablation_folder(out: Path) -> Iterator[None]:
     """OUT, marked as an ablation folder and locked while runs write there; a folder with other files is refused."""
+    _check_out(out)
+    with RunDir(out).lock():
+        if not (out / MARKER).is_file():
+            atomic_write_text(out / MARKER, json.dumps({"format": FORMAT, "version": 1}) + "\n")
+        yield
+
+
+def _check_out(out: Path) -> None:
+    """OUT must be new, empty, or an earlier ablation's folder: never a file or a folder of the user's."""
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file; give a folder for the ablation's runs and reports")
     if out.is_dir() and any(out.iterdir()) and not (out / MARKER).is_file():
         raise ConfigError(f"--out {out} is not empty and is not an ablation folder (no {MARKER}); choose an empty "
                           f"or new folder, or the --out of an earlier `vptune ablate`")
-    with RunDir(out).lock():
-        if not (out / MARKER).is_file():
-            atomic_write_text(out / MARKER, json.dumps({"format": FORMAT, "version": 1}) + "\n")
-        yield
 
 
 # ------------------------------------------------------------------------------------------------ helpers
