@@ -185,6 +185,7 @@ def test_a_claim_on_several_pairs_counts_each_run_once():
     ([0.02, 0.03, 0.01, 0.02], True, "holds"),
     ([0.05, -0.04, 0.01, -0.01], False, "not shown: within noise"),
     ([0.05, -0.04, 0.01, -0.01], True, "holds: level"),
+    ([0.03, -0.04, -0.01, -0.02], True, "holds as level (within noise), though behind on average, on 1 of 1 tasks"),
     ([-0.02, -0.03, -0.01, -0.02], True, "does not hold: the reverse is ahead"),
 ])
 def test_a_claim_holds_by_the_verdict_rule(diffs, matches, expected):

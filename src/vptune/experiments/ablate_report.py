@@ -118,7 +118,13 @@ def claim_verdict(comparison: dict | None, matches: bool = False) -> str:
     if side == "b ahead":
         return "does not hold: the reverse is ahead"
     if side == "within noise":
-        return "holds: level" if matches else "not shown: within noise"
+        if not matches:
+            return "not shown: within noise"
+        behind = len(comparison["per_task"]) - comparison["tasks_won"]
+        # level by the rule, yet a may trail on most tasks: say so, a level verdict is not a win
+        return "holds: level" if comparison["mean"] >= 0 else (
+            f"holds as level (within noise), though behind on average, on {behind} of {len(comparison['per_task'])} "
+            f"tasks")
     return "holds"
 
 
