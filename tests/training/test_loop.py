@@ -280,3 +280,27 @@ def test_a_batch_larger_than_the_training_set_scales_the_lr_by_the_batch_used(wo
     model = build_model("vpt-deep", make_tiny_vit(), PromptConfig(num_tokens=2), num_classes=3)
     lrs = {g["name"]: g["lr"] for g in loop.make_optimizer(model, cfg, num_train=18).param_groups}
     assert lrs == {"tuned": cfg.lr * 18 / 256, "head": cfg.head_lr * 18 / 256}
+
+
+def test_a_concat_channel_step_moves_the_embedding_as_little_as_a_prompt_token_step(workspace, tmp_path):
+    """Adam moves each of the new patch-embedding weights by about lr a step; at the prompts' own lr the embedding
+    would move by about lr x the fan-in (p x patch area) and runs diverged. Their lr is divided by the fan-in, so
+    one step moves any embedding entry by at most about lr x |pixel|, as a prompt token's step moves it by lr."""
+    from vptune import PromptConfig, build_model
+    from conftest import make_tiny_vit
+
+    torch.manual_seed(0)
+    cfg = train_config(workspace, tmp_path / "run", method="vpt-shallow").resolved()
+    model = build_model("vpt-shallow", make_tiny_vit(), PromptConfig(num_tokens=4, mode="shallow", location="concat-channel"),
+                        num_classes=3)
+    optimizer = loop.make_optimizer(model, cfg)
+    lr = optimizer.param_groups[0]["lr"]
+    images, labels = torch.randn(8, 3, 32, 32), torch.arange(8) % 3
+    with torch.no_grad():
+        before = model._embed(images)
+    torch.nn.functional.cross_entropy(model(images), labels).backward()
+    optimizer.step()
+    with torch.no_grad():
+        moved = (model._embed(images) - before).abs().max().item()
+    largest_pixel = model.prompts.tokens.abs().max().item()
+    assert 0 < moved <= 1.1 * lr * largest_pixel

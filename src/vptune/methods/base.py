@@ -134,10 +134,20 @@ def method_of(model: PromptedViT) -> Method:
 
 
 def optimizer_groups(model: PromptedViT, lr: float, head_lr: float, weight_decay: float) -> list[dict]:
-    """Parameter groups: the head gets its own lr (the backbone's [CLS] norm can be large); the rest the main lr."""
+    """Parameter groups: the head gets its own lr (the backbone's [CLS] norm can be large); "concat-channel"'s new
+    patch-embedding weights the main lr / their fan-in (below); the rest the main lr."""
     head = list(model.head.parameters())
-    rest = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("head.")]
+    channels = getattr(model.prompts, "channel_weight", None)
+    rest = [p for n, p in model.named_parameters()
+            if p.requires_grad and not n.startswith("head.") and p is not channels]
     groups = [{"params": head, "lr": head_lr, "weight_decay": weight_decay, "name": "head"}]
+    if channels is not None and channels.requires_grad:
+        # Adam moves every weight by about lr a step, all in the direction that lowers the loss, so a linear map's
+        # output moves by about lr x its fan-in (p x patch area, ~2,000 at p = 10): at the prompts' lr the first
+        # steps swamped the image's own embedding and every run diverged. Divided by the fan-in (muP's rule for
+        # Adam), a step moves the embedding as much as it moves a prompt token.
+        groups.insert(0, {"params": [channels], "lr": lr / channels[0].numel(), "weight_decay": weight_decay,
+                          "name": "channels"})
     if rest:
         groups.insert(0, {"params": rest, "lr": lr, "weight_decay": weight_decay, "name": "tuned"})
     return groups
