@@ -3,10 +3,10 @@
 # linear probe; prepend against add; first k against last k) for seeds 0 and 1, full fine-tuning's first seed (claim
 # 5 has no answer without it), the claim cells' third seed and full fine-tuning's (`ablate claims`: the same runs,
 # one verdict a claim in docs/results/claims.md), then the secondary sets (location, pooling, init, length) and
-# the other baselines that train the backbone (bias, partial-1, LoRA: about 10 minutes a run here). Every seed of a step covers all four tasks
-# before the next seed starts, so that partial results stay balanced. Resumable: rerun it and only what is missing
-# runs (a run cut short resumes from its last epoch). One torch thread by default: the 2-core machine keeps a core
-# for other work; nothing here is a timing.
+# the other baselines that train the backbone (bias, partial-1, LoRA: about 10 minutes a run here). Every seed of
+# a step covers all four tasks before the next seed starts, so that partial results stay balanced. Resumable:
+# rerun it and only what is missing runs (a run cut short resumes from its last epoch). One torch thread by
+# default: the 2-core machine keeps a core for other work; nothing here is a timing.
 #
 #   bash docs/results-run.sh            # needs: pip install scikit-image (for the hold-out task), once
 set -euo pipefail

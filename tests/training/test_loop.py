@@ -291,8 +291,8 @@ def test_a_concat_channel_step_moves_the_embedding_as_little_as_a_prompt_token_s
 
     torch.manual_seed(0)
     cfg = train_config(workspace, tmp_path / "run", method="vpt-shallow").resolved()
-    model = build_model("vpt-shallow", make_tiny_vit(), PromptConfig(num_tokens=4, mode="shallow", location="concat-channel"),
-                        num_classes=3)
+    prompt = PromptConfig(num_tokens=4, mode="shallow", location="concat-channel")
+    model = build_model("vpt-shallow", make_tiny_vit(), prompt, num_classes=3)
     optimizer = loop.make_optimizer(model, cfg)
     lr = optimizer.param_groups[0]["lr"]
     images, labels = torch.randn(8, 3, 32, 32), torch.arange(8) % 3
