@@ -290,9 +290,10 @@ def _ablate(args: argparse.Namespace) -> int:
     from .experiments.ablate import AblateConfig, plan, run_ablation, write_set_reports
 
     common = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)}
+    only = _comma_list(args.cells, "--cells") if args.cells is not None else ()  # --cells "" is refused, not "all"
     config = AblateConfig(set=args.set, tasks=_comma_list(args.tasks, "--tasks"),
                           seeds=tuple(_integer(s, "--seeds") for s in _comma_list(args.seeds, "--seeds")),
-                          out=args.out, common=common, only=_comma_list(args.cells, "--cells") if args.cells else ())
+                          out=args.out, common=common, only=only)
     if args.plan:
         print(plan(config))
         return 0

@@ -70,9 +70,10 @@ class RunDir:
 
     # ------------------------------------------------------------------------------------------- lock
     @contextmanager
-    def lock(self) -> Iterator[None]:
+    def lock(self, flag: str = "--output") -> Iterator[None]:
         """Hold RUN/.lock (the holder's pid and host) while a run writes here: a second run refuses instead of
-        writing into the same files; the lock of a process that is gone is taken over."""
+        writing into the same files; the lock of a process that is gone is taken over. `flag` names the folder's
+        option in the error for a folder that cannot be written."""
         created = not self.path.exists()
         lock = self.path / LOCK
         mine = json.dumps({"pid": os.getpid(), "host": socket.gethostname()})
@@ -91,7 +92,7 @@ class RunDir:
                                     f"or delete {lock} if that process is gone") from None
             except OSError as err:
                 raise WriteError(f"cannot write to the output folder {self.path}: {err.strerror or err}; choose "
-                                 f"another --output, or make it writable") from err
+                                 f"another {flag}, or make it writable") from err
             with os.fdopen(fd, "w") as f:
                 f.write(mine)
             break

@@ -125,6 +125,15 @@ def test_a_folder_that_is_not_an_ablation_is_refused_and_left_alone(workspace, t
         ablate.plan(_config(workspace, mine, "init"))
 
 
+def test_an_out_that_cannot_be_made_names_the_out_flag(workspace, tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("keep me")
+    assert main(["ablate", "init", "--backbone", TINY_VIT, "--weights", str(workspace / "tiny.safetensors"),
+                 "--img-size", "32", "--tasks", str(workspace / "images"), "--out", str(blocker / "out")]) == 1
+    assert "choose another --out," in capsys.readouterr().err  # ablate's flag, not train's --output
+    assert blocker.read_text() == "keep me"
+
+
 @pytest.mark.parametrize("args, message", [
     (["ablate", "depth", "--seeds", "0,x"], "--seeds: 'x' is not an integer"),
     (["ablate", "depth", "--tasks", "digits,,x"], "--tasks 'digits,,x': an empty item"),
@@ -137,6 +146,8 @@ def test_a_folder_that_is_not_an_ablation_is_refused_and_left_alone(workspace, t
     # a run named twice would be trained twice over
     (["ablate", "depth", "--seeds", "0,1,0"], "--seeds: 0 given more than once"),
     (["ablate", "pooling", "--cells", "cls,cls"], "--cells: cls given more than once"),
+    (["ablate", "pooling", "--cells", ""], "--cells '': an empty item"),  # not "every cell"
+    (["ablate", "depth", "--seeds", "0,4294967296"], "--seeds needs whole numbers from 0 to 4294967295"),
 ])
 def test_bad_flags_are_one_line_errors(workspace, tmp_path, capsys, args, message):
     flags = ["--backbone", TINY_VIT, "--weights", str(workspace / "tiny.safetensors"), "--img-size", "32",

@@ -95,6 +95,9 @@ def test_bad_sweep_settings_are_named(workspace, tmp_path):
         SweepConfig(base=base, space={"lr": [0.1, -1.0]}).validate()
     with pytest.raises(ConfigError, match="log:LOW:HIGH"):
         sweep_config(None, {}, {"lr": "log:1"})
+    for seeds, message in (("0,-1", "whole numbers from 0 to"), ("0,1,0", "more than once"), (3, "whole numbers")):
+        with pytest.raises(ConfigError, match=message):  # before the search, not at its retrain
+            sweep_config(None, {"output": str(tmp_path / "s")}, {"seeds": seeds})
 
 
 def test_lr_auto_searches_then_trains_with_the_winner(workspace, tmp_path, capsys):

@@ -1,5 +1,6 @@
 """TrainConfig: flags are generated from its fields; YAML + overrides are a library function."""
 import pytest
+import torch
 
 import vptune
 from vptune import ConfigError, TrainConfig, load_train_config
@@ -43,7 +44,21 @@ def test_resolved_fills_the_methods_defaults():
     (dict(prompt_init="ones"), "prompt_init must be one of xavier, patches, cls, zeros, normal"),
     (dict(cache_stem="yes"), "cache_stem must be one of auto, off"),
     (dict(prompt_layers=[0, "x"]), "prompt_layers must be"),
+    (dict(seed=-1), "seed must be a whole number from 0 to 4294967295"),  # numpy's splits refuse it later
+    (dict(seed=2**64), "seed must be a whole number from 0 to 4294967295"),  # torch overflowed on it
 ])
 def test_bad_values_are_named(settings, message):
     with pytest.raises(ConfigError, match=message):
         TrainConfig(**settings).resolved()
+
+
+def test_the_largest_seed_derives_every_random_stream_without_overflow():
+    from vptune.training.config import MAX_SEED
+    from vptune.training.distributed import SINGLE, EpochItems, GlobalBatchSampler
+
+    TrainConfig(seed=MAX_SEED).resolved()
+    sampler = GlobalBatchSampler(10, 4, seed=MAX_SEED, world=SINGLE)
+    sampler.set_epoch(99)
+    assert sorted(i for batch in sampler.batches for i in batch) == list(range(10))
+    items = EpochItems(torch.utils.data.TensorDataset(torch.arange(3)), seed=MAX_SEED)
+    assert items[(99, 2)][0].item() == 2  # its seed, (seed * 1,000,003 + 100) * 10,000,019 + 2, is over 2**64

@@ -32,6 +32,7 @@ from ..backbones import create_backbone
 from ..errors import ConfigError, TrainingError
 from ..rundir import RunDir
 from ..training import TrainConfig, train
+from ..training.config import MAX_SEED
 from .ablate_report import write_reports
 from .recipes import RECIPES
 
@@ -191,8 +192,10 @@ class AblateConfig:
             raise ConfigError(f"unknown ablation set {self.set!r}; choose one of {', '.join(SETS)}")
         if not self.tasks or not all(isinstance(t, str) and t.strip() for t in self.tasks):
             raise ConfigError("--tasks needs at least one task: built-in names or data paths, comma-separated")
-        if not self.seeds or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in self.seeds):
-            raise ConfigError(f"--seeds needs non-negative integers, comma-separated, got {self.seeds!r}")
+        bad = [s for s in self.seeds if isinstance(s, bool) or not isinstance(s, int) or not 0 <= s <= MAX_SEED]
+        if not self.seeds or bad:
+            raise ConfigError(f"--seeds needs whole numbers from 0 to {MAX_SEED}, comma-separated; got "
+                              f"{', '.join(map(str, bad)) or 'none'}")
         for flag, values in (("--tasks", self.tasks), ("--seeds", self.seeds), ("--cells", self.only)):
             twice = sorted({str(v) for v in values if values.count(v) > 1})
             if twice:  # the run would be trained twice over (its key is the same)
@@ -373,7 +376,7 @@ def _append(path: Path, row: dict) -> None:
 def _ablation_folder(out: Path) -> Iterator[None]:
     """OUT, marked as an ablation folder and locked while runs write there; a folder with other files is refused."""
     _check_out(out)
-    with RunDir(out).lock():
+    with RunDir(out).lock(flag="--out"):
         if not (out / MARKER).is_file():
             atomic_write_text(out / MARKER, json.dumps({"format": FORMAT, "version": 1}) + "\n")
         yield

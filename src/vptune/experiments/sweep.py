@@ -35,6 +35,7 @@ from .._io import atomic_write_text, save_figure
 from ..errors import ConfigError, TrainingError, VptuneError, WriteError
 from ..rundir import RunDir
 from ..training import TrainConfig, check_new_run, load_train_config, read_settings, train
+from ..training.config import MAX_SEED
 
 log = logging.getLogger("vptune")
 
@@ -77,6 +78,11 @@ class SweepConfig:
             raise ConfigError("sweep: --sampler tpe needs --trials N")
         if not isinstance(self.workers, int) or self.workers < 1:
             raise ConfigError(f"sweep: --workers must be a positive integer, got {self.workers!r}")
+        if not isinstance(self.seeds, (tuple, list)) or any(
+                isinstance(s, bool) or not isinstance(s, int) or not 0 <= s <= MAX_SEED for s in self.seeds):
+            raise ConfigError(f"sweep: --seeds must be whole numbers from 0 to {MAX_SEED}, got {self.seeds!r}")
+        if len(set(self.seeds)) < len(self.seeds):
+            raise ConfigError(f"sweep: --seeds {self.seeds!r} names a seed more than once; name each once")
         if self.storage is not None:
             check_storage(self.storage)
         for name, values in self.space.items():
@@ -130,7 +136,8 @@ def sweep_config(path: str | os.PathLike | None, settings: dict[str, Any], optio
     unknown = sorted(set(merged) - {f.name for f in dataclasses.fields(SweepConfig)})
     if unknown:
         raise ConfigError(f"sweep: unknown option(s) {unknown}")
-    config = SweepConfig(base=base, output=base.output, space=space or default_space(base), seeds=tuple(seeds),
+    config = SweepConfig(base=base, output=base.output, space=space or default_space(base),
+                         seeds=tuple(seeds) if isinstance(seeds, list) else seeds,
                          **merged)
     config.validate()
     return config

@@ -36,6 +36,7 @@ RESUME_MAY_CHANGE = ("epochs", "device", "num_workers", "tensorboard", "test_sub
 RESOLVED_FIELDS = ("optimizer", "lr", "head_lr", "head_norm", "head_init", "prompt_init")
 # A ViT at 4096 px has (4096 / 16)^2 = 65,536 tokens, beyond what attention fits in memory on one GPU today
 MAX_IMG_SIZE = 4096
+MAX_SEED = 2**32 - 1  # numpy's and most tools' seed range; torch's derived seeds wrap at 64 bits
 RENAMED = {"cache_frozen": "cache_stem"}  # old setting names still read from config files
 
 
@@ -208,6 +209,8 @@ class TrainConfig:
             value = getattr(self, name)
             if not (value >= 0 and math.isfinite(value)):
                 raise ConfigError(f"{name} must be a finite number >= 0, got {value!r}")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise ConfigError(f"seed must be a whole number from 0 to {MAX_SEED}, got {self.seed!r}")
         for name in ("subset", "test_subset"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be a positive number of images, got {getattr(self, name)!r}")

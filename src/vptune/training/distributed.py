@@ -89,7 +89,7 @@ class GlobalBatchSampler(Sampler[list[tuple[int, int]]]):
         self.set_epoch(0)
 
     def set_epoch(self, epoch: int) -> None:
-        generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+        generator = torch.Generator().manual_seed(seed64(self.seed * 100_003 + epoch))
         order = torch.randperm(self.num_items, generator=generator).tolist()
         self.epoch = epoch
         self.batches = [order[i:i + self.batch_size] for i in range(0, self.num_items, self.batch_size)]
@@ -120,8 +120,13 @@ class EpochItems(Dataset):
     def __getitem__(self, item: int | tuple[int, int]):
         epoch, index = item if isinstance(item, tuple) else (-1, item)
         with torch.random.fork_rng(devices=[]):  # the caller's random stream (dropout) is left as it was
-            torch.manual_seed((self.seed * 1_000_003 + epoch + 1) * 10_000_019 + index)
+            torch.manual_seed(seed64((self.seed * 1_000_003 + epoch + 1) * 10_000_019 + index))
             return self.dataset[index]
+
+
+def seed64(value: int) -> int:
+    """A seed derived from --seed, wrapped into torch's 64-bit range (unchanged below it) instead of overflowing."""
+    return value % 2**64
 
 
 def shard(num_items: int, world: World) -> list[int]:
