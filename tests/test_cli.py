@@ -155,6 +155,19 @@ def test_predict_refuses_a_top_k_below_one(workspace, tmp_path, capsys, top_k):
     assert "--top-k must be a positive integer" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("command", ["predict", "info", "eval"])
+def test_a_file_given_as_the_task_is_named_as_a_file(workspace, tmp_path, capsys, command):
+    from vptune import PromptConfig, PromptedViT, save_task
+    from conftest import make_tiny_vit
+
+    save_task(PromptedViT(make_tiny_vit(), PromptConfig(num_tokens=1), num_classes=3), tmp_path / "task")
+    image = workspace / "images" / "red" / "0.png"
+    args = {"predict": [str(tmp_path / "task" / "task.json"), str(image)], "info": [str(image)],
+            "eval": [str(tmp_path / "task" / "task.json")]}[command]
+    assert main([command, *args]) == 1
+    assert "is a file; give the task's folder (the one holding task.json)" in capsys.readouterr().err
+
+
 def test_resume_refuses_flags_that_would_change_the_run_and_takes_more_epochs(workspace, tmp_path, capsys):
     run = RunDir(tmp_path / "run")
     assert main(train_args(workspace, run.path)) == 0

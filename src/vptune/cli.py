@@ -125,9 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_download_flag(evaluate)
 
     predict = command("predict", "top-k classes of images", _predict)
-    predict.add_argument("task", type=Path)
-    predict.add_argument("images", type=Path, nargs="+")
-    predict.add_argument("--top-k", type=int, default=5)
+    predict.add_argument("task", type=Path, help="a task directory or a training run")
+    predict.add_argument("images", type=Path, nargs="+", help="image files, or folders of them (searched recursively)")
+    predict.add_argument("--top-k", type=int, default=5, help="how many classes to list per image (default 5)")
     predict.add_argument("--json", action="store_true", help="print JSON instead of a table")
     predict.add_argument("--max-pixels", type=int, default=MAX_PIXELS,
                          help=f"refuse images with more pixels than this (default {MAX_PIXELS:,})")

@@ -197,6 +197,9 @@ class RunDir:
         for candidate in (path, path / "best", path / "last"):
             if (candidate / CONFIG_FILE).is_file():
                 return candidate
+        if path.is_file():  # e.g. task.json or an image named first
+            raise CheckpointError(f"{path} is a file; give the task's folder (the one holding {CONFIG_FILE}) or "
+                                  f"the training run's --output folder")
         raise CheckpointError(f"{path} is neither a task checkpoint (with {CONFIG_FILE}) nor a training run "
                               f"(with best/{CONFIG_FILE}); train one with `vptune train --output {path}`")
 

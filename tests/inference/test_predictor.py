@@ -55,3 +55,24 @@ def test_eval_of_someone_elses_task_never_fetches_data_unasked(tmp_path, monkeyp
     else:
         raise AssertionError("evaluate fetched data it was not asked to")
     assert not (tmp_path / "cache").exists()
+
+
+def test_a_folder_predicts_as_its_images_and_one_without_images_is_named(workspace, tmp_path):
+    import shutil
+
+    import pytest
+
+    from vptune.data import DataError
+
+    model = PromptedViT(make_tiny_vit(), PromptConfig(num_tokens=2), num_classes=3)
+    folder = tmp_path / "photos"
+    shutil.copytree(workspace / "images", folder)
+    (folder / "notes.txt").write_text("not an image")
+    (folder / "red" / ".hidden.png").write_bytes(b"macOS metadata")  # hidden files are skipped, not decoded
+    predictor = Predictor(model, batch_size=4)
+    files = sorted(p for p in folder.rglob("*.png") if not p.name.startswith("."))
+    by_folder = predictor.predict_files([folder], top_k=2)
+    assert by_folder == predictor.predict_files(files, top_k=2)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match=r"folder .*empty has no images \(extensions: "):
+        predictor.predict_files([files[0], tmp_path / "empty"])

@@ -12,9 +12,10 @@ Modules: `builtin` (fetch + cache), `formats` (users' layouts), `splits` (seeded
 from .builtin import BUILTIN_DATASETS, builtin_name
 from .datasets import ArrayDataset, DataSplits, FileDataset, Sample, collate, decode_image, read_image, MAX_PIXELS
 from .errors import DataError, DataWarning, FetchError
+from .formats import expand_image_paths
 from .load import load_data
 from .transforms import RANDOM_RECIPES, build_transform
 
 __all__ = ["load_data", "DataSplits", "BUILTIN_DATASETS", "builtin_name", "DataError", "DataWarning",
-           "FetchError", "ArrayDataset", "FileDataset", "Sample", "collate", "read_image", "decode_image", "MAX_PIXELS", "RANDOM_RECIPES",
-           "build_transform"]
+           "FetchError", "ArrayDataset", "FileDataset", "Sample", "collate", "read_image", "decode_image", "MAX_PIXELS",
+           "RANDOM_RECIPES", "build_transform", "expand_image_paths"]

@@ -94,7 +94,8 @@ def read_image(sample: Sample, max_pixels: int = MAX_PIXELS) -> torch.Tensor:
     16-bit gray images are scaled to 8 bits (Pillow's own conversion clips them to almost white), and images
     over `max_pixels` are refused from their header alone, before their pixels are decoded."""
     return decode_image(sample.path, f"{sample.path} ({sample.origin})", max_pixels,
-                        "Fix or remove the file, or load with skip_bad=True to drop unreadable images.")
+                        "Fix or remove the file, or skip unreadable images with --skip-bad (skip_bad=True in "
+                        "Python).")
 
 
 def decode_image(source: str | os.PathLike | BinaryIO, name: str, max_pixels: int = MAX_PIXELS,

@@ -25,8 +25,10 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable
 
 from .datasets import Sample
 from .errors import DataError
@@ -91,6 +93,22 @@ def _images_in(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*")
                   if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
                   and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+
+
+def expand_image_paths(paths: Iterable[str | os.PathLike]) -> list[Path]:
+    """Image files to predict: a file as given (its decoding names it if it is no image), a folder as the images
+    under it (sorted, hidden ones skipped); a folder without any is an error naming the extensions looked for."""
+    files = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            found = _images_in(path)
+            if not found:
+                raise DataError(f"folder {path} has no images (extensions: {', '.join(sorted(IMAGE_EXTENSIONS))}); "
+                                f"give image files or a folder that holds some")
+            files += found
+        else:
+            files.append(path)
+    return files
 
 
 def read_image_folder(root: Path, images: dict[Path, list[Path]]) -> UserData:

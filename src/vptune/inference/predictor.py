@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Sequence
 
 import torch
 
-from ..data import MAX_PIXELS, Sample, build_transform, read_image
+from ..data import MAX_PIXELS, build_transform, decode_image, expand_image_paths
 from ..devices import autocast, maybe_compile, resolve_precision
 from ..errors import ConfigError
 from ..model import PromptedViT
@@ -58,12 +57,14 @@ class Predictor:
 
     @torch.no_grad()
     def predict_files(self, paths: Sequence[str | os.PathLike], top_k: int = 5) -> list[dict]:
-        """Top-k classes with probabilities for each image file, decoded `batch_size` at a time (errors name
-        the file)."""
+        """Top-k classes with probabilities for each image file (a folder: each image under it), decoded
+        `batch_size` at a time (errors name the file)."""
+        check_top_k(top_k)
+        paths = expand_image_paths(paths)  # every folder is listed before the first image is decoded
         results = []
         for start in range(0, len(paths), self.batch_size):
             chunk = paths[start:start + self.batch_size]
-            images = torch.stack([self.transform(read_image(Sample(Path(p), -1, "command line"), self.max_pixels))
+            images = torch.stack([self.transform(decode_image(p, str(p), self.max_pixels, "Fix it, or leave it out."))
                                   for p in chunk])
             results += [{"image": str(path), "top": top} for path, top in zip(chunk, self.predict(images, top_k))]
         return results
