@@ -7,7 +7,7 @@ import sys
 import pytest
 from conftest import train_args
 
-from vptune import RunDir
+from vptune import ConfigError, RunDir
 from vptune.cli import main
 
 
@@ -342,3 +342,14 @@ def test_eval_and_predict_take_precision_and_compile_and_log_them(trained_run, w
         assert main([*argv, "--device", "cpu", "--precision", "bf16", "--compile"]) == 0
         assert f"{argv[0]}: device cpu, precision bf16, compiled" in capsys.readouterr().err.splitlines()
     assert compiled == [True, True]
+
+
+def test_a_user_error_quoting_a_multi_line_message_prints_one_line(monkeypatch, capsys):
+    import vptune.inference
+
+    def describe(target):  # as when a message quotes another library's (PyYAML's spans lines, with a caret)
+        raise ConfigError(f"{target}: not valid YAML: while parsing\n  in line 2, column 1:\n    ^")
+
+    monkeypatch.setattr(vptune.inference, "describe", describe)
+    assert main(["info", "task.yaml"]) == 1
+    assert capsys.readouterr().err == "vptune: error: task.yaml: not valid YAML: while parsing in line 2, column 1: ^\n"

@@ -50,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     except VptuneError as err:
         if debug:
             traceback.print_exc()
-        print(f"vptune: error: {err}", file=sys.stderr)
+        one_line = " ".join(line.strip() for line in str(err).splitlines() if line.strip())  # a quoted library
+        print(f"vptune: error: {one_line}", file=sys.stderr)  # message may span lines; the user's error does not
         return 1
 
 

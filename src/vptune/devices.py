@@ -20,7 +20,7 @@ from typing import Callable
 
 import torch
 
-from .errors import ConfigError
+from .errors import ConfigError, brief
 
 log = logging.getLogger("vptune")
 
@@ -116,8 +116,7 @@ class _CompiledOrEager:
 
     def _fall_back(self, err: Exception) -> None:
         self.failed = True
-        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
-        log.warning(f"vptune: --compile: torch.compile failed here ({type(err).__name__}: {reason}); running eagerly")
+        log.warning(f"vptune: --compile: torch.compile failed here ({brief(err)}); running eagerly")
 
 
 def _is_compile_failure(err: Exception) -> bool:

@@ -4,6 +4,7 @@ The command line prints these as one line (`vptune: error: ...`); any other exce
 prints its traceback. Each message names the flag, field or file, and the fix. They also subclass the built-in
 error a Python caller would expect (ValueError, RuntimeError), so `except ValueError` keeps working.
 """
+import pickle
 
 
 class VptuneError(Exception):
@@ -28,3 +29,13 @@ class TrainingError(VptuneError, RuntimeError):
 
 class WriteError(VptuneError, OSError):
     """A file cannot be written (disk full, no permission); the file's previous version, if any, is intact."""
+
+
+def brief(err: BaseException) -> str:
+    """Another library's exception as `Type: its first line` (at most 200 characters), to quote in a one-line error.
+    torch's weights_only refusal becomes a short phrase: its page-long message advises weights_only=False, which
+    would run whatever code the file pickled."""
+    if isinstance(err, pickle.UnpicklingError):
+        return f"{type(err).__name__}: torch.load(weights_only=True) refused it"
+    first = (str(err).strip().splitlines() or [""])[0][:200]
+    return f"{type(err).__name__}: {first}" if first else type(err).__name__

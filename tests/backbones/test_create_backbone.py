@@ -125,6 +125,24 @@ def test_wrong_shape_weights_name_the_key(tmp_path):
         create_backbone(TINY, img_size=32, weights=path, pretrained=False)
 
 
+class _NotATensor:
+    """A pickled object that only full unpickling could rebuild."""
+
+
+@pytest.mark.parametrize('write', [
+    lambda path: path.write_bytes(b'\x89PNG\r\n\x1a\n' + bytes(64)),  # an image named .pth
+    lambda path: torch.save({'w': _NotATensor()}, path),  # pickled code: weights_only refuses it
+], ids=['not-torch', 'pickled-object'])
+def test_unreadable_weights_are_one_line_that_never_advises_unpickling(tmp_path, write):
+    path = tmp_path / 'weights.pth'
+    write(path)
+    with pytest.raises(BackboneError) as caught:
+        create_backbone(TINY, img_size=32, weights=path, pretrained=False)
+    message = str(caught.value)
+    assert message.startswith(f'cannot read backbone weights {path}') and '\n' not in message
+    assert 'Re-running' not in message and 'plain tensors' in message
+
+
 def test_missing_keys_are_listed(tmp_path):
     state = _tiny_vit().state_dict()
     del state['norm.weight']

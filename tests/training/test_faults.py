@@ -65,5 +65,7 @@ def test_a_corrupt_or_foreign_state_file_is_a_clear_error(workspace, tmp_path):
             torch.save({"something": torch.zeros(1)}, run.state)  # a real torch file, not ours
         else:
             run.state.write_bytes(bad)
-        with pytest.raises(TrainingError, match=f"cannot resume from .*state.pt: .*{reason}"):
+        with pytest.raises(TrainingError, match=f"cannot resume from .*state.pt: .*{reason}") as caught:
             train(train_config(workspace, run.path), resume=True, quiet=True)
+        # one line, and never torch's advice to load it with weights_only=False (which would run the pickled code)
+        assert "\n" not in str(caught.value) and "Re-running" not in str(caught.value)

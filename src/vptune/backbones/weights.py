@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 from timm.layers import resample_abs_pos_embed
 from timm.models import VisionTransformer
 
-from ..errors import BackboneError
+from ..errors import BackboneError, brief
 
 StateDict = dict[str, torch.Tensor]
 
@@ -25,7 +25,7 @@ def read_weights(path: str | os.PathLike) -> StateDict:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # safetensors, pickle and zip all have their own error types
-        raise BackboneError(f"cannot read backbone weights {path} ({type(err).__name__}: {err}); it must be a "
+        raise BackboneError(f"cannot read backbone weights {path} ({brief(err)}); it must be a "
                             f".safetensors file or a torch state dict of plain tensors") from err
     for key in ("state_dict", "model"):  # common training-checkpoint wrappers
         if isinstance(state, dict) and isinstance(state.get(key), dict):

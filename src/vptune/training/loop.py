@@ -34,7 +34,7 @@ from ..backbones import create_backbone
 from ..data import DataSplits, collate, load_data
 from ..data.splits import fixed_sample
 from ..devices import DTYPES, autocast, maybe_compile, resolve_device, resolve_precision, resolve_workers
-from ..errors import ConfigError, TrainingError, VptuneError
+from ..errors import ConfigError, TrainingError, VptuneError, brief
 from ..inference.evaluate import evaluate_logits
 from ..methods import build_model, optimizer_groups
 from ..model import ParameterCount, PromptedViT, count_parameters
@@ -540,8 +540,8 @@ def _read_state(path: Path) -> dict:
         state = torch.load(path, weights_only=True)
     except Exception as err:  # truncated, corrupt, or a pickle that asks for code (refused by weights_only)
         raise TrainingError(f"cannot resume from {path}: it is not a readable vptune training state "
-                            f"({type(err).__name__}: {(str(err).splitlines() or [''])[0][:200]}); start the run again with "
-                            f"--overwrite, or train into another --output") from err
+                            f"({brief(err)}); start the run again with --overwrite, or train into another "
+                            f"--output") from err
     missing = {"epoch", "best", "tensors", "optimizer", "scheduler"} - (state.keys() if isinstance(state, dict) else set())
     if missing:
         raise TrainingError(f"cannot resume from {path}: it lacks {sorted(missing)}, so it is not a vptune training "
