@@ -26,3 +26,18 @@ def test_demo_refuses_a_data_name_it_does_not_know_before_fetching(tmp_path, cap
     assert main(["demo", "--data", "foo", "--output", str(tmp_path / "demo")]) == 1
     assert "one of fashion-mnist, animal-mnist, digits" in capsys.readouterr().err
     assert not (tmp_path / "demo").exists()
+
+
+def test_bad_demo_flags_stop_before_the_previous_demo_is_replaced(tmp_path, capsys):
+    previous = tmp_path / "demo"
+    previous.mkdir()
+    (previous / "results.json").write_text("[]")  # an earlier demo's output, which a good run would replace
+    for epochs, message in (("0", "epochs must be a positive integer, got 0"),
+                            ("-2", "epochs must be a positive integer, got -2")):
+        assert main(["demo", "--epochs", epochs, "--output", str(previous)]) == 1
+        assert message in capsys.readouterr().err
+        assert (previous / "results.json").read_text() == "[]"
+    blocker = tmp_path / "a-file"
+    blocker.write_text("keep")
+    assert main(["demo", "--output", str(blocker)]) == 1
+    assert "--output" in capsys.readouterr().err and blocker.read_text() == "keep"

@@ -45,17 +45,19 @@ def run_demo(output: Path, *, data: str | None = None, epochs: int | None = None
     if builtin_name(data) is None:  # before anything is fetched or deleted
         raise ConfigError(f"vptune demo --data {data!r}: the demo runs on a built-in data set, one of "
                           f"{', '.join(BUILTIN_DATASETS)}; for your own data use vptune train --data PATH")
+    epochs = (1 if smoke else DEMO_EPOCHS) if epochs is None else epochs
+    configs = [TrainConfig(data=data, output=str(output / method), method=method, backbone=DEFAULT_BACKBONE,
+                           img_size=DEMO_IMG_SIZE, epochs=epochs, subset=64 if smoke else None,
+                           test_subset=DEMO_TEST_IMAGES) for method in METHODS]
+    for cfg in configs:  # bad settings (--epochs 0) stop here, before the previous demo is replaced
+        cfg.resolved()
     _clear_previous_demo(output)
-    epochs = epochs or (1 if smoke else DEMO_EPOCHS)
     started = time.perf_counter()
     rows = []
-    for method in METHODS:
-        log.info(f"=== {method} ===")
-        cfg = TrainConfig(data=data, output=str(output / method), method=method, backbone=DEFAULT_BACKBONE,
-                          img_size=DEMO_IMG_SIZE, epochs=epochs, subset=64 if smoke else None,
-                          test_subset=DEMO_TEST_IMAGES)
+    for cfg in configs:
+        log.info(f"=== {cfg.method} ===")
         summary = train(cfg, quiet=quiet)
-        rows.append({**summary, "curve": RunDir(output / method).read_metrics()})
+        rows.append({**summary, "curve": RunDir(cfg.output).read_metrics()})
     seconds = time.perf_counter() - started
     table = format_table(rows, data, seconds)
     print("\n" + table)
@@ -69,6 +71,8 @@ def run_demo(output: Path, *, data: str | None = None, epochs: int | None = None
 
 def _clear_previous_demo(output: Path) -> None:
     """Replace an earlier demo's results, but never a folder the demo did not write."""
+    if output.exists() and not output.is_dir():
+        raise ConfigError(f"--output {output} is a file; give a folder for the demo's runs and results")
     if output.exists() and any(output.iterdir()):
         if not (output / MARKER).is_file():
             raise TrainingError(f"{output} exists and is not a previous demo's output; choose another --output")
