@@ -1,6 +1,7 @@
 """`vptune` end to end on a tiny random ViT and a generated image folder: train -> eval -> predict -> info, flags
 and config files, one-line errors for the user's mistakes and tracebacks for bugs."""
 import json
+import re
 import subprocess
 import sys
 
@@ -204,6 +205,31 @@ def trained_run(workspace, tmp_path_factory):
     run = RunDir(tmp_path_factory.mktemp("trained") / "run")
     assert main(train_args(workspace, run.path, "--epochs", "1")) == 0
     return run
+
+
+def test_eval_scores_data_with_some_of_the_tasks_classes_by_name(trained_run, workspace, tmp_path, capsys):
+    import shutil
+
+    from vptune import Predictor
+
+    data = tmp_path / "two-classes"  # the task has blue, green, red; this set red and blue only
+    for split, files in (("train", slice(0, 6)), ("test", slice(6, 10))):
+        for name in ("red", "blue"):
+            (data / split / name).mkdir(parents=True)
+            for f in sorted((workspace / "images" / name).glob("*.png"))[files]:
+                shutil.copy(f, data / split / name / f.name)
+    for f in sorted((data / "train" / "blue").glob("*.png"))[1:]:
+        f.unlink()  # one train image: too few for a val split too, which is a data warning
+    assert main(["eval", str(trained_run.path), "--data", str(data)]) == 0
+    out, err = capsys.readouterr()
+    warning = [line for line in err.splitlines() if "warning" in line]
+    assert warning[0].startswith("vptune: warning: ") and len(warning) == 1  # one plain line, no source line
+    metrics = json.loads((trained_run.path / "eval" / "test_metrics.json").read_text())
+    tests = sorted((data / "test").rglob("*.png"))
+    guesses = [r["top"][0]["class"] for r in Predictor.from_task(trained_run.path).predict_files(tests, top_k=1)]
+    assert metrics["top1"] == pytest.approx(sum(g == f.parent.name for g, f in zip(guesses, tests)) / len(tests))
+    assert [sum(row) for row in metrics["confusion"]] == [4, 0, 4]  # blue, green (none), red
+    assert re.search(r"^green +- +0$", out, re.MULTILINE)
 
 
 @pytest.mark.parametrize("edit, expected", [

@@ -15,9 +15,10 @@ import os
 import sys
 import traceback
 import typing
+import warnings
 from pathlib import Path
 
-from .data import MAX_PIXELS
+from .data import MAX_PIXELS, DataWarning
 from .errors import ConfigError, VptuneError
 from .experiments.ablate import SETS as ABLATION_SETS
 from .experiments.ablate import ablate_help
@@ -26,6 +27,7 @@ from .methods import method_summaries
 from .training import TrainConfig
 
 log = logging.getLogger("vptune")
+_python_show_warning = warnings.showwarning  # the standard format, for warnings that are not vptune's
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -237,6 +239,16 @@ def _configure_logging(quiet: bool) -> None:
     log.addHandler(handler)
     log.setLevel(logging.WARNING if quiet else logging.INFO)
     log.propagate = False
+    warnings.showwarning = _show_warning
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """vptune's own warnings (about the user's data) as one plain line; other libraries' keep Python's format,
+    with the file and line that a bug report needs."""
+    if issubclass(category, DataWarning):
+        print(f"vptune: warning: {message}", file=file or sys.stderr)
+    else:
+        _python_show_warning(message, category, filename, lineno, file, line)
 
 
 # ---------------------------------------------------------------------------------------------- commands

@@ -63,6 +63,30 @@ def evaluate_dataset(model: torch.nn.Module, dataset: Dataset, *, batch_size: in
     return evaluate_logits(logits, labels)
 
 
+class _Relabelled(Dataset):
+    """A data set's items with their labels mapped to the task's class indices."""
+
+    def __init__(self, dataset: Dataset, mapping: list[int]) -> None:
+        self.dataset, self.mapping = dataset, mapping
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        image, label = self.dataset[index]
+        return image, self.mapping[label]
+
+
+def _relabelled(dataset: Dataset, data_names: Sequence[str], task_names: Sequence[str], source: str) -> Dataset:
+    """Data whose classes are some of the task's (a test set of a few classes, or in another order) is scored by
+    class name; a class the task never learned is an error naming it."""
+    unknown = [name for name in data_names if name not in task_names]
+    if unknown:
+        raise DataError(f"{source} has classes the task was not trained on: {unknown}; the task's classes are "
+                        f"{list(task_names)}: evaluate on data whose classes are among them")
+    return _Relabelled(dataset, [list(task_names).index(name) for name in data_names])
+
+
 def format_metrics(metrics: dict, class_names: Sequence[str]) -> str:
     """A plain-text table: overall accuracy, then accuracy per class."""
     lines = [f"top-1  {metrics['top1']:.4f}   ({metrics['num_images']} images)"]
@@ -72,7 +96,8 @@ def format_metrics(metrics: dict, class_names: Sequence[str]) -> str:
     lines.append("")
     lines.append(f"{'class':<{width}}  accuracy  images")
     for name, acc, row in zip(class_names, metrics["per_class"], metrics["confusion"]):
-        lines.append(f"{name:<{width}}  {acc:8.4f}  {sum(row):6d}")
+        shown = f"{acc:8.4f}" if sum(row) else f"{'-':>8}"  # a class this data set does not have
+        lines.append(f"{name:<{width}}  {shown}  {sum(row):6d}")
     return "\n".join(lines)
 
 
@@ -128,12 +153,11 @@ def evaluate(path: str | os.PathLike, *, data: str | None = None, split: str = "
     splits = load_data(source, img_size=size, mean=tuple(meta["data"]["mean"]), std=tuple(meta["data"]["std"]),
                        protocol=training.get("protocol", "vtab1k"), recipe=training.get("recipe", "vtab"),
                        seed=training.get("seed", 0))
-    if model.class_names and list(splits.class_names) != list(model.class_names):
-        raise DataError(f"{source} has classes {splits.class_names}, but the task was trained on "
-                         f"{model.class_names}; evaluate on data with the same classes")
     dataset = getattr(splits, split)
     if dataset is None:
         raise DataError(f"{source} has no {split!r} split")
+    if model.class_names and list(splits.class_names) != list(model.class_names):
+        dataset = _relabelled(dataset, splits.class_names, model.class_names, source)
     log_runtime("eval", device, precision, compile)
     metrics = evaluate_dataset(model, dataset, batch_size=batch_size, device=device, precision=precision,
                                compile=compile, quiet=quiet)
