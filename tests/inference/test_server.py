@@ -97,8 +97,8 @@ def png_bytes(workspace, name="red/0.png") -> bytes:
     return (workspace / "images" / name).read_bytes()
 
 
-def post_image(server, task, data, **kwargs):
-    return httpx.post(f"{server.url}/v1/tasks/{task}/predict", files={"image": ("x.png", data, "image/png")},
+def post_image(server, task, image, **kwargs):
+    return httpx.post(f"{server.url}/v1/tasks/{task}/predict", files={"image": ("x.png", image, "image/png")},
                       headers=AUTH, timeout=30, **kwargs)
 
 
@@ -108,7 +108,7 @@ def expected_top(tasks, workspace, task, name="red/0.png"):
     return multi.predict(image[None], [task], top_k=3)[0]
 
 
-def test_predictions_match_the_library_through_both_upload_forms(server, tasks, workspace):
+def test_predictions_match_the_library_through_every_upload_form(server, tasks, workspace):
     want = expected_top(tasks, workspace, "colours")
     got = post_image(server, "colours", png_bytes(workspace), params={"top_k": 3})
     assert got.status_code == 200, got.text
@@ -120,6 +120,14 @@ def test_predictions_match_the_library_through_both_upload_forms(server, tasks, 
                          headers=AUTH, timeout=30)
     assert as_json.status_code == 200, as_json.text
     assert [g["class"] for g in as_json.json()["top"]] == [g["class"] for g in want[:2]]
+
+    for content_type in ("image/png", "application/octet-stream"):  # the file itself as the body
+        raw = httpx.post(f"{server.url}/v1/tasks/colours/predict", content=png_bytes(workspace), timeout=30,
+                         headers={**AUTH, "Content-Type": content_type})
+        assert raw.status_code == 200, raw.text
+        assert [g["class"] for g in raw.json()["top"]] == [g["class"] for g in want]  # the server's top_k, 3
+    form_k = post_image(server, "colours", png_bytes(workspace), data={"top_k": "2"})
+    assert [g["class"] for g in form_k.json()["top"]] == [g["class"] for g in want[:2]]
 
 
 def test_health_tasks_and_the_api_key(server):
@@ -193,7 +201,15 @@ def _big_png() -> bytes:
     ("bad JSON", 400, "JSON body must be"),
     ("plain text", 415, "multipart/form-data"),
     ("too large", 413, "over the limit of 0.05 MB"),
-    ("bad top_k", 400, "top"),
+    ("bad top_k", 400, "top_k must be a positive integer"),
+    # a typo'd or repeated field would be silently ignored: the client would get what it did not ask for
+    ("top_k not a number", 400, "top_k: Input should be a valid integer"),
+    ("unknown query parameter", 400, "unknown query parameter(s) ['topk']"),
+    ("unknown form field", 400, "unknown form field(s) ['topk']"),
+    ("form top_k not a number", 400, "top_k must be a positive integer (how many classes to list), got 'many'"),
+    ("unknown JSON field", 400, "unknown JSON field(s) ['topk']"),
+    ("two images", 400, "send one image per request; this body has 2 'image' fields"),
+    ("bad base64", 400, "image is not valid base64"),
 ])
 def test_bad_requests_get_their_status_and_reason_and_the_server_goes_on(server, workspace, case, status, reason):
     png = png_bytes(workspace)
@@ -208,6 +224,15 @@ def test_bad_requests_get_their_status_and_reason_and_the_server_goes_on(server,
         "plain text": lambda: httpx.post(url, content=png, headers={**AUTH, "Content-Type": "text/plain"}),
         "too large": lambda: post_image(server, "colours", os.urandom(60_000)),
         "bad top_k": lambda: post_image(server, "colours", png, params={"top_k": 0}),
+        "top_k not a number": lambda: post_image(server, "colours", png, params={"top_k": "many"}),
+        "unknown query parameter": lambda: post_image(server, "colours", png, params={"topk": 2}),
+        "unknown form field": lambda: post_image(server, "colours", png, data={"topk": "2"}),
+        "form top_k not a number": lambda: post_image(server, "colours", png, data={"top_k": "many"}),
+        "unknown JSON field": lambda: httpx.post(url, json={"image": base64.b64encode(png).decode(), "topk": 2},
+                                                 headers=AUTH),
+        "two images": lambda: httpx.post(url, files=[("image", ("a.png", png)), ("image", ("b.png", png))],
+                                         headers=AUTH),
+        "bad base64": lambda: httpx.post(url, json={"image": "not base64!"}, headers=AUTH),
     }[case]
     response = send()
     assert response.status_code == status, response.text

@@ -10,7 +10,7 @@ from typing import BinaryIO, Iterable, Iterator, NamedTuple
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset, default_collate
 from torchvision.transforms.v2.functional import pil_to_tensor
 
@@ -111,7 +111,9 @@ def decode_image(source: str | os.PathLike | BinaryIO, name: str, max_pixels: in
     except DataError:
         raise
     except Exception as err:  # PIL raises OSError, SyntaxError, ValueError, struct.error, ... depending on format
-        raise DataError(f"cannot read image {name}: {err}. {fix}") from err
+        reason = ("not an image in a format vptune reads, or a damaged one" if isinstance(err, UnidentifiedImageError)
+                  else str(err))  # PIL's message names the file again, or the repr of an upload's buffer
+        raise DataError(f"cannot read image {name}: {reason}. {fix}") from err
     return pil_to_tensor(rgb)
 
 

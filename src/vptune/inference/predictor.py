@@ -91,7 +91,7 @@ def top_k_rows(probabilities: torch.Tensor, class_names: Sequence[str], top_k: i
             for values, indices in zip(top.values, top.indices)]
 
 
-def check_top_k(top_k: int) -> None:
-    """ConfigError unless top_k is a positive integer."""
+def check_top_k(top_k: int, name: str = "--top-k") -> None:
+    """ConfigError unless top_k is a positive integer; `name` is how the caller spells it (a flag, a field)."""
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
-        raise ConfigError(f"--top-k must be a positive integer (how many classes to list), got {top_k!r}")
+        raise ConfigError(f"{name} must be a positive integer (how many classes to list), got {top_k!r}")

@@ -6,10 +6,12 @@ is small, in a thread when it is large), queued, and answered from a mixed-task 
     GET  /                          a small page: pick a task, drop an image, see the top-k as bars
     GET  /health                    {"status": "ok", "device": ..., "precision": ..., ...} (never needs the API key)
     GET  /v1/tasks                  names, classes, method, prompt config, image size
-    POST /v1/tasks/{name}/predict   an image (multipart field "image", or JSON {"image": base64}) -> top-k
+    POST /v1/tasks/{name}/predict   an image (multipart field "image", JSON {"image": base64}, or the image file
+                                    itself as the body, Content-Type image/* or application/octet-stream) -> top-k;
+                                    top_k from the query, the form or the JSON
 
 Errors are JSON {"detail": reason}: unknown task 404; not an image, a corrupt image or one over the pixel limit
-400; unsupported content type 415; an upload over the size limit 413; a full queue 503 with Retry-After (before
+400, as is a malformed body, an unknown field or query parameter, or a bad top_k; unsupported content type 415; an upload over the size limit 413; a full queue 503 with Retry-After (before
 the upload is read); a missing or wrong bearer token 401 (on every route but OPEN_PATHS). A client that hangs up
 mid-upload is one access-log line with status 499. The server keeps serving after each.
 """
@@ -53,6 +55,9 @@ DECODE_THREADS = min(4, os.cpu_count() or 1)
 # (/docs, /openapi.json: routes and fields, no task names, classes or data). Every other route needs the key.
 OPEN_PATHS = ("/", "/health", "/docs", "/openapi.json")
 CLIENT_CLOSED = 499  # nginx's status for a request whose client hung up before it was answered
+RAW_IMAGE_TYPES = ("application/octet-stream", "image/")  # the body is the image file itself (curl --data-binary)
+FIELDS = ("image", "top_k")  # what a form or JSON body may hold; anything else is a typo that would be ignored
+JSON_SHAPE = "JSON body must be {\"image\": \"<base64 of the image file>\"} with optional \"top_k\""
 
 
 def _setting(default, help: str, choices: tuple[str, ...] | None = None, **kwargs):
@@ -128,6 +133,7 @@ def create_app(model: MultiTaskModel, settings: ServeSettings):
     """The FastAPI application serving `model`'s tasks."""
     require_serve_extra()
     from fastapi import Depends, FastAPI, HTTPException, Request
+    from fastapi.exceptions import RequestValidationError
     from starlette.requests import ClientDisconnect
     from fastapi.responses import HTMLResponse, JSONResponse
     from fastapi.concurrency import run_in_threadpool
@@ -196,6 +202,13 @@ def create_app(model: MultiTaskModel, settings: ServeSettings):
     app.state.batcher = batcher
     app.add_middleware(AccessLog)
 
+    @app.exception_handler(RequestValidationError)
+    async def one_line_validation_error(request: Request, err: RequestValidationError) -> JSONResponse:
+        # FastAPI's own answer is a 422 with a list of pydantic records; every other error here is 400 and a line
+        first = err.errors()[0]
+        where = ".".join(str(part) for part in first["loc"][1:]) or str(first["loc"][0])
+        return JSONResponse({"detail": f"{where}: {first['msg']}, got {first.get('input')!r}"}, status_code=400)
+
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def page() -> str:
         return PAGE.read_text()
@@ -215,17 +228,22 @@ def create_app(model: MultiTaskModel, settings: ServeSettings):
     async def predict(name: str, request: Request, top_k: int | None = None):
         if name not in model.tasks:
             raise HTTPException(404, f"no task {name!r}; this server has: {', '.join(model.tasks)}")
+        unknown = sorted(set(request.query_params) - {"top_k"})
+        if unknown:
+            raise HTTPException(400, f"unknown query parameter(s) {unknown}; this route takes top_k")
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if content_type not in ("multipart/form-data", "application/json"):
+        if content_type not in ("multipart/form-data", "application/json") and not content_type.startswith(
+                RAW_IMAGE_TYPES):
             raise HTTPException(415, f"content type {content_type or 'none'!r} is not supported: send the image as "
-                                     f"multipart/form-data (field 'image') or as application/json {{\"image\": BASE64}}")
+                                     f"multipart/form-data (field 'image'), as application/json {{\"image\": BASE64}}, "
+                                     f"or as the body itself (image/png, image/jpeg, ...)")
         try:
             with batcher.slot():  # taken first: a request the queue cannot take is not even read
                 body = await _read_body(request, limit)
                 data, requested_k = await _image_bytes(request, body, content_type)
                 k = top_k if top_k is not None else requested_k if requested_k is not None else settings.top_k
                 try:
-                    check_top_k(k)
+                    check_top_k(k, name="top_k")
                     image = await prepare_off_the_loop_if_large(data)
                 except (DataError, ConfigError) as err:
                     raise HTTPException(400, str(err)) from None
@@ -251,14 +269,9 @@ def create_app(model: MultiTaskModel, settings: ServeSettings):
 
     async def _image_bytes(request: Request, body: bytes, content_type: str) -> tuple[bytes, int | None]:
         if content_type == "application/json":
-            try:
-                payload = json.loads(body)
-                encoded = payload["image"]
-                encoded = encoded.split(",", 1)[1] if encoded.startswith("data:") else encoded  # a data: URL
-                return base64.b64decode(encoded, validate=True), payload.get("top_k")
-            except (ValueError, KeyError, TypeError, AttributeError, binascii.Error):
-                raise HTTPException(400, "JSON body must be {\"image\": \"<base64 of the image file>\"} with "
-                                         "optional \"top_k\"") from None
+            return _json_image(body)
+        if content_type != "multipart/form-data":  # a raw image body
+            return body, None
 
         async def replay() -> dict:  # the body was already read (with its size limit); let the form parser see it
             return {"type": "http.request", "body": body, "more_body": False}
@@ -267,10 +280,41 @@ def create_app(model: MultiTaskModel, settings: ServeSettings):
             form = await Request(request.scope, replay).form()
         except Exception as err:  # malformed multipart
             raise HTTPException(400, f"cannot parse the multipart body: {err}") from None
-        upload = form.get("image")
-        if upload is None or isinstance(upload, str):
-            raise HTTPException(400, "multipart body has no file field 'image'")
-        return await upload.read(), None
+        uploads = form.getlist("image")
+        if not uploads or any(isinstance(upload, str) for upload in uploads):
+            raise HTTPException(400, "multipart body has no file field 'image'"
+                                     + (f" (its fields: {', '.join(form.keys())})" if form else ""))
+        _check_fields(form.keys(), "form")
+        if len(uploads) > 1:
+            raise HTTPException(400, f"send one image per request; this body has {len(uploads)} 'image' fields")
+        top_k = form.get("top_k")
+        return await uploads[0].read(), None if top_k is None else _form_integer(top_k)
+
+    def _json_image(body: bytes) -> tuple[bytes, int | None]:
+        try:
+            payload = json.loads(body)
+        except ValueError:
+            raise HTTPException(400, f"the body is not valid JSON; {JSON_SHAPE}") from None
+        if not isinstance(payload, dict) or not isinstance(payload.get("image"), str):
+            raise HTTPException(400, JSON_SHAPE)
+        _check_fields(payload.keys(), "JSON")
+        encoded = payload["image"]
+        encoded = encoded.split(",", 1)[1] if encoded.startswith("data:") else encoded  # a data: URL
+        try:
+            return base64.b64decode(encoded, validate=True), payload.get("top_k")
+        except (ValueError, binascii.Error) as err:
+            raise HTTPException(400, f"image is not valid base64 ({err}); {JSON_SHAPE}") from None
+
+    def _check_fields(names, body: str) -> None:
+        unknown = sorted(set(names) - set(FIELDS))
+        if unknown:
+            raise HTTPException(400, f"unknown {body} field(s) {unknown}; the body takes {' and '.join(FIELDS)}")
+
+    def _form_integer(text: str) -> int | str:
+        try:
+            return int(text)
+        except ValueError:
+            return text  # check_top_k names it
 
     return app
 
