@@ -12,7 +12,7 @@ from . import backbones, data, methods, model, tasks  # noqa: F401  (vptune.back
 from ._io import package_version
 from .backbones import create_backbone
 from .data import DataError, load_data
-from .errors import BackboneError, CheckpointError, ConfigError, TrainingError, VptuneError
+from .errors import BackboneError, CheckpointError, ConfigError, TrainingError, VptuneError, WriteError
 from .inference import MultiTaskModel, Predictor, evaluate
 from .methods import METHODS, build_model, get_method
 from .model import ParameterCount, PromptConfig, PromptedViT, count_parameters
@@ -25,4 +25,4 @@ __version__ = package_version()
 __all__ = ["PromptConfig", "PromptedViT", "count_parameters", "ParameterCount", "create_backbone", "build_model",
            "get_method", "METHODS", "save_task", "load_task", "TrainConfig", "load_train_config", "train",
            "load_data", "Predictor", "MultiTaskModel", "evaluate", "RunDir", "VptuneError", "ConfigError", "BackboneError",
-           "CheckpointError", "DataError", "TrainingError", "__version__"]
+           "CheckpointError", "DataError", "TrainingError", "WriteError", "__version__"]

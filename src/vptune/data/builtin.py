@@ -27,7 +27,7 @@ from typing import Callable
 
 import numpy as np
 
-from .._io import atomic_write, cache_dir, short_sha
+from .._io import atomic_write, cache_dir, cache_folder, short_sha
 from .errors import DataError, DataWarning, FetchError
 from .splits import stratified_choice
 
@@ -172,9 +172,8 @@ def fetch_fashion_mnist() -> BuiltinArrays:
         return _fashion_from_dir(FASHION_SYSTEM_DIR, f"{FASHION_SYSTEM_DIR} (Debian dataset-fashion-mnist)")
     hint = ("fashion-mnist comes from the Debian package dataset-fashion-mnist: install it "
             "(apt-get install dataset-fashion-mnist) or make `apt-get download` work (apt-get update)")
-    (cache_dir() / "data").mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as download, tempfile.TemporaryDirectory(
-            dir=cache_dir() / "data", prefix=".fashion-mnist-unpack-") as unpacked:
+            dir=cache_folder("data"), prefix=".fashion-mnist-unpack-") as unpacked:
         _run(["apt-get", "download", "dataset-fashion-mnist"], cwd=download, hint=hint)
         debs = sorted(Path(download).glob("*.deb"))
         if not debs:
