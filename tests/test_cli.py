@@ -260,6 +260,19 @@ def _copy_run(run, tmp_path):
 
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
+@pytest.mark.parametrize("args, message", [
+    (["train", "--resume", "{missing}"], "cannot resume {missing}: no such folder; give the --output of an earlier"),
+    (["train", "--resume", "{file}"], "--resume {file} is a file; give a folder"),
+    (["train", "--data", "{images}", "--output", "{file}"], "--output {file} is a file; give a folder"),
+])
+def test_a_run_folder_that_is_missing_or_a_file_is_one_line(workspace, tmp_path, capsys, args, message):
+    paths = {"missing": tmp_path / "gone", "file": tmp_path / "notes.txt", "images": workspace / "images"}
+    paths["file"].write_text("keep")
+    assert main([a.format(**paths) for a in args]) == 1
+    assert message.format(**paths) in capsys.readouterr().err
+    assert paths["file"].read_text() == "keep" and not paths["missing"].exists()
+
+
 def test_a_resume_runs_on_the_device_it_is_given(trained_run, tmp_path, capsys):
     """Once a resume ran on the CPU whatever --device said; now --device cuda here is the one-line error."""
     copy = _copy_run(trained_run, tmp_path)

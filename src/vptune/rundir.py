@@ -29,7 +29,7 @@ from typing import Any, Iterator
 import yaml
 
 from ._io import atomic_write_text
-from .errors import CheckpointError, TrainingError, WriteError
+from .errors import CheckpointError, ConfigError, TrainingError, WriteError
 from .tasks import CONFIG_FILE
 
 LOCK = ".lock"
@@ -74,6 +74,8 @@ class RunDir:
         """Hold RUN/.lock (the holder's pid and host) while a run writes here: a second run refuses instead of
         writing into the same files; the lock of a process that is gone is taken over. `flag` names the folder's
         option in the error for a folder that cannot be written."""
+        if self.path.exists() and not self.path.is_dir():
+            raise ConfigError(f"{flag} {self.path} is a file; give a folder (a new one, or an earlier run's)")
         created = not self.path.exists()
         lock = self.path / LOCK
         mine = json.dumps({"pid": os.getpid(), "host": socket.gethostname()})

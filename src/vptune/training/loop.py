@@ -118,7 +118,10 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, qu
         log.setLevel(logging.WARNING)
     run = RunDir(cfg.output)
     try:
-        with run.lock() if world.main else nullcontext():
+        if resume and not run.path.exists():
+            raise TrainingError(f"cannot resume {run.path}: no such folder; give the --output of an earlier run, "
+                                f"or train a new one with --output {run.path}")
+        with run.lock(flag="--resume" if resume else "--output") if world.main else nullcontext():
             return _train(run, cfg, resume, overwrite, quiet, on_epoch, test, world, device, changes or {})
     finally:
         leave(world)
