@@ -392,3 +392,16 @@ def test_a_user_error_quoting_a_multi_line_message_prints_one_line(monkeypatch, 
     monkeypatch.setattr(vptune.inference, "describe", describe)
     assert main(["info", "task.yaml"]) == 1
     assert capsys.readouterr().err == "vptune: error: task.yaml: not valid YAML: while parsing in line 2, column 1: ^\n"
+
+
+def test_version_names_vptune_and_the_libraries_its_numbers_depend_on(capsys):
+    import timm
+    import torch
+
+    import vptune
+
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out.startswith(
+        f"vptune {vptune.__version__} (torch {torch.__version__}, timm {timm.__version__}, python ")

@@ -64,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     # allow_abbrev=False: "--seed 3" to `ablate` must not quietly mean its "--seeds 3"
     parser = argparse.ArgumentParser(prog="vptune", parents=[common], allow_abbrev=False,
                                      description="Visual Prompt Tuning for frozen Vision Transformers")
+    parser.add_argument("--version", action="version", version=_versions())
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     def command(name: str, help: str, run, **kwargs) -> argparse.ArgumentParser:
@@ -227,6 +228,17 @@ def _number_or_word(text: str, kind: type = float) -> float | int | str:
         return kind(text)
     except ValueError:
         return text
+
+
+def _versions() -> str:
+    """What a bug report needs: vptune's version and those of the libraries its numbers depend on."""
+    from importlib.metadata import version
+
+    import torch
+
+    from ._io import package_version
+
+    return f"vptune {package_version()} (torch {torch.__version__}, timm {version('timm')}, python {sys.version.split()[0]})"
 
 
 def _configure_logging(quiet: bool) -> None:
