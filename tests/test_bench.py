@@ -226,12 +226,29 @@ def test_a_device_this_machine_lacks_is_one_line_naming_it(tmp_path):
 
 @pytest.mark.parametrize("option, value, named", [("--precisions", "fp32,fp64", "fp32, bf16, fp16"),
                                                   ("--device", "tpu", "auto, cpu, cuda"),
-                                                  ("--num-workers", "many", "auto or a whole number")])
+                                                  ("--num-workers", "many", "auto or a whole number"),
+                                                  # each of these was a traceback, or a bench that ran anyway
+                                                  ("--models", "no_such_vit", "aliases (vit-s14, vit-b16, tiny)"),
+                                                  ("--models", "resnet18", "VisionTransformer with a class token"),
+                                                  ("--prompts", "4,-1", "prompt lengths >= 1"),
+                                                  ("--batch", "0", "--batch must be a whole number >= 1"),
+                                                  ("--repeats", "0", "--repeats must be a whole number >= 1"),
+                                                  ("--threads", "0", "--threads must be a whole number >= 1"),
+                                                  ("--warmup", "-1", "--warmup must be a whole number >= 0")])
 def test_bad_settings_are_refused_naming_what_is_allowed(option, value, named):
     with pytest.raises(SystemExit) as stop:
         bench.main(["--quick", option, value])
     message = str(stop.value.code)
     assert named in message and value.split(",")[-1] in message and "\n" not in message
+
+
+def test_an_out_that_is_a_file_is_refused_before_any_timing(tmp_path):
+    blocker = tmp_path / "bench.txt"
+    blocker.write_text("keep")
+    with pytest.raises(SystemExit) as stop:
+        bench.main(["--quick", "--out", str(blocker)])
+    assert "--out" in str(stop.value.code) and "is a file" in str(stop.value.code)
+    assert blocker.read_text() == "keep"
 
 
 def test_device_auto_resolves_to_what_this_machine_has():

@@ -35,8 +35,10 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterator
 
+import timm
 import torch
 import torch.nn.functional as F
+from timm.models import VisionTransformer
 
 from .data import DataError, collate, load_data
 from .devices import AUTO, autocast, cpu_name, maybe_compile, resolve_device, resolve_precision, resolve_workers
@@ -130,8 +132,6 @@ class Runner:
     """One model's backbone and batches on one device, and the timed operations on them."""
 
     def __init__(self, alias: str, args: argparse.Namespace) -> None:
-        import timm
-
         spec = spec_of(alias)
         torch.manual_seed(0)
         self.device, self.args = args.device, args
@@ -523,15 +523,46 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     for key, value in (QUICK if args.quick else DEFAULTS).items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    bad = [p for p in args.paths if p not in PATHS] + [m for m in args.modes or () if m not in ("deep", "shallow")]
-    if bad or "tokens" not in args.paths or "floor" not in args.paths:
-        parser.error(f"--paths must include floor and tokens (the ratios' bases), from {PATHS}; "
-                     f"--modes from deep, shallow; got {bad or args.paths}")
+    bad_paths = [p for p in args.paths if p not in PATHS]
+    if bad_paths or "tokens" not in args.paths or "floor" not in args.paths:
+        parser.error(f"--paths must include floor and tokens (the ratios' bases), from {', '.join(PATHS)}; got "
+                     f"{','.join(args.paths) or 'nothing'}")
+    bad_modes = [m for m in args.modes or () if m not in ("deep", "shallow")]
+    if bad_modes or args.modes == []:
+        parser.error(f"--modes must be a comma list from deep, shallow; got {','.join(args.modes) or 'nothing'}")
     try:
+        check_sizes(args)
         resolve_settings(args)
     except ConfigError as err:  # one line naming the mistake, as every vptune command prints it
         raise SystemExit(f"vptune bench: {err}")
     return args
+
+
+def check_sizes(args: argparse.Namespace) -> None:
+    """The counts and lists that are not the device's: ConfigError names a wrong one before anything is built."""
+    for flag, value, least in (("--batch", args.batch, 1), ("--train-batch", args.train_batch, 1),
+                               ("--repeats", args.repeats, 1), ("--warmup", args.warmup, 0),
+                               ("--threads", args.threads, 1)):
+        if value is not None and value < least:
+            raise ConfigError(f"{flag} must be a whole number >= {least}, got {value}")
+    if not args.prompts or min(args.prompts) < 1:
+        raise ConfigError(f"--prompts must be a comma list of prompt lengths >= 1, got "
+                          f"{','.join(map(str, args.prompts)) or 'nothing'}")
+    unknown = [m for m in args.models if m not in MODELS and not timm.is_model(m)]
+    if unknown or not args.models:
+        raise ConfigError(f"--models: {','.join(unknown) or 'nothing'}: give aliases ({', '.join(MODELS)}) or timm "
+                          f"model names (timm.list_models('vit_*'))")
+    not_vit = [m for m in args.models if m not in MODELS and not _is_vit_with_class_token(m)]
+    if not_vit:
+        raise ConfigError(f"--models: {','.join(not_vit)}: VPT needs a timm VisionTransformer with a class token")
+    if args.out.exists() and not args.out.is_dir():
+        raise ConfigError(f"--out {args.out} is a file; give a folder for bench.csv, bench.json and bench.md")
+
+
+def _is_vit_with_class_token(name: str) -> bool:
+    with torch.device("meta"):  # the architecture without allocating its weights
+        model = timm.create_model(name, pretrained=False, num_classes=0)
+    return isinstance(model, VisionTransformer) and model.has_class_token
 
 
 def resolve_settings(args: argparse.Namespace) -> None:
