@@ -232,6 +232,13 @@ def test_eval_scores_data_with_some_of_the_tasks_classes_by_name(trained_run, wo
     assert re.search(r"^green +- +0$", out, re.MULTILINE)
 
 
+def test_evaluate_in_python_refuses_a_split_by_name(trained_run):
+    from vptune import evaluate
+
+    with pytest.raises(ConfigError, match="--split must be one of test, val, train, trainval, got 'tset'"):
+        evaluate(trained_run.path, split="tset")
+
+
 @pytest.mark.parametrize("edit, expected", [
     (lambda meta: meta["prompt"].update(layers=[0, 99]), "99"),
     (lambda meta: meta.update(method={"name": "banana"}), "banana"),

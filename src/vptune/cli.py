@@ -20,6 +20,7 @@ from pathlib import Path
 
 from .data import MAX_PIXELS, DataWarning
 from .errors import ConfigError, VptuneError
+from .inference.evaluate import SPLITS
 from .experiments.ablate import SETS as ABLATION_SETS
 from .experiments.ablate import ablate_help
 from .experiments.sweep import SEARCHABLE, sweep_help
@@ -122,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = command("eval", "evaluate a task: top-1/top-5, per class, confusion matrix PNG", _eval)
     evaluate.add_argument("task", type=Path, help="task directory (a training run or a task checkpoint)")
     evaluate.add_argument("--data", help="data set to evaluate on (default: the one it was trained on)")
-    evaluate.add_argument("--split", default="test", choices=["test", "val", "train", "trainval"])
+    evaluate.add_argument("--split", default="test", choices=SPLITS)
     evaluate.add_argument("--batch-size", type=int, default=64)
     add_runtime_flags(evaluate)
     evaluate.add_argument("--quiet", action="store_true")

@@ -73,6 +73,7 @@ def test_a_folder_predicts_as_its_images_and_one_without_images_is_named(workspa
     files = sorted(p for p in folder.rglob("*.png") if not p.name.startswith("."))
     by_folder = predictor.predict_files([folder], top_k=2)
     assert by_folder == predictor.predict_files(files, top_k=2)
+    assert predictor.predict_files(files[0]) == predictor.predict_files([files[0]])  # one path, not its characters
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match=r"folder .*empty has no images \(extensions: "):
         predictor.predict_files([files[0], tmp_path / "empty"])

@@ -98,6 +98,8 @@ def _images_in(folder: Path) -> list[Path]:
 def expand_image_paths(paths: Iterable[str | os.PathLike]) -> list[Path]:
     """Image files to predict: a file as given (its decoding names it if it is no image), a folder as the images
     under it (sorted, hidden ones skipped); a folder without any is an error naming the extensions looked for."""
+    if isinstance(paths, (str, os.PathLike)):  # one path, not its characters
+        paths = [paths]
     files = []
     for path in map(Path, paths):
         if path.is_dir():

@@ -20,6 +20,9 @@ from ..tasks import load_task, read_task_json
 from .runtime import log_runtime, resolve_runtime
 
 
+SPLITS = ("test", "val", "train", "trainval")
+
+
 @torch.no_grad()
 def predict_logits(forward: Callable[[torch.Tensor], torch.Tensor], loader: DataLoader, device: torch.device,
                    desc: str = "eval", quiet: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
@@ -136,6 +139,8 @@ def evaluate(path: str | os.PathLike, *, data: str | None = None, split: str = "
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"--batch-size must be a positive integer, got {batch_size!r}")
+    if split not in SPLITS:
+        raise ConfigError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
     device, precision = resolve_runtime(device, precision)  # before the task and its data load
     task = RunDir.find_task(path)
     meta = read_task_json(task)
