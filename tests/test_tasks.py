@@ -66,6 +66,15 @@ def test_wrong_prompt_length_is_named(trained):
         load_task(task, backbone=backbone)
 
 
+def test_a_training_run_given_to_load_task_points_to_its_task(trained, tmp_path):
+    _, backbone, task = trained
+    run = tmp_path / "run"
+    run.mkdir()
+    task.rename(run / "best")  # a run's layout: the task is in best/ (and last/)
+    with pytest.raises(CheckpointError, match=f"{run} is a training run, not a task: load its best task, {run}/best"):
+        load_task(run, backbone=backbone)
+
+
 def test_missing_files_are_named(trained, tmp_path):
     _, backbone, task = trained
     with pytest.raises(CheckpointError, match="does not exist"):

@@ -171,6 +171,9 @@ def read_task_json(directory: Path) -> dict[str, Any]:
         raise CheckpointError(f"task directory {directory} does not exist (or is not a directory)")
     config_path = directory / CONFIG_FILE
     if not config_path.is_file():
+        if (directory / "best" / CONFIG_FILE).is_file():  # the commands take a run; the library takes its task
+            raise CheckpointError(f"{directory} is a training run, not a task: load its best task, "
+                                  f"{directory / 'best'} (or last/)")
         raise CheckpointError(f"{directory} is not a vptune task: {CONFIG_FILE} is missing "
                               f"(a task directory is written by `vptune.save_task(model, dir)` or `vptune train`)")
     try:
