@@ -153,6 +153,34 @@ def test_csv_loads(tmp_path, header, label_kind):
     check_items(splits)
 
 
+@pytest.mark.parametrize("header, row, separator", [
+    ("path,label", "{path},{label}", ","),
+    ("path;label", "{path};{label}", ";"),  # a spreadsheet's CSV in many locales
+    ("path\tlabel", "{path}\t{label}", "\t"),
+    ("label,filename", "{label},{path}", ","),  # columns found by their header names, in any order
+    ("image,size,class,notes", "{path},28,{label},some; words", ","),  # other columns are not read
+])
+def test_csv_columns_and_separators_that_spreadsheets_write(tmp_path, header, row, separator):
+    names = ["cat", "dog", "emu"]
+    rows = [header]
+    for k in range(3):
+        for i in range(6):
+            write_image(tmp_path / image_name(k, i), COLOURS[k])
+            rows.append(row.format(path=image_name(k, i), label=names[k]))
+    (tmp_path / "data.csv").write_text("\n".join(rows) + "\n")
+    splits = load(tmp_path / "data.csv")
+    assert splits.class_names == names and len(splits.trainval) + len(splits.test) == 18
+    assert all(s.path.name.startswith(f"c{s.label}_") for s in splits.trainval.samples)  # each under its own label
+
+
+def test_a_csv_header_without_a_label_column_is_named(tmp_path):
+    write_image(tmp_path / "a.png", COLOURS[0])
+    (tmp_path / "d.csv").write_text("path,notes\na.png,red\n")
+    with pytest.raises(DataError, match=r"d\.csv: the header \['path', 'notes'\] names no label column; name one of "
+                                        r"category, class"):
+        load(tmp_path / "d.csv")
+
+
 def test_csv_split_column(tmp_path):
     rows = ["path,label,split"]
     for k in range(3):

@@ -1,8 +1,9 @@
 """Users' data sets: find the layout of a path and list its images and labels, split by split.
 
 Layouts (autodetected in this order):
-- CSV file (`*.csv`): rows `path,label` or `path,label,split` (split = train / val / test); header optional
-  (recognised by a first row like `path,label`); paths relative to the CSV's folder; label = class name or int.
+- CSV file (`*.csv`): rows `path,label` or `path,label,split` (split = train / val / test), or any columns under a
+  header that names them (path / file / image..., label / class..., and optionally split; others are not read);
+  comma-, semicolon- or tab-separated; paths relative to the CSV's folder; label = class name or int.
 - VTAB-1k task folder: `train800.txt`, `val200.txt`, `test.txt` (+ optional `train800val200.txt`, else the
   union of the first two); lines `relative/path.jpg label`, paths relative to the folder; int labels.
 - FGVC folder: `train.json`, `test.json` (+ optional `val.json`), each {image path: class id}; paths relative
@@ -282,35 +283,64 @@ def _fgvc_image_root(root: Path, first_key: str) -> Path:
 # ---------------------------------------------------------------------------------------------- CSV
 
 def read_csv(path: Path) -> UserData:
-    rows: list[tuple[list[str], int]] = []
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.reader(f)
-            for row in reader:
-                cells = [c.strip() for c in row]
-                if any(cells) and not (not rows and _is_header(cells)):
-                    rows.append((cells, reader.line_num))
-    except (csv.Error, UnicodeDecodeError) as err:
-        raise DataError(f"{path}: not a readable CSV file ({err})") from err
-    if not rows:
-        raise DataError(f"{path} has no rows; expected `path,label` rows")
-    width = len(rows[0][0])
+    rows = _csv_rows(path)
+    header = rows[0][0] if _is_header(rows[0][0]) else None
+    if header is not None:
+        rows = rows[1:]
+        if not rows:
+            raise DataError(f"{path} has a header but no rows; expected rows of {', '.join(header)}")
+        width, (path_at, label_at, split_at) = len(header), _named_columns(path, header)
+    else:  # positional: path,label or path,label,split
+        width = len(rows[0][0])
+        path_at, label_at, split_at = 0, 1, (2 if width == 3 else None)
+    shape = ",".join(header) if header is not None else "path,label" + (",split" if width == 3 else "")
     raw: dict[str, list[RawEntry]] = {}
     for cells, number in rows:
-        if len(cells) != width or width not in (2, 3) or not cells[0] or not cells[1]:
-            raise DataError(f"{path} line {number}: expected `path,label`"
-                            f"{',split' if width == 3 else ''} like the first row, got {cells}")
-        split = cells[2].lower() if width == 3 else "all"
-        if width == 3 and split not in ("train", "val", "test"):
-            raise DataError(f"{path} line {number}: split must be train, val or test, got {cells[2]!r}")
-        raw.setdefault(split, []).append((path.parent / cells[0], cells[1], f"{path} line {number}"))
-    if width == 3 and not ("train" in raw and "test" in raw):
+        if len(cells) != width or width < 2 or (header is None and width > 3) or not cells[path_at] \
+                or not cells[label_at]:
+            raise DataError(f"{path} line {number}: expected `{shape}` like the "
+                            f"{'header' if header is not None else 'first row'}, got {cells}")
+        split = cells[split_at].lower() if split_at is not None else "all"
+        if split_at is not None and split not in ("train", "val", "test"):
+            raise DataError(f"{path} line {number}: split must be train, val or test, got {cells[split_at]!r}")
+        raw.setdefault(split, []).append((path.parent / cells[path_at], cells[label_at], f"{path} line {number}"))
+    if split_at is not None and not ("train" in raw and "test" in raw):
         raise DataError(f"{path}: the split column must name at least one train and one test row")
     return _with_labels("csv", path.parent, raw, names_allowed=True)
 
 
+def _csv_rows(path: Path) -> list[tuple[list[str], int]]:
+    """The non-empty rows (cells stripped) with their line numbers. Comma-separated, or semicolon / tab where the
+    first line has no comma (spreadsheets in many locales save `;`)."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            first = f.readline()
+            delimiter = "," if "," in first else ";" if ";" in first else "\t" if "\t" in first else ","
+            f.seek(0)
+            reader = csv.reader(f, delimiter=delimiter)
+            rows = [([c.strip() for c in row], reader.line_num) for row in reader]
+    except (csv.Error, UnicodeDecodeError) as err:
+        raise DataError(f"{path}: not a readable CSV file ({err})") from err
+    rows = [(cells, number) for cells, number in rows if any(cells)]
+    if not rows:
+        raise DataError(f"{path} has no rows; expected `path,label` rows")
+    return rows
+
+
 def _is_header(cells: list[str]) -> bool:
-    return len(cells) >= 2 and (cells[0].lower() in CSV_PATH_HEADERS or cells[1].lower() in CSV_LABEL_HEADERS)
+    return any(c.lower() in CSV_PATH_HEADERS | CSV_LABEL_HEADERS | {"split"} for c in cells)
+
+
+def _named_columns(path: Path, header: list[str]) -> tuple[int, int, int | None]:
+    """(path, label, split) column indices from a header; other columns (notes, sizes...) are not read."""
+    names = [c.lower() for c in header]
+    found = {}
+    for role, accepted in (("path", CSV_PATH_HEADERS), ("label", CSV_LABEL_HEADERS)):
+        found[role] = next((i for i, name in enumerate(names) if name in accepted), None)
+        if found[role] is None:
+            raise DataError(f"{path}: the header {header} names no {role} column; name one of "
+                            f"{', '.join(sorted(accepted))}")
+    return found["path"], found["label"], names.index("split") if "split" in names else None
 
 
 # ---------------------------------------------------------------------------------------------- labels

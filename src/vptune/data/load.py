@@ -103,7 +103,7 @@ def _require_files(splits: dict[str, list[Sample]], max_pixels: int) -> None:
     if missing:
         shown = "; ".join(f"{s.origin}: {s.path}" for s in missing[:3])
         raise DataError(f"{len(missing)} listed image file(s) do not exist: {shown}"
-                        + (" ..." if len(missing) > 3 else "") + ". Fix the list, or load with skip_bad=True.")
+                        + (" ..." if len(missing) > 3 else "") + ". Fix the list, or load with skip_bad=True (--skip-bad) to drop them.")
     samples = {s.path: s for split in splits.values() for s in split}
     bad = find_bad_images(samples, max_pixels)
     if bad:
