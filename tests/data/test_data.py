@@ -126,6 +126,18 @@ def test_image_folder_loads(folder):
     assert info["format"] == "image-folder" and info["sizes"]["test"] == 3
 
 
+def test_images_a_folder_layout_leaves_out_are_named_in_a_warning(folder):
+    write_image(folder / "stray.png", COLOURS[0])  # in no class folder
+    (folder / FOLDERS[1] / "IMG_0001.HEIC").write_bytes(b"an iPhone photo")  # a format Pillow cannot read
+    (folder / FOLDERS[1] / ".hidden.heic").write_bytes(b"macOS metadata")  # hidden: not the user's image
+    with pytest.warns(DataWarning) as caught:
+        splits = load(folder)
+    said = sorted(str(w.message) for w in caught if issubclass(w.category, DataWarning))
+    assert said[0].startswith(f"1 image(s) directly in {folder} are in no class folder") and "stray.png" in said[0]
+    assert said[1].startswith(f"1 image(s) under {folder} are in formats vptune does not read") and ".heic: 1" in said[1]
+    assert len(splits.trainval) + len(splits.test) == 18  # the 18 class images, nothing else
+
+
 def test_known_colour_normalises_to_expected_value(folder):
     splits = load(folder)
     expected = (torch.tensor([1.0, 0.0, 0.0]) - torch.tensor(MEAN)) / torch.tensor(STD)  # red: 1.6, -1.6, -4.8

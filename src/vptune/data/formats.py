@@ -27,15 +27,19 @@ from __future__ import annotations
 import csv
 import json
 import os
+import warnings
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
 from .datasets import Sample
-from .errors import DataError
+from .errors import DataError, DataWarning
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jfif", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff",
                               ".ppm", ".pgm"})
+UNREAD_IMAGE_EXTENSIONS = frozenset({".heic", ".heif", ".avif", ".jxl", ".jp2", ".dng", ".cr2", ".nef", ".arw",
+                                     ".psd", ".svg"})  # photos a user may expect to count, which Pillow cannot read
 VTAB_FILES = {"train": "train800.txt", "val": "val200.txt", "trainval": "train800val200.txt", "test": "test.txt"}
 FGVC_FILES = {"train": "train.json", "val": "val.json", "test": "test.json"}
 CLASS_FILES = ("classes.txt", "labels.txt")
@@ -115,6 +119,7 @@ def expand_image_paths(paths: Iterable[str | os.PathLike]) -> list[Path]:
 
 
 def read_image_folder(root: Path, images: dict[Path, list[Path]]) -> UserData:
+    _warn_unused_images(root)
     return UserData("image-folder", root, {"all": _class_samples(images)}, [d.name for d in images], "folder names")
 
 
@@ -126,6 +131,21 @@ def _class_samples(images: dict[Path, list[Path]]) -> list[Sample]:
                         + (f"; {len(empty) - 1} more empty class folder(s)" if len(empty) > 1 else ""))
     return [Sample(path, label, f"class folder {folder}")
             for label, (folder, files) in enumerate(images.items()) for path in files]
+
+
+def _warn_unused_images(root: Path) -> None:
+    """Say which of the user's images a folder layout leaves out: files directly in the root (in no class folder)
+    and photos in formats vptune does not read (an iPhone's HEIC); silently, a class would just be smaller."""
+    stray = _direct_images(root)
+    if stray:
+        warnings.warn(f"{len(stray)} image(s) directly in {root} are in no class folder and are not used (e.g. "
+                      f"{stray[0].name}); move them into their class's folder", DataWarning, stacklevel=4)
+    other = Counter(p.suffix.lower() for p in root.rglob("*") if p.suffix.lower() in UNREAD_IMAGE_EXTENSIONS
+                    and not any(part.startswith(".") for part in p.relative_to(root).parts))
+    if other:
+        counts = ", ".join(f"{ext}: {n}" for ext, n in sorted(other.items()))
+        warnings.warn(f"{sum(other.values())} image(s) under {root} are in formats vptune does not read and are not "
+                      f"used ({counts}); convert them to JPEG or PNG", DataWarning, stacklevel=4)
 
 
 def _sub_folders(folder: Path) -> list[Path]:
@@ -151,6 +171,7 @@ def read_split_image_folder(root: Path, split_dirs: list[Path], other_dirs: list
     classes = {split: {d.name: d for d in _sub_folders(folder)} for split, folder in by_split.items()}
     _require_same_classes(by_split, classes)
     names = sorted(classes["train"])
+    _warn_unused_images(root)
     splits = {split: _class_samples({classes[split][name]: _images_in(classes[split][name]) for name in names})
               for split in by_split}
     return UserData("image-folder-splits", root, splits, names, f"class folder names in {by_split['train']}")
