@@ -138,6 +138,14 @@ def test_images_a_folder_layout_leaves_out_are_named_in_a_warning(folder):
     assert len(splits.trainval) + len(splits.test) == 18  # the 18 class images, nothing else
 
 
+def test_too_few_images_for_a_split_say_how_many_each_class_needs(tmp_path):
+    for k, name in enumerate(FOLDERS[:2]):
+        write_image(tmp_path / "two" / name / image_name(k, 0), COLOURS[k])
+    with pytest.warns(DataWarning, match="too small"), pytest.raises(
+            DataError, match=r"the val split is empty \(2 images in all\); .* each class at least 3 images"):
+        load(tmp_path / "two")
+
+
 def test_known_colour_normalises_to_expected_value(folder):
     splits = load(folder)
     expected = (torch.tensor([1.0, 0.0, 0.0]) - torch.tensor(MEAN)) / torch.tensor(STD)  # red: 1.6, -1.6, -4.8

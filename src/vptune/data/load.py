@@ -86,7 +86,10 @@ def _user_splits(path: Path, seed: int, skip_bad: bool, train_tf: Transform, tes
     _warn_suspicious(splits, data.class_names)
     for split in ("train", "val", "test"):
         if split in splits and not splits[split]:
-            raise DataError(f"{path}: the {split} split is empty" + (" after dropping bad files" if skipped else ""))
+            raise DataError(f"{path}: the {split} split is empty" + (" after dropping bad files" if skipped else "")
+                            + f" ({len({s.path for samples in splits.values() for s in samples})} images in all); a split is carved per class, so "
+                            f"give each class at least 3 images, or the {split} images yourself (a {split}/ folder, "
+                            f"or a split column in a CSV)")
     info = {"source": str(path.resolve()), "format": data.format, **info, "split_rule": rule,
             "class_names_from": data.class_names_from, "skipped_bad": skipped,
             "note": "protocol only changes built-in data sets; users' splits come from their files or the rule"}
