@@ -11,9 +11,10 @@ is small, in a thread when it is large), queued, and answered from a mixed-task 
                                     top_k from the query, the form or the JSON
 
 Errors are JSON {"detail": reason}: unknown task 404; not an image, a corrupt image or one over the pixel limit
-400, as is a malformed body, an unknown field or query parameter, or a bad top_k; unsupported content type 415; an upload over the size limit 413; a full queue 503 with Retry-After (before
-the upload is read); a missing or wrong bearer token 401 (on every route but OPEN_PATHS). A client that hangs up
-mid-upload is one access-log line with status 499. The server keeps serving after each.
+400, as is a malformed body, an unknown field or query parameter, or a bad top_k; unsupported content type 415;
+an upload over the size limit 413; a full queue 503 with Retry-After (before the upload is read); a missing or
+wrong bearer token 401 (on every route but OPEN_PATHS). A client that hangs up mid-upload is one access-log line
+with status 499. The server keeps serving after each.
 """
 # No `from __future__ import annotations`: FastAPI reads the route functions' annotations at run time, and
 # Request is imported inside create_app (FastAPI is an optional extra).
@@ -310,11 +311,11 @@ def create_app(model: MultiTaskModel, settings: ServeSettings):
         if unknown:
             raise HTTPException(400, f"unknown {body} field(s) {unknown}; the body takes {' and '.join(FIELDS)}")
 
-    def _form_integer(text: str) -> int | str:
+    def _form_integer(value) -> int | object:
         try:
-            return int(text)
+            return int(value) if isinstance(value, str) else value
         except ValueError:
-            return text  # check_top_k names it
+            return value  # check_top_k names it (as it does a file sent as top_k)
 
     return app
 
