@@ -239,7 +239,8 @@ def _versions() -> str:
 
     from ._io import package_version
 
-    return f"vptune {package_version()} (torch {torch.__version__}, timm {version('timm')}, python {sys.version.split()[0]})"
+    python = sys.version.split()[0]
+    return f"vptune {package_version()} (torch {torch.__version__}, timm {version('timm')}, python {python})"
 
 
 def _configure_logging(quiet: bool) -> None:

@@ -86,10 +86,10 @@ def _user_splits(path: Path, seed: int, skip_bad: bool, train_tf: Transform, tes
     _warn_suspicious(splits, data.class_names)
     for split in ("train", "val", "test"):
         if split in splits and not splits[split]:
+            total = len({s.path for samples in splits.values() for s in samples})
             raise DataError(f"{path}: the {split} split is empty" + (" after dropping bad files" if skipped else "")
-                            + f" ({len({s.path for samples in splits.values() for s in samples})} images in all); a split is carved per class, so "
-                            f"give each class at least 3 images, or the {split} images yourself (a {split}/ folder, "
-                            f"or a split column in a CSV)")
+                            + f" ({total} images in all); a split is carved per class, so give each class at least "
+                            f"3 images, or the {split} images yourself (a {split}/ folder, or a split column in a CSV)")
     info = {"source": str(path.resolve()), "format": data.format, **info, "split_rule": rule,
             "class_names_from": data.class_names_from, "skipped_bad": skipped,
             "note": "protocol only changes built-in data sets; users' splits come from their files or the rule"}
@@ -106,7 +106,8 @@ def _require_files(splits: dict[str, list[Sample]], max_pixels: int) -> None:
     if missing:
         shown = "; ".join(f"{s.origin}: {s.path}" for s in missing[:3])
         raise DataError(f"{len(missing)} listed image file(s) do not exist: {shown}"
-                        + (" ..." if len(missing) > 3 else "") + ". Fix the list, or load with skip_bad=True (--skip-bad) to drop them.")
+                        + (" ..." if len(missing) > 3 else "")
+                        + ". Fix the list, or load with skip_bad=True (--skip-bad) to drop them.")
     samples = {s.path: s for split in splits.values() for s in split}
     bad = find_bad_images(samples, max_pixels)
     if bad:
