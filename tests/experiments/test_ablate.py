@@ -114,6 +114,18 @@ def test_a_runs_file_cut_mid_line_is_read_and_the_run_redone(workspace, tmp_path
     assert json.loads(runs.read_text().splitlines()[-1])["cell"] == "image-pool"
 
 
+def test_an_edited_row_of_the_runs_file_is_named_and_nothing_is_rewritten(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    row = {"key": "k1", "set": "pooling", "cell": "cls", "task": "t", "seed": 0, "settings": {},
+           "test_top1": 0.5, "trainable_percent": 0.2, "wall_seconds": 3.0}
+    text = json.dumps(row) + "\n" + json.dumps({**row, "key": "k2", "test_top1": "0.9"}) + "\n"
+    (out / "runs.jsonl").write_text(text)
+    with pytest.raises(ConfigError, match=r"runs\.jsonl line 2: field\(s\) \['test_top1'\] missing or of the wrong"):
+        read_runs(out)
+    assert (out / "runs.jsonl").read_text() == text
+
+
 def test_a_folder_that_is_not_an_ablation_is_refused_and_left_alone(workspace, tmp_path):
     mine = tmp_path / "mine"
     mine.mkdir()

@@ -347,6 +347,12 @@ def _run_one(config: AblateConfig, out: Path, cell: Cell, task: str, seed: int) 
     return row
 
 
+# what the tables read of a row: its identity, and the figures (a diverged run's are None)
+ROW_FIELDS = {"set": str, "cell": str, "task": str, "seed": int, "settings": dict,
+              "test_top1": (int, float, type(None)), "trainable_percent": (int, float, type(None)),
+              "wall_seconds": (int, float)}
+
+
 def read_runs(out: Path) -> list[dict]:
     """The finished runs of OUT/runs.jsonl; a line cut short by a kill mid-write is ignored (its run reruns)."""
     path = Path(out) / RUNS
@@ -359,8 +365,14 @@ def read_runs(out: Path) -> list[dict]:
         except json.JSONDecodeError:
             log.warning(f"{path}:{number}: an unfinished line (a write was interrupted); that run will run again")
             continue
-        if isinstance(row, dict) and isinstance(row.get("key"), str):
-            rows.append(row)
+        if not isinstance(row, dict) or not isinstance(row.get("key"), str):
+            continue
+        wrong = [name for name, kinds in ROW_FIELDS.items() if not isinstance(row.get(name), kinds)
+                 or isinstance(row.get(name), bool)]
+        if wrong:  # an edited line: the tables would be built on it, or fail on it
+            raise ConfigError(f"{path} line {number}: field(s) {wrong} missing or of the wrong type; restore the "
+                              f"line, or delete it to run that run again")
+        rows.append(row)
     return rows
 
 
