@@ -1,6 +1,7 @@
 """`vptune sweep` on Optuna, on a tiny ViT and image folder: outputs, pruning, and resume after a kill."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -95,6 +96,12 @@ def test_bad_sweep_settings_are_named(workspace, tmp_path):
         SweepConfig(base=base, space={"lr": [0.1, -1.0]}).validate()
     with pytest.raises(ConfigError, match="log:LOW:HIGH"):
         sweep_config(None, {}, {"lr": "log:1"})
+    for section, message in (("sweep:\n  lr: [0.1, 1]\n", "values to search (lr) go under `sweep: space:`"),
+                             ("sweep:\n  output: elsewhere\n", "training settings (output) go at the top level")):
+        config = tmp_path / "sweep.yaml"
+        config.write_text(f"data: digits\n{section}")
+        with pytest.raises(ConfigError, match=re.escape(message)):  # `output` was a TypeError
+            sweep_config(config, {}, {})
     for seeds, message in (("0,-1", "whole numbers from 0 to"), ("0,1,0", "more than once"), (3, "whole numbers")):
         with pytest.raises(ConfigError, match=message):  # before the search, not at its retrain
             sweep_config(None, {"output": str(tmp_path / "s")}, {"seeds": seeds})

@@ -133,9 +133,17 @@ def sweep_config(path: str | os.PathLike | None, settings: dict[str, Any], optio
             raise ConfigError(f"sweep: --seeds {seeds!r}: give comma-separated integers (e.g. 0,1,2), or none to "
                               f"skip the retrain") from None
     base = load_train_config(None, **{"output": "runs/sweep", **file_settings, **settings})
-    unknown = sorted(set(merged) - {f.name for f in dataclasses.fields(SweepConfig)})
+    options_known = sorted(f.name for f in dataclasses.fields(SweepConfig)
+                           if f.name not in ("base", "output", "space"))  # output and space have their own place
+    unknown = sorted(set(merged) - set(options_known))
     if unknown:
-        raise ConfigError(f"sweep: unknown option(s) {unknown}")
+        searched = [name for name in unknown if name.replace("-", "_") in SEARCHABLE]
+        settings_named = [name for name in unknown if name in {f.name for f in dataclasses.fields(TrainConfig)}]
+        raise ConfigError(f"sweep: unknown option(s) {unknown}; the options are {', '.join(options_known)}"
+                          + (f"; values to search ({', '.join(searched)}) go under `sweep: space:`" if searched
+                             else "")
+                          + (f"; training settings ({', '.join(settings_named)}) go at the top level of the file"
+                             if settings_named and not searched else ""))
     config = SweepConfig(base=base, output=base.output, space=space or default_space(base),
                          seeds=tuple(seeds) if isinstance(seeds, list) else seeds,
                          **merged)
