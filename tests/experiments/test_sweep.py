@@ -97,7 +97,8 @@ def test_bad_sweep_settings_are_named(workspace, tmp_path):
     with pytest.raises(ConfigError, match="log:LOW:HIGH"):
         sweep_config(None, {}, {"lr": "log:1"})
     for section, message in (("sweep:\n  lr: [0.1, 1]\n", "values to search (lr) go under `sweep: space:`"),
-                             ("sweep:\n  output: elsewhere\n", "training settings (output) go at the top level")):
+                             ("sweep:\n  output: elsewhere\n", "training settings (output) go at the top level"),
+                             ("sweep:\n  study: 5\n", "--study must be a non-empty name, got 5")):
         config = tmp_path / "sweep.yaml"
         config.write_text(f"data: digits\n{section}")
         with pytest.raises(ConfigError, match=re.escape(message)):  # `output` was a TypeError

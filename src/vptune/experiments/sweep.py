@@ -76,6 +76,8 @@ class SweepConfig:
             raise ConfigError(f"sweep: --trials must be a positive integer, got {self.trials!r}")
         if self.sampler == "tpe" and not self.trials:
             raise ConfigError("sweep: --sampler tpe needs --trials N")
+        if not isinstance(self.study, str) or not self.study.strip():
+            raise ConfigError(f"sweep: --study must be a non-empty name, got {self.study!r}")
         if not isinstance(self.workers, int) or self.workers < 1:
             raise ConfigError(f"sweep: --workers must be a positive integer, got {self.workers!r}")
         if not isinstance(self.seeds, (tuple, list)) or any(
