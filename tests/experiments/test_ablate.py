@@ -254,3 +254,14 @@ def test_a_cell_beats_the_default_only_when_it_wins_every_planned_run():
     assert beats_default(rows, "p=10", cells, planned=2).endswith("in every one of the 2 runs (each task and seed): "
                                                                   "p=50.")
     assert beats_default(rows, "p=10", cells, planned=3).endswith(": none.")
+
+
+def test_a_cells_trainable_share_that_differs_by_task_is_shown_as_its_range(tmp_path):
+    from vptune.experiments.ablate_report import to_markdown
+
+    config = AblateConfig(set="init", tasks=("ten-classes", "three-classes"), seeds=(0,), out=str(tmp_path))
+    rows = [{"cell": "xavier", "task": task, "seed": 0, "test_top1": 0.9, "trainable_percent": share,
+             "wall_seconds": 60.0} for task, share in (("ten-classes", 0.2316), ("three-classes", 0.0694))]
+    table = to_markdown(config, SETS["init"], rows, ["xavier"])  # p = the classes: the share follows the task
+    row = next(line for line in table.splitlines() if line.startswith("| xavier"))
+    assert row.endswith("| 0.069-0.232% |")

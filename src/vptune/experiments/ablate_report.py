@@ -158,7 +158,10 @@ def to_markdown(config: Any, ablation: Any, rows: list[dict], cells: list[str]) 
     names = [_task_label(t) for t in tasks]
     seeds = sorted(set(config.seeds) | {r["seed"] for r in rows})
     planned = len(tasks) * len(seeds)
-    share = {r["cell"]: r["trainable_percent"] for r in rows if r.get("trainable_percent") is not None}
+    shares: dict[str, list[float]] = {}  # a cell's share differs by task where p or the head follows the classes
+    for r in rows:
+        if r.get("trainable_percent") is not None:
+            shares.setdefault(r["cell"], []).append(r["trainable_percent"])
     lines = [f"# `vptune ablate {ablation.name}`: {ablation.summary}", ""]
     claims = claim_comparisons(ablation, config.depth, rows)
     if claims:
@@ -175,7 +178,8 @@ def to_markdown(config: Any, ablation: Any, rows: list[dict], cells: list[str]) 
         texts = [summary_text(scores(rows, cell, task), best=means.get((cell, task)) == best[task]) for task in tasks]
         task_means = [means[cell, task] for task in tasks if (cell, task) in means]
         mean = f"{statistics.fmean(task_means):.4f}" if len(task_means) == len(tasks) else ""
-        trainable = f"{share[cell]:.3f}%" if cell in share else ""
+        low, high = (min(shares[cell]), max(shares[cell])) if cell in shares else (None, None)
+        trainable = "" if low is None else f"{low:.3f}%" if f"{low:.3f}" == f"{high:.3f}" else f"{low:.3f}-{high:.3f}%"
         lines.append(f"| {cell} | " + " | ".join(texts) + f" | {mean} | {trainable} |")
     comparisons = [c for a, b in ablation.pairs(config.depth) if (c := paired(rows, a, b))]
     if comparisons:
