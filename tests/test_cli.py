@@ -412,3 +412,19 @@ def test_version_names_vptune_and_the_libraries_its_numbers_depend_on(capsys):
     assert done.value.code == 0
     assert capsys.readouterr().out.startswith(
         f"vptune {vptune.__version__} (torch {torch.__version__}, timm {timm.__version__}, python ")
+
+
+@pytest.mark.parametrize("command, args, target, said", [
+    ("info", ["task"], ("vptune.inference", "describe"), "vptune: interrupted\n"),
+    ("ablate", ["init"], ("vptune.experiments.ablate", "run_ablation"), "finished runs are in OUT/runs.jsonl"),
+])
+def test_ctrl_c_says_what_the_command_kept(monkeypatch, capsys, command, args, target, said):
+    import importlib
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(importlib.import_module(target[0]), target[1], interrupted)
+    assert main([command, *args]) == 130
+    err = capsys.readouterr().err
+    assert said in err and (command == "train" or "vptune train --resume" not in err)  # not train's hint

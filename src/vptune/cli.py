@@ -28,6 +28,14 @@ from .methods import method_summaries
 from .training import TrainConfig
 
 log = logging.getLogger("vptune")
+# what Ctrl-C leaves, by command: the long ones keep their finished work and say how to go on
+AFTER_INTERRUPT = {
+    "train": "; finished epochs are saved (continue with vptune train --resume DIR)",
+    "sweep": "; finished trials are in the study (run the same command again to go on)",
+    "ablate": "; finished runs are in OUT/runs.jsonl (run the same command again: the one under way resumes "
+              "from its last epoch)",
+    "demo": "; run vptune demo again to start it over",
+}
 _python_show_warning = warnings.showwarning  # the standard format, for warnings that are not vptune's
 
 
@@ -47,8 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.run(args) or 0
     except KeyboardInterrupt:
-        print("vptune: interrupted; finished epochs are saved (continue with vptune train --resume DIR)",
-              file=sys.stderr)
+        print(f"vptune: interrupted{AFTER_INTERRUPT.get(args.command, '')}", file=sys.stderr)
         return 130
     except VptuneError as err:
         if debug:
