@@ -137,6 +137,13 @@ def test_a_folder_that_is_not_an_ablation_is_refused_and_left_alone(workspace, t
         ablate.plan(_config(workspace, mine, "init"))
 
 
+def test_an_out_inside_a_tasks_image_folder_is_refused_before_anything_is_written(workspace, capsys):
+    out = workspace / "images" / "ablation"  # its plots would be read as one more class by the next run
+    assert main(["ablate", "init", "--backbone", TINY_VIT, "--weights", str(workspace / "tiny.safetensors"),
+                 "--img-size", "32", "--tasks", str(workspace / "images"), "--out", str(out)]) == 1
+    assert "choose an --out outside" in capsys.readouterr().err and not out.exists()
+
+
 def test_an_out_that_cannot_be_made_names_the_out_flag(workspace, tmp_path, capsys):
     blocker = tmp_path / "a-file"
     blocker.write_text("keep me")

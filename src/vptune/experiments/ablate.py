@@ -32,7 +32,7 @@ from ..backbones import create_backbone
 from ..errors import ConfigError, TrainingError
 from ..rundir import RunDir
 from ..training import TrainConfig, train
-from ..training.config import MAX_SEED
+from ..training.config import MAX_SEED, check_output_outside_data
 from .ablate_report import write_reports
 from .recipes import RECIPES
 
@@ -214,6 +214,7 @@ class AblateConfig:
                               f"leave {flags} out (`--plan` lists each cell's settings)")
         base = _train_config(self.common)
         for task in self.tasks:
+            check_output_outside_data(self.out, task, flag="--out")  # before OUT holds a file
             for cell in self.to_run():
                 _train_config({**self.common, **_concrete(cell.settings, 10), "data": task}).resolved()
         base.resolved()

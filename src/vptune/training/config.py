@@ -166,7 +166,7 @@ class TrainConfig:
         if builtin_name(cfg.data) is None and not Path(cfg.data).exists():  # before any trial, search or folder
             raise ConfigError(f"data {self.data}: no such file or folder; give an image folder, a CSV, a VTAB-1k or "
                               f"FGVC split folder, or a built-in name ({', '.join(BUILTIN_DATASETS)})")
-        _check_output_outside_data(cfg.output, cfg.data)
+        check_output_outside_data(cfg.output, cfg.data)
         return cfg
 
     def _check_half_backbone(self, method: Method) -> None:
@@ -287,14 +287,14 @@ def load_train_config(path: str | os.PathLike | None = None, **overrides: Any) -
     return TrainConfig.from_dict({**settings, **overrides}, origin=origin)
 
 
-def _check_output_outside_data(output: str, data: str) -> None:
+def check_output_outside_data(output: str | os.PathLike, data: str, flag: str = "--output") -> None:
     """Runs written inside an image folder would look like one more class (or more images) to the next run."""
     if builtin_name(data) is not None or not Path(data).is_dir():
         return
     out, folder = Path(output).expanduser().resolve(), Path(data).resolve()
     if out == folder or folder in out.parents:
         raise ConfigError(f"output {output} is inside the data folder {data}: its files would be read as data by "
-                          f"the next run; choose an --output outside {data}")
+                          f"the next run; choose an {flag} outside {data}")
 
 
 def _resolved_path(path: str) -> str:
