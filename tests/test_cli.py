@@ -428,3 +428,19 @@ def test_ctrl_c_says_what_the_command_kept(monkeypatch, capsys, command, args, t
     assert main([command, *args]) == 130
     err = capsys.readouterr().err
     assert said in err and (command == "train" or "vptune train --resume" not in err)  # not train's hint
+
+
+@pytest.mark.parametrize("method, flags, named", [
+    ("linear", ["--num-tokens", "5"], "--num-tokens"),
+    ("lora", ["--prompt-init", "xavier", "--prompt-location", "add"], "--prompt-location, --prompt-init"),
+    ("vpt-deep", ["--lora-rank", "4"], "--lora-rank"),
+])
+def test_a_flag_the_method_does_not_read_is_named_in_a_warning(workspace, tmp_path, capsys, method, flags, named):
+    assert main(train_args(workspace, tmp_path / "run", "--epochs", "1", "--method", method, *flags)) == 0
+    assert f"vptune: warning: --method {method} does not read {named}, so the run is the same" in \
+        capsys.readouterr().err
+
+
+def test_settings_the_method_reads_raise_no_warning(workspace, tmp_path, capsys):
+    assert main(train_args(workspace, tmp_path / "run", "--epochs", "1", "--method", "vpt-shallow")) == 0
+    assert "does not read" not in capsys.readouterr().err

@@ -286,6 +286,12 @@ def _train(args: argparse.Namespace) -> int:
         _report(args.resume, summary)
         return 0
     cfg = load_train_config(args.config, **flags)
+    unused = cfg.unused_by_method(flags)  # flags typed here; a shared settings file may hold others' settings
+    if unused:  # a warning, not an error: the run is valid, the flag only does nothing
+        named = ", ".join("--" + name.replace("_", "-") for name in unused)
+        log.warning(f"vptune: warning: --method {cfg.method} does not read {named}, so the run is the same without "
+                    f"{'it' if len(unused) == 1 else 'them'} (prompt settings are for vpt-deep and vpt-shallow, "
+                    f"--lora-rank for lora)")
     if cfg.lr == "auto":
         from .experiments import train_with_lr_search
 

@@ -33,6 +33,10 @@ OPTIMIZERS = ("sgd", "adamw")
 # they do not change what the finished epochs computed. Everything else continues as config.yaml says.
 RESUME_MAY_CHANGE = ("epochs", "device", "num_workers", "tensorboard", "test_subset", "compile")
 # the settings `resolved()` fills from the method's defaults: never None in a config.yaml that vptune wrote
+# settings that only a method training prompts reads (pooling is every method's: it is what the head reads)
+PROMPT_SETTINGS = ("num_tokens", "prompt_layers", "prompt_location", "prompt_dropout", "prompt_project",
+                   "prompt_init", "prompt_shared")
+METHOD_OPTIONS = ("lora_rank",)  # settings that are one method's own option
 RESOLVED_FIELDS = ("optimizer", "lr", "head_lr", "head_norm", "head_init", "prompt_init")
 # A ViT at 4096 px has (4096 / 16)^2 = 65,536 tokens, beyond what attention fits in memory on one GPU today
 MAX_IMG_SIZE = 4096
@@ -133,6 +137,14 @@ class TrainConfig:
     # ------------------------------------------------------------------------------------------- derived
     def tuning_method(self) -> Method:
         return get_method(self.method, lora_rank=self.lora_rank)
+
+    def unused_by_method(self, names: typing.Iterable[str]) -> list[str]:
+        """Of the settings `names`, those this config's method does not read: given on purpose, they would change
+        nothing (`--num-tokens` with `--method linear`, `--lora-rank` with VPT)."""
+        method = self.tuning_method()
+        trains_prompts = method.prompt_config(PromptConfig(num_tokens=1)).num_tokens > 0
+        return [name for name in names if (name in PROMPT_SETTINGS and not trains_prompts)
+                or (name in METHOD_OPTIONS and name not in method.options())]
 
     def prompt_config(self) -> PromptConfig:
         try:
