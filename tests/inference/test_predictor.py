@@ -77,3 +77,19 @@ def test_a_folder_predicts_as_its_images_and_one_without_images_is_named(workspa
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match=r"folder .*empty has no images \(extensions: "):
         predictor.predict_files([files[0], tmp_path / "empty"])
+
+
+def test_a_batch_of_the_wrong_shape_is_a_value_error_naming_the_shape_wanted(tmp_path):
+    import pytest
+
+    from vptune import MultiTaskModel
+
+    backbone = make_tiny_vit()
+    model = PromptedViT(backbone, PromptConfig(num_tokens=2), num_classes=3)
+    for batch in (torch.zeros(1, 3, 33, 32), torch.zeros(3, 32, 32)):  # timm raised an AssertionError from inside
+        with pytest.raises(ValueError, match=r"images must be a \(B, 3, 32, 32\) batch .* got shape"):
+            Predictor(model).predict(batch)
+    assert len(Predictor(model).predict(torch.zeros(2, 3, 32, 32))) == 2
+    with pytest.raises(ValueError, match=r"got shape \(1, 3, 33, 32\)"):
+        MultiTaskModel(backbone, tasks={"a": save_task(model, tmp_path / "a")}).predict(torch.zeros(1, 3, 33, 32),
+                                                                                        ["a"])

@@ -38,7 +38,7 @@ from ..model.prompted_vit import backbone_data_config
 from ..model.attention import prefix_block, prompt_key_values, supports_prefix
 from ..rundir import RunDir
 from ..tasks import load_task, read_task_json, task_method
-from .predictor import check_top_k, top_k_rows
+from .predictor import check_image_batch, check_top_k, top_k_rows
 from .runtime import resolve_runtime
 
 TASK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")  # safe in a URL path and as a module key
@@ -156,6 +156,7 @@ class MultiTaskModel(nn.Module):
     @torch.inference_mode()
     def forward(self, images: torch.Tensor, tasks: Sequence[str]) -> list[torch.Tensor]:
         """Normalised images (B, 3, H, W) and each image's task name -> each image's logits (its task's classes)."""
+        check_image_batch(images, self.data_config["input_size"], self.backbone)
         if len(tasks) != len(images):
             raise ValueError(f"{len(images)} images but {len(tasks)} task names")
         unknown = sorted(set(tasks) - self.tasks.keys())

@@ -78,6 +78,7 @@ class Predictor:
     @torch.no_grad()
     def logits(self, images: torch.Tensor) -> torch.Tensor:
         """Normalised images (B, 3, H, W) -> logits (B, num_classes), fp32, on the model's device."""
+        check_image_batch(images, self.model.data_config["input_size"], self.model.backbone)
         with autocast(self.device, self.precision):
             logits = self.forward(images.to(self.device))
         return logits.float()
@@ -89,6 +90,15 @@ def top_k_rows(probabilities: torch.Tensor, class_names: Sequence[str], top_k: i
     return [[{"class": class_names[i], "index": int(i), "probability": float(p)}
              for p, i in zip(values.tolist(), indices.tolist())]
             for values, indices in zip(top.values, top.indices)]
+
+
+def check_image_batch(images: torch.Tensor, input_size: Sequence[int], backbone: torch.nn.Module) -> None:
+    """ValueError unless `images` is a (B, C, H, W) batch of the model's input size (timm's own check is an
+    AssertionError from inside the patch embedding); any size where the backbone takes any (dynamic_img_size)."""
+    fixed = not getattr(backbone.patch_embed, "dynamic_img_size", False)
+    if images.ndim != 4 or (fixed and tuple(images.shape[1:]) != tuple(input_size)):
+        raise ValueError(f"images must be a (B, {', '.join(map(str, input_size))}) batch of normalised tensors, got "
+                         f"shape {tuple(images.shape)}; make them with the model's transform (or use predict_files)")
 
 
 def check_top_k(top_k: int, name: str = "--top-k") -> None:
