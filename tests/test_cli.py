@@ -200,6 +200,18 @@ def test_serve_refuses_an_empty_api_key(key):
         ServeSettings(api_key=key).validate()
 
 
+@pytest.mark.parametrize("settings, message", [
+    (dict(max_upload_mb=0), "--max-upload-mb must be a number > 0, got 0"),  # every upload would be a 413
+    (dict(max_upload_mb=float("inf")), "--max-upload-mb must be a number > 0, got inf"),
+    (dict(max_wait_ms=float("nan")), "--max-wait-ms must be a number >= 0, got nan"),
+])
+def test_serve_refuses_limits_that_would_refuse_every_request_or_none(settings, message):
+    from vptune.inference.server import ServeSettings
+
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        ServeSettings(**settings).validate()
+
+
 @pytest.fixture(scope="module")
 def trained_run(workspace, tmp_path_factory):
     run = RunDir(tmp_path_factory.mktemp("trained") / "run")

@@ -25,6 +25,7 @@ import gc
 import io
 import json
 import logging
+import math
 import os
 import secrets
 import socket
@@ -93,9 +94,10 @@ class ServeSettings:
         for name in ("max_batch", "max_pending", "max_pixels"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        for name in ("max_wait_ms", "max_upload_mb"):
-            if getattr(self, name) is not None and not getattr(self, name) >= 0:
-                raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        if self.max_wait_ms is not None and not 0 <= self.max_wait_ms < math.inf:
+            raise ConfigError(f"--max-wait-ms must be a number >= 0, got {self.max_wait_ms}")
+        if not 0 < self.max_upload_mb < math.inf:  # 0 would answer every upload with 413
+            raise ConfigError(f"--max-upload-mb must be a number > 0, got {self.max_upload_mb}")
         if not 0 <= self.port < 65536:
             raise ConfigError(f"--port must be 0..65535, got {self.port}")
         check_top_k(self.top_k)
