@@ -65,3 +65,22 @@ def test_a_data_set_with_one_class_is_refused(tmp_path):
     """Every prediction would be right: a test top-1 of 1.0 that means nothing."""
     with pytest.raises(DataError, match=r"has 1 class \(cat\); a classifier needs at least 2"):
         load_data(make_csv(tmp_path, base_rows(labels=("cat",))), **KW)
+
+
+def test_an_image_listed_twice_is_used_once_and_never_on_both_sides_of_a_carved_split(tmp_path):
+    rows = [(n, label, "") for n, label, _ in base_rows()]
+    csv = make_csv(tmp_path, rows)
+    csv.write_text("".join(f"{n},{label}\n" for n, label, _ in rows + rows[:3]))  # no split column: carved
+    with pytest.warns(DataWarning, match=r"3 image\(s\) are listed more than once in the list \(e\.g\. "
+                                         r".*labels\.csv line 1 and .*labels\.csv line 13\); each is used once"):
+        splits = load_data(csv, **KW)
+    names = {split: [s.path.name for s in getattr(splits, split).samples] for split in ("train", "val", "test")}
+    assert sorted(sum(names.values(), [])) == sorted(n for n, _, _ in rows)  # each image once, in one split
+
+
+def test_an_image_listed_twice_with_two_labels_is_refused_naming_both_rows(tmp_path):
+    csv = make_csv(tmp_path, base_rows())
+    csv.write_text(csv.read_text() + "cat0.png,dog,train\n")
+    with pytest.raises(DataError, match=r"labels\.csv line 13: .*cat0\.png is listed again with label 'dog' "
+                                        r"\(.*labels\.csv line 1 gives 'cat'\); an image has one label"):
+        load_data(csv, **KW)

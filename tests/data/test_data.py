@@ -323,6 +323,25 @@ def test_split_file_naming_a_missing_file(vtab_dir):
         assert len(load(vtab_dir, skip_bad=True).test) == 1
 
 
+@pytest.mark.parametrize("layout", ["csv", "vtab"])
+def test_a_list_that_is_not_utf8_names_the_file_and_the_fix(vtab_dir, tmp_path, layout):
+    if layout == "csv":
+        source = listed = tmp_path / "labels.csv"
+        listed.write_bytes("images/c0_0.png,caf\xe9\nimages/c1_0.jpg,th\xe9\n".encode("latin-1"))
+    else:
+        source, listed = vtab_dir, vtab_dir / "test.txt"
+        listed.write_bytes("images/c0_5.jpg 0 # caf\xe9\n".encode("latin-1"))
+    with pytest.raises(DataError, match=rf"{listed.name} is not UTF-8 text \(byte 0xe9 at offset \d+\); save it as "
+                                        r"UTF-8"):
+        load(source)
+
+
+def test_split_file_naming_a_folder(vtab_dir):
+    (vtab_dir / "test.txt").write_text("images/c0_5.jpg 0\nimages 1\n")
+    with pytest.raises(DataError, match=r"test\.txt line 2: .*images \(a folder, not an image\)"):
+        load(vtab_dir)
+
+
 def test_label_outside_the_class_list(vtab_dir):
     (vtab_dir / "classes.txt").write_text("red\ngreen\nblue\n")
     (vtab_dir / "val200.txt").write_text("images/c0_4.png 7\n")

@@ -264,8 +264,15 @@ def _read_list(path: Path, root: Path) -> list[RawEntry]:
 def _read_text(path: Path) -> str:
     try:
         return path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as err:
+    except UnicodeDecodeError as err:
+        raise _not_utf8(path, err) from err
+    except OSError as err:
         raise DataError(f"cannot read {path}: {err}") from err
+
+
+def _not_utf8(path: Path, err: UnicodeDecodeError) -> DataError:
+    return DataError(f"{path} is not UTF-8 text (byte {err.object[err.start]:#04x} at offset {err.start}); save it "
+                     f"as UTF-8 (in a spreadsheet: CSV UTF-8)")
 
 
 # ---------------------------------------------------------------------------------------------- FGVC json
@@ -340,7 +347,9 @@ def _csv_rows(path: Path) -> list[tuple[list[str], int]]:
             f.seek(0)
             reader = csv.reader(f, delimiter=delimiter)
             rows = [([c.strip() for c in row], reader.line_num) for row in reader]
-    except (csv.Error, UnicodeDecodeError) as err:
+    except UnicodeDecodeError as err:
+        raise _not_utf8(path, err) from err
+    except csv.Error as err:
         raise DataError(f"{path}: not a readable CSV file ({err})") from err
     rows = [(cells, number) for cells, number in rows if any(cells)]
     if not rows:
@@ -385,9 +394,34 @@ def _with_labels(fmt: str, root: Path, raw: dict[str, list[RawEntry]], names_all
         by_id = {i: k for k, i in enumerate(ids)}
         index = lambda label, origin: by_id[int(label)]  # noqa: E731
         names_from = "sorted label ids"
-    splits = {split: [Sample(path, index(label, origin), origin) for path, label, origin in entries]
+    splits = {split: _one_row_per_image([Sample(path, index(label, origin), origin) for path, label, origin in entries],
+                                        split, names)
               for split, entries in raw.items()}
     return UserData(fmt, root, splits, names, names_from)
+
+
+def _one_row_per_image(samples: list[Sample], split: str, class_names: list[str]) -> list[Sample]:
+    """An image listed twice in one split is used once (twice would weigh it double, and a carved split could put
+    its copies on both sides); listed twice with two labels, it is refused: which label is right is the user's call.
+    """
+    first: dict[str, Sample] = {}
+    repeats = []
+    for sample in samples:
+        key = os.path.normpath(sample.path)
+        if key not in first:
+            first[key] = sample
+            continue
+        kept = first[key]
+        if kept.label != sample.label:
+            raise DataError(f"{sample.origin}: {sample.path} is listed again with label "
+                            f"{class_names[sample.label]!r} ({kept.origin} gives {class_names[kept.label]!r}); an "
+                            f"image has one label: remove or fix one of the rows")
+        repeats.append((kept.origin, sample.origin))
+    if repeats:
+        where = "in the list" if split == "all" else f"in {split}"
+        warnings.warn(f"{len(repeats)} image(s) are listed more than once {where} (e.g. {repeats[0][0]} and "
+                      f"{repeats[0][1]}); each is used once", DataWarning, stacklevel=5)
+    return list(first.values())
 
 
 def _is_int(text: str) -> bool:

@@ -104,7 +104,8 @@ def _require_files(splits: dict[str, list[Sample]], max_pixels: int) -> None:
     run after all its epochs); names the list file and line."""
     missing = list({s.path: s for samples in splits.values() for s in samples if not s.path.is_file()}.values())
     if missing:
-        shown = "; ".join(f"{s.origin}: {s.path}" for s in missing[:3])
+        shown = "; ".join(f"{s.origin}: {s.path}" + (" (a folder, not an image)" if s.path.is_dir() else "")
+                          for s in missing[:3])
         raise DataError(f"{len(missing)} listed image file(s) do not exist: {shown}"
                         + (" ..." if len(missing) > 3 else "")
                         + ". Fix the list, or load with skip_bad=True (--skip-bad) to drop them.")

@@ -255,13 +255,28 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
+class _SettingsLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (YAML would keep the last one silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise ConfigError(f"line {key_node.start_mark.line + 1}: {key} is set twice; keep one")
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def read_settings(path: str | os.PathLike) -> dict[str, Any]:
     """A YAML file of `setting: value` lines, read safely (no Python tags)."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"--config {path}: no such file")
+        raise ConfigError(f"--config {path}: " + ("a folder; give a YAML file" if path.is_dir() else "no such file"))
     try:
-        settings = yaml.safe_load(path.read_text()) or {}
+        settings = yaml.load(path.read_text(), Loader=_SettingsLoader) or {}
+    except ConfigError as err:
+        raise ConfigError(f"--config {path} {err}") from None
     except (yaml.YAMLError, UnicodeDecodeError) as err:
         raise ConfigError(f"--config {path} is not valid YAML: {' '.join(str(err).split())}") from err
     if not isinstance(settings, dict):
