@@ -93,6 +93,7 @@ def test_bad_flags_give_a_one_line_error(workspace, tmp_path, capsys, extra, mes
     ("epochs: [1\n", "is not valid YAML"),
     ("data: !!python/object/apply:os.system ['echo hi']\n", "is not valid YAML"),
     ("epochs: 1\nlr: 0.1\nepochs: 2\n", "line 3: epochs is set twice; keep one"),  # YAML keeps the last silently
+    ("? [epochs, lr]\n: 1\n", "is not valid YAML"),  # a list as a key
 ])
 def test_bad_config_files_are_named(workspace, tmp_path, capsys, text, message):
     settings = tmp_path / "s.yaml"

@@ -259,12 +259,13 @@ class _SettingsLoader(yaml.SafeLoader):
     """YAML's safe loader, refusing a key given twice in one mapping (YAML would keep the last one silently)."""
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
-        seen: set = set()
+        seen: set[str] = set()
         for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=True)
-            if key in seen:
-                raise ConfigError(f"line {key_node.start_mark.line + 1}: {key} is set twice; keep one")
-            seen.add(key)
+            if not isinstance(key_node, yaml.ScalarNode):
+                continue  # a list or mapping as a key: SafeLoader's own error names it
+            if key_node.value in seen:
+                raise ConfigError(f"line {key_node.start_mark.line + 1}: {key_node.value} is set twice; keep one")
+            seen.add(key_node.value)
         return super().construct_mapping(node, deep)
 
 
