@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from timm.models import VisionTransformer
 
-from .data import DataError, collate, load_data
+from .data import DataError, collate, load_data, read_data
 from .devices import AUTO, autocast, cpu_name, maybe_compile, resolve_device, resolve_precision, resolve_workers
 from .errors import ConfigError
 from .model import PromptConfig, PromptedViT
@@ -302,7 +302,7 @@ def time_group(runner: Runner, g: int, group: list[Config], repeats: int, result
 def check_loader_data(source: str) -> None:
     """Fail before any timing, not after minutes of it, when --loader names data that cannot be loaded."""
     try:
-        load_data(source, img_size=8, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+        read_data(source)
     except DataError as err:
         raise SystemExit(f"vptune bench: --loader {source}: {err}")
 

@@ -236,6 +236,19 @@ def test_an_overwrite_that_fails_to_start_keeps_the_old_run(workspace, tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty-data", "run"]
 
 
+def test_bad_data_is_refused_before_the_backbone_is_fetched(workspace, tmp_path, monkeypatch):
+    """A hub backbone that cannot be fetched here, and data with a missing image: the user hears about the data
+    (the fetch would come first, and on a real machine download hundreds of megabytes before the data error)."""
+    from vptune import DataError
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # a fetch fails at once instead of retrying
+    listed = tmp_path / "labels.csv"
+    listed.write_text(f"image,label\n{workspace / 'images' / 'red' / '0.png'},red\n{tmp_path / 'gone.png'},blue\n")
+    cfg = train_config(workspace, tmp_path / "run", data=str(listed), backbone="vit_tiny_patch16_224", weights=None)
+    with pytest.raises(DataError, match="gone.png"):
+        train(cfg, quiet=True)
+
+
 def test_a_second_run_on_the_same_folder_refuses_and_a_dead_holders_lock_is_taken_over(workspace, tmp_path):
     import json
     import socket

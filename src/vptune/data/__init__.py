@@ -7,15 +7,15 @@
     splits.describe()                                             # JSON-able record of what was loaded
 
 Modules: `builtin` (fetch + cache), `formats` (users' layouts), `splits` (seeded stratified sampling),
-`transforms` (recipes), `datasets` (torch datasets, DataSplits), `load` (load_data).
+`transforms` (recipes), `datasets` (torch datasets, DataSplits), `load` (load_data = read_data + TaskData.datasets).
 """
 from .builtin import BUILTIN_DATASETS, builtin_name
 from .datasets import ArrayDataset, DataSplits, FileDataset, Sample, collate, decode_image, read_image, MAX_PIXELS
 from .errors import DataError, DataWarning, FetchError
 from .formats import expand_image_paths
-from .load import load_data
+from .load import TaskData, load_data, read_data
 from .transforms import RANDOM_RECIPES, build_transform
 
-__all__ = ["load_data", "DataSplits", "BUILTIN_DATASETS", "builtin_name", "DataError", "DataWarning",
-           "FetchError", "ArrayDataset", "FileDataset", "Sample", "collate", "read_image", "decode_image", "MAX_PIXELS",
+__all__ = ["load_data", "read_data", "TaskData", "DataSplits", "BUILTIN_DATASETS", "builtin_name", "DataError",
+           "DataWarning", "FetchError", "ArrayDataset", "FileDataset", "Sample", "collate", "read_image", "decode_image", "MAX_PIXELS",
            "RANDOM_RECIPES", "build_transform", "expand_image_paths"]

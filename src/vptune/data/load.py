@@ -1,22 +1,62 @@
-"""`load_data`: one entry point for built-in names and users' paths, returning the four splits of a task."""
+"""`load_data`: one entry point for built-in names and users' paths, returning the four splits of a task
+(`read_data` reads and checks them, `TaskData.datasets` adds the transforms)."""
 from __future__ import annotations
 
 import os
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from torch.utils.data import Dataset
 
-from .builtin import TEST_SPLITS, builtin_name, load_builtin
+from .builtin import TEST_SPLITS, BuiltinArrays, builtin_name, load_builtin
 from .datasets import MAX_PIXELS, ArrayDataset, DataSplits, FileDataset, Sample, find_bad_images
 from .errors import DataError, DataWarning
 from .formats import read_user_data
 from .splits import carve, vtab1k_split
-from .transforms import Transform, build_transform
+from .transforms import build_transform
 
 PROTOCOLS = ("vtab1k", "full")
 USER_HOLDOUT = (0.15, 0.15)  # val, test share of each class when a user's data has no split files (70/15/15)
 CARVED_VAL = 0.10            # val share carved from train when a source has a test split but no val split
+
+
+TRAINED_SPLITS = ("train", "trainval")  # the splits that get the recipe's training transform
+
+
+@dataclass(frozen=True)
+class TaskData:
+    """A task's splits read and checked, before any transform: what `read_data` returns. Every listed file exists
+    and decodes and no split is empty; `datasets` makes the torch datasets once the backbone's input size and
+    normalisation are known (reading first lets a run refuse bad data before it fetches a backbone)."""
+    class_names: list[str]
+    splits: dict[str, np.ndarray | list[Sample]]  # train, val, trainval, test: built-in row indices or a user's files
+    info: dict                                    # source, format, protocol, seed, split rule, ...
+    arrays: BuiltinArrays | None = None           # a built-in set's images and labels
+    root: Path | None = None                      # a user's data: the folder its relative paths start from
+    max_pixels: int = MAX_PIXELS
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def datasets(self, *, img_size: int, mean: tuple[float, float, float], std: tuple[float, float, float],
+                 recipe: str = "vtab") -> DataSplits:
+        """The four splits as datasets of (3 x img_size x img_size normalised float32, int label) items."""
+        transforms = {train: build_transform(img_size, mean, std, recipe=recipe, train=train) for train in (True, False)}
+
+        def make(split: str) -> Dataset:
+            rows, transform = self.splits[split], transforms[split in TRAINED_SPLITS]
+            if self.arrays is not None:
+                return ArrayDataset(self.arrays.images, self.arrays.labels, rows, transform)
+            return FileDataset(rows, transform, self.root, self.max_pixels)
+
+        source = {key: self.info[key] for key in ("source", "format", "protocol")}
+        transform = {"recipe": recipe, "seed": self.info["seed"], "img_size": img_size,
+                     "mean": [float(m) for m in mean], "std": [float(s) for s in std]}
+        info = {**source, **transform, **{k: v for k, v in self.info.items() if k not in source and k != "seed"}}
+        return DataSplits(make("train"), make("val"), make("trainval"), make("test"), self.class_names, info)
 
 
 def load_data(source: str | os.PathLike, *, img_size: int, mean: tuple[float, float, float],
@@ -34,23 +74,27 @@ def load_data(source: str | os.PathLike, *, img_size: int, mean: tuple[float, fl
     skip_bad: users' data: decode every file once up front and drop unreadable / missing ones with one warning,
               instead of failing (by default every file is decoded up front too, and a bad one is an error).
     max_pixels: users' images over this many pixels are refused (decompression bombs), from their header.
+
+    The same as `read_data(...).datasets(...)`: read and check first, then transform.
     """
+    build_transform(img_size, mean, std, recipe=recipe)  # a bad size or recipe is refused before any file is read
+    data = read_data(source, protocol=protocol, seed=seed, skip_bad=skip_bad, max_pixels=max_pixels)
+    return data.datasets(img_size=img_size, mean=mean, std=std, recipe=recipe)
+
+
+def read_data(source: str | os.PathLike, *, protocol: str = "vtab1k", seed: int = 0, skip_bad: bool = False,
+              max_pixels: int = MAX_PIXELS) -> TaskData:
+    """A task's splits, read and checked (see `load_data` for the arguments), without transforms."""
     if protocol not in PROTOCOLS:
         raise DataError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
-    if isinstance(img_size, bool) or not isinstance(img_size, int) or img_size < 1:
-        raise DataError(f"img_size must be a positive int, got {img_size!r}")
-    train_tf = build_transform(img_size, mean, std, recipe=recipe, train=True)
-    test_tf = build_transform(img_size, mean, std, recipe=recipe, train=False)
-    info = {"protocol": protocol, "recipe": recipe, "seed": int(seed), "img_size": img_size,
-            "mean": [float(m) for m in mean], "std": [float(s) for s in std]}
+    info = {"protocol": protocol, "seed": int(seed)}
     name = builtin_name(source)
     if name is not None:
-        return _builtin_splits(name, protocol, int(seed), train_tf, test_tf, info)
-    return _user_splits(Path(source).expanduser(), int(seed), skip_bad, train_tf, test_tf, info, max_pixels)
+        return _builtin_splits(name, protocol, int(seed), info)
+    return _user_splits(Path(source).expanduser(), int(seed), skip_bad, info, max_pixels)
 
 
-def _builtin_splits(name: str, protocol: str, seed: int, train_tf: Transform, test_tf: Transform,
-                    info: dict) -> DataSplits:
+def _builtin_splits(name: str, protocol: str, seed: int, info: dict) -> TaskData:
     arrays = load_builtin(name)
     pool, test = np.flatnonzero(~arrays.is_test), np.flatnonzero(arrays.is_test)
     if protocol == "vtab1k":
@@ -60,18 +104,13 @@ def _builtin_splits(name: str, protocol: str, seed: int, train_tf: Transform, te
         (rest, held), _ = carve(arrays.labels[pool], (CARVED_VAL,), seed)
         train, val = pool[rest], pool[held]
         rule = "train = train split minus a seeded stratified 10% val; trainval = the whole train split"
-
-    def make(indices: np.ndarray, transform: Transform) -> ArrayDataset:
-        return ArrayDataset(arrays.images, arrays.labels, indices, transform)
-
     info = {"source": name, "format": "builtin", **info, "split_rule": rule, "test_split": TEST_SPLITS[name],
             "origin": arrays.origin, "data_sha256": arrays.content_sha256}
-    return DataSplits(make(train, train_tf), make(val, test_tf), make(np.union1d(train, val), train_tf),
-                      make(test, test_tf), arrays.class_names, info)
+    splits = {"train": train, "val": val, "trainval": np.union1d(train, val), "test": test}
+    return TaskData(arrays.class_names, splits, info, arrays=arrays)
 
 
-def _user_splits(path: Path, seed: int, skip_bad: bool, train_tf: Transform, test_tf: Transform,
-                 info: dict, max_pixels: int) -> DataSplits:
+def _user_splits(path: Path, seed: int, skip_bad: bool, info: dict, max_pixels: int) -> TaskData:
     data = read_user_data(path)
     if len(data.class_names) < 2:  # every prediction would be right: a test top-1 of 1.0 that means nothing
         raise DataError(f"{path}: the data set has {len(data.class_names)} class ({', '.join(data.class_names)}); a "
@@ -93,10 +132,7 @@ def _user_splits(path: Path, seed: int, skip_bad: bool, train_tf: Transform, tes
     info = {"source": str(path.resolve()), "format": data.format, **info, "split_rule": rule,
             "class_names_from": data.class_names_from, "skipped_bad": skipped,
             "note": "protocol only changes built-in data sets; users' splits come from their files or the rule"}
-    train_sets = {"train", "trainval"}
-    made = {split: FileDataset(samples, train_tf if split in train_sets else test_tf, data.root, max_pixels)
-            for split, samples in splits.items()}
-    return DataSplits(made["train"], made["val"], made["trainval"], made["test"], data.class_names, info)
+    return TaskData(data.class_names, splits, info, root=data.root, max_pixels=max_pixels)
 
 
 def _require_files(splits: dict[str, list[Sample]], max_pixels: int) -> None:

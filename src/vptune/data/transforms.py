@@ -37,6 +37,8 @@ class ToRGB:
 def build_transform(img_size: int, mean: Sequence[float], std: Sequence[float], *,
                     recipe: str = "vtab", train: bool = False) -> Transform:
     """The transform for one split: `train=True` enables the recipe's augmentation (only "fgvc" has any)."""
+    if isinstance(img_size, bool) or not isinstance(img_size, int) or img_size < 1:
+        raise DataError(f"img_size must be a positive int, got {img_size!r}")
     if recipe not in RECIPES:
         raise DataError(f"unknown recipe {recipe!r}; choose one of {', '.join(RECIPES)}")
     if len(mean) != 3 or len(std) != 3 or min(std) <= 0:

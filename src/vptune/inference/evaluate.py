@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from .._io import atomic_write_text, save_figure
-from ..data import DataError, builtin_name, collate, load_data
+from ..data import DataError, builtin_name, collate, read_data
 from ..data.builtin import cache_path
 from ..devices import autocast, maybe_compile
 from ..errors import ConfigError
@@ -153,11 +153,10 @@ def evaluate(path: str | os.PathLike, *, data: str | None = None, split: str = "
         # a task directory from someone else must not make this machine download or install anything unasked
         raise ConfigError(f"{task} was trained on the built-in data set {recorded_builtin!r}, which is not on this "
                           f"machine yet; pass --data {recorded_builtin} to fetch it (or --data PATH for your own)")
-    model = load_task(task, allow_download=allow_download).to(device)
-    size = meta["data"]["input_size"][-1]
-    splits = load_data(source, img_size=size, mean=tuple(meta["data"]["mean"]), std=tuple(meta["data"]["std"]),
-                       protocol=training.get("protocol", "vtab1k"), recipe=training.get("recipe", "vtab"),
-                       seed=training.get("seed", 0))
+    data = read_data(source, protocol=training.get("protocol", "vtab1k"), seed=training.get("seed", 0))
+    model = load_task(task, allow_download=allow_download).to(device)  # after the data is known to be good
+    splits = data.datasets(img_size=meta["data"]["input_size"][-1], mean=tuple(meta["data"]["mean"]),
+                           std=tuple(meta["data"]["std"]), recipe=training.get("recipe", "vtab"))
     dataset = getattr(splits, split)
     if dataset is None:
         raise DataError(f"{source} has no {split!r} split")

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from .._io import atomic_write
 from ..backbones import create_backbone
-from ..data import DataSplits, collate, load_data
+from ..data import DataSplits, TaskData, collate, read_data
 from ..data.splits import fixed_sample
 from ..devices import DTYPES, autocast, maybe_compile, resolve_device, resolve_precision, resolve_workers
 from ..errors import ConfigError, TrainingError, VptuneError, brief
@@ -145,8 +145,10 @@ def _train(run: RunDir, cfg: TrainConfig, resume: bool, overwrite: bool, quiet: 
     method = cfg.tuning_method()
     torch.manual_seed(cfg.seed)
     try:  # a run being replaced stays until the new one has its backbone, data and model
+        data = read_data(cfg.data, protocol=cfg.protocol, seed=cfg.seed, skip_bad=cfg.skip_bad,
+                         max_pixels=cfg.max_pixels)  # bad data is refused before a backbone is fetched
         backbone = create_backbone(cfg.backbone, img_size=cfg.img_size, weights=cfg.weights)
-        splits = _load_splits(cfg, backbone)
+        splits = _datasets(data, backbone, cfg.recipe)
         torch.manual_seed(cfg.seed)  # prompt and head init do not depend on how much randomness data loading used
         model = build_model(method, backbone, cfg.prompt_config(), len(splits.class_names),
                             class_names=splits.class_names, head_norm=cfg.head_norm)
@@ -472,13 +474,13 @@ def check_new_run(run: RunDir, overwrite: bool) -> None:
                             f"--overwrite will not delete what is in it; choose another --output")
 
 
-def _load_splits(cfg: TrainConfig, backbone: torch.nn.Module) -> DataSplits:
+def _datasets(data: TaskData, backbone: torch.nn.Module, recipe: str) -> DataSplits:
+    """The task's datasets at the backbone's input size and normalisation."""
     from timm.data import resolve_model_data_config
 
     data_cfg = resolve_model_data_config(backbone)
-    return load_data(cfg.data, img_size=data_cfg["input_size"][-1], mean=tuple(data_cfg["mean"]),
-                     std=tuple(data_cfg["std"]), protocol=cfg.protocol, recipe=cfg.recipe, seed=cfg.seed,
-                     skip_bad=cfg.skip_bad, max_pixels=cfg.max_pixels)
+    return data.datasets(img_size=data_cfg["input_size"][-1], mean=tuple(data_cfg["mean"]),
+                         std=tuple(data_cfg["std"]), recipe=recipe)
 
 
 def _precompute(fn: Callable[[torch.Tensor], torch.Tensor], dataset: Dataset | None, cfg: TrainConfig,
