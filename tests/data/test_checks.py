@@ -61,6 +61,18 @@ def test_duplicates_test_only_classes_and_far_labels_are_warned_about(tmp_path):
     assert any("label 99 is far from the other labels (1..3)" in m for m in messages), messages
 
 
+def test_a_test_image_copied_into_train_under_another_name_is_warned_about(tmp_path):
+    csv = make_csv(tmp_path, base_rows())
+    (tmp_path / "cat0.png").write_bytes((tmp_path / "cat5.png").read_bytes())  # train's cat0 = test's cat5
+    with pytest.warns(DataWarning, match=r"1 image file\(s\) in train are byte-for-byte copies of test images under "
+                                         r"another name \(e\.g\. .*cat0\.png = .*cat5\.png\)"):
+        load_data(csv, **KW)
+    (tmp_path / "cat0.png").write_bytes((tmp_path / "cat1.png").read_bytes())  # a copy within train: no leak
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DataWarning)
+        load_data(csv, **KW)
+
+
 def test_a_data_set_with_one_class_is_refused(tmp_path):
     """Every prediction would be right: a test top-1 of 1.0 that means nothing."""
     with pytest.raises(DataError, match=r"has 1 class \(cat\); a classifier needs at least 2"):

@@ -2,8 +2,10 @@
 (`read_data` reads and checks them, `TaskData.datasets` adds the transforms)."""
 from __future__ import annotations
 
+import hashlib
 import os
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -196,6 +198,11 @@ def _warn_suspicious(splits: dict[str, list[Sample]], class_names: list[str]) ->
         if shared:
             warnings.warn(f"{len(shared)} image file(s) are listed in both {split} and test (e.g. {sorted(shared)[0]}): "
                           f"test accuracy will be optimistic; remove the duplicates", DataWarning, stacklevel=4)
+    for split, copies in _copies_of_test_images(splits).items():
+        kept, test = copies[0]
+        warnings.warn(f"{len(copies)} image file(s) in {split} are byte-for-byte copies of test images under "
+                      f"another name (e.g. {kept} = {test}): test accuracy will be optimistic; remove the copies",
+                      DataWarning, stacklevel=4)
     trained = {s.label for s in splits["train"]}
     unseen = sorted({s.label for s in splits["test"]} - trained)
     if unseen:
@@ -207,6 +214,32 @@ def _warn_suspicious(splits: dict[str, list[Sample]], class_names: list[str]) ->
         if values[-1] - values[-2] > len(values):
             warnings.warn(f"label {values[-1]} is far from the other labels ({values[0]}..{values[-2]}): a typo?",
                           DataWarning, stacklevel=4)
+
+
+def _copies_of_test_images(splits: dict[str, list[Sample]]) -> dict[str, list[tuple[Path, Path]]]:
+    """Per split (train, val): (file, test file) pairs of different files with the same bytes, as scraped or
+    exported data sets often have. Every file was just read whole by the decode check, so hashing it is cheap."""
+    test_files = {s.path.resolve() for s in splits["test"]}
+    others = {split: {s.path.resolve() for s in splits.get(split, [])} - test_files for split in ("train", "val")}
+    digests = _file_digests(test_files | others["train"] | others["val"])
+    test_by_digest: dict[str, Path] = {}
+    for path in sorted(test_files):
+        test_by_digest.setdefault(digests[path], path)
+    copies = {split: [(path, test_by_digest[digests[path]]) for path in sorted(files)
+                      if digests[path] in test_by_digest] for split, files in others.items()}
+    return {split: pairs for split, pairs in copies.items() if pairs}
+
+
+def _file_digests(paths: set[Path]) -> dict[Path, str]:
+    def digest(path: Path) -> str:
+        sha = hashlib.sha256()
+        with open(path, "rb") as file:
+            for chunk in iter(lambda: file.read(1 << 20), b""):
+                sha.update(chunk)
+        return sha.hexdigest()
+
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:  # hashlib releases the GIL
+        return dict(zip(paths, pool.map(digest, paths)))
 
 
 def _warn_small(classes: list[int], class_names: list[str], splits: str) -> None:
