@@ -113,8 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
                                "pooling, init, recipes) on tasks and seeds: runs file, tables, plots", _ablate,
                      description=ablate_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
     ablate.add_argument("set", choices=list(ABLATION_SETS), help="the comparison to run")
-    ablate.add_argument("--tasks", default="digits,animal-mnist,fashion-mnist",
-                        help="comma-separated built-in names or data paths (default: the three built-ins)")
+    ablate.add_argument("--tasks", action="append", metavar="TASKS",
+                        help="comma-separated built-in names or data paths (default: the three built-ins); may be "
+                             "given again, and a data path with a comma in its name is taken whole")
     ablate.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
     ablate.add_argument("--out", default="runs/ablate", help="folder for runs.jsonl and the reports, shared by "
                                                              "every set (default runs/ablate)")
@@ -331,7 +332,8 @@ def _ablate(args: argparse.Namespace) -> int:
 
     common = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if hasattr(args, f.name)}
     only = _comma_list(args.cells, "--cells") if args.cells is not None else ()  # --cells "" is refused, not "all"
-    config = AblateConfig(set=args.set, tasks=_comma_list(args.tasks, "--tasks"),
+    tasks = {"tasks": tuple(t for text in args.tasks for t in _task_list(text))} if args.tasks else {}
+    config = AblateConfig(set=args.set, **tasks,
                           seeds=tuple(_integer(s, "--seeds") for s in _comma_list(args.seeds, "--seeds")),
                           out=args.out, common=common, only=only)
     if args.plan:
@@ -350,6 +352,12 @@ def _comma_list(text: str, flag: str) -> tuple[str, ...]:
     if not all(items):
         raise ConfigError(f"{flag} {text!r}: an empty item; give comma-separated values, e.g. {flag} a,b")
     return items
+
+
+def _task_list(text: str) -> tuple[str, ...]:
+    if Path(text.strip()).expanduser().exists():  # a data path whose name has a comma in it
+        return (text.strip(),)
+    return _comma_list(text, "--tasks")
 
 
 def _integer(text: str, flag: str) -> int:

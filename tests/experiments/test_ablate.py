@@ -2,6 +2,7 @@
 a run and ends with the same tables, and the reports are written and parse."""
 import csv
 import json
+import shutil
 
 import pytest
 from conftest import TINY_VIT
@@ -176,6 +177,15 @@ def test_bad_flags_are_one_line_errors(workspace, tmp_path, capsys, args, messag
     assert main([*args, *flags]) in (1, 2)
     assert message in capsys.readouterr().err
     assert not (tmp_path / "out").exists()  # nothing was created
+
+
+def test_tasks_may_be_given_again_and_a_path_with_a_comma_is_taken_whole(workspace, tmp_path, capsys):
+    comma = tmp_path / "shapes, v2"
+    shutil.copytree(workspace / "images", comma)
+    assert main(["ablate", "pooling", "--plan", "--tasks", str(workspace / "images"), "--tasks", str(comma),
+                 "--seeds", "0", "--backbone", TINY_VIT, "--weights", str(workspace / "tiny.safetensors"),
+                 "--img-size", "32", "--out", str(tmp_path / "out")]) == 0
+    assert "(4 cells x 2 tasks x 1 seeds)" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("diffs, expected", [
