@@ -36,6 +36,14 @@ def test_resolved_fills_the_methods_defaults():
     assert TrainConfig(method="linear", head_lr=0.5).resolved().head_lr == 0.5
 
 
+@pytest.mark.parametrize("method", ["full", "bias", "partial-2", "lora", "vpt-shallow"])
+def test_every_method_trained_by_gradient_steps_has_vpt_deeps_head(method):
+    """Methods differ only in what else trains: the head (standardised input, started at the probe, its lr) is one."""
+    head = ("head_norm", "head_init", "head_lr")
+    vpt = TrainConfig(method="vpt-deep").resolved()
+    assert [getattr(TrainConfig(method=method).resolved(), k) for k in head] == [getattr(vpt, k) for k in head]
+
+
 @pytest.mark.parametrize("settings, message", [
     (dict(epochs=2.5), "epochs must be an integer"),
     (dict(momentum=float("nan")), "momentum must be a finite number"),

@@ -59,6 +59,24 @@ class Method:
         return {"name": self.label, **self.options()}
 
 
+# One head for every method trained by gradient steps, so that methods differ only in what else they train: the
+# backbone's [CLS] standardised (its offset and scale, norm near 48, otherwise set the head's stable lr) and the head
+# started at the converged linear probe on it, so the tuned tensors learn from the first step instead of waiting
+# for a random head (for full fine-tuning this is LP-FT, Kumar et al., ICLR 2022). Base lr, scaled by batch / 256.
+# docs/recipe.md chose it for VPT; docs/results.md ("The baselines' head") measured it for the others.
+HEAD_LR = 1e-2
+
+
+@dataclass(frozen=True)
+class GradientMethod(Method):
+    """A method trained by gradient steps (every one but the fitted linear probe): AdamW and the shared head."""
+
+    optimizer = "adamw"
+    default_head_lr = HEAD_LR
+    head_norm = True
+    head_init = "probe"
+
+
 def register(cls: type[Method]) -> type[Method]:
     """Class decorator: make a method findable by its name."""
     if cls.name in REGISTRY:

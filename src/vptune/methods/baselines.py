@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from ..errors import ConfigError
-from .base import Method, register
+from .base import GradientMethod, Method, register
 
 @register
 @dataclass(frozen=True)
@@ -20,13 +20,11 @@ class Linear(Method):
 
 
 @dataclass(frozen=True)
-class _Tuned(Method):
-    """Methods that move backbone weights: AdamW, the tuned tensors at `default_lr`, the new head at its own."""
+class _Tuned(GradientMethod):
+    """Methods that move backbone weights: the tuned tensors at `default_lr`, the shared head at its own."""
 
     frozen_backbone = False
-    optimizer = "adamw"
     default_lr = 1e-3
-    default_head_lr = 1e-3
 
 
 @register

@@ -6,16 +6,15 @@ from dataclasses import dataclass
 from torch import nn
 
 from ..errors import ConfigError
-from .base import Method, register
+from .base import GradientMethod, register
 
 
 @register
 @dataclass(frozen=True)
-class LoRA(Method):
+class LoRA(GradientMethod):
     name = "lora"
     summary = "LoRA (PEFT) on every attn.qkv, rank --lora-rank (AdamW)"
     frozen_backbone = False  # the inserted adapters change what the blocks compute
-    optimizer = "adamw"
     lora_rank: int = 8
     lora_alpha: int | None = None  # None: equal to the rank (scale 1)
     lora_dropout: float = 0.0

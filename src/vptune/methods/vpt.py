@@ -5,26 +5,20 @@ import dataclasses
 from dataclasses import dataclass
 
 from ..model import PromptConfig
-from .base import Method, register
+from .base import GradientMethod, register
 
 # The default recipe, chosen in docs/recipe.md on the three built-in tasks and checked on hold-out tasks: the
 # original's SGD (prompt lr 0.5, head lr 0.02 on raw features) diverged on a small low-variety task, because the
-# backbone's [CLS] has a large offset and scale (norm near 48) that set the head's stable lr, and the prompts'
-# gradient scale differs by task. Standardising the head's input removes the first; AdamW's per-parameter steps
-# the second; starting the head at the converged linear probe makes the prompts learn from the first step; and
-# starting the prompts as the backbone's own patch tokens (not noise) keeps the features the probe was fitted on.
-# Base rates, scaled by batch / 256: at batch 32 both get 1.25e-3.
+# backbone's [CLS] has a large offset and scale that set the head's stable lr, and the prompts' gradient scale
+# differs by task. The shared head (`GradientMethod`: standardised input, started at the linear probe) removes the
+# first; AdamW's per-parameter steps the second; and starting the prompts as the backbone's own patch tokens (not
+# noise) keeps the features the probe was fitted on. Base lr, scaled by batch / 256: 1.25e-3 at batch 32.
 LR = 1e-2
-HEAD_LR = 1e-2
 
 
 @dataclass(frozen=True)
-class _VPT(Method):
-    optimizer = "adamw"
+class _VPT(GradientMethod):
     default_lr = LR
-    default_head_lr = HEAD_LR
-    head_norm = True
-    head_init = "probe"
     prompt_init = "patches"
 
     @property
