@@ -17,5 +17,5 @@ from .load import TaskData, load_data, read_data
 from .transforms import RANDOM_RECIPES, build_transform
 
 __all__ = ["load_data", "read_data", "TaskData", "DataSplits", "BUILTIN_DATASETS", "builtin_name", "DataError",
-           "DataWarning", "FetchError", "ArrayDataset", "FileDataset", "Sample", "collate", "read_image", "decode_image", "MAX_PIXELS",
-           "RANDOM_RECIPES", "build_transform", "expand_image_paths"]
+           "DataWarning", "FetchError", "ArrayDataset", "FileDataset", "Sample", "collate", "read_image",
+           "decode_image", "MAX_PIXELS", "RANDOM_RECIPES", "build_transform", "expand_image_paths"]

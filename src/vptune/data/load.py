@@ -22,8 +22,6 @@ from .transforms import build_transform
 PROTOCOLS = ("vtab1k", "full")
 USER_HOLDOUT = (0.15, 0.15)  # val, test share of each class when a user's data has no split files (70/15/15)
 CARVED_VAL = 0.10            # val share carved from train when a source has a test split but no val split
-
-
 TRAINED_SPLITS = ("train", "trainval")  # the splits that get the recipe's training transform
 
 
@@ -46,7 +44,8 @@ class TaskData:
     def datasets(self, *, img_size: int, mean: tuple[float, float, float], std: tuple[float, float, float],
                  recipe: str = "vtab") -> DataSplits:
         """The four splits as datasets of (3 x img_size x img_size normalised float32, int label) items."""
-        transforms = {train: build_transform(img_size, mean, std, recipe=recipe, train=train) for train in (True, False)}
+        transforms = {train: build_transform(img_size, mean, std, recipe=recipe, train=train)
+                      for train in (True, False)}
 
         def make(split: str) -> Dataset:
             rows, transform = self.splits[split], transforms[split in TRAINED_SPLITS]
