@@ -1,6 +1,8 @@
 """Torch datasets over decoded arrays (built-ins) and over image files (users' data), and `DataSplits`."""
 from __future__ import annotations
 
+import hashlib
+import io
 import os
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -174,27 +176,44 @@ def _relative(path: Path, root: Path) -> str:
         return path.as_posix()
 
 
-def image_problem(path: Path, max_pixels: int = MAX_PIXELS) -> str | None:
-    """Why `path` is not a readable image (None if it is): over the pixel limit (from the header), Pillow's
-    verify() for structure, then a full decode, which also catches truncated files that verify() lets through."""
+class ImageCheck(NamedTuple):
+    problem: str | None  # why the file is not a readable image; None if it is
+    sha256: str | None   # of the file's bytes (None if it could not be read): finds copies under other names
+
+
+def check_image(path: Path, max_pixels: int = MAX_PIXELS) -> ImageCheck:
+    """The pixel limit from the header (a decompression bomb is refused before it is read), then one read of
+    the file serves the rest: Pillow's verify() for structure, a full decode, which also catches truncated files
+    that verify() lets through, and the hash."""
+    if not path.is_file():
+        return ImageCheck("file not found", None)
     try:
         with open_image(path) as image:
-            if image.size[0] * image.size[1] > max_pixels:
-                return f"{image.size[0]} x {image.size[1]} pixels, over the limit of {max_pixels:,}"
+            width, height = image.size
+        if width * height > max_pixels:
+            return ImageCheck(f"{width} x {height} pixels, over the limit of {max_pixels:,}", None)
+        blob = path.read_bytes()
+    except Exception as err:
+        return ImageCheck(f"{type(err).__name__}: {err}", None)
+    return ImageCheck(_decode_problem(blob), hashlib.sha256(blob).hexdigest())
+
+
+def _decode_problem(blob: bytes) -> str | None:
+    try:
+        with open_image(io.BytesIO(blob)) as image:
             image.verify()
-        with open_image(path) as image:
+        with open_image(io.BytesIO(blob)) as image:
             image.load()
     except Exception as err:
         return f"{type(err).__name__}: {err}"
     return None
 
 
-def find_bad_images(paths: Iterable[Path], max_pixels: int = MAX_PIXELS) -> dict[Path, str]:
-    """Check every file once (threads: Pillow decodes outside the GIL). Returns {bad path: reason}."""
+def check_images(paths: Iterable[Path], max_pixels: int = MAX_PIXELS) -> dict[Path, ImageCheck]:
+    """Check every file once (threads: Pillow decodes and hashlib hashes outside the GIL)."""
     unique = sorted(set(paths))
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        problems = pool.map(lambda p: image_problem(p, max_pixels) if p.is_file() else "file not found", unique)
-        return {p: why for p, why in zip(unique, problems) if why is not None}
+        return dict(zip(unique, pool.map(lambda path: check_image(path, max_pixels), unique)))
 
 
 @dataclass

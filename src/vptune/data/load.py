@@ -2,10 +2,8 @@
 (`read_data` reads and checks them, `TaskData.datasets` adds the transforms)."""
 from __future__ import annotations
 
-import hashlib
 import os
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,7 +11,7 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from .builtin import TEST_SPLITS, BuiltinArrays, builtin_name, load_builtin
-from .datasets import MAX_PIXELS, ArrayDataset, DataSplits, FileDataset, Sample, find_bad_images
+from .datasets import MAX_PIXELS, ArrayDataset, DataSplits, FileDataset, Sample, check_images
 from .errors import DataError, DataWarning
 from .formats import read_user_data
 from .splits import carve, vtab1k_split
@@ -119,11 +117,11 @@ def _user_splits(path: Path, seed: int, skip_bad: bool, info: dict, max_pixels: 
     splits = data.splits
     skipped = 0
     if skip_bad:
-        splits, skipped = _drop_bad(splits, max_pixels)
+        splits, digests, skipped = _drop_bad(splits, max_pixels)
     else:
-        _require_files(splits, max_pixels)
+        digests = _require_files(splits, max_pixels)
     splits, rule = _complete_splits(splits, data.class_names, seed)
-    _warn_suspicious(splits, data.class_names)
+    _warn_suspicious(splits, data.class_names, digests)
     for split in ("train", "val", "test"):
         if split in splits and not splits[split]:
             total = len({s.path for samples in splits.values() for s in samples})
@@ -136,9 +134,9 @@ def _user_splits(path: Path, seed: int, skip_bad: bool, info: dict, max_pixels: 
     return TaskData(data.class_names, splits, info, root=data.root, max_pixels=max_pixels)
 
 
-def _require_files(splits: dict[str, list[Sample]], max_pixels: int) -> None:
+def _require_files(splits: dict[str, list[Sample]], max_pixels: int) -> dict[Path, str]:
     """Every listed file of every split exists and decodes, checked up front (a bad test image must not stop a
-    run after all its epochs); names the list file and line."""
+    run after all its epochs); names the list file and line. Returns each file's sha256."""
     missing = list({s.path: s for samples in splits.values() for s in samples if not s.path.is_file()}.values())
     if missing:
         shown = "; ".join(f"{s.origin}: {s.path}" + (" (a folder, not an image)" if s.path.is_dir() else "")
@@ -147,21 +145,27 @@ def _require_files(splits: dict[str, list[Sample]], max_pixels: int) -> None:
                         + (" ..." if len(missing) > 3 else "")
                         + ". Fix the list, or load with skip_bad=True (--skip-bad) to drop them.")
     samples = {s.path: s for split in splits.values() for s in split}
-    bad = find_bad_images(samples, max_pixels)
+    checks = check_images(samples, max_pixels)
+    bad = {path: check.problem for path, check in checks.items() if check.problem is not None}
     if bad:
         shown = "; ".join(f"{samples[path].origin}: {path} ({why})" for path, why in list(bad.items())[:3])
         raise DataError(f"{len(bad)} image file(s) cannot be read: {shown}" + (" ..." if len(bad) > 3 else "")
                         + ". Fix or remove them, or load with skip_bad=True (--skip-bad) to drop them.")
+    return {path: check.sha256 for path, check in checks.items()}
 
 
-def _drop_bad(splits: dict[str, list[Sample]], max_pixels: int) -> tuple[dict[str, list[Sample]], int]:
-    """skip_bad=True: decode every file once, drop the unreadable or missing ones, and say so once."""
-    bad = find_bad_images((s.path for samples in splits.values() for s in samples), max_pixels)
+def _drop_bad(splits: dict[str, list[Sample]],
+              max_pixels: int) -> tuple[dict[str, list[Sample]], dict[Path, str], int]:
+    """skip_bad=True: decode every file once, drop the unreadable or missing ones, and say so once. Returns the
+    kept splits, the kept files' sha256 and how many files were dropped."""
+    checks = check_images((s.path for samples in splits.values() for s in samples), max_pixels)
+    bad = {path: check.problem for path, check in checks.items() if check.problem is not None}
     if bad:
         shown = "; ".join(f"{path} ({why})" for path, why in list(bad.items())[:3])
         warnings.warn(f"skip_bad=True: dropped {len(bad)} unreadable or missing image file(s): {shown}"
                       + (" ..." if len(bad) > 3 else ""), DataWarning, stacklevel=4)
-    return {split: [s for s in samples if s.path not in bad] for split, samples in splits.items()}, len(bad)
+    kept = {split: [s for s in samples if s.path not in bad] for split, samples in splits.items()}
+    return kept, {path: check.sha256 for path, check in checks.items() if path not in bad}, len(bad)
 
 
 def _complete_splits(splits: dict[str, list[Sample]], class_names: list[str],
@@ -188,16 +192,18 @@ def _complete_splits(splits: dict[str, list[Sample]], class_names: list[str],
     return out, rule
 
 
-def _warn_suspicious(splits: dict[str, list[Sample]], class_names: list[str]) -> None:
+def _warn_suspicious(splits: dict[str, list[Sample]], class_names: list[str], digests: dict[Path, str]) -> None:
     """Warn about what makes test accuracy meaningless or hints at a typo: one file in train (or val) and test,
-    a class seen only in test, a numeric label far outside the others."""
-    test_files = {s.path.resolve() for s in splits["test"]}
+    or a copy of a test file under another name (`digests`: every listed file's sha256), a class seen only in
+    test, a numeric label far outside the others."""
+    files = {split: {s.path.resolve(): digests[s.path] for s in splits.get(split, [])}
+             for split in ("train", "val", "test")}
     for split in ("train", "val"):
-        shared = {s.path.resolve() for s in splits.get(split, [])} & test_files
+        shared = files[split].keys() & files["test"].keys()
         if shared:
             warnings.warn(f"{len(shared)} image file(s) are listed in both {split} and test (e.g. {sorted(shared)[0]}): "
                           f"test accuracy will be optimistic; remove the duplicates", DataWarning, stacklevel=4)
-    for split, copies in _copies_of_test_images(splits).items():
+    for split, copies in _copies_of_test_images(files).items():
         kept, test = copies[0]
         warnings.warn(f"{len(copies)} image file(s) in {split} are byte-for-byte copies of test images under "
                       f"another name (e.g. {kept} = {test}): test accuracy will be optimistic; remove the copies",
@@ -215,30 +221,15 @@ def _warn_suspicious(splits: dict[str, list[Sample]], class_names: list[str]) ->
                           DataWarning, stacklevel=4)
 
 
-def _copies_of_test_images(splits: dict[str, list[Sample]]) -> dict[str, list[tuple[Path, Path]]]:
+def _copies_of_test_images(files: dict[str, dict[Path, str]]) -> dict[str, list[tuple[Path, Path]]]:
     """Per split (train, val): (file, test file) pairs of different files with the same bytes, as scraped or
-    exported data sets often have. Every file was just read whole by the decode check, so hashing it is cheap."""
-    test_files = {s.path.resolve() for s in splits["test"]}
-    others = {split: {s.path.resolve() for s in splits.get(split, [])} - test_files for split in ("train", "val")}
-    digests = _file_digests(test_files | others["train"] | others["val"])
+    exported data sets often have. `files`: split -> {resolved path: sha256}."""
     test_by_digest: dict[str, Path] = {}
-    for path in sorted(test_files):
-        test_by_digest.setdefault(digests[path], path)
-    copies = {split: [(path, test_by_digest[digests[path]]) for path in sorted(files)
-                      if digests[path] in test_by_digest] for split, files in others.items()}
+    for path, digest in sorted(files["test"].items()):
+        test_by_digest.setdefault(digest, path)
+    copies = {split: [(path, test_by_digest[digest]) for path, digest in sorted(files[split].items())
+                      if path not in files["test"] and digest in test_by_digest] for split in ("train", "val")}
     return {split: pairs for split, pairs in copies.items() if pairs}
-
-
-def _file_digests(paths: set[Path]) -> dict[Path, str]:
-    def digest(path: Path) -> str:
-        sha = hashlib.sha256()
-        with open(path, "rb") as file:
-            for chunk in iter(lambda: file.read(1 << 20), b""):
-                sha.update(chunk)
-        return sha.hexdigest()
-
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:  # hashlib releases the GIL
-        return dict(zip(paths, pool.map(digest, paths)))
 
 
 def _warn_small(classes: list[int], class_names: list[str], splits: str) -> None:
