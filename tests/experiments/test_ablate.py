@@ -168,12 +168,13 @@ def test_an_out_that_cannot_be_made_names_the_out_flag(workspace, tmp_path, caps
     (["ablate", "pooling", "--cells", "cls,cls"], "--cells: cls given more than once"),
     (["ablate", "pooling", "--cells", ""], "--cells '': an empty item"),  # not "every cell"
     (["ablate", "depth", "--seeds", "0,4294967296"], "--seeds needs whole numbers from 0 to 4294967295"),
+    # the common flags are checked before the set builds the backbone (depth's k follow its blocks)
+    (["ablate", "depth", "--img-size", "-5"], "img_size must be 1..4096 pixels, got -5"),
 ])
 def test_bad_flags_are_one_line_errors(workspace, tmp_path, capsys, args, message):
-    flags = ["--backbone", TINY_VIT, "--weights", str(workspace / "tiny.safetensors"), "--img-size", "32",
-             "--out", str(tmp_path / "out")]
-    if "--tasks" not in args:
-        flags += ["--tasks", str(workspace / "images")]
+    defaults = {"--backbone": TINY_VIT, "--weights": str(workspace / "tiny.safetensors"), "--img-size": "32",
+                "--out": str(tmp_path / "out"), "--tasks": str(workspace / "images")}
+    flags = [part for flag, value in defaults.items() if flag not in args for part in (flag, value)]
     assert main([*args, *flags]) in (1, 2)
     assert message in capsys.readouterr().err
     assert not (tmp_path / "out").exists()  # nothing was created

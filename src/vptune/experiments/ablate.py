@@ -200,19 +200,20 @@ class AblateConfig:
             twice = sorted({str(v) for v in values if values.count(v) > 1})
             if twice:  # the run would be trained twice over (its key is the same)
                 raise ConfigError(f"{flag}: {', '.join(twice)} given more than once; name each once")
+        clash = sorted({"data", "seed", "output"} & self.common.keys())
+        if clash:
+            raise ConfigError(f"ablate sets {clash} itself (from --tasks, --seeds, --out); leave them out")
+        base = _train_config(self.common)
+        base.validate()  # the common flags are checked before the set's cells build the backbone (for its depth)
         unknown = sorted(set(self.only) - {cell.name for cell in self.cells()})
         if unknown:
             raise ConfigError(f"--cells: {unknown} are not cells of {self.set!r}; its cells are "
                               f"{', '.join(cell.name for cell in self.cells())}")
-        clash = sorted({"data", "seed", "output"} & self.common.keys())
-        if clash:
-            raise ConfigError(f"ablate sets {clash} itself (from --tasks, --seeds, --out); leave them out")
         varied = [key for key in dict.fromkeys(k for cell in self.cells() for k in cell.settings) if key in self.common]
         if varied:  # a cell's setting wins over the common one: the flag would silently change some runs or none
             flags = ", ".join("--" + key.replace("_", "-") for key in varied)
             raise ConfigError(f"{flags}: `ablate {self.set}` varies {', '.join(varied)} across its cells itself; "
                               f"leave {flags} out (`--plan` lists each cell's settings)")
-        base = _train_config(self.common)
         for task in self.tasks:
             check_output_outside_data(self.out, task, flag="--out")  # before OUT holds a file
             for cell in self.to_run():
