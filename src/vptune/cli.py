@@ -144,6 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--json", action="store_true", help="print JSON instead of a table")
     predict.add_argument("--max-pixels", type=int, default=MAX_PIXELS,
                          help=f"refuse images with more pixels than this (default {MAX_PIXELS:,})")
+    predict.add_argument("--skip-bad", action="store_true",
+                         help="leave unreadable images out with a warning (default: every image is checked first, "
+                              "and a bad one stops before any prediction)")
     add_runtime_flags(predict)
     add_download_flag(predict)
 
@@ -386,7 +389,7 @@ def _predict(args: argparse.Namespace) -> int:
         raise ConfigError(f"--max-pixels must be a positive number of pixels, got {args.max_pixels}")
     predictor = Predictor.from_task(args.task, device=args.device, precision=args.precision, compile=args.compile,
                                     max_pixels=args.max_pixels, allow_download=args.allow_download)
-    results = predictor.predict_files(args.images, top_k=args.top_k)
+    results = predictor.predict_files(args.images, top_k=args.top_k, skip_bad=args.skip_bad)
     if args.json:
         print(json.dumps(results, indent=2))
         return 0

@@ -53,7 +53,8 @@ def test_training_and_predict_refuse_images_over_the_pixel_limit_flag(workspace,
     assert "over the limit of 1,000" in capsys.readouterr().err and not (tmp_path / "run").exists()
     assert main(args) == 0
     assert main(["predict", str(tmp_path / "run"), str(data / "a" / "0.png"), "--max-pixels", "1000"]) == 1
-    assert "is 40 x 40 pixels, over the limit of 1,000" in capsys.readouterr().err
+    assert "0.png (40 x 40 pixels, over the limit of 1,000). Fix or remove them, or raise --max-pixels" in \
+        capsys.readouterr().err
 
 
 def test_only_the_promised_formats_are_opened(tmp_path):

@@ -79,6 +79,29 @@ def test_a_folder_predicts_as_its_images_and_one_without_images_is_named(workspa
         predictor.predict_files([files[0], tmp_path / "empty"])
 
 
+def test_every_file_is_checked_before_the_first_prediction_and_skip_bad_predicts_the_rest(workspace, tmp_path):
+    import shutil
+
+    import pytest
+
+    from vptune.data import DataError, DataWarning
+
+    folder = tmp_path / "photos"
+    shutil.copytree(workspace / "images", folder)
+    good = sorted(folder.rglob("*.png"))
+    (folder / "blue" / "0_broken.png").write_bytes(b"not a png")   # sorted first
+    (folder / "red" / "zz_truncated.png").write_bytes(good[-1].read_bytes()[:40])  # sorted last
+    predictor = Predictor(PromptedViT(make_tiny_vit(), PromptConfig(num_tokens=2), num_classes=3), batch_size=2)
+    with pytest.raises(DataError, match=r"2 of \d+ image file\(s\) cannot be read: .*0_broken.png .*zz_truncated.png "
+                                        r".*--skip-bad"):
+        predictor.predict_files([folder])  # both named: the last one was not found after predicting the others
+    with pytest.warns(DataWarning, match=r"skipped 2 of \d+ image file\(s\).*0_broken.png"):
+        kept = predictor.predict_files([folder], top_k=2, skip_bad=True)
+    assert kept == predictor.predict_files(good, top_k=2)
+    with pytest.raises(DataError, match="none of the 1 image file"):
+        predictor.predict_files([folder / "blue" / "0_broken.png"], skip_bad=True)
+
+
 def test_a_batch_of_the_wrong_shape_is_a_value_error_naming_the_shape_wanted(tmp_path):
     import pytest
 

@@ -113,10 +113,15 @@ def decode_image(source: str | os.PathLike | BinaryIO, name: str, max_pixels: in
     except DataError:
         raise
     except Exception as err:  # PIL raises OSError, SyntaxError, ValueError, struct.error, ... depending on format
-        reason = ("not an image in a format vptune reads, or a damaged one" if isinstance(err, UnidentifiedImageError)
-                  else str(err))  # PIL's message names the file again, or the repr of an upload's buffer
-        raise DataError(f"cannot read image {name}: {reason}. {fix}") from err
+        raise DataError(f"cannot read image {name}: {_unreadable(err)}. {fix}") from err
     return pil_to_tensor(rgb)
+
+
+def _unreadable(err: Exception) -> str:
+    """Why Pillow could not read a file, in words (its message for an unknown format names the file again, or
+    the repr of an upload's buffer)."""
+    return "not an image in a format vptune reads, or a damaged one" if isinstance(err, UnidentifiedImageError) \
+        else str(err) or type(err).__name__
 
 
 def _to_rgb(image: Image.Image, name: str) -> Image.Image:
@@ -194,7 +199,7 @@ def check_image(path: Path, max_pixels: int = MAX_PIXELS) -> ImageCheck:
             return ImageCheck(f"{width} x {height} pixels, over the limit of {max_pixels:,}", None)
         blob = path.read_bytes()
     except Exception as err:
-        return ImageCheck(f"{type(err).__name__}: {err}", None)
+        return ImageCheck(_unreadable(err), None)
     return ImageCheck(_decode_problem(blob), hashlib.sha256(blob).hexdigest())
 
 
@@ -205,7 +210,7 @@ def _decode_problem(blob: bytes) -> str | None:
         with open_image(io.BytesIO(blob)) as image:
             image.load()
     except Exception as err:
-        return f"{type(err).__name__}: {err}"
+        return _unreadable(err)
     return None
 
 

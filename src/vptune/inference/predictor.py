@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import os
+import warnings
+from pathlib import Path
 from typing import Sequence
 
 import torch
 
-from ..data import MAX_PIXELS, build_transform, decode_image, expand_image_paths
+from ..data import MAX_PIXELS, DataError, DataWarning, build_transform, decode_image, expand_image_paths
+from ..data.datasets import check_images
 from ..devices import autocast, maybe_compile, resolve_precision
 from ..errors import ConfigError
 from ..model import PromptedViT
@@ -56,11 +59,13 @@ class Predictor:
         return self.model.head.weight.device
 
     @torch.no_grad()
-    def predict_files(self, paths: Sequence[str | os.PathLike], top_k: int = 5) -> list[dict]:
+    def predict_files(self, paths: Sequence[str | os.PathLike], top_k: int = 5,
+                      skip_bad: bool = False) -> list[dict]:
         """Top-k classes with probabilities for each image file (a folder: each image under it), decoded
-        `batch_size` at a time (errors name the file)."""
+        `batch_size` at a time. Every file is checked before the first prediction: an unreadable one is an
+        error naming it, or with `skip_bad` is left out of the results with one warning."""
         check_top_k(top_k)
-        paths = expand_image_paths(paths)  # every folder is listed before the first image is decoded
+        paths = readable_images(paths, self.max_pixels, skip_bad)
         results = []
         for start in range(0, len(paths), self.batch_size):
             chunk = paths[start:start + self.batch_size]
@@ -82,6 +87,26 @@ class Predictor:
         with autocast(self.device, self.precision):
             logits = self.forward(images.to(self.device))
         return logits.float()
+
+
+def readable_images(paths: Sequence[str | os.PathLike], max_pixels: int = MAX_PIXELS,
+                    skip_bad: bool = False) -> list[Path]:
+    """The image files under `paths` (folders listed), each decoded once up front: a bad file found after an
+    hour of predictions would lose them all."""
+    files = expand_image_paths(paths)
+    bad = {path: check.problem for path, check in check_images(files, max_pixels).items() if check.problem}
+    if bad:
+        shown = "; ".join(f"{path} ({why})" for path, why in list(bad.items())[:3]) + (" ..." if len(bad) > 3 else "")
+        fix = "Fix or remove them" + (", or raise --max-pixels (max_pixels=)" if any(
+            "over the limit" in why for why in bad.values()) else "")
+        if len(bad) == len(files):
+            raise DataError(f"none of the {len(files)} image file(s) can be read: {shown}. {fix}")
+        if not skip_bad:
+            raise DataError(f"{len(bad)} of {len(files)} image file(s) cannot be read: {shown}. {fix}, or pass "
+                            f"--skip-bad (skip_bad=True) to predict the others")
+        warnings.warn(f"skipped {len(bad)} of {len(files)} image file(s) that cannot be read: {shown}", DataWarning,
+                      stacklevel=3)
+    return [path for path in files if path not in bad]
 
 
 def top_k_rows(probabilities: torch.Tensor, class_names: Sequence[str], top_k: int) -> list[list[dict]]:
