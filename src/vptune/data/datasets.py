@@ -221,6 +221,11 @@ def check_images(paths: Iterable[Path], max_pixels: int = MAX_PIXELS) -> dict[Pa
         return dict(zip(unique, pool.map(lambda path: check_image(path, max_pixels), unique)))
 
 
+def bad_images(checks: dict[Path, ImageCheck]) -> dict[Path, str]:
+    """{path: why} of the files `check_images` found unreadable."""
+    return {path: check.problem for path, check in checks.items() if check.problem is not None}
+
+
 @dataclass
 class DataSplits:
     """The four splits of a task plus what is needed to reproduce and compare runs.

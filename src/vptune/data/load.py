@@ -11,7 +11,7 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from .builtin import TEST_SPLITS, BuiltinArrays, builtin_name, load_builtin
-from .datasets import MAX_PIXELS, ArrayDataset, DataSplits, FileDataset, Sample, check_images
+from .datasets import MAX_PIXELS, ArrayDataset, DataSplits, FileDataset, Sample, bad_images, check_images
 from .errors import DataError, DataWarning
 from .formats import read_user_data
 from .splits import carve, vtab1k_split
@@ -146,7 +146,7 @@ def _require_files(splits: dict[str, list[Sample]], max_pixels: int) -> dict[Pat
                         + ". Fix the list, or load with skip_bad=True (--skip-bad) to drop them.")
     samples = {s.path: s for split in splits.values() for s in split}
     checks = check_images(samples, max_pixels)
-    bad = {path: check.problem for path, check in checks.items() if check.problem is not None}
+    bad = bad_images(checks)
     if bad:
         shown = "; ".join(f"{samples[path].origin}: {path} ({why})" for path, why in list(bad.items())[:3])
         raise DataError(f"{len(bad)} image file(s) cannot be read: {shown}" + (" ..." if len(bad) > 3 else "")
@@ -159,7 +159,7 @@ def _drop_bad(splits: dict[str, list[Sample]],
     """skip_bad=True: decode every file once, drop the unreadable or missing ones, and say so once. Returns the
     kept splits, the kept files' sha256 and how many files were dropped."""
     checks = check_images((s.path for samples in splits.values() for s in samples), max_pixels)
-    bad = {path: check.problem for path, check in checks.items() if check.problem is not None}
+    bad = bad_images(checks)
     if bad:
         shown = "; ".join(f"{path} ({why})" for path, why in list(bad.items())[:3])
         warnings.warn(f"skip_bad=True: dropped {len(bad)} unreadable or missing image file(s): {shown}"

@@ -9,7 +9,7 @@ from typing import Sequence
 import torch
 
 from ..data import MAX_PIXELS, DataError, DataWarning, build_transform, decode_image, expand_image_paths
-from ..data.datasets import check_images
+from ..data.datasets import bad_images, check_images
 from ..devices import autocast, maybe_compile, resolve_precision
 from ..errors import ConfigError
 from ..model import PromptedViT
@@ -94,7 +94,7 @@ def readable_images(paths: Sequence[str | os.PathLike], max_pixels: int = MAX_PI
     """The image files under `paths` (folders listed), each decoded once up front: a bad file found after an
     hour of predictions would lose them all."""
     files = expand_image_paths(paths)
-    bad = {path: check.problem for path, check in check_images(files, max_pixels).items() if check.problem}
+    bad = bad_images(check_images(files, max_pixels))
     if bad:
         shown = "; ".join(f"{path} ({why})" for path, why in list(bad.items())[:3]) + (" ..." if len(bad) > 3 else "")
         fix = "Fix or remove them" + (", or raise --max-pixels (max_pixels=)" if any(
