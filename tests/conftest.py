@@ -40,6 +40,30 @@ def sharpen(model):
     return model
 
 
+# timm `Eva` shapes, tiny: each brings a part of the family the others lack.
+EVA_SHAPES = {
+    # DINOv3: "dinov3" RoPE (half rotation), 4 register tokens, LayerScale, no qkv bias, any image size
+    "dinov3": ("vit_small_patch16_dinov3", {}),
+    # EVA-02: "cat" RoPE, SwiGLU with a norm inside, q/v biases without a key bias
+    "eva02": ("eva02_tiny_patch14_224", {"patch_size": 16}),
+    # Perception Encoder: timm's AttentionRope, a norm before the blocks, attention pooling (unused by VPT)
+    "pe": ("vit_pe_core_tiny_patch16_384", {"attn_pool_num_heads": 3}),
+    # "mixed" RoPE: learned frequencies, one table per block
+    "mixed": ("vit_small_patch16_rope_mixed_224", {}),
+    # grouped-query attention: separate q/k/v projections, one K/V head for three query heads
+    "gqa": ("vit_pe_core_tiny_patch16_384", {"qkv_fused": False, "num_kv_heads": 1, "attn_pool_num_heads": 3}),
+}
+
+
+def make_tiny_eva(shape: str = "dinov3", img_size: int = 48, seed: int = 0, **kwargs):
+    """A random timm `Eva` of one of `EVA_SHAPES`, width 24, 3 heads, 3 blocks, patch 16 (a 3 x 3 grid at 48 px),
+    weights at a trained network's scale (`sharpen`)."""
+    name, shape_kwargs = EVA_SHAPES[shape]
+    torch.manual_seed(seed)
+    settings = dict(img_size=img_size, embed_dim=24, depth=3, num_heads=3, **shape_kwargs, **kwargs)
+    return sharpen(timm.create_model(name, pretrained=False, num_classes=0, **settings).eval())
+
+
 # Narrower still for the model's equivalence tests, whose shapes and expected sizes are written for it.
 NARROW = dict(depth=4, embed_dim=24, num_heads=3, mlp_ratio=2.0, dynamic_img_size=False)
 

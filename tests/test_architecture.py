@@ -23,7 +23,11 @@ def imports_of(name: str) -> set[str]:
     path = MODULES[name]
     package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
     found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    tree = ast.parse(path.read_text())
+    for node in ast.walk(tree):
+        if _is_type_checking_block(node):  # imports for type hints only never run: no arrow at run time
+            node.body = []
+    for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             targets = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
@@ -37,6 +41,10 @@ def imports_of(name: str) -> set[str]:
             continue
         found |= {t for t in targets if t in MODULES and t != name}
     return found
+
+
+def _is_type_checking_block(node: ast.AST) -> bool:
+    return isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING"
 
 
 GRAPH = {name: imports_of(name) for name in MODULES}
@@ -82,3 +90,24 @@ def test_only_the_package_root_and_cli_sit_above_everything():
     importers_of_top = [name for name, targets in GRAPH.items() if "vptune" in targets]
     assert importers_of_top == []
     assert [name for name, targets in GRAPH.items() if "vptune.cli" in targets] == ["vptune.__main__"]
+
+
+BACKBONE_INSIDES = {"blocks", "patch_embed", "_pos_embed", "pos_embed", "cls_token", "reg_token", "qkv", "attn",
+                    "mlp", "norm_pre", "fc_norm", "rope"}
+MAY_SEE_INSIDES = ("vptune.model", "vptune.backbones")  # the adapters; creating and converting backbones
+
+
+def backbone_insides_read(name: str) -> list[str]:
+    """`.attr` reads of a backbone's insides in module `name`, as 'line: attr'."""
+    tree = ast.parse(MODULES[name].read_text())
+    return [f"{node.lineno}: .{node.attr}" for node in ast.walk(tree)
+            if isinstance(node, ast.Attribute) and node.attr in BACKBONE_INSIDES]
+
+
+def test_only_model_and_backbones_read_a_backbones_insides():
+    readers = {name: backbone_insides_read(name) for name in MODULES if not name.startswith(MAY_SEE_INSIDES)}
+    assert not any(readers.values()), {name: found for name, found in readers.items() if found}
+
+
+def test_the_insides_check_sees_a_read():
+    assert backbone_insides_read("vptune.model.families.vit"), "the adapter reads .blocks: the check must see it"

@@ -38,12 +38,11 @@ from typing import Callable, Iterator
 import timm
 import torch
 import torch.nn.functional as F
-from timm.models import VisionTransformer
 
 from .data import DataError, collate, load_data, read_data
 from .devices import AUTO, autocast, cpu_name, maybe_compile, resolve_device, resolve_precision, resolve_workers
 from .errors import ConfigError
-from .model import PromptConfig, PromptedViT
+from .model import PromptConfig, PromptedModel, adapter_for, family_of, supported_families
 
 
 @dataclass(frozen=True)
@@ -61,6 +60,8 @@ class ModelSpec:
 MODELS = {
     "vit-s14": ModelSpec("vit_small_patch14_dinov2", {"img_size": 224}),
     "vit-b16": ModelSpec("vit_base_patch16_224", {}, repeats=1, modes=("deep",)),
+    # timm's Eva family: rotary positions, 4 register tokens, LayerScale (DINOv3-S/16's shape, random weights)
+    "dinov3-s16": ModelSpec("vit_small_patch16_dinov3", {"img_size": 224}),
     "tiny": ModelSpec("vit_tiny_patch16_224", {"img_size": 32, "depth": 2, "embed_dim": 32, "num_heads": 2}, 1),
 }
 # floor: no prompt (linear probe); tokens: the reference; prefix: the fast path; -ckpt: gradient checkpointing
@@ -88,10 +89,10 @@ class Config:
     precision: str = "fp32"
     compiled: bool = False
 
-    def build(self, backbone: torch.nn.Module, device: str) -> PromptedViT:
+    def build(self, backbone: torch.nn.Module, device: str) -> PromptedModel:
         prompt = PromptConfig(num_tokens=self.prompts, mode=self.mode or "deep")
         path = "prefix" if self.path == "floor" else self.path.split("-")[0]
-        model = PromptedViT(backbone, prompt, NUM_CLASSES, path=path, grad_checkpointing=self.path.endswith("-ckpt"))
+        model = PromptedModel(backbone, prompt, NUM_CLASSES, path=path, grad_checkpointing=self.path.endswith("-ckpt"))
         return model.to(device)
 
     def label(self) -> str:
@@ -112,7 +113,7 @@ class Built:
     """A config's model, the forward the bench calls (the model itself or its compiled form), its optimizer,
     and fp16's gradient scaler."""
 
-    model: PromptedViT
+    model: PromptedModel
     forward: Callable[[torch.Tensor], torch.Tensor]
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler | None
@@ -137,7 +138,7 @@ class Runner:
         self.device, self.args = args.device, args
         self.backbone = timm.create_model(spec.timm_name, pretrained=False, num_classes=0, **spec.kwargs)
         self.backbone = self.backbone.to(self.device).eval()
-        size = self.backbone.patch_embed.img_size
+        size = adapter_for(self.backbone).img_size
         self.images = torch.randn(max(args.batch, args.train_batch), 3, *size, device=self.device)
         self.labels = torch.randint(0, NUM_CLASSES, (args.train_batch,), device=self.device)
         self.models: dict[Config, Built] = {}
@@ -552,17 +553,18 @@ def check_sizes(args: argparse.Namespace) -> None:
     if unknown or not args.models:
         raise ConfigError(f"--models: {','.join(unknown) or 'nothing'}: give aliases ({', '.join(MODELS)}) or timm "
                           f"model names (timm.list_models('vit_*'))")
-    not_vit = [m for m in args.models if m not in MODELS and not _is_vit_with_class_token(m)]
-    if not_vit:
-        raise ConfigError(f"--models: {','.join(not_vit)}: VPT needs a timm VisionTransformer with a class token")
+    unsupported = [m for m in args.models if m not in MODELS and not _has_class_token_and_adapter(m)]
+    if unsupported:
+        raise ConfigError(f"--models: {','.join(unsupported)}: the bench needs a timm model with a class token of a "
+                          f"family vptune prompts ({supported_families()})")
     if args.out.exists() and not args.out.is_dir():
         raise ConfigError(f"--out {args.out} is a file; give a folder for bench.csv, bench.json and bench.md")
 
 
-def _is_vit_with_class_token(name: str) -> bool:
+def _has_class_token_and_adapter(name: str) -> bool:
     with torch.device("meta"):  # the architecture without allocating its weights
         model = timm.create_model(name, pretrained=False, num_classes=0)
-    return isinstance(model, VisionTransformer) and model.has_class_token
+    return family_of(model) is not None and adapter_for(model).has_class_token
 
 
 def resolve_settings(args: argparse.Namespace) -> None:

@@ -26,7 +26,7 @@ from ._io import atomic_write, atomic_write_text, file_sha256, package_version
 from .backbones import backbone_fingerprint, backbone_on_this_machine, create_backbone
 from .errors import CheckpointError, VptuneError
 from .methods import Method, method_from_dict, method_of
-from .model import FeatureNorm, PromptConfig, PromptedViT
+from .model import FeatureNorm, PromptConfig, PromptedModel, family_of
 
 WEIGHTS_FILE = "prompt.safetensors"
 CONFIG_FILE = "task.json"
@@ -37,10 +37,10 @@ FORMAT_VERSION = 2  # 2: "method" is {"name": ..., options}; 1 kept a bare name 
 
 
 # ------------------------------------------------------------------------------------------------- saving
-def save_task(model: PromptedViT, directory: str | os.PathLike, **extra: Any) -> Path:
+def save_task(model: PromptedModel, directory: str | os.PathLike, **extra: Any) -> Path:
     """Write `model`'s task checkpoint into `directory` (created if needed); `extra` goes into task.json.
 
-    The method is the one `build_model` recorded on the model (VPT or linear for a PromptedViT made directly).
+    The method is the one `build_model` recorded on the model (VPT or linear for a PromptedModel made directly).
     """
     directory = Path(directory)
     tensors = task_tensors(model)
@@ -51,7 +51,7 @@ def save_task(model: PromptedViT, directory: str | os.PathLike, **extra: Any) ->
     return directory
 
 
-def task_tensors(model: PromptedViT) -> dict[str, torch.Tensor]:
+def task_tensors(model: PromptedModel) -> dict[str, torch.Tensor]:
     """Everything outside the frozen backbone, plus backbone tensors a method chose to tune."""
     tensors = {name: t for name, t in model.state_dict().items() if not name.startswith("backbone.")}
     tensors.update({name: p for name, p in model.named_parameters()
@@ -59,7 +59,7 @@ def task_tensors(model: PromptedViT) -> dict[str, torch.Tensor]:
     return {name: t.detach().contiguous().cpu() for name, t in tensors.items()}
 
 
-def task_metadata(model: PromptedViT, tensors: dict[str, torch.Tensor], weights_sha256: str) -> dict[str, Any]:
+def task_metadata(model: PromptedModel, tensors: dict[str, torch.Tensor], weights_sha256: str) -> dict[str, Any]:
     data = model.data_config
     return {
         "format": FORMAT,
@@ -74,10 +74,11 @@ def task_metadata(model: PromptedViT, tensors: dict[str, torch.Tensor], weights_
             "name": model.backbone_name,
             "weights": _weights_path(model.backbone),
             "fingerprint": backbone_fingerprint(model.backbone),
-            "img_size": list(model.backbone.patch_embed.img_size),
+            "family": model.family,
+            "img_size": list(model.adapter.img_size),
             "embed_dim": model.embed_dim,
-            "depth": len(model.backbone.blocks),
-            "num_parameters": sum(p.numel() for p in model.backbone.parameters()),
+            "depth": model.adapter.depth,
+            "num_parameters": model.adapter.num_parameters(),
         },
         "data": {"input_size": list(data["input_size"]), "mean": list(data["mean"]), "std": list(data["std"]),
                  "interpolation": data.get("interpolation"), "crop_pct": data.get("crop_pct")},
@@ -88,8 +89,8 @@ def task_metadata(model: PromptedViT, tensors: dict[str, torch.Tensor], weights_
 
 # ------------------------------------------------------------------------------------------------ loading
 def load_task(directory: str | os.PathLike, backbone: nn.Module | str | None = None, *,
-              check_fingerprint: bool = True, path: str = "prefix", allow_download: bool = False) -> PromptedViT:
-    """Rebuild a PromptedViT from a task directory.
+              check_fingerprint: bool = True, path: str = "prefix", allow_download: bool = False) -> PromptedModel:
+    """Rebuild a PromptedModel from a task directory.
 
     Args:
         directory: written by `save_task`.
@@ -140,10 +141,10 @@ def _checked_weights(directory: Path, meta: dict[str, Any], backbone: nn.Module)
     return weights_path
 
 
-def _rebuild(directory: Path, meta: dict[str, Any], backbone: nn.Module, path: str) -> PromptedViT:
+def _rebuild(directory: Path, meta: dict[str, Any], backbone: nn.Module, path: str) -> PromptedModel:
     try:
         prompt = PromptConfig.from_dict(meta["prompt"])
-        return PromptedViT(backbone, prompt, int(meta["num_classes"]), path=path,
+        return PromptedModel(backbone, prompt, int(meta["num_classes"]), path=path,
                            backbone_name=meta["backbone"]["name"], class_names=meta.get("class_names"),
                            head_norm=bool(meta.get("head", {}).get("norm", False)))
     except (ValueError, TypeError, KeyError) as err:
@@ -221,6 +222,7 @@ def _type_problem(meta: dict[str, Any]) -> str | None:
         "backbone.img_size must be [height, width]": _numbers(backbone["img_size"], 2, positive=True)
         and all(_is_int(v) for v in backbone["img_size"]),
         "backbone.fingerprint must be text": isinstance(backbone.get("fingerprint", ""), (str, type(None))),
+        "backbone.family must be text": isinstance(backbone.get("family", "vit"), str),
         "backbone.weights must be a path or null": isinstance(backbone.get("weights"), (str, type(None))),
         "data.input_size must be [3, height, width]": _numbers(data["input_size"], 3, positive=True)
         and all(_is_int(v) for v in data["input_size"]),
@@ -271,7 +273,7 @@ def tensor_shapes(weights_path: Path) -> dict[str, tuple[int, ...]]:
         raise CheckpointError(f"{weights_path} is not a readable safetensors file ({err}); re-save the task") from err
 
 
-def _check_shapes(model: PromptedViT, shapes: dict[str, tuple[int, ...]], directory: Path) -> None:
+def _check_shapes(model: PromptedModel, shapes: dict[str, tuple[int, ...]], directory: Path) -> None:
     """The task's own tensors (prompts, head) against the model task.json describes, before either is allocated.
     Backbone tensors (LoRA, tuned biases, ...) are checked once their modules are in place (_load_tensors)."""
     for name, param in model.state_dict().items():
@@ -303,7 +305,12 @@ def _resolve_backbone(backbone: nn.Module | str | None, meta: dict[str, Any], di
 
 def _check_backbone_matches(backbone: nn.Module, meta: dict[str, Any], check_fingerprint: bool) -> None:
     saved = meta["backbone"]
-    img_size = list(getattr(getattr(backbone, "patch_embed", None), "img_size", []))
+    family, saved_family = family_of(backbone), saved.get("family", "vit")  # tasks before families were ViT tasks
+    if family is not None and family.family != saved_family:
+        raise CheckpointError(f"the task was trained on a {saved_family} backbone ({saved.get('name')!r}), but the "
+                              f"given backbone is a {family.family} ({type(backbone).__name__}); pass the backbone the "
+                              f"task was trained on")
+    img_size = list(family(backbone).img_size) if family is not None else []
     if saved.get("img_size") and img_size and img_size != saved["img_size"]:
         raise CheckpointError(f"the task was trained at image size {saved['img_size']} but the backbone is built for "
                               f"{img_size}; build the backbone with img_size={saved['img_size'][0]}")
@@ -316,7 +323,7 @@ def _check_backbone_matches(backbone: nn.Module, meta: dict[str, Any], check_fin
                                   f"(or check_fingerprint=False if you know what you are doing)")
 
 
-def _load_tensors(model: PromptedViT, tensors: dict[str, torch.Tensor], directory: Path) -> None:
+def _load_tensors(model: PromptedModel, tensors: dict[str, torch.Tensor], directory: Path) -> None:
     expected = task_tensors(model).keys() | {k for k in tensors if k.startswith("backbone.")}
     missing, unexpected = sorted(expected - tensors.keys()), sorted(tensors.keys() - expected)
     if missing or unexpected:
@@ -336,7 +343,7 @@ def _load_tensors(model: PromptedViT, tensors: dict[str, torch.Tensor], director
             param.requires_grad_(True)  # a tuned backbone tensor stays part of the task when re-saved
 
 
-def _shape_hint(name: str, model: PromptedViT) -> str:
+def _shape_hint(name: str, model: PromptedModel) -> str:
     if name == "prompts.tokens":
         cfg = model.prompt_config
         return (f" (task.json says num_tokens={cfg.num_tokens}, location={cfg.location!r}, "

@@ -157,9 +157,16 @@ def test_unknown_name_raises_value_error():
         create_backbone('no_such_vit_xyz')
 
 
-def test_non_vit_raises_type_error():
-    with pytest.raises(BackboneError, match='class token'):
+def test_a_model_of_no_supported_family_is_refused_naming_the_families():
+    with pytest.raises(BackboneError, match=r"'resnet18' is not usable: .*families: vit .*eva .*; got ResNet"):
         create_backbone('resnet18', pretrained=False)
+
+
+@pytest.mark.parametrize('name', ['vit_small_patch16_dinov3', 'eva02_tiny_patch14_224', 'vit_pe_core_tiny_patch16_384'])
+def test_eva_family_models_are_created_by_name(name):
+    model = create_backbone(name, img_size=32, pretrained=False)
+    assert type(model).__name__ == 'Eva' and not any(p.requires_grad for p in model.parameters())
+    assert tuple(model.patch_embed.img_size) == (32, 32)
 
 
 def test_hub_failure_points_to_local_weights(monkeypatch):

@@ -8,7 +8,7 @@ from conftest import sharpen
 from timm.models.vision_transformer import Block
 
 from vptune import PromptConfig, PromptedViT, count_parameters
-from vptune.model.prompted_vit import kmeans
+from vptune.model.prompted import kmeans
 
 
 def _prompt_grads(model):
@@ -259,11 +259,11 @@ def test_patches_init_sets_each_prompt_to_centroids_of_its_blocks_input(tiny_vit
     model = PromptedViT(tiny_vit(), PromptConfig(num_tokens=3, mode=mode, layers=layers, init="patches"),
                         num_classes=2)
     model.init_prompts_from_patches(images, torch.Generator().manual_seed(0))
-    x, start = model._embed(images), model.num_prefix_tokens
+    x, start = model.embed(images), model.num_prefix_tokens
     for i, block in enumerate(model.backbone.blocks):
-        if i in model._prompt_index:
+        if model.is_prompted(i):
             patches = x[:, start:].flatten(0, 1)  # every token the backbone feeds block i, without prompts
-            prompt = model.prompts.tokens[model._prompt_index[i]]
+            prompt = model.prompts.tokens[model.prompt_row(i)]
             nearest = torch.cdist(patches, prompt).argmin(dim=1)
             assert len(set(nearest.tolist())) == 3, f"block {i}: every prototype has tokens of its own"
             for k in range(3):  # Lloyd's fixed point: each prototype is the mean of the tokens nearest to it
@@ -294,9 +294,27 @@ def test_backbone_without_class_token_is_refused(tiny_vit):
         PromptedViT(tiny_vit(class_token=False, global_pool="avg"), PromptConfig(), num_classes=2)
 
 
-def test_non_vit_backbone_is_refused():
-    with pytest.raises(TypeError, match="timm VisionTransformer"):
+def test_backbone_of_no_known_family_is_refused_naming_the_families():
+    with pytest.raises(TypeError, match="no adapter for Linear; supported backbone families: vit .*, eva "):
         PromptedViT(torch.nn.Linear(3, 3), PromptConfig(), num_classes=2)
+
+
+def test_a_subclass_of_a_supported_timm_class_finds_its_family(tiny_vit):
+    from timm.models.vision_transformer import VisionTransformer
+
+    class MyViT(VisionTransformer):
+        pass
+
+    backbone = tiny_vit()
+    mine = MyViT(img_size=32, patch_size=16, embed_dim=24, depth=4, num_heads=3, mlp_ratio=2.0, num_classes=0)
+    mine.load_state_dict(backbone.state_dict())
+    images = torch.randn(2, 3, 32, 32)
+    torch.manual_seed(0)
+    ours = PromptedViT(mine.eval(), PromptConfig(num_tokens=2), num_classes=3)
+    torch.manual_seed(0)
+    theirs = PromptedViT(backbone, PromptConfig(num_tokens=2), num_classes=3)
+    assert ours.family == "vit"
+    torch.testing.assert_close(ours(images), theirs(images), atol=0, rtol=0)
 
 
 def test_from_timm_builds_offline_and_checks_layers():

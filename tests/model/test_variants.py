@@ -126,7 +126,7 @@ def test_cls_init_sets_each_prompt_to_its_class_mean_cls_token(tiny_vit):
     model = PromptedViT(tiny_vit(), PromptConfig(num_tokens=3, init="cls", layers=[0, 2]), num_classes=3).eval()
     model.init_prompts_from_classes([(images[:5], labels[:5]), (images[5:], labels[5:])])  # batches add up
     with torch.no_grad():
-        x = model._embed(images)
+        x = model.embed(images)
         outputs = []
         for block in model.backbone.blocks[:3]:
             x = block(x)

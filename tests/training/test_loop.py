@@ -310,10 +310,10 @@ def test_a_concat_channel_step_moves_the_embedding_as_little_as_a_prompt_token_s
     lr = optimizer.param_groups[0]["lr"]
     images, labels = torch.randn(8, 3, 32, 32), torch.arange(8) % 3
     with torch.no_grad():
-        before = model._embed(images)
+        before = model.embed(images)
     torch.nn.functional.cross_entropy(model(images), labels).backward()
     optimizer.step()
     with torch.no_grad():
-        moved = (model._embed(images) - before).abs().max().item()
+        moved = (model.embed(images) - before).abs().max().item()
     largest_pixel = model.prompts.tokens.abs().max().item()
     assert 0 < moved <= 1.1 * lr * largest_pixel

@@ -1,6 +1,7 @@
-"""`create_backbone`: a frozen timm `VisionTransformer` for VPT, by name; and its weights' fingerprint.
+"""`create_backbone`: a frozen timm backbone for VPT, by name; and its weights' fingerprint.
 
-The returned model is in eval mode with every parameter frozen, has no classifier, pools the class token, and
+Any timm model of a family vptune has an adapter for (`vptune.model.families`: ViT, Eva) is accepted.
+The returned model is in eval mode with every parameter frozen, has no classifier, and
 its `pretrained_cfg` carries the input size and normalisation, so data code reads them through
 `timm.data.resolve_model_data_config(model)`. Offline backbones are described in `OFFLINE_BACKBONES`; any other
 name is a timm model name (downloaded from timm's hub unless `weights=` gives a local file).
@@ -17,8 +18,10 @@ import timm
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import VisionTransformer
+from torch import nn
 
 from ..errors import BackboneError
+from ..model import family_of, supported_families
 from . import imgfocus
 from .weights import StateDict, load_state_dict, read_weights
 
@@ -44,12 +47,12 @@ DEFAULT_BACKBONE = imgfocus.NAME
 
 
 def create_backbone(name: str = DEFAULT_BACKBONE, *, img_size: int | None = None,
-                    weights: str | os.PathLike | None = None, pretrained: bool = True) -> VisionTransformer:
-    """Create a frozen ViT backbone for VPT.
+                    weights: str | os.PathLike | None = None, pretrained: bool = True) -> nn.Module:
+    """Create a frozen backbone for VPT.
 
     Args:
-        name: an `OFFLINE_BACKBONES` name (the default is DINOv2 ViT-S/14) or a timm model name
-            (e.g. 'vit_base_patch16_224').
+        name: an `OFFLINE_BACKBONES` name (the default is DINOv2 ViT-S/14) or a timm model name of a supported
+            family (e.g. 'vit_base_patch16_224', 'vit_small_patch16_dinov3', 'eva02_small_patch14_224').
         img_size: input resolution; position embeddings are resampled to it. Defaults to the offline backbone's
             size or the timm model's own.
         weights: a local .safetensors / .pth / .bin state dict to load instead of the pretrained weights.
@@ -67,7 +70,7 @@ def create_backbone(name: str = DEFAULT_BACKBONE, *, img_size: int | None = None
             load(offline.weights(lambda state: load(state, name)), name)
         mean_std = {"mean": offline.mean, "std": offline.std}
     else:
-        model = _create_timm_vit(name, img_size=img_size, hub=pretrained and weights is None)
+        model = _create_timm_backbone(name, img_size=img_size, hub=pretrained and weights is None)
         _check_patch_fits(model, name, img_size)
         if weights is not None:
             load_state_dict(model, read_weights(weights), source=str(weights))
@@ -83,34 +86,35 @@ def create_backbone(name: str = DEFAULT_BACKBONE, *, img_size: int | None = None
     return model
 
 
-def _check_patch_fits(model: VisionTransformer, name: str, img_size: int | None) -> None:
+def _check_patch_fits(model: nn.Module, name: str, img_size: int | None) -> None:
     """Before any weights are loaded (resampling position embeddings to an empty grid fails deep inside timm)."""
     if min(model.patch_embed.grid_size) < 1:
         raise BackboneError(f"img_size {img_size} is smaller than {name!r}'s patch ({model.patch_embed.patch_size[0]} "
                             f"px): the image would have no patch; use at least {model.patch_embed.patch_size[0]}")
 
 
-def _create_timm_vit(name: str, *, img_size: int | None, hub: bool) -> VisionTransformer:
-    """Build a timm ViT by name with class-token pooling and no classifier."""
+def _create_timm_backbone(name: str, *, img_size: int | None, hub: bool) -> nn.Module:
+    """Build a timm model of a supported family by name, with no classifier (a ViT pools its class token)."""
     if not timm.is_model(name):
         raise BackboneError(f"unknown backbone {name!r}: it is neither an offline backbone "
                             f"({', '.join(OFFLINE_BACKBONES)}) nor a timm model name; see timm.list_models('*vit*')")
-    not_vit = f"backbone {name!r} is not usable: VPT needs a timm VisionTransformer with a class token"
+    unsupported = f"backbone {name!r} is not usable: vptune prompts these timm families: {supported_families()}"
     kwargs = {} if img_size is None else {"img_size": img_size}
     try:
         model = timm.create_model(name, pretrained=hub, num_classes=0, **kwargs)
     except TypeError as err:  # e.g. a CNN that takes no img_size
-        raise BackboneError(not_vit) from err
+        raise BackboneError(unsupported) from err
     except Exception as err:
         if not hub:
             raise
         raise BackboneError(f"could not fetch pretrained weights for {name!r} ({type(err).__name__}: {err}); pass "
                             f"weights= a local .safetensors/.pth file, or use the offline default "
                             f"{DEFAULT_BACKBONE!r}") from err
-    if not isinstance(model, VisionTransformer) or not model.has_class_token:
-        raise BackboneError(not_vit)
-    # Pool via the class token without rebuilding, so norm placement (norm vs fc_norm) matches the weights
-    model.reset_classifier(0, global_pool="token")
+    if family_of(model) is None:
+        raise BackboneError(f"{unsupported}; got {type(model).__name__}")
+    if isinstance(model, VisionTransformer) and model.has_class_token:
+        # Pool via the class token without rebuilding, so norm placement (norm vs fc_norm) matches the weights
+        model.reset_classifier(0, global_pool="token")
     return model
 
 

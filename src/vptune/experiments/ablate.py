@@ -29,6 +29,7 @@ from typing import Any, Callable, Iterator
 
 from .._io import atomic_write_text
 from ..backbones import create_backbone
+from ..model import adapter_for
 from ..errors import ConfigError, TrainingError
 from ..rundir import RunDir
 from ..training import TrainConfig, train
@@ -232,7 +233,7 @@ class AblateConfig:
         """The backbone's number of blocks (the depth set's k follow it)."""
         if not hasattr(self, "_depth"):
             cfg = _train_config(self.common)
-            self._depth = len(create_backbone(cfg.backbone, img_size=cfg.img_size, weights=cfg.weights).blocks)
+            self._depth = adapter_for(create_backbone(cfg.backbone, img_size=cfg.img_size, weights=cfg.weights)).depth
         return self._depth
 
 

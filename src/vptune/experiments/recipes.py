@@ -23,7 +23,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     "probe-norm-adamw-slowhead-dropout": dict(head_norm=True, head_init="probe", optimizer="adamw", lr=1e-2,
                                               head_lr=1e-3, weight_decay=1e-4, prompt_dropout=0.1,
                                               prompt_init="xavier"),
-    # prompts start at k-means prototypes of the patch tokens entering each block, not noise (model/prompted_vit.py);
+    # prompts start at k-means prototypes of the patch tokens entering each block, not noise (model/prompted.py);
     # rows named "sampled-patches-..." in docs/recipe/*.jsonl ran an earlier version of this init
     "patches-probe-norm-adamw": dict(head_norm=True, head_init="probe", optimizer="adamw", lr=1e-2, head_lr=1e-2,
                                      weight_decay=1e-4, prompt_init="patches"),

@@ -8,7 +8,7 @@ from math import prod
 from pathlib import Path
 
 from ..backbones import create_backbone
-from ..model import ParameterCount
+from ..model import ParameterCount, adapter_for
 from ..errors import CheckpointError
 from ..rundir import RunDir
 from ..tasks import WEIGHTS_FILE, check_task
@@ -50,9 +50,6 @@ def parameter_count(meta: dict) -> ParameterCount:
 
 
 def describe_backbone(name: str) -> str:
-    backbone = create_backbone(name, pretrained=False)
-    params = sum(p.numel() for p in backbone.parameters())
-    return (f"backbone     {name}: {len(backbone.blocks)} blocks, width {backbone.embed_dim}, "
-            f"patch {backbone.patch_embed.patch_size}, {backbone.num_prefix_tokens} prefix token(s), "
-            f"{params:,} parameters\nVPT-deep with p prompts adds {len(backbone.blocks)} x p x {backbone.embed_dim} "
-            f"parameters (+ head)")
+    adapter = adapter_for(create_backbone(name, pretrained=False))
+    return (f"backbone     {name}: {adapter.summary()}, {adapter.num_parameters():,} parameters\n"
+            f"VPT-deep with p prompts adds {adapter.depth} x p x {adapter.embed_dim} parameters (+ head)")

@@ -32,10 +32,7 @@ from ..backbones import backbone_fingerprint
 from ..data import build_transform
 from ..devices import autocast
 from ..errors import CheckpointError, ConfigError
-from ..model import PromptedViT
-from ..model.config import TOKEN_LOCATIONS
-from ..model.prompted_vit import backbone_data_config
-from ..model.attention import prefix_block, prompt_key_values, supports_prefix
+from ..model import BackboneAdapter, PromptedModel, adapter_for, backbone_data_config
 from ..rundir import RunDir
 from ..tasks import load_task, read_task_json, task_method
 from .predictor import check_image_batch, check_top_k, top_k_rows
@@ -81,7 +78,7 @@ class MultiTaskModel(nn.Module):
             self.add_task(name, directory)
 
     # --------------------------------------------------------------------------------------------- tasks
-    def add_task(self, name: str, directory: str | os.PathLike) -> PromptedViT:
+    def add_task(self, name: str, directory: str | os.PathLike) -> PromptedModel:
         """Load a task onto the shared backbone; refuses one trained on another backbone, image size or
         normalisation, or with a method that changed backbone weights, naming the task and the mismatch."""
         if not isinstance(name, str) or not TASK_NAME.match(name):
@@ -120,7 +117,7 @@ class MultiTaskModel(nn.Module):
     def _check_compatible(self, name: str, directory: os.PathLike, meta: dict) -> None:
         saved, data = meta["backbone"], meta["data"]
         ours = {"backbone weights fingerprint": backbone_fingerprint(self.backbone),
-                "image size": list(self.backbone.patch_embed.img_size),
+                "image size": list(adapter_for(self.backbone).img_size),
                 "normalisation mean": [round(v, 6) for v in self.data_config["mean"]],
                 "normalisation std": [round(v, 6) for v in self.data_config["std"]]}
         theirs = {"backbone weights fingerprint": saved.get("fingerprint"), "image size": saved["img_size"],
@@ -181,24 +178,24 @@ class MultiTaskModel(nn.Module):
 
     def _features(self, images: torch.Tensor, tasks: list[str]) -> torch.Tensor:
         """The shared pass: final normed [CLS] (B, d) of every image, each with its own task's prompts."""
-        blocks = self.backbone.blocks
         leave_at = {name: model.stem_depth for name, model in self.tasks.items() if not self._in_shared_pass(model)}
         first_model = next(iter(self.tasks.values()))
-        x = first_model._embed(images)
+        adapter = first_model.adapter
+        x = first_model.embed(images)  # no task here changes the embedding (concat-channel is refused)
         rows = torch.arange(len(tasks), device=images.device)  # batch rows still in the shared pass, in x's order
         names = list(tasks)                                      # their task names
-        features = images.new_empty(len(tasks), self.backbone.embed_dim)
-        for i, block in enumerate(blocks):
+        features = images.new_empty(len(tasks), adapter.embed_dim)
+        for i in range(adapter.depth):
             x, rows, names = self._leave(i, x, rows, names, leave_at, features)
             if not names:
                 return features
-            kv, mask = self._gather_prompts(i, block, names)
-            last = i == len(blocks) - 1
+            kv, mask = self._gather_prompts(i, adapter, names)
+            last = i == adapter.depth - 1
             if kv is None and not last:
-                x = block(x)
+                x = adapter.block(i, x)
             else:
-                x = prefix_block(block, x, kv, queries=1 if last else None, prompt_mask=mask)
-        features[rows] = self.backbone.fc_norm(self.backbone.norm(x[:, 0]))
+                x = adapter.prefix_block(i, x, kv, queries=1 if last else None, prompt_mask=mask)
+        features[rows] = adapter.pool(x, "cls")
         return features
 
     def _leave(self, block: int, x: torch.Tensor, rows: torch.Tensor, names: list[str], leave_at: dict[str, int],
@@ -211,13 +208,13 @@ class MultiTaskModel(nn.Module):
             names = [n for n in names if n != name]
         return x, rows, names
 
-    def _gather_prompts(self, index: int, block: nn.Module,
+    def _gather_prompts(self, index: int, adapter: BackboneAdapter,
                         names: list[str]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """Each image's own task's prompt keys/values at this block: (B, p_max, 2 * attn_dim) and a (B, p_max)
+        """Each image's own task's prompt keys/values at this block: (B, p_max, kv_width) and a (B, p_max)
         mask when prompts differ in length or some image's task has none here; (None, None) if no image has one."""
         stack = self._stacks.get(index)
         if stack is None:
-            stack = self._stacks[index] = self._build_stack(index, block)
+            stack = self._stacks[index] = self._build_stack(index, adapter)
         which = torch.tensor([stack.row.get(n, 0) for n in names], device=stack.kv.device)
         if stack.kv.shape[1] == 0 or not bool(which.any()):
             return None, None
@@ -225,35 +222,34 @@ class MultiTaskModel(nn.Module):
             return stack.kv[which], None
         return stack.kv[which], stack.valid[which]
 
-    def _build_stack(self, index: int, block: nn.Module) -> _PromptStack:
-        prompts = {name: model.prompt_tokens(1)[model._prompt_index[index]][0]  # (p, d)
+    def _build_stack(self, index: int, adapter: BackboneAdapter) -> _PromptStack:
+        prompts = {name: model.prompt_tokens_at(index)  # (p, d)
                    for name, model in self.tasks.items()
-                   if self._in_shared_pass(model) and model.prompts is not None and index in model._prompt_index}
+                   if self._in_shared_pass(model) and model.prompts is not None and model.is_prompted(index)}
         p_max = max((p.shape[0] for p in prompts.values()), default=0)
-        kv_dim = 2 * block.attn.attn_dim if hasattr(block, "attn") else 0
-        dtype = next(self.backbone.parameters()).dtype
-        kv = torch.zeros(len(prompts) + 1, p_max, kv_dim, device=self.device, dtype=dtype)
+        kv_dim = adapter.kv_width(index) if adapter.supports_prefix(index) else 0
+        kv = torch.zeros(len(prompts) + 1, p_max, kv_dim, device=self.device, dtype=adapter.dtype)
         valid = torch.zeros(len(prompts) + 1, p_max, dtype=torch.bool, device=self.device)
         row = {}
         for r, (name, tokens) in enumerate(prompts.items(), start=1):
-            kv[r, :len(tokens)] = prompt_key_values(block, tokens[None])[0]
+            kv[r, :len(tokens)] = adapter.prompt_kv(index, tokens[None])[0]
             valid[r, :len(tokens)] = True
             row[name] = r
         padded = any(len(tokens) < p_max for tokens in prompts.values())
         return _PromptStack(kv, valid, row, padded)
 
     @staticmethod
-    def _in_shared_pass(model: PromptedViT) -> bool:
+    def _in_shared_pass(model: PromptedModel) -> bool:
         """True when the task's prompts only ever act as key/value prefixes (see the module docstring)."""
-        blocks = model.backbone.blocks
-        if not all(supports_prefix(b) for b in blocks):
+        adapter = model.adapter
+        if not all(adapter.supports_prefix(i) for i in range(adapter.depth)):
             return False
         if model.prompt_config.pooling != "cls":  # the shared pass ends with each image's [CLS]
             return False
         if model.prompts is None:
             return True
         first = model.prompt_blocks[0]
-        return model.prompt_config.location in TOKEN_LOCATIONS and model.prompt_blocks == tuple(range(first, len(blocks)))
+        return model.location.is_tokens and model.prompt_blocks == tuple(range(first, adapter.depth))
 
 
 def _rows_by_task(tasks: Sequence[str]) -> dict[str, list[int]]:

@@ -12,7 +12,7 @@ from ..data import MAX_PIXELS, DataError, DataWarning, build_transform, decode_i
 from ..data.datasets import bad_images, check_images
 from ..devices import autocast, maybe_compile, resolve_precision
 from ..errors import ConfigError
-from ..model import PromptedViT
+from ..model import PromptedModel, adapter_for
 from ..rundir import RunDir
 from ..tasks import load_task
 from .runtime import log_runtime, resolve_runtime
@@ -31,7 +31,7 @@ class Predictor:
         compile: run the forward through `torch.compile` (eager, after one log line, where it cannot compile).
     """
 
-    def __init__(self, model: PromptedViT, *, batch_size: int = 32, max_pixels: int = MAX_PIXELS,
+    def __init__(self, model: PromptedModel, *, batch_size: int = 32, max_pixels: int = MAX_PIXELS,
                  precision: str = "auto", compile: bool = False) -> None:
         self.model = model.eval()
         data = model.data_config
@@ -119,9 +119,13 @@ def top_k_rows(probabilities: torch.Tensor, class_names: Sequence[str], top_k: i
 
 def check_image_batch(images: torch.Tensor, input_size: Sequence[int], backbone: torch.nn.Module) -> None:
     """ValueError unless `images` is a (B, C, H, W) batch of the model's input size (timm's own check is an
-    AssertionError from inside the patch embedding); any size where the backbone takes any (dynamic_img_size)."""
-    fixed = not getattr(backbone.patch_embed, "dynamic_img_size", False)
-    if images.ndim != 4 or (fixed and tuple(images.shape[1:]) != tuple(input_size)):
+    AssertionError from inside the patch embedding); where the backbone takes any size (dynamic_img_size), any
+    size whose sides are whole multiples of the patch."""
+    adapter = adapter_for(backbone)
+    shape = tuple(images.shape[1:])
+    whole_patches = (adapter.dynamic_img_size and len(shape) == 3 and shape[0] == input_size[0]
+                     and all(side > 0 and side % patch == 0 for side, patch in zip(shape[1:], adapter.patch_size)))
+    if images.ndim != 4 or (shape != tuple(input_size) and not whole_patches):
         raise ValueError(f"images must be a (B, {', '.join(map(str, input_size))}) batch of normalised tensors, got "
                          f"shape {tuple(images.shape)}; make them with the model's transform (or use predict_files)")
 

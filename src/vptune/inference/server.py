@@ -380,7 +380,7 @@ def describe_task(model: MultiTaskModel, name: str) -> dict:
     task = model.tasks[name]
     return {"name": name, "classes": model.class_names(name), "num_classes": task.head.out_features,
             "method": task.method.to_dict() if getattr(task, "method", None) else None,
-            "prompt": task.prompt_config.to_dict(), "image_size": list(task.backbone.patch_embed.img_size)}
+            "prompt": task.prompt_config.to_dict(), "image_size": list(task.adapter.img_size)}
 
 
 def serve(tasks: dict[str, str], settings: ServeSettings, *, allow_download: bool = False) -> None:

@@ -1,6 +1,6 @@
 """`Method`: what a tuning method is, and the registry that finds one by name (as PEFT registers its tuners).
 
-Every method trains the same `PromptedViT` (frozen backbone + linear head on the final [CLS]); methods differ in
+Every method trains the same `PromptedModel` (frozen backbone + linear head on the final [CLS]); methods differ in
 the prompt they add, which backbone tensors they unfreeze or insert, and their optimizer and default learning
 rates. So one training loop, one task format and one evaluation serve them all. A method's settings go into
 task.json (`to_dict`) and come back (`method_from_dict`), so a task reloads the same however it was saved.
@@ -18,7 +18,7 @@ from torch import nn
 
 from ..backbones import backbone_fingerprint
 from ..errors import ConfigError
-from ..model import PromptConfig, PromptedViT
+from ..model import PromptConfig, PromptedModel
 
 REGISTRY: dict[str, type["Method"]] = {}
 
@@ -126,24 +126,24 @@ def _create(cls: type[Method], kwargs: dict[str, Any]) -> Method:
 
 
 def build_model(method: Method | str, backbone: nn.Module, prompt: PromptConfig, num_classes: int, *,
-                class_names: Sequence[str] | None = None, head_norm: bool = False, **options: Any) -> PromptedViT:
+                class_names: Sequence[str] | None = None, head_norm: bool = False, **options: Any) -> PromptedModel:
     """The model for `method` (a Method or its name, with `options` such as lora_rank=8), with exactly that
     method's parameters trainable. The model remembers its method, so `save_task` records it."""
     if isinstance(method, str):
         method = get_method(method, **options)
     backbone_fingerprint(backbone)  # remember the base weights before a method starts changing them
     try:
-        model = PromptedViT(backbone, method.prompt_config(prompt), num_classes, class_names=class_names,
+        model = PromptedModel(backbone, method.prompt_config(prompt), num_classes, class_names=class_names,
                             head_norm=head_norm)
-    except ValueError as err:  # a prompt that does not fit this backbone or task (e.g. init 'cls' with p != classes)
+    except (ValueError, TypeError) as err:  # a prompt that does not fit this backbone or task, an unknown family
         raise ConfigError(str(err)) from err
     method.adapt(backbone)  # after the wrapper froze everything
     model.method = method
     return model
 
 
-def method_of(model: PromptedViT) -> Method:
-    """The method a model was built with; for a PromptedViT made directly, VPT (by its prompt mode) or linear."""
+def method_of(model: PromptedModel) -> Method:
+    """The method a model was built with; for a PromptedModel made directly, VPT (by its prompt mode) or linear."""
     method = getattr(model, "method", None)
     if isinstance(method, Method):
         return method
@@ -151,7 +151,7 @@ def method_of(model: PromptedViT) -> Method:
     return get_method(f"vpt-{config.mode}" if config.enabled else "linear")
 
 
-def optimizer_groups(model: PromptedViT, lr: float, head_lr: float, weight_decay: float) -> list[dict]:
+def optimizer_groups(model: PromptedModel, lr: float, head_lr: float, weight_decay: float) -> list[dict]:
     """Parameter groups: the head gets its own lr (the backbone's [CLS] norm can be large); "concat-channel"'s new
     patch-embedding weights the main lr / their fan-in (below); the rest the main lr."""
     head = list(model.head.parameters())

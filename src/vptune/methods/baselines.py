@@ -5,6 +5,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from ..model import adapter_for
+
 from ..errors import ConfigError
 from .base import GradientMethod, Method, register
 
@@ -68,9 +70,8 @@ class Partial(_Tuned):
         return f"partial-{self.k}"
 
     def adapt(self, backbone: nn.Module) -> None:
-        depth = len(backbone.blocks)
-        if self.k > depth:
-            raise ConfigError(f"method {self.label!r}: K must be in 1..{depth} (the backbone's depth)")
-        for block in backbone.blocks[-self.k:]:
-            block.requires_grad_(True)
-        backbone.norm.requires_grad_(True)
+        adapter = adapter_for(backbone)
+        if self.k > adapter.depth:
+            raise ConfigError(f"method {self.label!r}: K must be in 1..{adapter.depth} (the backbone's depth)")
+        for module in adapter.last_blocks(self.k):
+            module.requires_grad_(True)

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from ..errors import ConfigError
+from ..model import adapter_for
 from .base import GradientMethod, register
 
 
@@ -13,7 +14,7 @@ from .base import GradientMethod, register
 @dataclass(frozen=True)
 class LoRA(GradientMethod):
     name = "lora"
-    summary = "LoRA (PEFT) on every attn.qkv, rank --lora-rank (AdamW)"
+    summary = "LoRA (PEFT) on every attention's q/k/v projection, rank --lora-rank (AdamW)"
     frozen_backbone = False  # the inserted adapters change what the blocks compute
     lora_rank: int = 8
     lora_alpha: int | None = None  # None: equal to the rank (scale 1)
@@ -29,6 +30,10 @@ class LoRA(GradientMethod):
         except ImportError as err:
             raise ConfigError("method 'lora' needs the PEFT library: pip install 'vptune[lora]' "
                               "(or pip install peft)") from err
+        try:
+            targets = adapter_for(backbone).lora_targets()
+        except ValueError as err:
+            raise ConfigError(f"method 'lora': {err}") from err
         config = LoraConfig(r=self.lora_rank, lora_alpha=self.lora_alpha or self.lora_rank,
-                            lora_dropout=self.lora_dropout, target_modules=["qkv"])
-        inject_adapter_in_model(config, backbone)  # adds trainable lora_A / lora_B beside each frozen attn.qkv
+                            lora_dropout=self.lora_dropout, target_modules=targets)
+        inject_adapter_in_model(config, backbone)  # adds trainable lora_A / lora_B beside each frozen projection

@@ -16,7 +16,7 @@ from typing import Iterator
 import torch
 import torch.nn.functional as F
 
-from ..model import FeatureNorm, PromptedViT
+from ..model import FeatureNorm, PromptedModel
 
 # L2 strengths tried, as lambda in mean cross-entropy + lambda / 2 * ||W||^2 on standardised features
 # (scikit-learn's C = 1 / (n * lambda)): from practically none to strong enough that train accuracy drops.
@@ -54,7 +54,7 @@ class ProbeFit:
         return (F.cross_entropy(self.logits(features), labels) + 0.5 * self.weight_decay * self.weight.pow(2).sum()).item()
 
     @torch.no_grad()
-    def load_into(self, model: PromptedViT) -> None:
+    def load_into(self, model: PromptedModel) -> None:
         """Set the model's head (and its FeatureNorm, if it has one) to this probe."""
         if isinstance(model.head_norm, FeatureNorm):
             model.head_norm.set_(self.mean.float(), self.std.float())

@@ -37,7 +37,7 @@ from ..devices import DTYPES, autocast, maybe_compile, resolve_device, resolve_p
 from ..errors import ConfigError, TrainingError, VptuneError, brief
 from ..inference.evaluate import evaluate_logits
 from ..methods import build_model, optimizer_groups
-from ..model import ParameterCount, PromptedViT, count_parameters
+from ..model import ParameterCount, PromptedModel, count_parameters
 from ..rundir import MARKER, RunDir
 from ..tasks import WEIGHTS_FILE, read_task_json, read_task_tensors, save_task, task_tensors
 from .config import AUTO, RESOLVED_FIELDS, TrainConfig, apply_resume_changes
@@ -58,7 +58,7 @@ class Fit:
     its head / post-stem part when inputs are cached), the optimizer and its schedule."""
 
     cfg: TrainConfig
-    model: PromptedViT
+    model: PromptedModel
     forward: Callable[[torch.Tensor], torch.Tensor]
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
@@ -181,7 +181,7 @@ def _train(run: RunDir, cfg: TrainConfig, resume: bool, overwrite: bool, quiet: 
     return broadcast(summary, world)  # every rank returns rank 0's
 
 
-def train_epochs(model: PromptedViT, splits: DataSplits, cfg: TrainConfig, run: RunDir, quiet: bool,
+def train_epochs(model: PromptedModel, splits: DataSplits, cfg: TrainConfig, run: RunDir, quiet: bool,
                  resume: bool, on_epoch: Callable[[dict], None] | None = None,
                  world: World = SINGLE) -> tuple[dict | None, float]:
     """The epoch loop (from the last finished epoch when resuming); returns the best epoch and the seconds spent."""
@@ -238,7 +238,7 @@ def train_epochs(model: PromptedViT, splits: DataSplits, cfg: TrainConfig, run: 
 class _Forward(torch.nn.Module):
     """`fn` (the model, or its part after the cached stem) as a module, for DistributedDataParallel to wrap."""
 
-    def __init__(self, model: PromptedViT, fn: Callable[[torch.Tensor], torch.Tensor]) -> None:
+    def __init__(self, model: PromptedModel, fn: Callable[[torch.Tensor], torch.Tensor]) -> None:
         super().__init__()
         self.model, self.fn = model, fn
 
@@ -246,7 +246,7 @@ class _Forward(torch.nn.Module):
         return self.fn(inputs)
 
 
-def train_linear_probe(model: PromptedViT, splits: DataSplits, cfg: TrainConfig, run: RunDir,
+def train_linear_probe(model: PromptedModel, splits: DataSplits, cfg: TrainConfig, run: RunDir,
                        quiet: bool, world: World = SINGLE) -> tuple[dict, float]:
     """Logistic regression on the frozen [CLS] features, its L2 strength chosen on val (`linear_probe.py`).
     One metrics row per strength tried; with `final`, the chosen strength is refitted on train + val."""
@@ -367,7 +367,7 @@ def validate(fit: Fit, dataset: Dataset) -> dict:
 PATCH_INIT_IMAGES = 64  # images whose block inputs the "patches" prompt init draws from: plenty of tokens, one batch
 
 
-def _init_prompts_from_patches(model: PromptedViT, train_set: Dataset, cfg: TrainConfig) -> None:
+def _init_prompts_from_patches(model: PromptedModel, train_set: Dataset, cfg: TrainConfig) -> None:
     """Prompt init "patches": tokens drawn from the block inputs of up to 64 training images picked by the seed."""
     generator = torch.Generator().manual_seed(cfg.seed)
     picked = torch.randperm(len(train_set), generator=generator)[:PATCH_INIT_IMAGES].tolist()
@@ -376,7 +376,7 @@ def _init_prompts_from_patches(model: PromptedViT, train_set: Dataset, cfg: Trai
     model.init_prompts_from_patches(images, generator)
 
 
-def _init_head(model: PromptedViT, features: Callable[[torch.Tensor], torch.Tensor], train_set: Dataset,
+def _init_head(model: PromptedModel, features: Callable[[torch.Tensor], torch.Tensor], train_set: Dataset,
                val_set: Dataset, cfg: TrainConfig, quiet: bool, world: World = SINGLE) -> None:
     """Set the head's standardisation from the initial model's features on the training set and, with
     head_init "probe", the head itself to the converged linear probe on them (L2 chosen on val)."""
@@ -393,7 +393,7 @@ def _init_head(model: PromptedViT, features: Callable[[torch.Tensor], torch.Tens
              f"train top-1 {fit.train_top1:.4f})")
 
 
-def make_optimizer(model: PromptedViT, cfg: TrainConfig, num_train: int | None = None) -> torch.optim.Optimizer:
+def make_optimizer(model: PromptedModel, cfg: TrainConfig, num_train: int | None = None) -> torch.optim.Optimizer:
     """The method's optimizer, lrs scaled by the batch actually used / 256 (a batch size over the training set's
     size gives batches of the whole set, and must not scale the lr as if they were larger)."""
     batch = min(cfg.batch_size, num_train) if num_train else cfg.batch_size
@@ -571,7 +571,7 @@ def _epoch_line(row: dict) -> str:
             f"{val}, {row['img_per_s']:.1f} img/s")
 
 
-def _summarise(cfg: TrainConfig, run: RunDir, model: PromptedViT, splits: DataSplits, counts: ParameterCount,
+def _summarise(cfg: TrainConfig, run: RunDir, model: PromptedModel, splits: DataSplits, counts: ParameterCount,
                best: dict | None, train_seconds: float, quiet: bool, test: bool, world: World = SINGLE) -> dict:
     metrics = {}
     if test and splits.test is not None:

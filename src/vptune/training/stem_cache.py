@@ -16,14 +16,14 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from ..data import RANDOM_RECIPES
 from ..inference.evaluate import predict_logits
-from ..model import PromptedViT
+from ..model import PromptedModel
 
 log = logging.getLogger("vptune")
 
 STEM_CACHE_SHARE_OF_RAM = 0.25  # never hold more than this share of the machine's memory in cached stems
 
 
-def stem_cache_plan(model: PromptedViT, *, frozen_backbone: bool, recipe: str, cache_stem: str,
+def stem_cache_plan(model: PromptedModel, *, frozen_backbone: bool, recipe: str, cache_stem: str,
                     num_images: int) -> bool:
     """Whether to compute the stem once per image: exact only when its blocks are frozen and the images are the
     same every epoch; worth it when there is a stem; possible when it fits in memory. Logs why when it says no."""
@@ -34,14 +34,14 @@ def stem_cache_plan(model: PromptedViT, *, frozen_backbone: bool, recipe: str, c
         log.info(f"not caching the stem ({blocks} frozen blocks before the first prompt): recipe {recipe!r} "
                  f"augments at random, so its output changes every epoch")
         return False
-    tokens = model.num_prefix_tokens + model.backbone.patch_embed.num_patches
+    tokens = model.adapter.num_prefix_tokens + model.adapter.num_patches
     need, budget = num_images * tokens * model.embed_dim * 4, STEM_CACHE_SHARE_OF_RAM * _ram_bytes()
     if need > budget:
         log.info(f"not caching the stem ({blocks} frozen blocks before the first prompt): {num_images} images "
                  f"would need {need / 2**30:.1f} GiB, over {STEM_CACHE_SHARE_OF_RAM:.0%} of this machine's memory")
         return False
     log.info(f"computing the stem ({blocks} frozen blocks before the first prompt) once per image "
-             f"({need / 2**20:.0f} MiB); training runs the other {len(model.backbone.blocks) - blocks} "
+             f"({need / 2**20:.0f} MiB); training runs the other {model.adapter.depth - blocks} "
              f"(turn off with --cache-stem off)")
     return True
 

@@ -1,9 +1,10 @@
-"""`PromptedViT`: a frozen timm Vision Transformer with learned prompts and a linear head on [CLS].
+"""`PromptedModel`: a frozen timm backbone with learned prompts and a linear head (`PromptedViT` is its old name).
 
 Token layout inside the blocks (prepend): [CLS, register tokens..., prompt slots (p), patch tokens (m)].
 At a block that has a prompt the slots are set to that block's prompt (inserted the first time,
 replaced afterwards); at a block without one, whatever the slots hold is carried on. "add" instead adds
-the block's prompt element-wise to every existing token.
+the block's prompt element-wise to every existing token. Each location is a class in `locations.py`; what a
+backbone family looks like inside is its adapter's business (`families/`): this file knows neither.
 
 Two ways to compute the same thing:
 - `path="tokens"`: the reference. Prompts are ordinary tokens of the sequence, as in the original code.
@@ -22,64 +23,63 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from functools import partial
-from typing import Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import torch
-import torch.nn.functional as F
-from timm.layers import Format, PatchEmbed, nchw_to
-from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .config import PIXEL_LOCATIONS, TOKEN_LOCATIONS, PromptConfig
-from .attention import prefix_block, prompt_key_values, supports_prefix
+from .config import PromptConfig
+from .families import BackboneAdapter, adapter_for
+from .locations import location_for
 from .prompts import Prompts
 
 PATHS = ("prefix", "tokens")
 READS_PROMPTS = ("prompt-pool", "global-pool")  # poolings that need the prompts' outputs of the last block
 
 
-class PromptedViT(nn.Module):
-    """A frozen timm `VisionTransformer`, VPT prompts, and a fresh linear head on the final normed [CLS].
+class PromptedModel(nn.Module):
+    """A frozen timm backbone (any family in `families/`), prompts, and a fresh linear head on what the pooling
+    reads (the final normed [CLS] by default).
 
     Args:
-        backbone: a timm VisionTransformer with a class token. Its parameters are frozen and it stays in
-            eval mode even when this wrapper trains (its own dropout and drop-path stay off).
+        backbone: a timm model of a supported family (ViT, Eva: see `vptune.model.families`). Its parameters are
+            frozen and it stays in eval mode even when this wrapper trains (its own dropout and drop-path stay off).
         prompt: what to prompt (see `PromptConfig`).
         num_classes: outputs of the linear head.
         path: "prefix" (fast, default) or "tokens" (the reference computation).
         backbone_name: recorded in task checkpoints; defaults to `backbone.vptune_name` or timm's name.
         class_names: optional labels, stored in task checkpoints and used by `predict`.
-        head_norm: standardise the [CLS] embedding before the head with fixed statistics (`FeatureNorm`, set
-            from data by the caller; identity until then), so the head's optimisation does not depend on the
-            backbone's feature scale and offset.
+        head_norm: standardise the head's input with fixed statistics (`FeatureNorm`, set from data by the
+            caller; identity until then), so the head's optimisation does not depend on the backbone's feature
+            scale and offset.
         grad_checkpointing: recompute blocks in the backward pass rather than storing their activations
             (less memory, more time; exact same results). Also settable later as an attribute.
     """
 
-    def __init__(self, backbone: VisionTransformer, prompt: PromptConfig, num_classes: int, *,
+    def __init__(self, backbone: nn.Module, prompt: PromptConfig, num_classes: int, *,
                  path: str = "prefix", backbone_name: str | None = None,
                  class_names: Sequence[str] | None = None, grad_checkpointing: bool = False,
                  head_norm: bool = False) -> None:
         super().__init__()
-        _check_backbone(backbone)
+        self.adapter: BackboneAdapter = adapter_for(backbone)
+        _check_fits(self.adapter, prompt, backbone)
         if not isinstance(num_classes, int) or num_classes < 1:
             raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
         if class_names is not None and len(class_names) != num_classes:
             raise ValueError(f"class_names has {len(class_names)} names but num_classes={num_classes}")
         self.backbone = backbone.requires_grad_(False).eval()
         self.prompt_config = prompt
+        self.location = location_for(prompt.location)
         self.path = path
         self.backbone_name = backbone_name or getattr(backbone, "vptune_name", None) or _timm_name(backbone)
         self.class_names = list(class_names) if class_names is not None else None
         self.grad_checkpointing = grad_checkpointing
 
-        depth = len(backbone.blocks)
-        self.embed_dim = backbone.embed_dim
-        self.num_prefix_tokens = backbone.num_prefix_tokens
-        self.prompt_blocks = prompt.resolve_layers(depth)
-        self._prompt_index = {block: i for i, block in enumerate(self.prompt_blocks)}
+        self.embed_dim = self.adapter.embed_dim
+        self.num_prefix_tokens = self.adapter.num_prefix_tokens
+        self.prompt_blocks = prompt.resolve_layers(self.adapter.depth)
+        self._prompt_row = {block: i for i, block in enumerate(self.prompt_blocks)}
         if prompt.enabled and prompt.init == "cls" and prompt.num_tokens != num_classes:
             raise ValueError(f"PromptConfig.init='cls' starts prompt j at class j's mean [CLS] embedding, so num_tokens "
                              f"must equal the number of classes ({num_classes}), got {prompt.num_tokens}")
@@ -89,13 +89,13 @@ class PromptedViT(nn.Module):
         nn.init.trunc_normal_(self.head.weight, std=0.01)
         nn.init.zeros_(self.head.bias)
 
-        self._prefix_blocks = self._plan_prefix_blocks(depth)
+        self.prefix_blocks = self._plan_prefix_blocks()
         self._kv_cache: dict[int, torch.Tensor] = {}
         self._kv_cache_key: tuple | None = None
 
     @classmethod
     def from_timm(cls, model_name: str, prompt: PromptConfig, num_classes: int, *, pretrained: bool = False,
-                  path: str = "prefix", **timm_kwargs) -> "PromptedViT":
+                  path: str = "prefix", **timm_kwargs) -> "PromptedModel":
         """Build the backbone with `timm.create_model(model_name, pretrained=..., **timm_kwargs)` and wrap it."""
         import timm
 
@@ -104,30 +104,21 @@ class PromptedViT(nn.Module):
 
     # ----------------------------------------------------------------------------------------------- set-up
     def _build_prompts(self, prompt: PromptConfig) -> Prompts:
-        patch_embed = self.backbone.patch_embed
-        patch_h, patch_w = patch_embed.patch_size
-        length, dim = prompt.num_tokens, prompt.project or self.embed_dim
-        if prompt.location == "add":  # one learned vector per existing token position
-            length = self.num_prefix_tokens + patch_embed.num_patches
-        elif prompt.location in PIXEL_LOCATIONS:
-            _check_plain_patch_embed(patch_embed, prompt.location)
-            height, width = patch_embed.img_size
-            dim = 3 * patch_h * patch_w if prompt.location == "prepend-pixel" else height * width
-        return Prompts(prompt, self.prompt_blocks, length, dim, self.embed_dim, (patch_h, patch_w))
+        length, dim = self.location.prompt_shape(self.adapter, prompt.num_tokens, prompt.project or self.embed_dim)
+        return Prompts(prompt, self.prompt_blocks, length, dim, self.embed_dim, self.adapter.patch_size)
 
-    def _plan_prefix_blocks(self, depth: int) -> frozenset[int]:
+    def _plan_prefix_blocks(self) -> frozenset[int]:
         """Blocks that can run in prefix form: they hold prompt slots whose outputs nobody reads."""
-        if self.prompts is None or self.prompt_config.location not in TOKEN_LOCATIONS:
+        if self.prompts is None or not self.location.is_tokens:
             return frozenset()
-        first = self.prompt_blocks[0]
+        depth, first = self.adapter.depth, self.prompt_blocks[0]
         last_unread = self.prompt_config.pooling not in READS_PROMPTS  # the head may read the prompts' outputs
-        unread = {i for i in range(first, depth) if (i == depth - 1 and last_unread) or i + 1 in self._prompt_index}
-        unknown = sorted({type(self.backbone.blocks[i]).__name__ for i in unread
-                          if not supports_prefix(self.backbone.blocks[i])})
+        unread = {i for i in range(first, depth) if (i == depth - 1 and last_unread) or i + 1 in self._prompt_row}
+        unknown = sorted({type(self.backbone.blocks[i]).__name__ for i in unread if not self.adapter.supports_prefix(i)})
         if unknown:
             warnings.warn(f"vptune: the prefix fast path does not know block type(s) {unknown}; those blocks run "
                           f"the reference 'prompts as tokens' way (same result, no speed-up)", stacklevel=3)
-        return frozenset(i for i in unread if supports_prefix(self.backbone.blocks[i]))
+        return frozenset(i for i in unread if self.adapter.supports_prefix(i))
 
     @property
     def path(self) -> str:
@@ -139,7 +130,12 @@ class PromptedViT(nn.Module):
             raise ValueError(f"path must be one of {PATHS}, got {value!r}")
         self._path = value
 
-    def train(self, mode: bool = True) -> "PromptedViT":
+    @property
+    def family(self) -> str:
+        """The backbone family's name ("vit", "eva"), recorded in task checkpoints."""
+        return self.adapter.family
+
+    def train(self, mode: bool = True) -> "PromptedModel":
         """Train prompts and head; the frozen backbone stays in eval mode, as in the original VPT."""
         super().train(mode)
         self.backbone.eval()
@@ -160,25 +156,25 @@ class PromptedViT(nn.Module):
         return self.forward_from_stem(self.stem(images))
 
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
-        """Images (B, 3, H, W) -> final normed [CLS] embedding (B, embed_dim)."""
+        """Images (B, 3, H, W) -> what the head reads (B, embed_dim), the final normed [CLS] by default."""
         return self.features_from_stem(self.stem(images))
 
     def prompt_tokens(self, batch_size: int) -> torch.Tensor:
-        """The prompt tokens each prompted block inserts, (num_blocks, B or 1, p, d): the learned tokens, or for
-        "prepend-pixel" the learned pixel patches through the frozen patch embedding (its projection and norm, no
-        position embedding, as for the paper's prompts). In the backbone's dtype: a backbone held in bf16 gets bf16
-        tokens (fp32 masters stay in `self.prompts`)."""
-        prompts = self.prompts(batch_size).to(self._dtype)
-        if self.prompt_config.location != "prepend-pixel":
-            return prompts
-        patch_embed = self.backbone.patch_embed
-        proj = patch_embed.proj  # a convolution with stride = kernel = patch: a linear map of each flat patch
-        return patch_embed.norm(F.linear(prompts, proj.weight.flatten(1), proj.bias))
+        """The prompt each prompted block gets, in token space: (num_blocks, B or 1, length, d): the learned tokens,
+        or for "prepend-pixel" the learned pixel patches through the frozen patch embedding. In the backbone's
+        dtype: a backbone held in bf16 gets bf16 tokens (fp32 masters stay in `self.prompts`)."""
+        return self.location.to_tokens(self, self.prompts(batch_size).to(self.adapter.dtype))
 
-    @property
-    def _dtype(self) -> torch.dtype:
-        """The frozen backbone's weights' dtype (float32, or 16 bits with `--half-backbone`)."""
-        return self.backbone.patch_embed.proj.weight.dtype
+    def prompt_tokens_at(self, block: int) -> torch.Tensor:
+        """The prompt tokens block `block` gets, (p, d) (no dropout: as at inference)."""
+        return self.prompt_tokens(1)[self.prompt_row(block)][0]
+
+    def is_prompted(self, block: int) -> bool:
+        return block in self._prompt_row
+
+    def prompt_row(self, block: int) -> int:
+        """Index of `block` among the prompted blocks (the first axis of `prompt_tokens`)."""
+        return self._prompt_row[block]
 
     @property
     def stem_depth(self) -> int:
@@ -190,14 +186,20 @@ class PromptedViT(nn.Module):
         there (`forward_from_stem`): for a "last K" prompt depth most of the forward pass is skipped.
         """
         if self.prompts is None:
-            return len(self.backbone.blocks) - 1
-        return 0 if self.prompt_config.location == "concat-channel" else self.prompt_blocks[0]
+            return self.adapter.depth - 1
+        return self.location.stem_depth(self)
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """Images (B, 3, H, W) -> tokens entering the first block (B, prefix + m, d)."""
+        if self.prompts is None:
+            return self.adapter.embed(images)
+        return self.location.embed(self, images)
 
     def stem(self, images: torch.Tensor) -> torch.Tensor:
         """Images (B, 3, H, W) -> tokens (B, prefix + m, d) after the first `stem_depth` blocks."""
-        x = self._embed(images)
-        for block in self.backbone.blocks[:self.stem_depth]:
-            x = self._block(block, x)
+        x = self.embed(images)
+        for i in range(self.stem_depth):
+            x = self.run_block(self.adapter.block, i, x)
         return x
 
     def forward_from_stem(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -205,129 +207,44 @@ class PromptedViT(nn.Module):
         return self.classify(self.features_from_stem(tokens))
 
     def classify(self, features: torch.Tensor) -> torch.Tensor:
-        """Final [CLS] embeddings (B, embed_dim) -> logits (B, num_classes): the head (after `head_norm`)."""
+        """What the pooling read (B, embed_dim) -> logits (B, num_classes): the head (after `head_norm`)."""
         return self.head(self.head_norm(features))
 
     def features_from_stem(self, x: torch.Tensor) -> torch.Tensor:
         """`stem` output (B, prefix + m, d) -> what the head reads (B, d): the final normed [CLS], or a mean of
         final normed tokens (`PromptConfig.pooling`)."""
-        slots = None  # the prompts' final outputs (B, p, d), where the pooling needs them
-        location = None if self.prompts is None else self.prompt_config.location
-        if location in (None, "concat-channel"):
-            x = self._blocks_plain(x)
-        elif location == "add":
-            x = self._blocks_add(x)
-        elif self.path == "tokens":
-            x, slots = self._blocks_tokens(x)
+        if self.prompts is None:
+            x, prompt_outputs = self.run_plain(x), None
         else:
-            x, slots = self._blocks_prefix(x)
-        return self._pool(x, slots)
+            x, prompt_outputs = self.location.run_blocks(self, x)
+        return self.adapter.pool(x, self.prompt_config.pooling, prompt_outputs)
 
-    def _pool(self, x: torch.Tensor, slots: torch.Tensor | None) -> torch.Tensor:
-        bb, pooling = self.backbone, self.prompt_config.pooling
-        if pooling == "cls":
-            return bb.fc_norm(bb.norm(x[:, 0]))
-        tokens = {"image-pool": lambda: x[:, self.num_prefix_tokens:], "prompt-pool": lambda: slots,
-                  "global-pool": lambda: x if slots is None else torch.cat([x, slots], dim=1)}[pooling]()
-        return bb.fc_norm(bb.norm(tokens).mean(dim=1))
+    def blocks_after_stem(self) -> range:
+        return range(self.stem_depth, self.adapter.depth)
 
-    def _embed(self, images: torch.Tensor) -> torch.Tensor:
-        """Patch embedding, [CLS] and register tokens, position embedding: (B, prefix + m, d)."""
-        bb = self.backbone
-        if self.prompts is not None and self.prompt_config.location == "concat-channel":
-            patches = self._embed_with_channels(images)
-        else:
-            patches = bb.patch_embed(images)
-        return bb.norm_pre(bb.patch_drop(bb._pos_embed(patches)))
+    def queries_at(self, block: int) -> int | None:
+        """1 at the last block when the head reads [CLS] only (no other token's output is needed), else None."""
+        return 1 if block == self.adapter.depth - 1 and self.prompt_config.pooling == "cls" else None
 
-    def _embed_with_channels(self, images: torch.Tensor) -> torch.Tensor:
-        """"concat-channel": the patch embedding of the image with the p prompt channels concatenated. A convolution
-        over 3 + p channels is the image's convolution (pretrained weights) plus the prompt channels' (new weights)."""
-        patch_embed, channel_weight = self.backbone.patch_embed, self.prompts.channel_weight
-        height, width = patch_embed.img_size
-        if tuple(images.shape[-2:]) != (height, width):
-            raise ValueError(f"location='concat-channel' learned prompt channels of {height} x {width} pixels, but "
-                             f"these images are {tuple(images.shape[-2:])}; resize them to the model's image size")
-        channels = self.prompts.dropout(self.prompts.tokens.view(1, -1, height, width))
-        x = patch_embed.proj(images) + F.conv2d(channels, channel_weight, stride=patch_embed.proj.stride)
-        if patch_embed.flatten:  # then the layout timm's PatchEmbed gives its blocks
-            x = x.flatten(2).transpose(1, 2)
-        elif patch_embed.output_fmt != Format.NCHW:
-            x = nchw_to(x, patch_embed.output_fmt)
-        return patch_embed.norm(x)
-
-    def _block(self, fn, *args: torch.Tensor) -> torch.Tensor:
-        """fn(*args), recomputed in the backward pass when gradient checkpointing is on and gradients flow."""
+    def run_block(self, fn: Callable[..., torch.Tensor], block: int, *args) -> torch.Tensor:
+        """fn(block, *args) (an adapter's `block` or `prefix_block`), recomputed in the backward pass when gradient
+        checkpointing is on and gradients flow."""
         if self.grad_checkpointing and torch.is_grad_enabled():
-            return checkpoint(fn, *args, use_reentrant=False)
-        return fn(*args)
+            return checkpoint(fn, block, *args, use_reentrant=False)
+        return fn(block, *args)
 
-    def _blocks_after_stem(self) -> Iterator[tuple[int, nn.Module]]:
-        start = self.stem_depth
-        return enumerate(self.backbone.blocks[start:], start=start)
-
-    def _blocks_plain(self, x: torch.Tensor) -> torch.Tensor:
+    def run_plain(self, x: torch.Tensor) -> torch.Tensor:
         """No prompt tokens (a linear probe; "concat-channel", whose prompt is in the embedding): the blocks after
-        the stem; the last computes [CLS] only, when the head reads nothing else and we know the block's type."""
-        last = len(self.backbone.blocks) - 1
-        for i, block in self._blocks_after_stem():
-            if i == last and self.prompt_config.pooling == "cls" and supports_prefix(block):
-                block = partial(prefix_block, block, prompt_kv=None, queries=1)
-            x = self._block(block, x)
-        return x
-
-    def _blocks_tokens(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Reference: prompts are tokens of the sequence, inserted once and replaced at each prompted block.
-        Returns the real tokens (B, prefix + m, d) and the prompts' final outputs (B, p, d)."""
-        batch, start, p = x.shape[0], self.num_prefix_tokens, self.prompt_config.num_tokens
-        prompts = self.prompt_tokens(batch)
-        inserted = False
-        for i, block in self._blocks_after_stem():
-            if i in self._prompt_index:
-                rest = x[:, start + p:] if inserted else x[:, start:]
-                x = torch.cat([x[:, :start], prompts[self._prompt_index[i]].expand(batch, -1, -1), rest], dim=1)
-                inserted = True
-            x = self._block(block, x)
-        return torch.cat([x[:, :start], x[:, start + p:]], dim=1), x[:, start:start + p]
-
-    def _blocks_prefix(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Fast path: real tokens (B, prefix + m, d) flow through; prompt slots are kept on the side. Returns the
-        real tokens and the prompts' final outputs (None when the last block did not compute them)."""
-        batch, start, p = x.shape[0], self.num_prefix_tokens, self.prompt_config.num_tokens
-        prompts = self.prompt_tokens(batch)
-        use_cache = self._kv_cache_usable(x)
-        slots = None  # what the prompt slots hold now: (B or 1, p, d); the stem ends at the first prompt
-        last = len(self.backbone.blocks) - 1
-        for i, block in self._blocks_after_stem():
-            fresh = i in self._prompt_index
-            if fresh:
-                slots = prompts[self._prompt_index[i]]
-            if i in self._prefix_blocks:
-                kv = self._prompt_kv(i, block, slots, cache=use_cache and fresh)
-                # The head reads [CLS] only: the last block needs no other token's output.
-                queries = 1 if i == last and self.prompt_config.pooling == "cls" else None
-                x = self._block(partial(prefix_block, block, queries=queries), x, kv)
-                slots = None  # their outputs would be replaced or never read
-            else:  # slot outputs are carried on into the next block (or read by the head): the full sequence
-                h = self._block(block, torch.cat([x[:, :start], slots.expand(batch, -1, -1), x[:, start:]], dim=1))
-                x, slots = torch.cat([h[:, :start], h[:, start + p:]], dim=1), h[:, start:start + p]
-        return x, slots
-
-    def _blocks_add(self, x: torch.Tensor) -> torch.Tensor:
-        """"add": each prompted block's prompt is added element-wise to the tokens entering it."""
-        prompts = self.prompts(x.shape[0]).to(self._dtype)
-        if prompts.shape[2] != x.shape[1]:
-            raise ValueError(f"location='add' learned one prompt vector per token for {prompts.shape[2]} tokens, "
-                             f"but these images give {x.shape[1]}; use the image size the model was built for "
-                             f"({self.backbone.patch_embed.img_size})")
-        for i, block in self._blocks_after_stem():
-            if i in self._prompt_index:
-                x = x + prompts[self._prompt_index[i]]
-            x = self._block(block, x)
+        the stem; the last computes [CLS] only, when the head reads nothing else and the adapter knows the block."""
+        for i in self.blocks_after_stem():
+            if self.queries_at(i) and self.adapter.supports_prefix(i):
+                x = self.run_block(self.adapter.prefix_block, i, x, None, 1)
+            else:
+                x = self.run_block(self.adapter.block, i, x)
         return x
 
     # ---------------------------------------------------------------------------------- prompt K/V cache
-    def _kv_cache_usable(self, x: torch.Tensor) -> bool:
+    def kv_cache_usable(self, x: torch.Tensor) -> bool:
         """Cache prompt K/V only when nothing can change them within this call and no gradient is needed."""
         params = list(self.prompts.parameters())
         needs_grad = torch.is_grad_enabled() and any(q.requires_grad for q in params)
@@ -343,17 +260,31 @@ class PromptedViT(nn.Module):
             self._kv_cache_key = key
         return True
 
-    def _prompt_kv(self, index: int, block: nn.Module, slots: torch.Tensor, cache: bool) -> torch.Tensor:
+    def prompt_kv(self, block: int, prompts: torch.Tensor, cache: bool) -> torch.Tensor:
+        """The keys|values of `prompts` at `block` (cached per block when `cache`)."""
         if not cache:
-            return prompt_key_values(block, slots)
-        if index not in self._kv_cache:
-            self._kv_cache[index] = prompt_key_values(block, slots)
-        return self._kv_cache[index]
+            return self.adapter.prompt_kv(block, prompts)
+        if block not in self._kv_cache:
+            self._kv_cache[block] = self.adapter.prompt_kv(block, prompts)
+        return self._kv_cache[block]
 
     def clear_cache(self) -> None:
         """Drop cached prompt keys/values (they are also dropped automatically when prompts change)."""
         self._kv_cache.clear()
         self._kv_cache_key = None
+
+    # ------------------------------------------------------------------------------------ prompts from data
+    def _frozen_outputs(self, images: torch.Tensor, through: int) -> Iterator[tuple[int, torch.Tensor]]:
+        """(i, tokens entering block i) for blocks 0..through, then (through + 1, its output), without prompts."""
+        x = self.adapter.embed(images)
+        for i in range(through + 1):
+            yield i, x
+            x = self.adapter.block(i, x)
+        yield through + 1, x
+
+    def _owns_prompt(self, block: int) -> bool:
+        """Whether `block` has its own prompt row to set (with shared prompts, only the first prompted block)."""
+        return self.is_prompted(block) and not (self.prompt_config.shared and block != self.prompt_blocks[0])
 
     @torch.no_grad()
     def init_prompts_from_patches(self, images: torch.Tensor, generator: torch.Generator | None = None) -> None:
@@ -370,13 +301,11 @@ class PromptedViT(nn.Module):
         """
         if self.prompts is None or self.prompt_config.location != "prepend" or self.prompt_config.project:
             raise ValueError("init_prompts_from_patches needs prepended prompts without projection")
-        p, last = self.prompt_config.num_tokens, self.prompt_blocks[-1]
-        x = self._embed(images.to(self.prompts.tokens.device))
-        for i, block in enumerate(self.backbone.blocks[:last + 1]):
-            if i in self._prompt_index and not (self.prompt_config.shared and i != self.prompt_blocks[0]):
+        p = self.prompt_config.num_tokens
+        for i, x in self._frozen_outputs(images.to(self.prompts.tokens.device), self.prompt_blocks[-1]):
+            if i < self.adapter.depth and self._owns_prompt(i):
                 patches = x[:, self.num_prefix_tokens:].flatten(0, 1).float()  # (B * m, d), fp32 under autocast
                 self.prompts.tokens[self.prompts.row(i)] = kmeans(patches, p, generator)
-            x = block(x)
         self.clear_cache()
 
     @torch.no_grad()
@@ -389,21 +318,25 @@ class PromptedViT(nn.Module):
         p = self.prompt_config.num_tokens
         if self.prompts is None or self.prompt_config.init != "cls":
             raise ValueError("init_prompts_from_classes needs a model built with PromptConfig(init='cls')")
+        if not self.adapter.has_class_token:
+            raise ValueError("PromptConfig.init='cls' starts prompts at class means of the [CLS] token, and this "
+                             "backbone has none; use init='patches'")
         sums = torch.zeros_like(self.prompts.tokens)
         counts = torch.zeros(p, device=sums.device)
-        last = self.prompt_blocks[-1]
         for images, labels in batches:
-            x, labels = self._embed(images.to(sums.device)), labels.to(sums.device)
+            labels = labels.to(sums.device)
             counts += torch.bincount(labels, minlength=p)[:p]
-            for i, block in enumerate(self.backbone.blocks[:last + 1]):
-                x = block(x)
-                if i in self._prompt_index and not (self.prompt_config.shared and i != self.prompt_blocks[0]):
-                    sums[self.prompts.row(i)].index_add_(0, labels, x[:, 0].float())
+            for i, x in self._frozen_outputs(images.to(sums.device), self.prompt_blocks[-1]):
+                if i > 0 and self._owns_prompt(i - 1):  # x is block i - 1's output
+                    sums[self.prompts.row(i - 1)].index_add_(0, labels, x[:, 0].float())
         if bool((counts == 0).any()):
             missing = (counts == 0).nonzero().flatten().tolist()
             raise ValueError(f"init='cls' needs training images of every class; none of class(es) {missing}")
         self.prompts.tokens.copy_(sums / counts[None, :, None])
         self.clear_cache()
+
+
+PromptedViT = PromptedModel  # the name of releases that knew one backbone family; task folders and code keep working
 
 
 def kmeans(points: torch.Tensor, k: int, generator: torch.Generator | None = None,
@@ -470,7 +403,7 @@ class ParameterCount:
         return "\n".join(lines)
 
 
-def count_parameters(model: PromptedViT) -> ParameterCount:
+def count_parameters(model: PromptedModel) -> ParameterCount:
     """Trainable parameters (prompts, head, anything else unfrozen) against the backbone's size."""
     prompts = sum(p.numel() for p in model.prompts.parameters()) if model.prompts is not None else 0
     head = sum(p.numel() for p in model.head.parameters())
@@ -488,25 +421,15 @@ def backbone_data_config(backbone: nn.Module) -> dict:
     return {**resolve_model_data_config(backbone), "input_size": (3, *backbone.patch_embed.img_size)}
 
 
-def _check_backbone(backbone: nn.Module) -> None:
-    if not isinstance(backbone, VisionTransformer):
-        raise TypeError(f"PromptedViT needs a timm VisionTransformer (ViT, DeiT, DINO/DINOv2, CLIP-style ViT), got "
-                        f"{type(backbone).__name__}; build one with timm.create_model('vit_...') or "
-                        f"vptune.backbones.create_backbone")
-    if backbone.cls_token is None:
-        raise ValueError(f"backbone {_timm_name(backbone)!r} has no class token, but VPT's head reads the final "
-                         f"[CLS] embedding; use a ViT built with class_token=True")
-
-
-def _check_plain_patch_embed(patch_embed: nn.Module, location: str) -> None:
-    """Pixel prompts go through the patch embedding by hand: only timm's plain one, whose projection is a linear map
-    of each patch, is known to give the same tokens as its own forward."""
-    proj = getattr(patch_embed, "proj", None)
-    plain = (type(patch_embed) is PatchEmbed and isinstance(proj, nn.Conv2d) and proj.kernel_size == proj.stride
-             and proj.padding == (0, 0) and not getattr(patch_embed, "dynamic_img_pad", False))
-    if not plain:
-        raise ValueError(f"PromptConfig.location={location!r} needs timm's plain PatchEmbed (a stride = kernel "
-                         f"convolution without padding); this backbone's is not: use location='prepend'")
+def _check_fits(adapter: BackboneAdapter, prompt: PromptConfig, backbone: nn.Module) -> None:
+    """ValueError in one line when this family cannot do what the prompt config asks."""
+    name = _timm_name(backbone)
+    if prompt.enabled and prompt.location not in adapter.locations:
+        raise ValueError(f"PromptConfig.location={prompt.location!r} is not supported on {adapter.family} backbones "
+                         f"({name}); use one of {', '.join(adapter.locations)}")
+    if prompt.pooling not in adapter.poolings:
+        raise ValueError(f"backbone {name!r} has no class token, so PromptConfig.pooling='cls' has nothing to read; "
+                         f"use pooling='image-pool' (the mean of the image tokens)")
 
 
 def _timm_name(backbone: nn.Module) -> str:

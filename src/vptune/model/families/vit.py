@@ -1,0 +1,44 @@
+"""timm's `VisionTransformer` (ViT, DeiT, DINO/DINOv2, CLIP-style ViTs): absolute positions, [CLS], optional
+register tokens, LayerScale. The fast path knows timm's standard `Block` with its standard `Attention`; any other
+block type runs the reference way."""
+from __future__ import annotations
+
+import torch
+from timm.layers import Attention
+from timm.models.vision_transformer import Block, VisionTransformer
+
+from ..attention import kv_width, prefix_attention, prompt_key_values
+from .base import BackboneAdapter, register_family
+
+
+@register_family
+class ViTAdapter(BackboneAdapter):
+    family = "vit"
+    description = "timm VisionTransformer: ViT, DeiT, DINO/DINOv2, CLIP-style ViTs"
+    timm_classes = (VisionTransformer,)
+
+    def embed(self, images: torch.Tensor, patches: torch.Tensor | None = None) -> torch.Tensor:
+        bb = self.backbone
+        patches = bb.patch_embed(images) if patches is None else patches
+        return bb.norm_pre(bb.patch_drop(bb._pos_embed(patches)))
+
+    def block(self, index: int, x: torch.Tensor, prompts: int = 0) -> torch.Tensor:
+        return self.backbone.blocks[index](x)  # absolute positions are in the tokens: prompts need nothing else
+
+    def supports_prefix(self, index: int) -> bool:
+        block = self.backbone.blocks[index]
+        return type(block) is Block and type(block.attn) is Attention
+
+    def prompt_kv(self, index: int, prompts: torch.Tensor) -> torch.Tensor:
+        block = self.backbone.blocks[index]
+        return prompt_key_values(block.attn, block.norm1(prompts))
+
+    def kv_width(self, index: int) -> int:
+        return kv_width(self.backbone.blocks[index].attn)
+
+    def prefix_block(self, index: int, x: torch.Tensor, prompt_kv: torch.Tensor | None, queries: int | None = None,
+                     prompt_mask: torch.Tensor | None = None) -> torch.Tensor:
+        block = self.backbone.blocks[index]
+        attn_out = prefix_attention(block.attn, block.norm1(x), prompt_kv, queries, prompt_mask)
+        x = (x if queries is None else x[:, :queries]) + block.drop_path1(block.ls1(attn_out))
+        return x + block.drop_path2(block.ls2(block.mlp(block.norm2(x))))
