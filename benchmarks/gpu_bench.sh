@@ -49,7 +49,7 @@ stage() {
   fi
   echo "$name: up to ${limit} s" >&2
   local start=$SECONDS rc=0
-  timeout --kill-after=15 "$limit" "$python" -m vptune.bench "${common[@]}" "$@" --out "$out/$name" \
+  timeout --kill-after=15 "$limit" "$python" -m vptune bench "${common[@]}" "$@" --out "$out/$name" \
     >"$out/$name.log" 2>&1 || rc=$?
   local note=""
   if ((rc == 124 || rc == 137)); then note=" (stopped at its time limit: groups finished before it are kept)"; fi

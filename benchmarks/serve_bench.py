@@ -63,7 +63,7 @@ def library(multi: MultiTaskModel, batch: int, repeats: int) -> dict:
     names = list(multi.tasks)
     rows = {}
     for count in (1, 4, 8, 16):
-        if count > len(names):
+        if count > min(len(names), batch):  # every task needs at least one image of the batch
             break
         assignment = [names[j % count] for j in range(batch)]  # round-robin over the first `count` tasks
         rows_of = {name: [j for j in range(batch) if j % count == i] for i, name in enumerate(names[:count])}
@@ -274,9 +274,14 @@ def main() -> None:
                   "library": library(multi, args.batch, args.repeats),
                   "batchers": batcher_comparison(multi, args.batch, 20 * args.batch),
                   "server": []}
-        for count in (1, 4, 16):
-            served = dict(list(tasks.items())[:count])
-            report["server"].append(server(multi, served, args.clients, args.requests, args.batch, args.rounds))
+        try:
+            import aiohttp  # noqa: F401  (the load generator)
+        except ImportError:
+            print("aiohttp is not installed: pip install aiohttp to time the server", flush=True)
+        else:
+            for count in (1, 4, 16):
+                served = dict(list(tasks.items())[:count])
+                report["server"].append(server(multi, served, args.clients, args.requests, args.batch, args.rounds))
     print(markdown(report))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -3,6 +3,7 @@
 No timing asserts: speed depends on the machine and its load. docs/performance.md has the real figures.
 """
 import csv
+import re
 import functools
 import json
 import math
@@ -17,6 +18,7 @@ import torch
 from PIL import Image
 
 from vptune import bench
+from vptune.cli import bench_settings, build_parser, main
 
 FIGURES = ("train_step_s", "train_peak_mb", "infer_ips", "infer_b1_ips")
 BASES = ("ref", "floor", "fp32_eager")
@@ -26,7 +28,7 @@ GPU_SCRIPT = Path(__file__).parents[1] / "benchmarks" / "gpu_bench.sh"
 
 
 def run_bench(out, *argv):
-    assert bench.main(["--quick", "--device", "cpu", "--prompts", "3", "--warmup", "0", "--out", str(out), *argv]) == 0
+    assert main(["bench", "--quick", "--device", "cpu", "--prompts", "3", "--warmup", "0", "--out", str(out), *argv]) == 0
     with open(out / "bench.csv", newline="") as f:
         csv_rows = list(csv.DictReader(f))
     return csv_rows, json.loads((out / "bench.json").read_text()), (out / "bench.md").read_text()
@@ -210,17 +212,21 @@ def test_a_compile_failure_is_reported_not_hidden(tmp_path, monkeypatch, capsys)
     assert "torch.compile failed for floor fp32 compiled" in capsys.readouterr().err
 
 
-def test_bad_paths_are_refused():
-    with pytest.raises(SystemExit):
-        bench.main(["--quick", "--paths", "prefix"])  # no reference and no floor to divide by
+def refused(argv, capsys) -> str:
+    """The one-line error `vptune bench ARGV` ends with (exit code 1)."""
+    assert main(["bench", *argv]) == 1
+    message = capsys.readouterr().err
+    assert message.startswith("vptune: error: ") and message.count("\n") == 1, message
+    return message
+
+
+def test_bad_paths_are_refused(capsys):
+    assert "--paths must include floor and tokens" in refused(["--quick", "--paths", "prefix"], capsys)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
-def test_a_device_this_machine_lacks_is_one_line_naming_it(tmp_path):
-    with pytest.raises(SystemExit) as stop:
-        bench.main(["--quick", "--device", "cuda", "--out", str(tmp_path / "out")])
-    message = str(stop.value.code)
-    assert message.startswith("vptune bench: ") and "'cuda'" in message and "\n" not in message
+def test_a_device_this_machine_lacks_is_one_line_naming_it(tmp_path, capsys):
+    assert "'cuda'" in refused(["--quick", "--device", "cuda", "--out", str(tmp_path / "out")], capsys)
     assert not (tmp_path / "out").exists()
 
 
@@ -228,41 +234,48 @@ def test_a_device_this_machine_lacks_is_one_line_naming_it(tmp_path):
                                                   ("--device", "tpu", "auto, cpu, cuda"),
                                                   ("--num-workers", "many", "auto or a whole number"),
                                                   # each of these was a traceback, or a bench that ran anyway
-                                                  ("--models", "no_such_vit", "aliases (vit-s14, vit-b16, tiny)"),
-                                                  ("--models", "resnet18", "VisionTransformer with a class token"),
+                                                  ("--models", "no_such_vit", "aliases (vit-s14, vit-b16, dinov3-s16, tiny)"),
+                                                  ("--models", "resnet18", "of a family vptune prompts (vit"),
                                                   ("--prompts", "4,-1", "prompt lengths >= 1"),
                                                   ("--batch", "0", "--batch must be a whole number >= 1"),
                                                   ("--repeats", "0", "--repeats must be a whole number >= 1"),
                                                   ("--threads", "0", "--threads must be a whole number >= 1"),
                                                   ("--warmup", "-1", "--warmup must be a whole number >= 0")])
-def test_bad_settings_are_refused_naming_what_is_allowed(option, value, named):
-    with pytest.raises(SystemExit) as stop:
-        bench.main(["--quick", option, value])
-    message = str(stop.value.code)
-    assert named in message and value.split(",")[-1] in message and "\n" not in message
+def test_bad_settings_are_refused_naming_what_is_allowed(option, value, named, capsys):
+    message = refused(["--quick", option, value], capsys)
+    assert named in message and value.split(",")[-1] in message
 
 
-def test_an_out_that_is_a_file_is_refused_before_any_timing(tmp_path):
+def test_a_list_flag_with_a_word_for_a_number_is_an_argparse_error_naming_the_flag(capsys):
+    with pytest.raises(SystemExit):
+        main(["bench", "--quick", "--prompts", "4,many"])
+    assert "--prompts: takes a comma list of int values, got '4,many'" in capsys.readouterr().err
+
+
+def test_an_out_that_is_a_file_is_refused_before_any_timing(tmp_path, capsys):
     blocker = tmp_path / "bench.txt"
     blocker.write_text("keep")
-    with pytest.raises(SystemExit) as stop:
-        bench.main(["--quick", "--out", str(blocker)])
-    assert "--out" in str(stop.value.code) and "is a file" in str(stop.value.code)
+    message = refused(["--quick", "--out", str(blocker)], capsys)
+    assert "--out" in message and "is a file" in message
     assert blocker.read_text() == "keep"
 
 
+def parse_args(argv):
+    return bench_settings(build_parser().parse_args(["bench", *argv])).resolved()
+
+
 def test_device_auto_resolves_to_what_this_machine_has():
-    args = bench.parse_args(["--quick"])
+    args = parse_args(["--quick"])
     assert args.device == ("cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available()
                            else "cpu")
     if args.device == "cpu":
         assert args.precisions == ["fp32"] and args.num_workers == 0 and args.train_batch == 2
 
 
-def test_bad_loader_data_stops_before_any_timing(tmp_path):
+def test_bad_loader_data_stops_before_any_timing(tmp_path, capsys):
     out = tmp_path / "out"
-    with pytest.raises(SystemExit, match=r"--loader .*missing.* does not exist"):
-        bench.main(["--quick", "--loader", str(tmp_path / "missing"), "--out", str(out)])
+    message = refused(["--quick", "--loader", str(tmp_path / "missing"), "--out", str(out)], capsys)
+    assert re.search(r"--loader .*missing.* does not exist", message)
     assert not out.exists()
 
 
@@ -276,18 +289,21 @@ def test_gpu_script_is_valid_bash_and_its_bench_options_parse(tmp_path):
     assert len(runs) >= 2 and any("--compile" in argv for argv in runs)
     for argv in runs:
         argv = ["cpu" if word == "cuda" else word for word in argv[1:]]
-        args = bench.parse_args(argv)
+        args = parse_args(argv)
         assert args.precisions == ["fp32", "bf16"] and args.paths == ["floor", "tokens", "prefix"]
         assert set(args.models) <= {"vit-b16", "vit-s14"} and args.batch in (64, 256)
         assert args.train_batch == args.batch and str(args.out).startswith(str(tmp_path / "gpu"))
 
 
-def test_the_command_line_passes_every_option_to_the_bench(capsys):
-    from vptune.cli import main
+def test_the_python_api_runs_the_same_bench_as_the_command_line(tmp_path):
+    settings = bench.BenchSettings(quick=True, device="cpu", prompts=[3], modes=["deep"], paths=["floor", "tokens"],
+                                   warmup=0, memory=False, out=tmp_path / "py")
+    rows = bench.run_bench(settings)
+    assert {(r["path"], r["prompts"]) for r in rows} == {("floor", 0), ("tokens", 3)}
+    assert (tmp_path / "py" / "bench.csv").is_file() and settings.models is None  # the caller's settings unchanged
 
-    with pytest.raises(SystemExit) as stop:  # argparse's REMAINDER used to drop leading options: "unrecognized"
-        main(["bench", "--quick", "--precisions", "fp64"])
-    assert "fp32, bf16, fp16" in str(stop.value.code)
+
+def test_help_lists_the_settings(capsys):
     with pytest.raises(SystemExit) as stop:
         main(["bench", "--help"])
     assert stop.value.code == 0 and "--precisions" in capsys.readouterr().out

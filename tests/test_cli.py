@@ -138,6 +138,20 @@ def test_python_dash_m_runs_the_command_line_and_bugs_exit_with_a_traceback(tmp_
     assert done.returncode == 1 and done.stderr.startswith("vptune: error:") and "is neither a task" in done.stderr
 
 
+@pytest.mark.parametrize("args", [["--help"], ["info", "test_vit"]])  # argparse's exit, and a command's return
+def test_output_into_a_closed_pipe_ends_quietly(args):
+    import os
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # as `| head -1` does once it has its line; here before the first write, so no race
+    try:
+        done = subprocess.run([sys.executable, "-m", "vptune", *args], stdout=write_end, stderr=subprocess.PIPE,
+                              text=True, timeout=120)
+    finally:
+        os.close(write_end)
+    assert done.returncode in (0, 141) and done.stderr == ""  # no traceback, no "Exception ignored" from the exit
+
+
 def test_train_help_lists_every_registered_method(capsys):
     from vptune.methods import REGISTRY
 

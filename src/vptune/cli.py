@@ -14,6 +14,7 @@ import logging
 import os
 import sys
 import traceback
+import types
 import typing
 import warnings
 from pathlib import Path
@@ -40,11 +41,21 @@ _python_show_warning = warnings.showwarning  # the standard format, for warnings
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["bench"]:  # its own parser takes every flag (argparse's REMAINDER drops leading --options)
-        from .bench import main as bench_main
+    try:
+        try:
+            return _main(argv)
+        finally:  # also after --help's SystemExit: the output is flushed here, where a closed pipe can be caught
+            sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader has gone (`vptune eval RUN | head -1`) and has what it wanted: end quietly with the status of
+        # a tool killed by SIGPIPE. Output still buffered goes to devnull, so Python's own flush at exit cannot
+        # fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
-        return bench_main(argv[1:])
+
+def _main(argv: list[str] | None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
@@ -166,9 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--smoke", action="store_true", help="a tiny, fast run of the same pipeline (for CI)")
     demo.add_argument("--quiet", action="store_true")
 
-    bench = commands.add_parser("bench", help="speed and memory: frozen backbone vs reference vs fast path",
-                                add_help=False)
-    bench.add_argument("bench_args", nargs=argparse.REMAINDER, help="see vptune bench --help")
+    bench = command("bench", "speed and memory: frozen backbone vs reference vs fast path", _bench,
+                    description=bench_help())
+    add_bench_flags(bench)
     return parser
 
 
@@ -187,6 +198,44 @@ def add_download_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--allow-download", action="store_true",
                         help="fetch the backbone a task names if it is not on this machine (without it, a task "
                              "folder from elsewhere makes vptune download nothing)")
+
+
+def bench_help() -> str:
+    from .bench import __doc__ as doc
+
+    return doc.split("\n\n")[0]
+
+
+def add_bench_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per `BenchSettings` field: lists as comma lists, booleans as switches (`--no-memory`)."""
+    from .bench import BenchSettings
+
+    hints = typing.get_type_hints(BenchSettings)
+    for field in dataclasses.fields(BenchSettings):
+        flag, text = field.name.replace("_", "-"), field.metadata["help"]
+        hint = hints[field.name]
+        union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+        kinds = [t for t in (typing.get_args(hint) if union else (hint,)) if t is not type(None)]
+        if kinds == [bool]:
+            on = field.default is not True
+            parser.add_argument(f"--{flag}" if on else f"--no-{flag}", dest=field.name, action="store_const",
+                                const=on, default=argparse.SUPPRESS, help=text)
+        elif typing.get_origin(kinds[0]) is list:
+            item = typing.get_args(kinds[0])[0]
+            parser.add_argument(f"--{flag}", type=_typed_list(item, f"--{flag}"), default=argparse.SUPPRESS, help=text)
+        else:
+            parser.add_argument(f"--{flag}", type=kinds[0] if kinds[0] in (int, float, Path) else str,
+                                default=argparse.SUPPRESS, help=text)
+
+
+def _typed_list(kind: type, flag: str):
+    """argparse type: a comma list of `kind` values."""
+    def parse(text: str) -> list:
+        try:
+            return [kind(item) for item in _comma_list(text, flag)]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"takes a comma list of {kind.__name__} values, got {text!r}") from None
+    return parse
 
 
 def add_serve_flags(parser: argparse.ArgumentParser) -> None:
@@ -398,6 +447,21 @@ def _predict(args: argparse.Namespace) -> int:
         for guess in result["top"]:
             print(f"  {guess['probability']:7.2%}  {guess['class']}")
     return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from .bench import run_bench
+
+    run_bench(bench_settings(args))
+    return 0
+
+
+def bench_settings(args: argparse.Namespace):
+    """The `BenchSettings` that `vptune bench`'s flags give (not yet resolved)."""
+    from .bench import BenchSettings
+
+    names = {field.name for field in dataclasses.fields(BenchSettings)}
+    return BenchSettings(**{name: value for name, value in vars(args).items() if name in names})
 
 
 def _serve(args: argparse.Namespace) -> int:

@@ -86,7 +86,7 @@ def test_a_run_under_way_resumes_from_its_last_epoch(workspace, tmp_path, monkey
 
     config = _config(workspace, tmp_path / "out", "length", common=dict(epochs=2), only=("p=1",))
     saved, restored = [], []
-    save_epoch, restore = loop._save_epoch, loop._restore
+    save_epoch, restore = loop.save_epoch, loop.restore
 
     def save_then_die(fit, epoch, *args):
         save_epoch(fit, epoch, *args)
@@ -94,8 +94,8 @@ def test_a_run_under_way_resumes_from_its_last_epoch(workspace, tmp_path, monkey
         if len(saved) == 1:
             raise KeyboardInterrupt  # killed once epoch 1 is on disk
 
-    monkeypatch.setattr(loop, "_save_epoch", save_then_die)
-    monkeypatch.setattr(loop, "_restore", lambda fit: restored.append(1) or restore(fit))
+    monkeypatch.setattr(loop, "save_epoch", save_then_die)
+    monkeypatch.setattr(loop, "restore", lambda fit: restored.append(1) or restore(fit))
     with pytest.raises(KeyboardInterrupt):
         run_ablation(config)
     run_ablation(config)
@@ -283,3 +283,16 @@ def test_a_cells_trainable_share_that_differs_by_task_is_shown_as_its_range(tmp_
     table = to_markdown(config, SETS["init"], rows, ["xavier"])  # p = the classes: the share follows the task
     row = next(line for line in table.splitlines() if line.startswith("| xavier"))
     assert row.endswith("| 0.069-0.232% |")
+
+
+def test_the_written_table_shows_the_plot_written_beside_it(tmp_path):
+    from vptune.experiments.ablate_report import write_reports
+
+    config = AblateConfig(set="init", tasks=("digits",), seeds=(0,), out=str(tmp_path))
+    assert "](init.png)" not in (write_reports(config, SETS["init"], [])[1]).read_text()  # no runs: no plot
+    rows = [{"cell": "xavier", "task": "digits", "seed": 0, "test_top1": 0.9, "trainable_percent": 0.1,
+             "wall_seconds": 60.0}]
+    write_reports(config, SETS["init"], rows)
+    markdown = (tmp_path / "init.md").read_text()
+    assert "![vptune ablate init](init.png)" in markdown  # relative: beside init.md
+    assert (tmp_path / "init.png").is_file()

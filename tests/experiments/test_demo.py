@@ -11,6 +11,7 @@ def test_demo_smoke(tmp_path, capsys):
     assert [r["method"] for r in rows] == ["linear", "vpt-shallow", "vpt-deep"]
     assert rows[2]["trainable_parameters"] == 12 * 10 * 384 + 384 * 10 + 10
     assert (tmp_path / "demo" / "curves.png").stat().st_size > 1000
+    assert "![learning curves](curves.png)" in (tmp_path / "demo" / "results.md").read_text()  # the page shows it
     assert "| vpt-deep |" in capsys.readouterr().out
 
 

@@ -103,7 +103,9 @@ def test_bad_sweep_settings_are_named(workspace, tmp_path):
         config.write_text(f"data: digits\n{section}")
         with pytest.raises(ConfigError, match=re.escape(message)):  # `output` was a TypeError
             sweep_config(config, {}, {})
-    for seeds, message in (("0,-1", "whole numbers from 0 to"), ("0,1,0", "more than once"), (3, "whole numbers")):
+    for seeds, message in (("0,-1", "whole numbers from 0 to"), ("0,1,0", "more than once"),
+                           (3, re.escape("seeds 3 is one number, not a list of seeds; give the seeds to retrain with "
+                                         "as a list, e.g. seeds: [0, 1, 2] in YAML or --seeds 0,1,2"))):
         with pytest.raises(ConfigError, match=message):  # before the search, not at its retrain
             sweep_config(None, {"output": str(tmp_path / "s")}, {"seeds": seeds})
 
@@ -225,6 +227,19 @@ def test_storage_that_cannot_be_written_is_one_line(workspace, tmp_path):
     database.mkdir()
     with pytest.raises(ConfigError, match=r"--storage sqlite:///.*cannot open the study there"):
         run_sweep(config(tmp_path / "other", storage=f"sqlite:///{database}"))
+    assert not (tmp_path / "other").exists()  # refused, and the folder the sweep made is gone again
+    inside = tmp_path / "new" / "study.db"  # a SQLite file inside the output folder, which does not exist yet
+    run_sweep(config(tmp_path / "new", storage=f"sqlite:///{inside}"))
+    assert inside.is_file() and (tmp_path / "new" / MARKER).is_file()
+
+
+def test_seeds_as_one_number_in_yaml_asks_for_a_list(tmp_path):
+    from vptune import ConfigError
+
+    config = tmp_path / "sweep.yaml"
+    config.write_text("data: digits\nsweep:\n  seeds: 5\n")
+    with pytest.raises(ConfigError, match=re.escape("sweep: seeds 5 is one number, not a list of seeds")):
+        sweep_config(config, {"output": str(tmp_path / "s")}, {})
 
 
 def test_a_sweep_with_missing_data_is_one_line_before_any_trial(workspace, tmp_path, capsys):

@@ -116,3 +116,22 @@ def test_a_batch_of_the_wrong_shape_is_a_value_error_naming_the_shape_wanted(tmp
     with pytest.raises(ValueError, match=r"got shape \(1, 3, 33, 32\)"):
         MultiTaskModel(backbone, tasks={"a": save_task(model, tmp_path / "a")}).predict(torch.zeros(1, 3, 33, 32),
                                                                                         ["a"])
+
+
+def test_a_path_that_is_no_regular_file_says_what_it_is(workspace, tmp_path):
+    import os
+
+    import pytest
+
+    from vptune.data import DataError
+
+    predictor = Predictor(PromptedViT(make_tiny_vit(), PromptConfig(num_tokens=2), num_classes=3))
+    fifo, loop, broken = tmp_path / "pipe.png", tmp_path / "loop.png", tmp_path / "broken.png"
+    os.mkfifo(fifo)  # opening it would wait for a writer forever
+    loop.symlink_to(loop)
+    broken.symlink_to(tmp_path / "gone.png")
+    for path, why in [(fifo, "not a regular file: a FIFO"), ("/dev/zero", "not a regular file: a character device"),
+                      (loop, "a symlink loop"), (broken, "a broken symlink"),
+                      (tmp_path / "missing.png", "file not found")]:
+        with pytest.raises(DataError, match=rf"can be read: {path} \({why}"):
+            predictor.predict_files([path])

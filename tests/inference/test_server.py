@@ -247,7 +247,8 @@ def test_small_and_large_uploads_both_predict_as_the_library(tasks, tmp_path):
     """Small images are decoded on the event loop, large ones in a worker thread: both give the library's answer."""
     from fastapi.testclient import TestClient
 
-    from vptune.inference.server import INLINE_DECODE_PIXELS, ServeSettings, create_app
+    from vptune.inference.routes import INLINE_DECODE_PIXELS
+    from vptune.inference.server import ServeSettings, create_app
 
     model = MultiTaskModel(tasks={"colours": tasks["colours"]})
     generator = torch.Generator().manual_seed(0)

@@ -19,6 +19,24 @@ def test_bad_values_name_the_field(kwargs, field):
         PromptConfig(**kwargs)
 
 
+@pytest.mark.parametrize("layers, got", [("first -1", "got -1"), ("last -2", "got -2"), ("last:-2", "got -2"),
+                                         ("first 0", "got 0"), ("last-0", "got 0")])
+def test_layer_count_below_one_is_refused(layers, got):
+    # "first -1" once read the minus as a separator and trained the first block
+    with pytest.raises(ValueError, match=rf"PromptConfig.layers=.*K must be a whole number >= 1.*{got}$"):
+        PromptConfig(layers=layers)
+
+
+def test_hyphen_after_the_word_is_still_a_separator():
+    assert PromptConfig(layers="last-2").resolve_layers(6) == (4, 5)
+
+
+@pytest.mark.parametrize("layers", ["0,-1", [0, -1], (-3,)])
+def test_negative_block_indices_are_refused(layers):
+    with pytest.raises(ValueError, match=r"PromptConfig.layers: block indices count from 0, got -\d.*'last K'"):
+        PromptConfig(layers=layers)
+
+
 def test_bad_choice_lists_allowed_values():
     with pytest.raises(ValueError, match="'shallow', 'deep'"):
         PromptConfig(mode="wide")

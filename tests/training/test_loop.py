@@ -9,7 +9,7 @@ from conftest import train_config, without_timings
 from safetensors.torch import load_file
 
 from vptune import ConfigError, RunDir, TrainingError, train
-from vptune.training import loop, warmup_cosine
+from vptune.training import checkpoint, loop, warmup_cosine
 
 
 def trained(ws, out, **overrides):
@@ -128,17 +128,17 @@ def test_a_diverging_run_stops_with_a_clear_message_and_keeps_the_last_good_epoc
 
 def test_killed_between_the_metrics_and_state_writes_a_resumed_run_loses_no_row(workspace, tmp_path, monkeypatch):
     whole = trained(workspace, tmp_path / "whole", epochs=3)
-    real_write = loop.atomic_write
+    real_write = checkpoint.atomic_write
 
     def dies_writing_the_second_state(path, write):
         if path.name == "state.pt" and len(RunDir(path.parent).read_metrics()) == 2:
             raise KeyboardInterrupt  # the kill lands after metrics.jsonl got epoch 2's row, before state.pt
         return real_write(path, write)
 
-    monkeypatch.setattr(loop, "atomic_write", dies_writing_the_second_state)
+    monkeypatch.setattr(checkpoint, "atomic_write", dies_writing_the_second_state)
     with pytest.raises(KeyboardInterrupt):
         trained(workspace, tmp_path / "cut", epochs=3)
-    monkeypatch.setattr(loop, "atomic_write", real_write)
+    monkeypatch.setattr(checkpoint, "atomic_write", real_write)
     train(train_config(workspace, tmp_path / "cut"), resume=True, quiet=True)
     assert without_timings(RunDir(tmp_path / "cut").read_metrics()) == without_timings(whole.read_metrics())
 

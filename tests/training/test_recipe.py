@@ -5,7 +5,7 @@ from conftest import train_config
 from torch.utils.data import TensorDataset
 
 from vptune import PromptConfig, build_model, load_task, save_task
-from vptune.training import loop
+from vptune.training import warm_start
 from vptune.training.linear_probe import choose_probe, standardisation
 
 
@@ -17,7 +17,7 @@ def test_the_head_starts_at_the_probe_on_the_initial_features(workspace, tmp_pat
     images = torch.randn(48, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     labels = torch.arange(48) % 3
     train_set, val_set = TensorDataset(images[:36], labels[:36]), TensorDataset(images[36:], labels[36:])
-    loop._init_head(model, model.forward_features, train_set, val_set, cfg, quiet=True)
+    warm_start.init_head(model, model.forward_features, train_set, val_set, cfg, quiet=True)
 
     with torch.no_grad():
         features = model.eval().forward_features(images)

@@ -1,9 +1,11 @@
 """Torch datasets over decoded arrays (built-ins) and over image files (users' data), and `DataSplits`."""
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import os
+import stat
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -190,8 +192,9 @@ def check_image(path: Path, max_pixels: int = MAX_PIXELS) -> ImageCheck:
     """The pixel limit from the header (a decompression bomb is refused before it is read), then one read of
     the file serves the rest: Pillow's verify() for structure, a full decode, which also catches truncated files
     that verify() lets through, and the hash."""
-    if not path.is_file():
-        return ImageCheck("file not found", None)
+    problem = _not_a_regular_file(path)
+    if problem:
+        return ImageCheck(problem, None)
     try:
         with open_image(path) as image:
             width, height = image.size
@@ -201,6 +204,23 @@ def check_image(path: Path, max_pixels: int = MAX_PIXELS) -> ImageCheck:
     except Exception as err:
         return ImageCheck(_unreadable(err), None)
     return ImageCheck(_decode_problem(blob), hashlib.sha256(blob).hexdigest())
+
+
+def _not_a_regular_file(path: Path) -> str | None:
+    """Why `path` is no file to read, from its metadata alone: opening a FIFO would wait forever and /dev/zero
+    never ends, and "file not found" for either (or for a symlink loop) sends the user looking for a typo."""
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return "a broken symlink: its target does not exist" if path.is_symlink() else "file not found"
+    except OSError as err:
+        return "a symlink loop" if err.errno == errno.ELOOP else (err.strerror or str(err))
+    if stat.S_ISREG(mode):
+        return None
+    kinds = {stat.S_ISDIR: "a folder", stat.S_ISCHR: "a character device", stat.S_ISBLK: "a block device",
+             stat.S_ISFIFO: "a FIFO", stat.S_ISSOCK: "a socket"}
+    kind = next((name for test, name in kinds.items() if test(mode)), "a special file")
+    return f"not a regular file: {kind}"
 
 
 def _decode_problem(blob: bytes) -> str | None:

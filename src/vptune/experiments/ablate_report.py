@@ -163,6 +163,8 @@ def to_markdown(config: Any, ablation: Any, rows: list[dict], cells: list[str]) 
         if r.get("trainable_percent") is not None:
             shares.setdefault(r["cell"], []).append(r["trainable_percent"])
     lines = [f"# `vptune ablate {ablation.name}`: {ablation.summary}", ""]
+    if rows:  # write_reports plots these rows beside this file; a page that links it shows it when rewritten
+        lines += [f"![vptune ablate {ablation.name}]({ablation.name}.png)", ""]
     claims = claim_comparisons(ablation, config.depth, rows)
     if claims:
         lines += ["Each claim, decided on the paired runs it rests on (same task and seed; test top-1 points):", "",

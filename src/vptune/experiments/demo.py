@@ -61,7 +61,7 @@ def run_demo(output: Path, *, data: str | None = None, epochs: int | None = None
     seconds = time.perf_counter() - started
     table = format_table(rows, data, seconds)
     print("\n" + table)
-    atomic_write_text(output / "results.md", table + "\n")
+    atomic_write_text(output / "results.md", table + "\n\n![learning curves](curves.png)\n")  # the page shows its plot
     atomic_write_text(output / MARKER, json.dumps(rows, indent=2) + "\n")
     plot_curves(rows, output / "curves.png")
     print(f"\nwritten: {output / 'results.md'}, {output / 'curves.png'}, task directories in {output}/<method>")

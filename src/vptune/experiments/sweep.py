@@ -80,6 +80,10 @@ class SweepConfig:
             raise ConfigError(f"sweep: --study must be a non-empty name, got {self.study!r}")
         if not isinstance(self.workers, int) or self.workers < 1:
             raise ConfigError(f"sweep: --workers must be a positive integer, got {self.workers!r}")
+        if isinstance(self.seeds, int) and not isinstance(self.seeds, bool):  # `seeds: 5` in YAML
+            raise ConfigError(f"sweep: seeds {self.seeds} is one number, not a list of seeds; give the seeds to retrain "
+                              f"with as a list, e.g. seeds: [0, 1, 2] in YAML or --seeds 0,1,2 (just seed "
+                              f"{self.seeds}: [{self.seeds}])")
         if not isinstance(self.seeds, (tuple, list)) or any(
                 isinstance(s, bool) or not isinstance(s, int) or not 0 <= s <= MAX_SEED for s in self.seeds):
             raise ConfigError(f"sweep: --seeds must be whole numbers from 0 to {MAX_SEED}, got {self.seeds!r}")
@@ -183,6 +187,8 @@ def run_sweep(config: SweepConfig) -> dict:
     out = Path(config.output)
     _check_sweep_folder(out)
     with RunDir(out).lock():  # a second sweep on this folder refuses (several machines share one RDB study instead)
+        if config.storage:  # a database that cannot be opened is refused before the sweep writes anything (the
+            _study(config)  # lock then removes the folder it made); a sqlite file inside the folder can be made
         if not (out / MARKER).is_file():
             atomic_write_text(out / MARKER, json.dumps({"format": "vptune-sweep", "version": 1}) + "\n")
         return _search_and_retrain(config, out)

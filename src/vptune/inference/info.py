@@ -29,7 +29,7 @@ def describe_task(path: str | os.PathLike) -> str:
     backbone = meta["backbone"]
     method = meta.get("method")
     lines = [f"task         {task}",
-             f"backbone     {backbone.get('name')} at {backbone.get('img_size')} px "
+             f"backbone     {backbone.get('name')} ({backbone.get('family', 'vit')} family) at {backbone.get('img_size')} px "
              f"(fingerprint {backbone.get('fingerprint')})",
              f"method       {json.dumps(method) if isinstance(method, dict) else method or 'vpt'}",
              f"prompt       {json.dumps(meta['prompt'])}",

@@ -1,7 +1,8 @@
 """`vptune serve`: many tasks on one backbone behind an HTTP JSON API (FastAPI + uvicorn, the `serve` extra).
 
 Thin over `MultiTaskModel` and `Batcher`: a request is decoded and transformed (on the event loop when the image
-is small, in a thread when it is large), queued, and answered from a mixed-task batch.
+is small, in a thread when it is large), queued, and answered from a mixed-task batch. This file holds the settings,
+the app's wiring and the process; what each route does is `routes.py`, reading an upload `uploads.py`.
 
     GET  /                          a small page: pick a task, drop an image, see the top-k as bars
     GET  /health                    {"status": "ok", "device": ..., "precision": ..., ...} (never needs the API key)
@@ -16,50 +17,28 @@ an upload over the size limit 413; a full queue 503 with Retry-After (before the
 wrong bearer token 401 (on every route but OPEN_PATHS). A client that hangs up mid-upload is one access-log line
 with status 499. The server keeps serving after each.
 """
-# No `from __future__ import annotations`: FastAPI reads the route functions' annotations at run time, and
-# Request is imported inside create_app (FastAPI is an optional extra).
-import asyncio
-import base64
-import binascii
-import gc
-import io
 import json
 import logging
 import math
 import os
-import secrets
 import socket
 import time
-from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 
-from ..data import DataError, decode_image
-from ..data.datasets import one_thread, open_image
 from ..devices import AUTO, PRECISIONS
 from ..errors import ConfigError
-from .batcher import Batcher, Overloaded
 from .multitask import MultiTaskModel
 from .predictor import check_top_k
 from .runtime import DEVICE_HELP, PRECISION_HELP, log_runtime, resolve_runtime
 
 API_KEY_ENV = "VPTUNE_API_KEY"
-PAGE = Path(__file__).with_name("page.html")
 access_log = logging.getLogger("vptune.access")
-INLINE_DECODE_PIXELS = 512 * 512  # uploads up to this size are decoded on the event loop, larger ones in a thread
-# Large decodes at once: each holds up to --max-pixels x 3 bytes and its resized copies, so this bounds their memory
-# (requests beyond it wait their turn, holding only their upload's bytes).
-DECODE_THREADS = min(4, os.cpu_count() or 1)
 # Open without the key, on purpose: /health (for load balancers, and the page asks it whether a key is needed), /
 # (a static page that holds no data: it asks for the key and sends it with each API call) and the API's schema
 # (/docs, /openapi.json: routes and fields, no task names, classes or data). Every other route needs the key.
 OPEN_PATHS = ("/", "/health", "/docs", "/openapi.json")
-CLIENT_CLOSED = 499  # nginx's status for a request whose client hung up before it was answered
-RAW_IMAGE_TYPES = ("application/octet-stream", "image/")  # the body is the image file itself (curl --data-binary)
-FIELDS = ("image", "top_k")  # what a form or JSON body may hold; anything else is a typo that would be ignored
-JSON_SHAPE = "JSON body must be {\"image\": \"<base64 of the image file>\"} with optional \"top_k\""
 
 
 def _setting(default, help: str, choices: tuple[str, ...] | None = None, **kwargs):
@@ -133,192 +112,28 @@ def require_serve_extra() -> None:
 
 
 def create_app(model: MultiTaskModel, settings: ServeSettings):
-    """The FastAPI application serving `model`'s tasks."""
+    """The FastAPI application serving `model`'s tasks: each route a method of `routes.Routes`, wired here."""
     require_serve_extra()
-    from fastapi import Depends, FastAPI, HTTPException, Request
+    from fastapi import Depends, FastAPI
     from fastapi.exceptions import RequestValidationError
-    from starlette.requests import ClientDisconnect
-    from fastapi.responses import HTMLResponse, JSONResponse
-    from fastapi.concurrency import run_in_threadpool
+    from fastapi.responses import HTMLResponse
+
+    from .routes import Routes
 
     settings.validate()
     _check_runtime(model, settings)
-    api_key = settings.api_key or os.environ.get(API_KEY_ENV) or None
-    transform = model.transform()
-    limit = int(settings.max_upload_mb * 1024 * 1024)
-
-    def run_batch(items: list[tuple[str, torch.Tensor, int]]) -> list[list[dict]]:
-        names, images, ks = zip(*items)
-        return model.predict(torch.stack(images), names, ks)
-
-    def prepare(data: bytes) -> torch.Tensor:
-        with one_thread():  # a few hundred microseconds of work: OpenMP threads would only add waiting
-            return transform(decode_image(io.BytesIO(data), "upload", settings.max_pixels))
-
-    async def prepare_off_the_loop_if_large(data: bytes) -> torch.Tensor:
-        # A small image decodes and resizes in ~0.2 ms: less than the CPU a thread-pool hop costs under load
-        # (~0.6 ms of GIL hand-offs per request, measured), so it runs right here. A large one could stall every
-        # connection for tens of ms, so it goes to the pool. An unreadable header fails fast either way.
-        if _pixels(data) <= INLINE_DECODE_PIXELS:
-            return prepare(data)
-        async with decoding:
-            return await run_in_threadpool(prepare, data)
-
-    decoding = asyncio.Semaphore(DECODE_THREADS)
-
-    wait = settings.max_wait_ms / 1000 if settings.max_wait_ms is not None else None
-    batcher = Batcher(run_batch, max_batch=settings.max_batch, max_wait=wait,
-                      max_pending=settings.max_pending)
-
-    async def warm_up() -> None:
-        # Before the first request: the per-task prompt caches are built, the batch thread's torch threads
-        # started, and a full batch's time (which the automatic wait is taken from) measured; a batch of one
-        # image would set the wait too short and split the first requests' batches.
-        blank = torch.zeros(3, *model.data_config["input_size"][1:])
-        names = list(model.tasks)
-        count = max(settings.max_batch, len(names))  # every task at least once
-        await batcher.warm_up([(names[i % len(names)], blank, 1) for i in range(count)])
-
-    @asynccontextmanager
-    async def lifespan(app):
-        await batcher.start()
-        await warm_up()
-        # What is alive now (torch, timm, the model, FastAPI) lives as long as the server: kept out of the cyclic
-        # collector's view, a full collection does not walk it. One that did was measured at 236 ms under load,
-        # a pause every request in flight waited for.
-        gc.collect()
-        gc.freeze()
-        yield
-        await batcher.stop()  # every accepted request is answered before the process ends
-        gc.unfreeze()
-
-    def authorised(request: Request) -> None:
-        if api_key is None or request.url.path in OPEN_PATHS:
-            return
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not secrets.compare_digest(token.encode(), api_key.encode()):
-            raise HTTPException(401, "missing or wrong API key: send the header 'Authorization: Bearer KEY'",
-                                headers={"WWW-Authenticate": "Bearer"})
-
-    app = FastAPI(title="vptune", lifespan=lifespan, docs_url="/docs", redoc_url=None, openapi_url="/openapi.json",
-                  swagger_ui_oauth2_redirect_url=None, dependencies=[Depends(authorised)])
-    app.state.batcher = batcher
+    routes = Routes(model, settings, api_key=settings.api_key or os.environ.get(API_KEY_ENV) or None,
+                    open_paths=OPEN_PATHS)
+    app = FastAPI(title="vptune", lifespan=routes.lifespan, docs_url="/docs", redoc_url=None,
+                  openapi_url="/openapi.json", swagger_ui_oauth2_redirect_url=None,
+                  dependencies=[Depends(routes.authorise)])
+    app.state.batcher = routes.batcher
     app.add_middleware(AccessLog)
-
-    @app.exception_handler(RequestValidationError)
-    async def one_line_validation_error(request: Request, err: RequestValidationError) -> JSONResponse:
-        # FastAPI's own answer is a 422 with a list of pydantic records; every other error here is 400 and a line
-        first = err.errors()[0]
-        where = ".".join(str(part) for part in first["loc"][1:]) or str(first["loc"][0])
-        return JSONResponse({"detail": f"{where}: {first['msg']}, got {first.get('input')!r}"}, status_code=400)
-
-    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    def page() -> str:
-        return PAGE.read_text()
-
-    @app.get("/health")
-    def health() -> dict:
-        return {"status": "ok", "tasks": len(model.tasks), "auth": api_key is not None,
-                "device": str(model.device), "precision": model.precision,
-                "pending": batcher.pending, "max_wait_ms": round(1000 * batcher.wait, 2),
-                "quiet_ms": round(1000 * batcher.quiet, 2)}
-
-    @app.get("/v1/tasks")
-    def tasks() -> dict:
-        return {"tasks": [describe_task(model, name) for name in model.tasks]}
-
-    @app.post("/v1/tasks/{name}/predict")
-    async def predict(name: str, request: Request, top_k: int | None = None):
-        if name not in model.tasks:
-            raise HTTPException(404, f"no task {name!r}; this server has: {', '.join(model.tasks)}")
-        unknown = sorted(set(request.query_params) - {"top_k"})
-        if unknown:
-            raise HTTPException(400, f"unknown query parameter(s) {unknown}; this route takes top_k")
-        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if content_type not in ("multipart/form-data", "application/json") and not content_type.startswith(
-                RAW_IMAGE_TYPES):
-            raise HTTPException(415, f"content type {content_type or 'none'!r} is not supported: send the image as "
-                                     f"multipart/form-data (field 'image'), as application/json {{\"image\": BASE64}}, "
-                                     f"or as the body itself (image/png, image/jpeg, ...)")
-        try:
-            with batcher.slot():  # taken first: a request the queue cannot take is not even read
-                body = await _read_body(request, limit)
-                data, requested_k = await _image_bytes(request, body, content_type)
-                k = top_k if top_k is not None else requested_k if requested_k is not None else settings.top_k
-                try:
-                    check_top_k(k, name="top_k")
-                    image = await prepare_off_the_loop_if_large(data)
-                except (DataError, ConfigError) as err:
-                    raise HTTPException(400, str(err)) from None
-                top, batch_size = await batcher.submit((name, image, k), in_slot=True)
-        except Overloaded as err:
-            raise HTTPException(503, f"server busy ({err}); retry shortly", headers={"Retry-After": "1"}) from None
-        return JSONResponse({"task": name, "top": top}, headers={"X-Batch-Size": str(batch_size)})
-
-    async def _read_body(request: Request, limit: int) -> bytes:
-        too_big = f"upload over the limit of {settings.max_upload_mb:g} MB (--max-upload-mb)"
-        declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > limit:
-            raise HTTPException(413, too_big)
-        body = bytearray()
-        try:
-            async for chunk in request.stream():  # chunked uploads have no length to check up front
-                body += chunk
-                if len(body) > limit:
-                    raise HTTPException(413, too_big)
-        except ClientDisconnect:  # no one to answer: one access-log line, no traceback
-            raise HTTPException(CLIENT_CLOSED, "the client closed the connection during the upload") from None
-        return bytes(body)
-
-    async def _image_bytes(request: Request, body: bytes, content_type: str) -> tuple[bytes, int | None]:
-        if content_type == "application/json":
-            return _json_image(body)
-        if content_type != "multipart/form-data":  # a raw image body
-            return body, None
-
-        async def replay() -> dict:  # the body was already read (with its size limit); let the form parser see it
-            return {"type": "http.request", "body": body, "more_body": False}
-
-        try:
-            form = await Request(request.scope, replay).form()
-        except Exception as err:  # malformed multipart
-            raise HTTPException(400, f"cannot parse the multipart body: {err}") from None
-        uploads = form.getlist("image")
-        if not uploads or any(isinstance(upload, str) for upload in uploads):
-            raise HTTPException(400, "multipart body has no file field 'image'"
-                                     + (f" (its fields: {', '.join(form.keys())})" if form else ""))
-        _check_fields(form.keys(), "form")
-        if len(uploads) > 1:
-            raise HTTPException(400, f"send one image per request; this body has {len(uploads)} 'image' fields")
-        top_k = form.get("top_k")
-        return await uploads[0].read(), None if top_k is None else _form_integer(top_k)
-
-    def _json_image(body: bytes) -> tuple[bytes, int | None]:
-        try:
-            payload = json.loads(body)
-        except ValueError:
-            raise HTTPException(400, f"the body is not valid JSON; {JSON_SHAPE}") from None
-        if not isinstance(payload, dict) or not isinstance(payload.get("image"), str):
-            raise HTTPException(400, JSON_SHAPE)
-        _check_fields(payload.keys(), "JSON")
-        encoded = payload["image"]
-        encoded = encoded.split(",", 1)[1] if encoded.startswith("data:") else encoded  # a data: URL
-        try:
-            return base64.b64decode(encoded, validate=True), payload.get("top_k")
-        except (ValueError, binascii.Error) as err:
-            raise HTTPException(400, f"image is not valid base64 ({err}); {JSON_SHAPE}") from None
-
-    def _check_fields(names, body: str) -> None:
-        unknown = sorted(set(names) - set(FIELDS))
-        if unknown:
-            raise HTTPException(400, f"unknown {body} field(s) {unknown}; the body takes {' and '.join(FIELDS)}")
-
-    def _form_integer(value) -> int | object:
-        try:
-            return int(value) if isinstance(value, str) else value
-        except ValueError:
-            return value  # check_top_k names it (as it does a file sent as top_k)
-
+    app.exception_handler(RequestValidationError)(routes.one_line_validation_error)
+    app.get("/", response_class=HTMLResponse, include_in_schema=False)(routes.page)
+    app.get("/health")(routes.health)
+    app.get("/v1/tasks")(routes.tasks)
+    app.post("/v1/tasks/{name}/predict")(routes.predict)
     return app
 
 
@@ -333,15 +148,6 @@ def _check_runtime(model: MultiTaskModel, settings: ServeSettings) -> None:
     if settings.precision != AUTO and precision != model.precision:
         raise ConfigError(f"the settings ask for precision {precision} but the model runs in {model.precision}; "
                           f"build the MultiTaskModel with precision={precision!r}")
-
-
-def _pixels(data: bytes) -> int:
-    """Width x height from the image header (no decoding); 0 if there is no readable header."""
-    try:
-        with open_image(io.BytesIO(data)) as image:
-            return image.width * image.height
-    except Exception:  # not an image: decode_image gives the reason, at once
-        return 0
 
 
 class AccessLog:
@@ -374,13 +180,6 @@ class AccessLog:
                 "time": round(time.time(), 3), "client": client[0] if client else None, "method": scope["method"],
                 "path": scope["path"], "status": response["status"],
                 "ms": round(1000 * (time.perf_counter() - started), 2), "batch": response["batch"]}))
-
-
-def describe_task(model: MultiTaskModel, name: str) -> dict:
-    task = model.tasks[name]
-    return {"name": name, "classes": model.class_names(name), "num_classes": task.head.out_features,
-            "method": task.method.to_dict() if getattr(task, "method", None) else None,
-            "prompt": task.prompt_config.to_dict(), "image_size": list(task.adapter.img_size)}
 
 
 def serve(tasks: dict[str, str], settings: ServeSettings, *, allow_download: bool = False) -> None:
@@ -418,4 +217,4 @@ def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-__all__ = ["ServeSettings", "create_app", "serve", "parse_task_flags", "describe_task"]
+__all__ = ["ServeSettings", "create_app", "serve", "parse_task_flags"]

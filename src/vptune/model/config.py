@@ -19,7 +19,9 @@ PIXEL_LOCATIONS = ("prepend-pixel", "concat-channel")  # prompts learned in the 
 
 # `layers` accepts None (the mode's default), "all", "first K", "last K", or explicit block indices.
 LayersSpec = Union[None, str, Sequence[int]]
-_LAYER_WORDS = re.compile(r"^\s*(first|last)[\s:_-]*(\d+)\s*$")
+# K may carry a minus sign so that "first -1" is refused rather than read as "first 1"; a hyphen right after the
+# word ("last-2") is still a separator.
+_LAYER_WORDS = re.compile(r"^\s*(first|last)(?:-|[\s:_]*)(-?\d+)\s*$")
 
 
 @dataclass
@@ -46,10 +48,10 @@ class PromptConfig:
             pixel space start as unit-variance noise, the scale of a normalised image's pixels),
             "cls" (prompt j of each prompted block starts at the mean [CLS] token that block puts out for class j's
             training images, the paper's prototype init; num_tokens must equal the number of classes; set from data
-            by `PromptedViT.init_prompts_from_classes`),
+            by `PromptedModel.init_prompts_from_classes`),
             "patches" (each block's prompt starts at k-means prototypes of the patch tokens training images
             bring to that block through the frozen backbone: set from data by
-            `PromptedViT.init_prompts_from_patches`, which the trainer calls; xavier until then; prepend without
+            `PromptedModel.init_prompts_from_patches`, which the trainer calls; xavier until then; prepend without
             projection only), "zeros", or "normal" (std `init_std`).
         init_std: standard deviation for init="normal".
         pooling: what the head reads after the final norm: "cls" (the paper's default), "image-pool" (the mean of
@@ -168,13 +170,21 @@ def _check_layers_syntax(spec: LayersSpec) -> None:
     if spec is None:
         return
     if isinstance(spec, str):
-        if spec.strip() != "all" and not _LAYER_WORDS.match(spec):
+        words = _LAYER_WORDS.match(spec)
+        if spec.strip() != "all" and not words:
             raise ValueError(f"PromptConfig.layers must be None, 'all', 'first K', 'last K' or a list of block "
                              f"indices, got {spec!r}")
+        if words and int(words.group(2)) < 1:
+            raise ValueError(f"PromptConfig.layers={spec!r}: K must be a whole number >= 1 ('first K' prompts the "
+                             f"first K blocks, 'last K' the final K), got {int(words.group(2))}")
         return
     if not isinstance(spec, (list, tuple)) or not all(isinstance(i, int) and not isinstance(i, bool) for i in spec):
         raise ValueError(f"PromptConfig.layers must be None, 'all', 'first K', 'last K' or a list of integer "
                          f"block indices, got {spec!r}")
+    negative = [i for i in spec if i < 0]
+    if negative:  # Python's from-the-end meaning would depend on the backbone's depth; 'last K' says it plainly
+        raise ValueError(f"PromptConfig.layers: block indices count from 0, got {negative[0]} in {list(spec)}; "
+                         f"for the final blocks use 'last K'")
 
 
 def _parse_layer_words(spec: str, depth: int) -> list[int]:

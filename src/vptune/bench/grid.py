@@ -1,0 +1,94 @@
+"""What is measured: the models (`MODELS`), one measured config (`Config`), the groups timed side by side
+(`grid`), and what each figure is divided by (`bases_of`)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
+
+import torch
+
+from ..model import PromptConfig, PromptedModel
+
+if TYPE_CHECKING:  # type hints only: settings.py imports this file
+    from .settings import BenchSettings
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A benchmarked backbone, and its defaults when --repeats / --modes are not given."""
+
+    timm_name: str
+    kwargs: dict
+    repeats: int = 3
+    modes: tuple[str, ...] = ("deep", "shallow")
+
+
+# ViT-B/16 gets fewer repeats and deep prompts only by default: a CPU training step costs ~3x ViT-S/14's, and
+# the default run should stay near 15 minutes on 2 cores (pass --modes / --repeats for the full grid).
+MODELS = {
+    "vit-s14": ModelSpec("vit_small_patch14_dinov2", {"img_size": 224}),
+    "vit-b16": ModelSpec("vit_base_patch16_224", {}, repeats=1, modes=("deep",)),
+    # timm's Eva family: rotary positions, 4 register tokens, LayerScale (DINOv3-S/16's shape, random weights)
+    "dinov3-s16": ModelSpec("vit_small_patch16_dinov3", {"img_size": 224}),
+    "tiny": ModelSpec("vit_tiny_patch16_224", {"img_size": 32, "depth": 2, "embed_dim": 32, "num_heads": 2}, 1),
+}
+# floor: no prompt (linear probe); tokens: the reference; prefix: the fast path; -ckpt: gradient checkpointing
+PATHS = ("floor", "tokens", "prefix", "prefix-ckpt", "tokens-ckpt")
+PRECISIONS = ("fp32", "bf16", "fp16")  # fp32, or autocast to a 16-bit type (vptune.devices)
+FIGURES = ("train_step_s", "train_peak_mb", "infer_ips", "infer_b1_ips")
+BASES = ("ref", "floor", "fp32_eager")  # what each figure is also given as a ratio to (see `bases_of`)
+DEFAULTS = {"models": ["vit-s14", "vit-b16"], "prompts": [10, 50, 100, 200], "batch": 32, "threads": None}
+QUICK = {"models": ["tiny"], "prompts": [2, 4], "batch": 4, "train_batch": 2, "repeats": 1, "threads": 1}
+NUM_CLASSES = 100
+B1_CALLS = 8  # batch-1 inference: images per timed repeat
+SETTLE_ROUNDS = 5  # at most, untimed rounds of compiled configs before a figure's timed rounds (settle_compiled)
+
+
+@dataclass(frozen=True)
+class Config:
+    """One measured model: the floor has mode "" and prompts 0. `precision` is fp32 or the autocast type;
+    `compiled` runs the forward through `torch.compile`."""
+
+    model: str
+    mode: str
+    prompts: int
+    path: str
+    precision: str = "fp32"
+    compiled: bool = False
+
+    def build(self, backbone: torch.nn.Module, device: str) -> PromptedModel:
+        prompt = PromptConfig(num_tokens=self.prompts, mode=self.mode or "deep")
+        path = "prefix" if self.path == "floor" else self.path.split("-")[0]
+        model = PromptedModel(backbone, prompt, NUM_CLASSES, path=path, grad_checkpointing=self.path.endswith("-ckpt"))
+        return model.to(device)
+
+    def label(self) -> str:
+        where = f" {self.mode} p={self.prompts}" if self.prompts else ""
+        return f"{self.path}{where} {self.precision}{' compiled' if self.compiled else ''}"
+
+
+def bases_of(cfg: Config) -> dict[str, Config | None]:
+    """The configs each of cfg's figures is divided by: the reference path and the floor in the same precision
+    and compile setting, and the same config in fp32 eager (what the 16-bit and compiled variants gain)."""
+    return {"ref": replace(cfg, path="tokens") if cfg.path != "floor" else None,
+            "floor": replace(cfg, mode="", prompts=0, path="floor"),
+            "fp32_eager": replace(cfg, precision="fp32", compiled=False)}
+
+
+def spec_of(alias: str) -> ModelSpec:
+    return MODELS.get(alias) or ModelSpec(alias, {})
+
+
+def variants(args: "BenchSettings") -> list[tuple[str, bool]]:
+    """(precision, compiled) pairs measured: every precision eagerly, and compiled too with --compile."""
+    return [(p, compiled) for compiled in ((False, True) if args.compile else (False,)) for p in args.precisions]
+
+
+def grid(args: "BenchSettings", alias: str, first: int) -> dict[int, list[Config]]:
+    """Groups measured side by side, numbered from `first`: at one (mode, p), the floor and every path, each in
+    every variant (the variants of one path next to each other, as the table lists them)."""
+    kinds = variants(args)
+    floors = [Config(alias, "", 0, "floor", p, c) for p, c in kinds]
+    groups = [floors + [Config(alias, mode, n, path, p, c) for path in args.paths if path != "floor" for p, c in kinds]
+              for mode in args.modes or spec_of(alias).modes for n in args.prompts]
+    return dict(enumerate(groups, start=first))

@@ -1,0 +1,174 @@
+"""One epoch of training, step by step: the `Fit` an epoch needs, the optimizer and its schedule, the divergence
+check, and validation."""
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from ..devices import autocast
+from ..errors import TrainingError
+from ..inference.evaluate import evaluate_logits
+from ..methods import optimizer_groups
+from ..model import PromptedModel
+from ..rundir import RunDir
+from .batches import make_loader, precompute_rows
+from .config import TrainConfig
+from .distributed import SINGLE, EpochItems, GlobalBatchSampler, World, all_sum
+from .logs import TensorBoardLog
+
+
+DIVERGED = 2.0  # an epoch's mean training loss above this many times ln(classes) stops the run
+
+
+@dataclass
+class Fit:
+    """What one epoch needs: the model, the function that maps a training input to logits (the model itself, or
+    its head / post-stem part when inputs are cached), the optimizer and its schedule."""
+
+    cfg: TrainConfig
+    model: PromptedModel
+    forward: Callable[[torch.Tensor], torch.Tensor]
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    run: RunDir
+    quiet: bool = False
+    world: World = SINGLE
+    logs: TensorBoardLog = dataclasses.field(default_factory=lambda: TensorBoardLog(None))
+    scaler: torch.amp.GradScaler | None = None  # fp16: scales the loss so small gradients survive 16 bits
+    _loader: DataLoader | None = None
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device(self.cfg.device)
+
+    def autocast(self):
+        return autocast(self.cfg.device, self.cfg.precision)
+
+    @property
+    def inference(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """`forward` without DDP's wrapper: evaluation needs no gradient sync, and ranks may run unequal batches."""
+        return self.forward.module.fn if isinstance(self.forward, DistributedDataParallel) else self.forward
+
+    def train_batches(self, dataset: Dataset, epoch: int) -> tuple[DataLoader, list[float]]:
+        """This rank's share of each global batch of the epoch (`distributed.py`), and each step's loss weight.
+        One loader for the whole run, so its worker processes (if any) live across epochs."""
+        if self._loader is None:
+            items = dataset if isinstance(dataset, EpochItems) else EpochItems(dataset, self.cfg.seed)  # cached stems
+            sampler = GlobalBatchSampler(len(dataset), self.cfg.batch_size, self.cfg.seed, self.world)
+            self._loader = make_loader(items, self.cfg, batch_sampler=sampler, persistent=True)
+        self._loader.batch_sampler.set_epoch(epoch)
+        return self._loader, self._loader.batch_sampler.weights()
+
+
+def train_epoch(fit: Fit, dataset: Dataset, epoch: int) -> dict:
+    """One pass over the training set; returns the epoch's metrics row."""
+    cfg, model, optimizer = fit.cfg, fit.model, fit.optimizer
+    model.train()
+    torch.manual_seed(cfg.seed * 1000 + epoch + 7919 * fit.world.rank)  # dropout and augmentation: a function of
+    loader, weights = fit.train_batches(dataset, epoch)  # (seed, epoch), so a resumed run replays exactly
+    total_loss, correct, seen, started = 0.0, 0, 0, time.perf_counter()
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=fit.quiet, leave=False)
+    skipped = 0
+    for step, (inputs, labels) in enumerate(bar):
+        inputs, labels = (t.to(fit.device, non_blocking=True) for t in (inputs, labels))
+        with fit.autocast():
+            logits = fit.forward(inputs)
+        losses = F.cross_entropy(logits.float(), labels, reduction="none")
+        # this rank's share of the global batch's mean (DDP averages the ranks' gradients; see distributed.py)
+        loss = losses.sum() * weights[step]
+        if not torch.isfinite(loss):
+            raise TrainingError(f"the loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}; the last good "
+                                f"checkpoint is in {fit.run.last} (if any epoch finished). Lower the learning rates "
+                                f"(--lr {cfg.lr}, --head-lr {cfg.head_lr}) and train again"
+                                + (" (or use --precision bf16 or fp32: fp16 overflows at 65504)"
+                                   if cfg.precision == "fp16" else ""))
+        optimizer.zero_grad(set_to_none=True)
+        skipped += not optimizer_step(fit, loss)
+        fit.logs.step(epoch * len(loader) + step, losses.mean().item(), optimizer.param_groups[0]["lr"])
+        with warnings.catch_warnings():  # fp16: a step the scaler skipped still moves the schedule, on purpose
+            warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step\\(\\)` before", UserWarning)
+            fit.scheduler.step()
+        if weights[step]:  # not a stand-in row
+            total_loss += losses.sum().item()
+            correct += (logits.argmax(1) == labels).sum().item()
+            seen += len(labels)
+        bar.set_postfix(loss=f"{losses.mean().item():.3f}", lr=f"{optimizer.param_groups[0]['lr']:.2g}",
+                        img_s=f"{seen / (time.perf_counter() - started):.1f}")
+    seconds = time.perf_counter() - started
+    total_loss, correct, seen = all_sum([total_loss, correct, seen], fit.world)
+    _check_not_diverged(fit, total_loss / seen, epoch)
+    row = {"epoch": epoch + 1, "train_loss": total_loss / seen, "train_top1": correct / seen,
+           "lr": optimizer.param_groups[0]["lr"], "img_per_s": seen / seconds, "seconds": seconds}
+    if fit.scaler is not None:
+        row["skipped_steps"] = skipped
+    return row
+
+
+def optimizer_step(fit: Fit, loss: torch.Tensor) -> bool:
+    """Backward and update; False when fp16's scaler skipped the update (a gradient overflowed 16 bits: the scale
+    is lowered and the next step tries again, which is no sign of divergence)."""
+    if fit.scaler is None:
+        loss.backward()
+        _clip(fit)
+        fit.optimizer.step()
+        return True
+    scale = fit.scaler.get_scale()
+    fit.scaler.scale(loss).backward()
+    fit.scaler.unscale_(fit.optimizer)  # clip (and the optimizer) see the true gradients
+    _clip(fit)
+    fit.scaler.step(fit.optimizer)
+    fit.scaler.update()
+    return fit.scaler.get_scale() >= scale
+
+
+def _clip(fit: Fit) -> None:
+    if fit.cfg.clip_grad is not None:
+        torch.nn.utils.clip_grad_norm_(fit.model.trainable_parameters(), fit.cfg.clip_grad)
+
+
+def _check_not_diverged(fit: Fit, loss: float, epoch: int) -> None:
+    """Stop (before the epoch is saved, so last/ keeps the last good one) when the epoch's training loss is over
+    DIVERGED x that of guessing uniformly, ln(classes): the run has blown up, and more epochs rarely bring it back."""
+    chance = math.log(fit.model.head.out_features)
+    if loss > DIVERGED * chance:
+        raise TrainingError(f"training diverged: the loss was {loss:.3g} in epoch {epoch + 1}, over {DIVERGED:g} times "
+                            f"that of a uniform guess ({chance:.3g}); the last good checkpoint is in {fit.run.last} (if "
+                            f"any epoch finished). Lower the learning rates (--lr {fit.cfg.lr:g}, --head-lr "
+                            f"{fit.cfg.head_lr:g}) or let vptune choose (--lr auto), and train again")
+
+
+def validate(fit: Fit, dataset: Dataset) -> dict:
+    fit.model.eval()
+    logits, labels = precompute_rows(fit.inference, dataset, fit.cfg, True, fit.world).tensors
+    return {"loss": F.cross_entropy(logits, labels).item(), "top1": evaluate_logits(logits, labels)["top1"]}
+
+
+def make_optimizer(model: PromptedModel, cfg: TrainConfig, num_train: int | None = None) -> torch.optim.Optimizer:
+    """The method's optimizer, lrs scaled by the batch actually used / 256 (a batch size over the training set's
+    size gives batches of the whole set, and must not scale the lr as if they were larger)."""
+    batch = min(cfg.batch_size, num_train) if num_train else cfg.batch_size
+    scale = batch / 256 if cfg.scale_lr else 1.0
+    groups = optimizer_groups(model, cfg.lr * scale, cfg.head_lr * scale, cfg.weight_decay)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(groups)
+    return torch.optim.SGD(groups, lr=cfg.lr * scale, momentum=cfg.momentum)
+
+
+def warmup_cosine(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
+    """lr factor per iteration: linear warm-up from 1/warmup (never a wasted step at 0), then cosine to 0."""
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    return factor
