@@ -11,7 +11,19 @@ would bring their own data.
   defect drawn on two of them (a thin line of random angle, or a blob of random size), like a surface-inspection
   task where the class is a small local detail; 100 train, 30 val, 60 test per class, bands as for textures.
 
-    python benchmarks/holdout_tasks.py OUT_DIR        # needs: pip install scikit-image
+The second set, kept apart from everything the recipe was tuned on (docs/recipe.md, "Hold-out tasks nobody tuned
+for"), drawn with numpy and Pillow alone, each unlike the built-ins and unlike the others, and each with train and
+test splits only (no val: vptune carves one, as it does for users' data):
+
+- counting: 6 classes, how many discs (1 to 6) lie on a noisy background, VTAB's "structured" kind of task (CLEVR
+  count); few-shot: 30 train, 60 test per class.
+- shapes: 5 classes (circle, square, triangle, cross, star) of random size, angle and colour among clutter lines,
+  imbalanced as real data often is: 120, 60, 30, 15 and 8 train images, 40 test per class.
+- gratings: 8 classes, the orientation of a noisy sine grating in steps of 22.5 degrees (jittered by up to 4),
+  fine-grained and far from any photograph; 40 train, 40 test per class.
+
+    python benchmarks/holdout_tasks.py OUT_DIR              # all six (the first three need: pip install scikit-image)
+    python benchmarks/holdout_tasks.py OUT_DIR --untuned    # the second set only
 """
 from __future__ import annotations
 
@@ -103,7 +115,102 @@ def faces(root: Path, seed: int = 0) -> Path:
     return write_task(root, rows)
 
 
+# ------------------------------------------------------------------------------ the second set (untuned)
+SIZE = 96
+
+
+def _canvas(rng: np.random.Generator, noise: float = 25.0) -> np.ndarray:
+    """A gray background with a random tint and pixel noise, (SIZE, SIZE, 3) float."""
+    base = rng.uniform(60, 140) + rng.uniform(-20, 20, size=3)
+    return np.clip(base + rng.normal(0, noise, (SIZE, SIZE, 3)), 0, 255)
+
+
+def _write_untuned(root: Path, draw, counts: dict[str, dict[str, int]], seed: int) -> Path:
+    """Images from `draw(label, rng) -> uint8 (SIZE, SIZE, 3)`, `counts[split][label]` of each."""
+    rng = np.random.default_rng(seed)
+    rows = [(draw(label, rng), label, split) for split, per_label in counts.items()
+            for label, count in per_label.items() for _ in range(count)]
+    return write_task(root, rows)
+
+
+def counting(root: Path, seed: int = 0) -> Path:
+    from PIL import ImageDraw
+
+    def draw(label: str, rng: np.random.Generator) -> np.ndarray:
+        image = Image.fromarray(_canvas(rng).astype(np.uint8))
+        pen, placed = ImageDraw.Draw(image), []
+        while len(placed) < int(label):  # discs that do not touch, so every one can be counted
+            r = rng.uniform(5, 10)
+            x, y = rng.uniform(r + 2, SIZE - r - 2, size=2)
+            if all((x - a) ** 2 + (y - b) ** 2 > (r + c + 3) ** 2 for a, b, c in placed):
+                placed.append((x, y, r))
+                colour = tuple(int(v) for v in rng.integers(150, 256, size=3))
+                pen.ellipse([x - r, y - r, x + r, y + r], fill=colour)
+        return np.asarray(image)
+
+    labels = [str(n) for n in range(1, 7)]
+    return _write_untuned(root, draw, {"train": dict.fromkeys(labels, 30), "test": dict.fromkeys(labels, 60)}, seed)
+
+
+def _polygon(label: str, cx: float, cy: float, r: float, angle: float) -> list[tuple[float, float]]:
+    def ring(points: int, radii: tuple[float, ...]) -> list[tuple[float, float]]:
+        step = 2 * np.pi / (points * len(radii))
+        return [(cx + r * radii[i % len(radii)] * np.cos(angle + i * step),
+                 cy + r * radii[i % len(radii)] * np.sin(angle + i * step)) for i in range(points * len(radii))]
+
+    if label == "square":
+        return ring(4, (1.0,))
+    if label == "triangle":
+        return ring(3, (1.0,))
+    if label == "star":
+        return ring(5, (1.0, 0.4))
+    # a cross: 12 corners on two radii, arms a third of its width
+    return ring(4, (1.0, 1.0, 0.45))
+
+
+def shapes(root: Path, seed: int = 0) -> Path:
+    from PIL import ImageDraw
+
+    def draw(label: str, rng: np.random.Generator) -> np.ndarray:
+        image = Image.fromarray(_canvas(rng, noise=15).astype(np.uint8))
+        pen = ImageDraw.Draw(image)
+        for _ in range(3):  # clutter: lines of random colour across the image
+            pen.line([tuple(rng.uniform(0, SIZE, size=2)), tuple(rng.uniform(0, SIZE, size=2))],
+                     fill=tuple(int(v) for v in rng.integers(0, 256, size=3)), width=int(rng.integers(1, 4)))
+        r = rng.uniform(12, 30)
+        cx, cy = rng.uniform(r, SIZE - r, size=2)
+        colour = tuple(int(v) for v in rng.integers(0, 256, size=3))
+        if label == "circle":
+            pen.ellipse([cx - r, cy - r, cx + r, cy + r], fill=colour)
+        else:
+            pen.polygon(_polygon(label, cx, cy, r, rng.uniform(0, 2 * np.pi)), fill=colour)
+        return np.asarray(image)
+
+    train = {"circle": 120, "square": 60, "triangle": 30, "cross": 15, "star": 8}
+    return _write_untuned(root, draw, {"train": train, "test": dict.fromkeys(train, 40)}, seed)
+
+
+def gratings(root: Path, seed: int = 0) -> Path:
+    yy, xx = np.mgrid[0:SIZE, 0:SIZE] - SIZE / 2
+
+    def draw(label: str, rng: np.random.Generator) -> np.ndarray:
+        angle = np.deg2rad(float(label) + rng.uniform(-4, 4))
+        period = rng.uniform(6, 16)
+        wave = np.sin(2 * np.pi * (xx * np.cos(angle) + yy * np.sin(angle)) / period + rng.uniform(0, 2 * np.pi))
+        contrast = rng.uniform(30, 90)
+        gray = 128 + contrast * wave + rng.normal(0, 30, (SIZE, SIZE))
+        tint = rng.uniform(0.7, 1.3, size=3)
+        return np.clip(gray[..., None] * tint, 0, 255).astype(np.uint8)
+
+    labels = [f"{22.5 * k:g}" for k in range(8)]
+    return _write_untuned(root, draw, {"train": dict.fromkeys(labels, 40), "test": dict.fromkeys(labels, 40)}, seed)
+
+
+TUNED_ON = (textures, faces, defects)
+UNTUNED = (counting, shapes, gratings)
+
 if __name__ == "__main__":
-    out = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/holdout")
-    for make in (textures, faces, defects):
+    args = [a for a in sys.argv[1:] if a != "--untuned"]
+    out = Path(args[0] if args else "runs/holdout")
+    for make in UNTUNED if "--untuned" in sys.argv else TUNED_ON + UNTUNED:
         print(make(out / make.__name__))

@@ -1,5 +1,7 @@
 """Shared fixtures: ONE tiny random timm ViT builder (timm's own `test_vit`, 32 px), and a workspace with an image
 folder and that ViT's weights file, so the suite runs in seconds on a CPU and offline."""
+from contextlib import contextmanager
+
 import numpy as np
 import pytest
 import timm
@@ -95,23 +97,25 @@ def workspace(tmp_path_factory):
 
 
 def train_config(ws, output, **overrides):
-    """A TrainConfig for the workspace: tiny ViT, 2 epochs, batch 8, 4 prompt tokens."""
+    """A TrainConfig for the workspace: tiny ViT, 2 epochs, batch 8, 4 prompt tokens, one stage (refit off: the
+    tests of the loop look at one run; tests/training/test_refit.py trains the default's two stages)."""
     from vptune import TrainConfig
 
     settings = dict(data=str(ws / "images"), output=str(output), backbone=TINY_VIT,
-                    weights=str(ws / "tiny.safetensors"), img_size=32, epochs=2, batch_size=8, num_tokens=4)
+                    weights=str(ws / "tiny.safetensors"), img_size=32, epochs=2, batch_size=8, num_tokens=4,
+                    refit=False)
     settings.update(overrides)
     return TrainConfig(**settings)
 
 
 def train_args(ws, output, *extra):
-    """The same run as `train_config`, as `vptune train` arguments (without --num-tokens for a --method that trains
-    no prompt: it would add a warning line)."""
+    """The same run as `train_config` (one stage: --no-refit), as `vptune train` arguments (without --num-tokens for
+    a --method that trains no prompt: it would add a warning line)."""
     method = extra[extra.index("--method") + 1] if "--method" in extra else "vpt-deep"
     prompts = ["--num-tokens", "4"] if method.startswith("vpt") else []
     return ["train", "--data", str(ws / "images"), "--output", str(output), "--backbone", TINY_VIT,
             "--weights", str(ws / "tiny.safetensors"), "--img-size", "32", "--epochs", "2", "--batch-size", "8",
-            *prompts, "--quiet", *extra]
+            *prompts, "--no-refit", "--quiet", *extra]
 
 
 def without_timings(rows):
@@ -132,3 +136,24 @@ def vptune_log():
     yield records
     logger.removeHandler(handler)
     logger.setLevel(level)
+
+
+@contextmanager
+def killed_in_epoch(monkeypatch, when):
+    """Inside: training raises KeyboardInterrupt (a kill) as the epoch starts where `when(fit, epoch)` is true;
+    after: training runs as usual again."""
+    from vptune.training import loop
+
+    real_epoch = loop.train_epoch
+
+    def interrupted(fit, dataset, epoch):
+        if when(fit, epoch):
+            raise KeyboardInterrupt
+        return real_epoch(fit, dataset, epoch)
+
+    monkeypatch.setattr(loop, "train_epoch", interrupted)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            yield
+    finally:
+        monkeypatch.setattr(loop, "train_epoch", real_epoch)

@@ -23,6 +23,8 @@ SMOKE = {
     "serve_bench.py": ([*TINY, "--weights", "{weights}", "--num-tokens", "2", "--batch", "4", "--repeats", "1",
                         "--clients", "2", "--requests", "8", "--rounds", "1"], "| tasks in the batch |", None),
     "holdout_tasks.py": (["{tmp}"], "{tmp}/textures/labels.csv", "skimage"),
+    "sklearn_probe.py": (["digits", *TINY, "--weights", "{weights}", "--out", "{tmp}/rows.jsonl"],
+                         "| task | images (train + val) |", "sklearn"),
 }
 
 
@@ -48,3 +50,36 @@ def test_script_runs_and_prints_its_table(script, workspace, tmp_path):
                           env=env, cwd=tmp_path, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert any(line.startswith(first) for line in done.stdout.splitlines()), done.stdout[-3000:]
+
+
+def test_the_untuned_holdout_tasks_are_written_as_users_bring_data(tmp_path):
+    """The second hold-out set (numpy and Pillow only): train and test splits, no val, the documented counts, and
+    the same files from the same seed."""
+    import csv
+    from collections import Counter
+
+    from vptune.data import read_data
+
+    out = subprocess.run([sys.executable, str(BENCHMARKS / "holdout_tasks.py"), str(tmp_path), "--untuned"],
+                         capture_output=True, text=True, timeout=120, check=True).stdout.split()
+    assert out == [str(tmp_path / name / "labels.csv") for name in ("counting", "shapes", "gratings")]
+    expected = {"counting": ({"train": 30, "test": 60}, 6), "gratings": ({"train": 40, "test": 40}, 8)}
+    for path in map(Path, out):
+        rows = list(csv.DictReader(path.open()))
+        counts = Counter((row["split"], row["label"]) for row in rows)
+        assert {row["split"] for row in rows} == {"train", "test"}
+        if path.parent.name == "shapes":  # imbalanced training classes, balanced test
+            assert sorted(n for (split, _), n in counts.items() if split == "train") == [8, 15, 30, 60, 120]
+            assert {n for (split, _), n in counts.items() if split == "test"} == {40}
+        else:
+            per_split, classes = expected[path.parent.name]
+            assert len({label for _, label in counts}) == classes
+            assert all(n == per_split[split] for (split, _), n in counts.items())
+        data = read_data(str(path))  # vptune reads it as a user's CSV, carving val from train
+        assert len(data.class_names) == len({row["label"] for row in rows})
+    again = subprocess.run([sys.executable, str(BENCHMARKS / "holdout_tasks.py"), str(tmp_path / "again"),
+                            "--untuned"], capture_output=True, text=True, timeout=120, check=True)
+    assert again.returncode == 0
+    for name in ("counting", "shapes", "gratings"):
+        first = sorted((tmp_path / name / "train").iterdir())[:3]
+        assert all(p.read_bytes() == (tmp_path / "again" / name / "train" / p.name).read_bytes() for p in first)

@@ -472,3 +472,27 @@ def test_a_flag_the_method_does_not_read_is_named_in_a_warning(workspace, tmp_pa
 def test_settings_the_method_reads_raise_no_warning(workspace, tmp_path, capsys):
     assert main(train_args(workspace, tmp_path / "run", "--epochs", "1", "--method", "vpt-shallow")) == 0
     assert "does not read" not in capsys.readouterr().err
+
+
+def test_an_eva_backbone_by_name_with_local_weights_trains_evaluates_predicts_and_describes(workspace, tmp_path,
+                                                                                        capsys):
+    """As a user of DINOv3 / EVA-02 / PE would: a timm Eva name and its weights file, every command."""
+    import timm
+    from safetensors.torch import save_file
+
+    weights = tmp_path / "eva02.safetensors"
+    save_file(timm.create_model("eva02_tiny_patch14_224", pretrained=False, num_classes=0, img_size=28).state_dict(),
+              str(weights))
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(workspace / "images"), "--output", str(run), "--backbone",
+                 "eva02_tiny_patch14_224", "--weights", str(weights), "--img-size", "28", "--epochs", "1",
+                 "--num-tokens", "2", "--quiet"]) == 0
+    task = json.loads((run / "best" / "task.json").read_text())
+    assert task["backbone"]["family"] == "eva" and task["backbone"]["depth"] == 12
+    assert main(["eval", str(run), "--quiet"]) == 0
+    image = next((workspace / "images" / "red").iterdir())
+    assert main(["predict", str(run), str(image), "--top-k", "2", "--json"]) == 0
+    assert main(["info", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert out.count('"probability"') == 2  # the image's top 2 classes
+    assert "eva02_tiny_patch14_224 (eva family)" in out

@@ -262,6 +262,9 @@ def add_config_flags(parser: argparse.ArgumentParser, config: type, skip: tuple[
         if bool in (typing.get_args(hints[field.name]) or (hints[field.name],)):
             if field.default is not True:  # off, or None: the default is someone else's (e.g. the method's)
                 parser.add_argument(f"--{flag}", action="store_true", default=argparse.SUPPRESS, help=text)
+            else:  # on by default: its flag says so where another default applies (`ablate --refit`)
+                parser.add_argument(f"--{flag}", action="store_true", default=argparse.SUPPRESS,
+                                    help=f"{text} (default)")
             if field.default is not False:
                 parser.add_argument(f"--no-{flag}", dest=field.name, action="store_false",
                                     default=argparse.SUPPRESS, help=f"do not {text}" if field.default else None)

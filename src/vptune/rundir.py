@@ -5,7 +5,9 @@
       metrics.jsonl   one line per finished epoch
       best/ last/     task checkpoints (prompt.safetensors + task.json): best on val, and the latest
       state.pt        training state (trainable tensors, optimizer, scheduler, epoch), every epoch
-      summary.json    final figures: test accuracy of the best-on-val checkpoint
+      summary.json    final figures: test accuracy of the best-on-val checkpoint (of the refit, with refit on)
+      selection/      with refit on (the default): the run that chose the epoch on val, a run folder of its own;
+                      RUN itself then holds the final model, trained on train + val to that epoch
       eval/           what `vptune eval` writes (metrics JSON, confusion matrix PNG)
       tensorboard/    TensorBoard event files (loss, lr, val accuracy, img/s), when tensorboard is installed
       .lock           while a run writes here: its pid and host
@@ -50,6 +52,7 @@ class RunDir:
         self.last = self.path / "last"
         self.eval = self.path / "eval"
         self.tensorboard = self.path / "tensorboard"
+        self.selection = self.path / "selection"
 
     def __repr__(self) -> str:
         return f"RunDir({str(self.path)!r})"

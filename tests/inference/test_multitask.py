@@ -1,7 +1,7 @@
 """MultiTaskModel: many tasks on one backbone; a batch mixing them equals each task's model run alone."""
 import pytest
 import torch
-from conftest import make_tiny_vit
+from conftest import make_tiny_eva, make_tiny_vit
 
 from vptune import CheckpointError, ConfigError, MultiTaskModel, PromptConfig, build_model, load_task, save_task
 
@@ -52,6 +52,21 @@ def test_a_mixed_batch_equals_each_task_run_alone(backbone, tmp_path):
         expected = _alone(dirs[name], backbone, images[j:j + 1])[0]
         assert outputs[j].shape == expected.shape
         torch.testing.assert_close(outputs[j], expected, atol=1e-5, rtol=0, msg=f"image {j} ({name})")
+
+
+@pytest.mark.parametrize("shape", ["dinov3", "gqa"])
+def test_a_mixed_batch_on_an_eva_backbone_equals_each_task_run_alone(tmp_path, shape):
+    """Rotary positions, registers (DINOv3), grouped-query K/V (the stack's rows are the K/V heads' width)."""
+    backbone = make_tiny_eva(shape)
+    kinds = {name: KINDS[name] for name in ("deep", "deep-short", "last2", "shallow", "linear", "pixel")}
+    dirs = _save_tasks(backbone, tmp_path, kinds)
+    multi = MultiTaskModel(backbone, dirs)
+    names = list(dirs) * 2
+    images = torch.randn(len(names), 3, 48, 48, generator=torch.Generator().manual_seed(1))
+    outputs = multi(images, names)
+    for j, name in enumerate(names):
+        torch.testing.assert_close(outputs[j], _alone(dirs[name], backbone, images[j:j + 1])[0], atol=1e-5, rtol=0,
+                                   msg=f"image {j} ({name})")
 
 
 def test_the_same_image_gets_the_same_answer_whatever_else_is_in_the_batch(backbone, tmp_path):

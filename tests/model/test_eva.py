@@ -211,3 +211,36 @@ def test_dinov2_as_an_eva_gives_the_vits_logits_and_prompt_gradients(dinov2_and_
     assert results[0][0].abs().max() > 1e-3
     for on_vit, on_eva in zip(*results):
         torch.testing.assert_close(on_eva, on_vit, rtol=1e-8, atol=1e-9)
+
+
+@pytest.mark.parametrize("shape", ["dinov3", "pe", "gqa"])
+def test_lora_adapts_every_attention_projection_and_both_paths_agree(shape):
+    from vptune import ConfigError, build_model
+
+    x = images().double()
+    logits = {}
+    for path in ("tokens", "prefix"):
+        backbone = make_tiny_eva(shape).double()
+        torch.manual_seed(0)
+        model = build_model("lora", backbone, PromptConfig(num_tokens=0), num_classes=4).double()
+        lora = [p for n, p in model.named_parameters() if "lora_B" in n]
+        assert len(lora) == 3 * (3 if shape == "gqa" else 1)  # every block's q/k/v projection(s)
+        with torch.no_grad():
+            for p in lora:
+                p.normal_(0, 0.5)  # away from zero, where an adapter that never runs would not show
+        model.path = path
+        logits[path] = model(x)
+    frozen = PromptedModel(make_tiny_eva(shape).double(), PromptConfig(num_tokens=0), num_classes=4).double()
+    assert (frozen.forward_features(x) - model.forward_features(x)).abs().max() > 1e-3  # the adapters act
+    torch.testing.assert_close(logits["prefix"], logits["tokens"], rtol=1e-9, atol=1e-10)
+    with pytest.raises(ConfigError, match="LoRA cannot adapt Eva's fused qkv with separate q/v biases"):
+        build_model("lora", make_tiny_eva("eva02"), PromptConfig(num_tokens=0), num_classes=4)
+
+
+def test_partial_k_trains_the_last_blocks_and_the_final_norms_of_an_eva():
+    from vptune import build_model
+
+    model = build_model("partial-1", make_tiny_eva("eva02"), PromptConfig(num_tokens=0), num_classes=4)
+    names = [n for n, p in model.backbone.named_parameters() if p.requires_grad]
+    assert all(n.startswith(("blocks.2.", "fc_norm.")) for n in names)  # EVA-02 pools through fc_norm
+    assert any(n.startswith("blocks.2.") for n in names) and any(n.startswith("fc_norm.") for n in names)

@@ -72,3 +72,18 @@ def test_a_global_batch_the_processes_do_not_divide_is_refused(workspace, tmp_pa
     assert done.returncode != 0
     assert "--batch-size 7 is the global batch and must divide by the 2 processes" in done.stderr
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.skipif(not shutil.which("true"), reason="needs a POSIX shell environment")
+def test_two_processes_select_and_refit_exactly_as_one_does(workspace, tmp_path):
+    flags = ["--subset", "17", "--epochs", "2", "--refit"]  # after train_args' --no-refit: the default's two stages
+    run(vptune(*train_args(workspace, tmp_path / "one", *flags)), tmp_path)
+    two = run(torchrun(*train_args(workspace, tmp_path / "two", *flags)), tmp_path)
+    for stage in ("", "selection"):
+        one_summary, _, one_best, _ = read_run(tmp_path / "one" / stage)
+        two_summary, _, two_best, _ = read_run(tmp_path / "two" / stage)
+        for name in one_best:
+            torch.testing.assert_close(two_best[name], one_best[name], atol=1e-5, rtol=0, msg=f"{stage} {name}")
+        assert two_summary["test_top1"] == one_summary["test_top1"]
+        assert two_summary["train_images"] == one_summary["train_images"]
+    assert "Traceback" not in two.stderr

@@ -7,13 +7,12 @@ import math
 import pytest
 import torch
 import yaml
-from conftest import NARROW, make_tiny_vit, train_args, train_config, without_timings
+from conftest import NARROW, killed_in_epoch, make_tiny_vit, train_args, train_config, without_timings
 from safetensors.torch import load_file
 
 from vptune import ConfigError, PromptConfig, PromptedViT, RunDir, train
 from vptune.cli import main
 from vptune.devices import autocast, maybe_compile
-from vptune.training import loop
 
 
 def trained(ws, out, **overrides):
@@ -54,17 +53,8 @@ def test_bf16_logits_and_prompt_gradients_stay_near_fp32():
 def interrupt_and_resume(ws, tmp_path, monkeypatch, **overrides) -> tuple[RunDir, RunDir]:
     """The same 3-epoch run twice: once whole, once killed in its third epoch and resumed."""
     whole = trained(ws, tmp_path / "whole", epochs=3, **overrides)
-    real_epoch = loop.train_epoch
-
-    def interrupted(fit, dataset, epoch):
-        if epoch == 2:
-            raise KeyboardInterrupt
-        return real_epoch(fit, dataset, epoch)
-
-    monkeypatch.setattr(loop, "train_epoch", interrupted)
-    with pytest.raises(KeyboardInterrupt):
+    with killed_in_epoch(monkeypatch, lambda fit, epoch: epoch == 2):
         trained(ws, tmp_path / "cut", epochs=3, **overrides)
-    monkeypatch.setattr(loop, "train_epoch", real_epoch)
     cut = RunDir(tmp_path / "cut")
     train(train_config(ws, cut.path), resume=True, quiet=True)
     return cut, whole

@@ -47,7 +47,7 @@ NUM_CLASSES = "num_classes"  # a cell's num_tokens may say this: p = the task's 
 NOT_IN_KEY = ("output", "device", "num_workers", "tensorboard", "compile")
 # Settings added after runs were recorded: left out of the key while they hold the value every earlier run had,
 # so those runs keep their keys (and are not trained again); any other value is part of the key.
-KEY_SINCE = {"precision": "fp32", "half_backbone": False}
+KEY_SINCE = {"precision": "fp32", "half_backbone": False, "refit": False}
 
 
 @dataclass(frozen=True)
@@ -298,7 +298,10 @@ def ablate_help() -> str:
 # ------------------------------------------------------------------------------------------------- runs
 def run_settings(config: AblateConfig, cell: Cell, task: str, seed: int) -> dict[str, Any]:
     """The TrainConfig settings of one run (without its output folder)."""
-    return {**config.common, **_concrete(cell.settings, _num_classes(task)), "data": task, "seed": seed}
+    # The paper's protocol, unless --refit says otherwise: test from the best val epoch's model, comparable with
+    # every run recorded before vptune refitted by default.
+    return {"refit": False, **config.common, **_concrete(cell.settings, _num_classes(task)), "data": task,
+            "seed": seed}
 
 
 def run_key(config: AblateConfig, cell: Cell, task: str, seed: int) -> str:

@@ -374,7 +374,7 @@ def _objective(trial, config: SweepConfig) -> float:
     trial.set_user_attr("worker", {"host": socket.gethostname(), "pid": os.getpid()})
     values = {name: _suggest(trial, name, spec) for name, spec in config.space.items()}
     output = Path(config.output) / "trials" / f"{trial.number:04d}"
-    cfg = dataclasses.replace(config.base, output=str(output), final=False, **values)
+    cfg = dataclasses.replace(config.base, output=str(output), final=False, refit=False, **values)  # a selection run
 
     def report(row: dict) -> None:
         trial.report(row["val_top1"], step=row["epoch"])
@@ -434,7 +434,7 @@ def train_with_lr_search(cfg: TrainConfig, *, overwrite: bool = False, quiet: bo
     the winner. The search's table and plot are kept in the run's lr-search/ folder."""
     run = RunDir(cfg.output)
     check_new_run(run, overwrite)  # what the run would refuse, refused before the search
-    base = dataclasses.replace(cfg, lr=None, epochs=min(cfg.epochs, AUTO_MAX_EPOCHS), final=False)
+    base = dataclasses.replace(cfg, lr=None, epochs=min(cfg.epochs, AUTO_MAX_EPOCHS), final=False, refit=False)
     default = base.resolved().lr
     with tempfile.TemporaryDirectory(prefix="vptune-lr-search-") as folder:
         search = SweepConfig(base=dataclasses.replace(base, output=folder), output=folder, seeds=(),

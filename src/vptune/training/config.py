@@ -57,9 +57,10 @@ class TrainConfig:
                                    "folder, FGVC json folder")
     output: str = _setting("runs/task", "run directory to write")
     method: str = _setting("vpt-deep", f"tuning method: {', '.join(method_names())}")
-    backbone: str = _setting(DEFAULT_BACKBONE, f"{DEFAULT_BACKBONE} (offline default) or a timm ViT name")
+    backbone: str = _setting(DEFAULT_BACKBONE, f"{DEFAULT_BACKBONE} (offline default) or a timm model name of the "
+                                                "ViT or Eva family (e.g. vit_small_patch16_dinov3)")
     weights: str | None = _setting(None, "local .safetensors/.pth weights for the backbone (offline use of any "
-                                         "timm ViT)")
+                                         "supported timm model)")
     img_size: int | None = _setting(None, "input size in pixels (default: the backbone's, 224)")
     # prompts (VPT methods)
     num_tokens: int = _setting(10, "prompt length p")
@@ -85,6 +86,11 @@ class TrainConfig:
     recipe: str = _setting("vtab", "augmentation: vtab (plain resize) or fgvc (random crop + flip)",
                            ("vtab", "fgvc"))
     final: bool = _setting(False, "train on train+val and report test (VTAB-1k's final run; no model selection)")
+    refit: bool = _setting(True, "train the final model on train + val, to the epoch chosen on val (the linear probe: "
+                                 "with its L2 chosen by 5-fold cross-validation), and report test from it, so no "
+                                 "training image is left out; about twice the training time, RUN/selection holds "
+                                 "the run that chose. Off: test from the best val epoch's model, as the paper's "
+                                 "ablations do")
     skip_bad: bool = _setting(False, "skip unreadable images with a warning instead of stopping")
     max_pixels: int = _setting(MAX_PIXELS, "refuse images with more pixels than this (decompression bombs; Pillow's "
                                            "own limit is 89 million)")
@@ -295,6 +301,10 @@ def apply_resume_changes(cfg: TrainConfig, changes: dict[str, Any], finished_epo
         raise ConfigError(f"--resume continues the run with its own config.yaml; {flags} would change it. Train a new "
                           f"run instead (another --output, or --overwrite); only {allowed} may differ on a resume")
     epochs = changes.get("epochs", cfg.epochs)
+    if epochs != cfg.epochs and cfg.refit and not cfg.final and not cfg.tuning_method().head_only:
+        raise ConfigError(f"--epochs {epochs}: this run refits to the epoch its selection run chose on a {cfg.epochs}-"
+                          f"epoch schedule, which another number of epochs would change; train a new run with --epochs {epochs} "
+                          f"(runs trained with --no-refit can train on)")
     if isinstance(epochs, int) and epochs < finished_epochs:
         raise ConfigError(f"--epochs {epochs}: the run has already finished {finished_epochs} epochs; give at least "
                           f"that many")

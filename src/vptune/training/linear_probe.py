@@ -2,8 +2,8 @@
 
 Features are standardised with the training set's mean and standard deviation (the affine-free normalisation MAE
 puts before its probe: the default backbone's [CLS] has a norm near 48 and a few dimensions far larger than the
-rest), the regression is fitted to convergence with L-BFGS in float64, and its L2 strength is chosen on val from
-a grid. `load_into` puts the result into a model's head: folded into a plain `nn.Linear` on raw features, or
+rest), the regression is fitted to convergence with L-BFGS in float64, and its L2 strength is chosen from a grid:
+on val (`choose_probe`), or by k-fold cross-validation over every labelled image (`choose_probe_cv`). `load_into` puts the result into a model's head: folded into a plain `nn.Linear` on raw features, or
 kept standardised when the model has a `head_norm`.
 """
 from __future__ import annotations
@@ -120,21 +120,29 @@ def fit_logistic_regression(features: torch.Tensor, labels: torch.Tensor, num_cl
     return fit
 
 
-def choose_probe(train: tuple[torch.Tensor, torch.Tensor], val: tuple[torch.Tensor, torch.Tensor],
-                 num_classes: int) -> tuple[ProbeFit, list[dict]]:
-    """Fit every strength of `WEIGHT_DECAYS` on train; keep the best on val (among equals the strongest
-    regularisation, the safer bet on unseen images). Returns it and one row per strength, in `WEIGHT_DECAYS`' order.
-
-    The strengths are fitted from the strongest to the weakest, each starting from the previous optimum (the
-    regularisation path): the strong ones converge in a few iterations, and each next optimum is close to the
-    last, so the whole grid costs about as much as one cold fit at a weak strength.
-    """
+def regularisation_path(features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> dict[float, ProbeFit]:
+    """A fit at every strength of `WEIGHT_DECAYS`, from the strongest to the weakest, each starting from the previous
+    optimum: the strong ones converge in a few iterations, and each next optimum is close to the last, so the whole
+    grid costs about as much as one cold fit at a weak strength."""
     fits: dict[float, ProbeFit] = {}
     with one_thread():
         previous = None
         for weight_decay in sorted(WEIGHT_DECAYS, reverse=True):
-            previous = fits[weight_decay] = fit_logistic_regression(*train, num_classes, weight_decay,
+            previous = fits[weight_decay] = fit_logistic_regression(features, labels, num_classes, weight_decay,
                                                                     start=previous)
+    return fits
+
+
+def _best(rows: list[dict], score: str) -> float:
+    """The strength with the best score; among equals the strongest regularisation, the safer bet on unseen images."""
+    return max(rows, key=lambda row: (row[score], row["weight_decay"]))["weight_decay"]
+
+
+def choose_probe(train: tuple[torch.Tensor, torch.Tensor], val: tuple[torch.Tensor, torch.Tensor],
+                 num_classes: int) -> tuple[ProbeFit, list[dict]]:
+    """Fit every strength of `WEIGHT_DECAYS` on train; keep the best on val. Returns it and one row per strength,
+    in `WEIGHT_DECAYS`' order."""
+    fits = regularisation_path(*train, num_classes)
     rows = []
     for weight_decay in WEIGHT_DECAYS:
         fit = fits[weight_decay]
@@ -142,5 +150,41 @@ def choose_probe(train: tuple[torch.Tensor, torch.Tensor], val: tuple[torch.Tens
         rows.append({"weight_decay": weight_decay, "train_loss": fit.train_loss, "train_top1": fit.train_top1,
                      "val_loss": val_loss, "val_top1": val_top1, "iterations": fit.iterations,
                      "seconds": fit.seconds})
-    chosen = max(range(len(rows)), key=lambda i: (rows[i]["val_top1"], rows[i]["weight_decay"]))
-    return fits[WEIGHT_DECAYS[chosen]], rows
+    return fits[_best(rows, "val_top1")], rows
+
+
+CV_FOLDS = 5
+
+
+def stratified_folds(labels: torch.Tensor, folds: int, seed: int = 0) -> list[torch.Tensor]:
+    """Positions of each of `folds` parts, every class dealt round the parts in a seeded order (so each part holds
+    its share of every class that has enough images, and small classes do not all land in the first part)."""
+    generator = torch.Generator().manual_seed(seed)
+    part = torch.empty(len(labels), dtype=torch.long)
+    dealt = 0
+    for cls in labels.unique():
+        members = (labels == cls).nonzero().flatten()
+        members = members[torch.randperm(len(members), generator=generator)]
+        part[members] = (torch.arange(len(members)) + dealt) % folds
+        dealt += len(members)
+    return [(part == k).nonzero().flatten() for k in range(folds)]
+
+
+def choose_probe_cv(features: torch.Tensor, labels: torch.Tensor, num_classes: int, folds: int = CV_FOLDS,
+                    seed: int = 0) -> tuple[ProbeFit, list[dict]]:
+    """The L2 strength by stratified k-fold cross-validation (the mean of the folds' held-out top-1), then the
+    probe at that strength fitted on all of `features`: what scikit-learn's LogisticRegressionCV does. On small
+    data it is steadier than one small val split, and the final probe sees every image. Returns the fit and one
+    row per strength (its mean held-out top-1 and loss), in `WEIGHT_DECAYS`' order."""
+    parts = stratified_folds(labels, max(2, min(folds, len(labels))), seed)
+    scores: dict[float, list[tuple[float, float]]] = {weight_decay: [] for weight_decay in WEIGHT_DECAYS}
+    for held in parts:
+        keep = torch.ones(len(labels), dtype=torch.bool)
+        keep[held] = False
+        for weight_decay, fit in regularisation_path(features[keep], labels[keep], num_classes).items():
+            scores[weight_decay].append(fit.accuracy_and_loss(features[held], labels[held]))
+    rows = [{"weight_decay": weight_decay, "cv_top1": sum(a for a, _ in scores[weight_decay]) / len(parts),
+             "cv_loss": sum(loss for _, loss in scores[weight_decay]) / len(parts), "folds": len(parts)}
+            for weight_decay in WEIGHT_DECAYS]
+    with one_thread():
+        return fit_logistic_regression(features, labels, num_classes, _best(rows, "cv_top1")), rows

@@ -40,7 +40,7 @@ from .batches import datasets_for, make_loader, precompute_rows, subset_of, test
 from .checkpoint import epoch_line, restore, save_epoch
 from .config import AUTO, TrainConfig
 from .distributed import SINGLE, EpochItems, World, broadcast, check_batch, init_world, leave
-from .linear_probe import WEIGHT_DECAYS, choose_probe, fit_logistic_regression
+from .linear_probe import WEIGHT_DECAYS, choose_probe, choose_probe_cv, fit_logistic_regression
 from .logs import TensorBoardLog
 from .start import check_new_run, start_run
 from .stem_cache import stem_cache_plan
@@ -132,6 +132,13 @@ def _train(run: RunDir, cfg: TrainConfig, resume: bool, overwrite: bool, quiet: 
 
     if method.head_only:
         best, train_seconds = train_linear_probe(model, splits, cfg, run, quiet, world)
+    elif refits(cfg):
+        selection = _select(run, cfg, quiet, on_epoch, test, world)  # stage 1, in RUN/selection
+        refit = dataclasses.replace(cfg, final=True)  # stage 2: the same schedule on train + val, to the chosen epoch
+        best, train_seconds = train_epochs(model, splits, refit, run, quiet, resume and run.state.is_file(),
+                                           world=world, stop_after=selection["best_epoch"])
+        best.update(val_top1=selection["best_val_top1"], selection=_selection_line(selection))
+        train_seconds += selection["train_seconds"]
     else:
         best, train_seconds = train_epochs(model, splits, cfg, run, quiet, resume, on_epoch, world)
 
@@ -141,10 +148,38 @@ def _train(run: RunDir, cfg: TrainConfig, resume: bool, overwrite: bool, quiet: 
     return broadcast(summary, world)  # every rank returns rank 0's
 
 
+def refits(cfg: TrainConfig) -> bool:
+    """Whether training is two stages: choose on val (RUN/selection), then train on train + val (RUN itself)."""
+    return cfg.refit and not cfg.final and not cfg.tuning_method().head_only
+
+
+def _select(run: RunDir, cfg: TrainConfig, quiet: bool, on_epoch: Callable[[dict], None] | None, test: bool,
+            world: World) -> dict:
+    """Stage 1 of a refit: the selection run in RUN/selection, trained, resumed, or read back when it finished."""
+    selection = RunDir(run.selection)
+    if selection.summary.is_file():
+        return broadcast(selection.read_summary() if world.main else None, world)
+    log.info(f"stage 1 of 2: choosing the epoch on val ({selection.path})")
+    settings = dataclasses.replace(cfg, output=str(selection.path), refit=False)
+    # an epoch finished: continue it; else (killed before its first epoch) start it again: the folder is ours
+    resume = selection.state.is_file() and selection.config.is_file()
+    with selection.lock(flag="--output") if world.main else nullcontext():
+        summary = _train(selection, settings, resume, True, quiet, on_epoch, test, world, cfg.device)
+    log.info(f"stage 2 of 2: training on train + val to the chosen epoch {summary['best_epoch']}")
+    return summary
+
+
+def _selection_line(summary: dict) -> dict:
+    """What RUN/summary.json keeps of the selection run."""
+    return {"run": "selection", "best_epoch": summary["best_epoch"], "best_val_top1": summary["best_val_top1"],
+            "test_top1": summary.get("test_top1"), "train_images": summary.get("train_images")}
+
+
 def train_epochs(model: PromptedModel, splits: DataSplits, cfg: TrainConfig, run: RunDir, quiet: bool,
                  resume: bool, on_epoch: Callable[[dict], None] | None = None,
-                 world: World = SINGLE) -> tuple[dict | None, float]:
-    """The epoch loop (from the last finished epoch when resuming); returns the best epoch and the seconds spent."""
+                 world: World = SINGLE, stop_after: int | None = None) -> tuple[dict | None, float]:
+    """The epoch loop (from the last finished epoch when resuming); returns the best epoch and the seconds spent.
+    `stop_after`: end after that many epochs of the `cfg.epochs` schedule (a refit to the epoch chosen on val)."""
     method = cfg.tuning_method()
     train_set = EpochItems(subset_of(splits.trainval if cfg.final else splits.train, cfg), cfg.seed)
     val_set = None if cfg.final else subset_of(splits.val, cfg)
@@ -161,7 +196,7 @@ def train_epochs(model: PromptedModel, splits: DataSplits, cfg: TrainConfig, run
         forward = model.forward_from_stem
     if not resume and (cfg.head_norm or cfg.head_init == "probe"):
         features = model.features_from_stem if forward == model.forward_from_stem else model.forward_features
-        init_head(model, features, train_set, val_set or train_set, cfg, quiet, world)  # final: no val to choose on
+        init_head(model, features, train_set, val_set, cfg, quiet, world)  # final: the L2 by cross-validation
 
     steps_per_epoch = math.ceil(len(train_set) / cfg.batch_size)
     optimizer = make_optimizer(model, cfg, len(train_set))
@@ -177,13 +212,13 @@ def train_epochs(model: PromptedModel, splits: DataSplits, cfg: TrainConfig, run
         fit.logs = TensorBoardLog(run.tensorboard, purge_step=start_epoch * steps_per_epoch if resume else None)
 
     try:
-        for epoch in range(start_epoch, cfg.epochs):
+        for epoch in range(start_epoch, stop_after or cfg.epochs):
             row = train_epoch(fit, train_set, epoch)
             if val_set is not None:
                 row.update({f"val_{k}": v for k, v in validate(fit, val_set).items()})
             improved = best is None or val_set is None or row["val_top1"] > best["val_top1"]
             if improved:
-                best = {"epoch": epoch + 1, "val_top1": row.get("val_top1")}
+                best = {"epoch": epoch + 1, "val_top1": row.get("val_top1"), "train_images": len(train_set)}
             if world.main:
                 save_epoch(fit, epoch, best, row, improved)
                 fit.logs.epoch(row)
@@ -208,25 +243,34 @@ class _Forward(torch.nn.Module):
 
 def train_linear_probe(model: PromptedModel, splits: DataSplits, cfg: TrainConfig, run: RunDir,
                        quiet: bool, world: World = SINGLE) -> tuple[dict, float]:
-    """Logistic regression on the frozen [CLS] features, its L2 strength chosen on val (`linear_probe.py`).
-    One metrics row per strength tried; with `final`, the chosen strength is refitted on train + val."""
+    """Logistic regression on the frozen features (`linear_probe.py`). With `refit` (the default), its L2 strength
+    by 5-fold cross-validation over train + val, then fitted on all of them; else chosen on val and fitted on train
+    (with `final`, refitted on train + val). One metrics row per strength tried."""
     log.info("computing the frozen features once for the linear probe...")
     features = {name: precompute_rows(model.forward_features, subset_of(getattr(splits, name), cfg), cfg, quiet, world)
                 for name in ("train", "val")}
     (train_x, train_y), (val_x, val_y) = (features[name].tensors for name in ("train", "val"))
+    all_x, all_y = torch.cat([train_x, val_x]), torch.cat([train_y, val_y])
     started = time.perf_counter()
-    fit, rows = choose_probe((train_x, train_y), (val_x, val_y), model.head.out_features)
+    if cfg.refit:
+        fit, rows = choose_probe_cv(all_x, all_y, model.head.out_features, seed=cfg.seed)
+        chosen_on, score = f"{rows[0]['folds']}-fold cross-validation over train + val", "cv_top1"
+    else:
+        fit, rows = choose_probe((train_x, train_y), (val_x, val_y), model.head.out_features)
+        chosen_on, score = "val", "val_top1"
     rows = [{"epoch": index + 1, **row} for index, row in enumerate(rows)]
     chosen = rows[WEIGHT_DECAYS.index(fit.weight_decay)]
-    best = {"epoch": chosen["epoch"], "val_top1": chosen["val_top1"], "weight_decay": fit.weight_decay}
-    if cfg.final:
-        fit = fit_logistic_regression(torch.cat([train_x, val_x]), torch.cat([train_y, val_y]),
-                                      model.head.out_features, fit.weight_decay)
+    if cfg.final and not cfg.refit:
+        fit = fit_logistic_regression(all_x, all_y, model.head.out_features, fit.weight_decay)
         rows.append({"epoch": len(rows) + 1, "weight_decay": fit.weight_decay, "train_loss": fit.train_loss,
                      "train_top1": fit.train_top1, "iterations": fit.iterations, "seconds": fit.seconds,
                      "final": True})
     fit.load_into(model)
-    log.info(f"linear probe: L2 strength {fit.weight_decay:g} chosen on val (top-1 {best['val_top1']:.4f})")
+    seen = len(all_y) if cfg.refit or cfg.final else len(train_y)
+    best = {"epoch": chosen["epoch"], "val_top1": chosen[score], "weight_decay": fit.weight_decay,
+            "train_images": seen}
+    log.info(f"linear probe: L2 strength {fit.weight_decay:g} chosen by {chosen_on} (top-1 {chosen[score]:.4f}), "
+             f"fitted on {seen} images")
     training = {"data": cfg.data, "protocol": cfg.protocol, "recipe": cfg.recipe, "seed": cfg.seed,
                 "weight_decay": fit.weight_decay}
     if world.main:
@@ -252,6 +296,8 @@ def _summarise(cfg: TrainConfig, run: RunDir, model: PromptedModel, splits: Data
         "method": cfg.method, "data": splits.describe(), "backbone": cfg.backbone, "epochs": cfg.epochs,
         "best_epoch": best["epoch"] if best else None, "best_val_top1": best["val_top1"] if best else None,
         "probe_weight_decay": best.get("weight_decay") if best else None,
+        "refit": cfg.refit and not cfg.final, "train_images": best.get("train_images") if best else None,
+        **({"selection": best["selection"]} if best and "selection" in best else {}),
         "test_top1": metrics.get("top1"), "test_top5": metrics.get("top5"), "test_images": metrics.get("num_images"),
         "device": cfg.device, "precision": cfg.precision, "trainable_parameters": counts.trainable, "backbone_parameters": counts.backbone,
         "trainable_percent": counts.percent_of_backbone,

@@ -18,6 +18,7 @@ def read_run_config(run: RunDir, changes: dict) -> TrainConfig:
     error naming it)."""
     settings = run.read_config()
     settings.setdefault("precision", "fp32")  # written before --precision existed: it ran in fp32
+    settings.setdefault("refit", False)  # written before --refit existed: its test came from the best val epoch
     cfg = TrainConfig.from_dict(settings, str(run.config))
     if changes:
         cfg = apply_resume_changes(cfg, changes, len(run.read_metrics()))
@@ -44,7 +45,8 @@ def start_run(run: RunDir, cfg: TrainConfig, *, resume: bool, overwrite: bool,
                     f"run was put back from {restored}")
     if resume:
         cfg = read_run_config(run, changes or {}) if run.config.is_file() else None
-        if cfg is None or not (run.state.is_file() or cfg.tuning_method().head_only):  # a probe is refitted whole
+        started = run.state.is_file() or run.selection.is_dir()  # an epoch, or a refit's selection stage, under way
+        if cfg is None or not (started or cfg.tuning_method().head_only):  # a probe is refitted whole
             raise TrainingError(f"cannot resume {run.path}: it has no {run.config.name} and {run.state.name} (no epoch "
                                 f"finished yet?); start it again with --overwrite")
         if changes:

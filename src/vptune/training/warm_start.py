@@ -11,7 +11,7 @@ from ..model import PromptedModel
 from .batches import precompute_rows
 from .config import TrainConfig
 from .distributed import SINGLE, World
-from .linear_probe import choose_probe, standardisation
+from .linear_probe import choose_probe, choose_probe_cv, standardisation
 
 log = logging.getLogger("vptune")
 
@@ -29,17 +29,21 @@ def init_prompts_from_patches(model: PromptedModel, train_set: Dataset, cfg: Tra
 
 
 def init_head(model: PromptedModel, features: Callable[[torch.Tensor], torch.Tensor], train_set: Dataset,
-               val_set: Dataset, cfg: TrainConfig, quiet: bool, world: World = SINGLE) -> None:
+              val_set: Dataset | None, cfg: TrainConfig, quiet: bool, world: World = SINGLE) -> None:
     """Set the head's standardisation from the initial model's features on the training set and, with
-    head_init "probe", the head itself to the converged linear probe on them (L2 chosen on val)."""
+    head_init "probe", the head itself to the converged linear probe on them (L2 chosen on val, or by
+    cross-validation on the training set when there is no val: a final or refit run)."""
     model.eval()
     train_x, train_y = precompute_rows(features, train_set, cfg, quiet, world).tensors
     if cfg.head_init != "probe":
         mean, std = standardisation(train_x)
         model.head_norm.set_(mean.float(), std.float())
         return
-    fit, _ = choose_probe((train_x, train_y), precompute_rows(features, val_set, cfg, quiet, world).tensors,
-                          model.head.out_features)
+    if val_set is None:
+        fit, _ = choose_probe_cv(train_x, train_y, model.head.out_features, seed=cfg.seed)
+    else:
+        fit, _ = choose_probe((train_x, train_y), precompute_rows(features, val_set, cfg, quiet, world).tensors,
+                              model.head.out_features)
     fit.load_into(model)
     log.info(f"head initialised at the linear probe on the initial features (L2 {fit.weight_decay:g}, "
              f"train top-1 {fit.train_top1:.4f})")

@@ -19,6 +19,7 @@ from typing import ClassVar, Sequence
 import torch
 from torch import nn
 
+from ..attention import kv_width, prompt_key_values
 from ..config import LOCATIONS, POOLINGS
 
 FAMILIES: dict[str, type["BackboneAdapter"]] = {}
@@ -135,11 +136,14 @@ class BackboneAdapter:
         return False
 
     def prompt_kv(self, index: int, prompts: torch.Tensor) -> torch.Tensor:
-        """Prompt tokens (B or 1, p, d) entering block `index` -> their keys|values (B or 1, p, kv_width)."""
-        raise NotImplementedError
+        """Prompt tokens (B or 1, p, d) entering block `index` -> their keys|values (B or 1, p, kv_width). This
+        default fits pre-norm blocks with `norm1` and `attn`, as timm's ViT and Eva blocks are."""
+        block = self.backbone.blocks[index]
+        return prompt_key_values(block.attn, block.norm1(prompts))
 
     def kv_width(self, index: int) -> int:
-        raise NotImplementedError
+        """Width of one token's keys|values row at block `index`."""
+        return kv_width(self.backbone.blocks[index].attn)
 
     def prefix_block(self, index: int, x: torch.Tensor, prompt_kv: torch.Tensor | None, queries: int | None = None,
                      prompt_mask: torch.Tensor | None = None) -> torch.Tensor:

@@ -17,7 +17,7 @@ import torch
 from timm.layers import AttentionRope
 from timm.models.eva import Eva, EvaAttention, EvaBlock
 
-from ..attention import kv_width, prefix_attention, prompt_key_values
+from ..attention import prefix_attention
 from .base import BackboneAdapter, register_family
 
 
@@ -54,13 +54,6 @@ class EvaAdapter(BackboneAdapter):
     def supports_prefix(self, index: int) -> bool:
         block = self.backbone.blocks[index]
         return type(block) is EvaBlock and type(block.attn) in (EvaAttention, AttentionRope)
-
-    def prompt_kv(self, index: int, prompts: torch.Tensor) -> torch.Tensor:
-        block = self.backbone.blocks[index]
-        return prompt_key_values(block.attn, block.norm1(prompts))
-
-    def kv_width(self, index: int) -> int:
-        return kv_width(self.backbone.blocks[index].attn)
 
     def prefix_block(self, index: int, x: torch.Tensor, prompt_kv: torch.Tensor | None, queries: int | None = None,
                      prompt_mask: torch.Tensor | None = None) -> torch.Tensor:

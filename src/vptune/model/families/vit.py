@@ -7,7 +7,7 @@ import torch
 from timm.layers import Attention
 from timm.models.vision_transformer import Block, VisionTransformer
 
-from ..attention import kv_width, prefix_attention, prompt_key_values
+from ..attention import prefix_attention
 from .base import BackboneAdapter, register_family
 
 
@@ -28,13 +28,6 @@ class ViTAdapter(BackboneAdapter):
     def supports_prefix(self, index: int) -> bool:
         block = self.backbone.blocks[index]
         return type(block) is Block and type(block.attn) is Attention
-
-    def prompt_kv(self, index: int, prompts: torch.Tensor) -> torch.Tensor:
-        block = self.backbone.blocks[index]
-        return prompt_key_values(block.attn, block.norm1(prompts))
-
-    def kv_width(self, index: int) -> int:
-        return kv_width(self.backbone.blocks[index].attn)
 
     def prefix_block(self, index: int, x: torch.Tensor, prompt_kv: torch.Tensor | None, queries: int | None = None,
                      prompt_mask: torch.Tensor | None = None) -> torch.Tensor:
