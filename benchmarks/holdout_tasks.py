@@ -19,8 +19,8 @@ test splits only (no val: vptune carves one, as it does for users' data):
   count); few-shot: 30 train, 60 test per class.
 - shapes: 5 classes (circle, square, triangle, cross, star) of random size, angle and colour among clutter lines,
   imbalanced as real data often is: 120, 60, 30, 15 and 8 train images, 40 test per class.
-- gratings: 8 classes, the orientation of a noisy sine grating in steps of 22.5 degrees (jittered by up to 4),
-  fine-grained and far from any photograph; 40 train, 40 test per class.
+- gratings: 12 classes, the orientation of a sine grating in steps of 15 degrees (jittered by up to 5), a faint
+  patch of it somewhere in strong noise: fine-grained and far from any photograph; 30 train, 30 test per class.
 
     python benchmarks/holdout_tasks.py OUT_DIR              # all six (the first three need: pip install scikit-image)
     python benchmarks/holdout_tasks.py OUT_DIR --untuned    # the second set only
@@ -194,16 +194,17 @@ def gratings(root: Path, seed: int = 0) -> Path:
     yy, xx = np.mgrid[0:SIZE, 0:SIZE] - SIZE / 2
 
     def draw(label: str, rng: np.random.Generator) -> np.ndarray:
-        angle = np.deg2rad(float(label) + rng.uniform(-4, 4))
-        period = rng.uniform(6, 16)
+        angle = np.deg2rad(float(label) + rng.uniform(-5, 5))
+        period = rng.uniform(4, 14)
         wave = np.sin(2 * np.pi * (xx * np.cos(angle) + yy * np.sin(angle)) / period + rng.uniform(0, 2 * np.pi))
-        contrast = rng.uniform(30, 90)
-        gray = 128 + contrast * wave + rng.normal(0, 30, (SIZE, SIZE))
+        window = np.exp(-((xx - rng.uniform(-20, 20)) ** 2 + (yy - rng.uniform(-20, 20)) ** 2)
+                        / (2 * rng.uniform(12, 30) ** 2))  # a patch of grating somewhere, fading into noise
+        gray = 128 + rng.uniform(20, 60) * wave * window + rng.normal(0, 45, (SIZE, SIZE))
         tint = rng.uniform(0.7, 1.3, size=3)
         return np.clip(gray[..., None] * tint, 0, 255).astype(np.uint8)
 
-    labels = [f"{22.5 * k:g}" for k in range(8)]
-    return _write_untuned(root, draw, {"train": dict.fromkeys(labels, 40), "test": dict.fromkeys(labels, 40)}, seed)
+    labels = [f"{15 * k:g}" for k in range(12)]
+    return _write_untuned(root, draw, {"train": dict.fromkeys(labels, 30), "test": dict.fromkeys(labels, 30)}, seed)
 
 
 TUNED_ON = (textures, faces, defects)

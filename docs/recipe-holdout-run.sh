@@ -5,7 +5,7 @@
 # 5-fold cross-validation), on the hold-out tasks no recipe was chosen on (benchmarks/holdout_tasks.py --untuned:
 # counting, shapes, gratings), three seeds, 112 px first, then 224 px (the default size). Each seed covers every
 # task before the next seed starts. Resumable: rerun it and only what is missing runs (a run cut short resumes
-# from its last epoch); the scikit-learn rows are computed once per size. One torch thread by default (the 2-core
+# from its last epoch); the scikit-learn rows are computed once per task and size. One torch thread by default (the 2-core
 # machine keeps a core for other work): nothing here is a timing.
 #
 #   bash docs/recipe-holdout-run.sh          # SIZES="112" for the first size only
@@ -21,7 +21,11 @@ OUT=docs/recipe/holdout
 mkdir -p "$OUT"
 for size in ${SIZES:-112 224}; do
   sklearn="$OUT/sklearn-$size.jsonl"
-  [ -s "$sklearn" ] || "$PY" benchmarks/sklearn_probe.py "${TASKS[@]}" --img-size "$size" --out "$sklearn"
+  for task in "${TASKS[@]}"; do
+    name="$(basename "$(dirname "$task")")"
+    grep -qs "\"task\": \"$name\"" "$sklearn" || "$PY" benchmarks/sklearn_probe.py "$task" --img-size "$size" \
+      --out "$sklearn"
+  done
   so_far=""
   for seed in 0 1 2; do
     so_far="${so_far:+$so_far,}$seed"

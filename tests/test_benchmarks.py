@@ -63,7 +63,7 @@ def test_the_untuned_holdout_tasks_are_written_as_users_bring_data(tmp_path):
     out = subprocess.run([sys.executable, str(BENCHMARKS / "holdout_tasks.py"), str(tmp_path), "--untuned"],
                          capture_output=True, text=True, timeout=120, check=True).stdout.split()
     assert out == [str(tmp_path / name / "labels.csv") for name in ("counting", "shapes", "gratings")]
-    expected = {"counting": ({"train": 30, "test": 60}, 6), "gratings": ({"train": 40, "test": 40}, 8)}
+    expected = {"counting": ({"train": 30, "test": 60}, 6), "gratings": ({"train": 30, "test": 30}, 12)}
     for path in map(Path, out):
         rows = list(csv.DictReader(path.open()))
         counts = Counter((row["split"], row["label"]) for row in rows)
