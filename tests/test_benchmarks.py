@@ -23,6 +23,7 @@ SMOKE = {
     "serve_bench.py": ([*TINY, "--weights", "{weights}", "--num-tokens", "2", "--batch", "4", "--repeats", "1",
                         "--clients", "2", "--requests", "8", "--rounds", "1"], "| tasks in the batch |", None),
     "holdout_tasks.py": (["{tmp}"], "{tmp}/textures/labels.csv", "skimage"),
+    "holdout_report.py": (["{docs}/recipe/holdout"], "### 112 px", None),
     "sklearn_probe.py": (["digits", *TINY, "--weights", "{weights}", "--out", "{tmp}/rows.jsonl"],
                          "| task | images (train + val) |", "sklearn"),
 }
@@ -42,7 +43,8 @@ def test_script_runs_and_prints_its_table(script, workspace, tmp_path):
     args, first, needs = SMOKE[script]
     if needs:
         pytest.importorskip(needs)
-    fill = {"{tmp}": str(tmp_path), "{weights}": str(workspace / "tiny.safetensors")}
+    fill = {"{tmp}": str(tmp_path), "{weights}": str(workspace / "tiny.safetensors"),
+            "{docs}": str(BENCHMARKS.parent / "docs")}
     for key, value in fill.items():
         args, first = [a.replace(key, value) for a in args], first.replace(key, value)
     env = {**os.environ, "VPTUNE_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}  # few cores, shared
@@ -83,3 +85,16 @@ def test_the_untuned_holdout_tasks_are_written_as_users_bring_data(tmp_path):
     for name in ("counting", "shapes", "gratings"):
         first = sorted((tmp_path / name / "train").iterdir())[:3]
         assert all(p.read_bytes() == (tmp_path / "again" / name / "train" / p.name).read_bytes() for p in first)
+
+
+def test_the_holdout_report_sets_vpt_beside_the_scikit_learn_probe_with_the_margin(tmp_path):
+    import json
+
+    (tmp_path / "112").mkdir()
+    runs = [{"cell": cell, "task": "/x/counting/labels.csv", "seed": seed, "test_top1": top1, "failure": None}
+            for cell, seed, top1 in (("linear", 0, 0.50), ("defaults", 0, 0.60), ("defaults", 1, 0.62))]
+    (tmp_path / "112" / "runs.jsonl").write_text("".join(json.dumps(row) + "\n" for row in runs))
+    (tmp_path / "sklearn-112.jsonl").write_text(json.dumps({"task": "counting", "test_top1": 0.58}) + "\n")
+    out = subprocess.run([sys.executable, str(BENCHMARKS / "holdout_report.py"), str(tmp_path)], capture_output=True,
+                         text=True, check=True).stdout
+    assert "| counting | 0.5800 | 0.5000 | 0.6100 +- 0.0141 | +3.0 points (goal met) | 0,1 |" in out

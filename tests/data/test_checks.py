@@ -96,3 +96,13 @@ def test_an_image_listed_twice_with_two_labels_is_refused_naming_both_rows(tmp_p
     with pytest.raises(DataError, match=r"labels\.csv line 13: .*cat0\.png is listed again with label 'dog' "
                                         r"\(.*labels\.csv line 1 gives 'cat'\); an image has one label"):
         load_data(csv, **KW)
+
+
+def test_evenly_spaced_numeric_labels_are_not_taken_for_a_typo(tmp_path):
+    """Orientations 0, 15, ..., 165 are class names, not indices: no "far from the other labels" warning."""
+    rows = [(f"{angle}_{i}.png", angle, split) for angle in range(0, 180, 15)
+            for i, split in enumerate(["train", "train", "val", "test"])]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        load_data(make_csv(tmp_path, rows), **KW)
+    assert not any("far from the other labels" in str(w.message) for w in caught)

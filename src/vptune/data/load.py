@@ -216,7 +216,9 @@ def _warn_suspicious(splits: dict[str, list[Sample]], class_names: list[str], di
                       DataWarning, stacklevel=4)
     if class_names and all(name.lstrip("-").isdigit() for name in class_names) and len(class_names) > 2:
         values = sorted(int(name) for name in class_names)
-        if values[-1] - values[-2] > len(values):
+        steps = sorted(b - a for a, b in zip(values, values[1:-1]))  # between the labels below the largest
+        usual = steps[len(steps) // 2]  # 1 for indices 0..K, 15 for orientations 0, 15, ..., 165
+        if values[-1] - values[-2] > max(len(values), 10 * usual):
             warnings.warn(f"label {values[-1]} is far from the other labels ({values[0]}..{values[-2]}): a typo?",
                           DataWarning, stacklevel=4)
 

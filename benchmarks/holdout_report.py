@@ -1,0 +1,65 @@
+"""The hold-out table of docs/recipe.md: vptune's defaults (linear probe, VPT-deep) against the baseline a user fits on
+their own (scikit-learn's logistic regression on all the training images, `sklearn_probe.py`), per task and image
+size, mean of the seeds finished so far, and the margin the issue asks for (VPT-deep at least 2 points above
+scikit-learn's probe on every task).
+
+    python benchmarks/holdout_report.py docs/recipe/holdout        # reads SIZE/runs.jsonl and sklearn-SIZE.jsonl
+"""
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+from pathlib import Path
+
+CELLS = {"linear": "vptune linear", "defaults": "vptune VPT-deep"}
+GOAL = 0.02  # VPT-deep's margin over scikit-learn's probe, on every task
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+
+
+def task_name(task: str) -> str:
+    path = Path(task)
+    return path.parent.name if path.name == "labels.csv" else task
+
+
+def size_table(folder: Path, size: str) -> list[str]:
+    sklearn = {row["task"]: row["test_top1"] for row in read_jsonl(folder / f"sklearn-{size}.jsonl")}
+    runs: dict[tuple[str, str], dict[int, float]] = {}
+    for row in read_jsonl(folder / size / "runs.jsonl"):
+        if row.get("failure") is None and row["cell"] in CELLS:
+            runs.setdefault((task_name(row["task"]), row["cell"]), {})[row["seed"]] = row["test_top1"]
+    lines = [f"### {size} px", "",
+             "| task | scikit-learn probe (all training images) | vptune linear | vptune VPT-deep | VPT-deep - scikit-learn |"
+             " seeds |", "|---|---|---|---|---|---|"]
+    for task in sorted({task for task, _ in runs} | set(sklearn)):
+        cells = {cell: runs.get((task, cell), {}) for cell in CELLS}
+        deep = cells["defaults"]
+        margin = statistics.mean(deep.values()) - sklearn[task] if deep and task in sklearn else None
+        verdict = "" if margin is None else (" (goal met)" if margin >= GOAL else " (goal not met)")
+        lines.append("| " + " | ".join([
+            task, f"{sklearn[task]:.4f}" if task in sklearn else "-",
+            *(_mean(cells[cell]) for cell in CELLS),
+            "-" if margin is None else f"{100 * margin:+.1f} points{verdict}",
+            ",".join(map(str, sorted(deep))) or "-"]) + " |")
+    return lines
+
+
+def _mean(by_seed: dict[int, float]) -> str:
+    if not by_seed:
+        return "-"
+    values = list(by_seed.values())
+    spread = f" +- {statistics.stdev(values):.4f}" if len(values) > 1 else ""
+    return f"{statistics.mean(values):.4f}{spread}"
+
+
+def main(folder: Path) -> None:
+    sizes = sorted({p.name for p in folder.iterdir() if (p / "runs.jsonl").is_file()}
+                   | {p.stem.split("-")[1] for p in folder.glob("sklearn-*.jsonl")}, key=int)
+    print("\n\n".join("\n".join(size_table(folder, size)) for size in sizes))
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1] if len(sys.argv) > 1 else "docs/recipe/holdout"))
