@@ -32,8 +32,8 @@ def size_table(folder: Path, size: str) -> list[str]:
         if row.get("failure") is None and row["cell"] in CELLS:
             runs.setdefault((task_name(row["task"]), row["cell"]), {})[row["seed"]] = row["test_top1"]
     lines = [f"### {size} px", "",
-             "| task | scikit-learn probe (all training images) | vptune linear | vptune VPT-deep | VPT-deep - scikit-learn |"
-             " seeds |", "|---|---|---|---|---|---|"]
+             "| task | scikit-learn probe (all training images) | vptune linear | vptune VPT-deep "
+             "| VPT-deep - scikit-learn | seeds |", "|---|---|---|---|---|---|"]
     for task in sorted({task for task, _ in runs} | set(sklearn)):
         cells = {cell: runs.get((task, cell), {}) for cell in CELLS}
         deep = cells["defaults"]

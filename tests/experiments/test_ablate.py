@@ -296,3 +296,30 @@ def test_the_written_table_shows_the_plot_written_beside_it(tmp_path):
     markdown = (tmp_path / "init.md").read_text()
     assert "![vptune ablate init](init.png)" in markdown  # relative: beside init.md
     assert (tmp_path / "init.png").is_file()
+
+
+def test_with_refit_a_row_keeps_the_selection_curve_and_a_killed_first_stage_resumes(workspace, tmp_path,
+                                                                                       monkeypatch):
+    """`--refit` (not the set's default): the row holds the curve the epoch was chosen on; a kill in the selection
+    stage continues that stage instead of starting the run again."""
+    from conftest import killed_in_epoch
+
+    from vptune.rundir import RunDir
+
+    config = _config(workspace, tmp_path / "out", "recipes", common=dict(epochs=2, refit=True), only=("defaults",))
+    with killed_in_epoch(monkeypatch, lambda fit, epoch: fit.run.path.name == "selection" and epoch == 1):
+        run_ablation(config)
+    [work] = list((tmp_path / "out" / "work").iterdir())
+    assert len(RunDir(work / "selection").read_metrics()) == 1
+    resumed, real_train = [], ablate.train
+
+    def train(cfg, **kwargs):
+        resumed.append(kwargs.get("resume", False))
+        return real_train(cfg, **kwargs)
+
+    monkeypatch.setattr(ablate, "train", train)
+    run_ablation(config)
+    assert resumed == [True]
+    [row] = read_runs(tmp_path / "out")
+    assert [r["epoch"] for r in row["selection_curve"]] == [1, 2] and row["selection_curve"][0]["val_top1"] is not None
+    assert len(row["curve"]) == row["best_epoch"] and row["train_images"] == 24  # train + carved val of 30 images

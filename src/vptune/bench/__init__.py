@@ -1,4 +1,5 @@
-"""`vptune bench` (and `vptune.bench.run_bench(BenchSettings(...))` from Python): speed and memory of VPT's fast "prefix" path against the reference and the frozen backbone.
+"""`vptune bench`: speed and memory of VPT's fast "prefix" path against the reference and the frozen backbone
+(from Python: `vptune.bench.run_bench(BenchSettings(...))`).
 
 For each model, prompt mode and prompt length p it measures, side by side in one process (the configs of a
 group take turns within every repeat, so load from other processes hits them alike), after warm-up, the

@@ -79,7 +79,8 @@ class BenchSettings:
             raise ConfigError(f"--paths must include floor and tokens (the ratios' bases), from {', '.join(PATHS)}; "
                               f"got {','.join(self.paths) or 'nothing'}")
         if self.modes is not None and (not self.modes or any(m not in ("deep", "shallow") for m in self.modes)):
-            raise ConfigError(f"--modes must be a comma list from deep, shallow; got {','.join(self.modes) or 'nothing'}")
+            raise ConfigError(f"--modes must be a comma list from deep, shallow; got "
+                              f"{','.join(self.modes) or 'nothing'}")
 
     def _check_sizes(self) -> None:
         for flag, value, least in (("--batch", self.batch, 1), ("--train-batch", self.train_batch, 1),

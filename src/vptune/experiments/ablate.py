@@ -334,23 +334,30 @@ def _run_one(config: AblateConfig, out: Path, cell: Cell, task: str, seed: int) 
     started = time.perf_counter()
     failure = None
     try:
-        if run.state.is_file() and run.config.is_file():  # killed mid-run: it continues exactly
+        under_way = run.state.is_file() or run.selection.is_dir()  # an epoch (or a refit's first stage) finished
+        if under_way and run.config.is_file():  # killed mid-run: it continues exactly
             log.info(f"resuming the interrupted run in {run.path}")
             summary = train(TrainConfig(output=str(run.path)), resume=True, quiet=True)
         else:
             summary = train(_train_config({**settings, "output": str(run.path)}), overwrite=True, quiet=True)
     except TrainingError as err:  # diverged: a result of this setting, recorded as such
         summary, failure = {}, str(err)
-    curve = run.read_metrics()
+    curve, selection = run.read_metrics(), RunDir(run.selection)
     row = {"key": key, "set": config.set, "cell": cell.name, "task": task, "seed": seed, "settings": settings,
            "test_top1": summary.get("test_top1"), "best_val_top1": summary.get("best_val_top1"),
            "best_epoch": summary.get("best_epoch"), "trainable_percent": summary.get("trainable_percent"),
            "trainable_parameters": summary.get("trainable_parameters"), "failure": failure,
            "wall_seconds": time.perf_counter() - started,
-           "curve": [{k: r.get(k) for k in ("epoch", "train_loss", "train_top1", "val_top1", "weight_decay")}
-                     for r in curve]}
+           "train_images": summary.get("train_images"), "curve": _curve(curve)}
+    if selection.metrics.is_file():  # a refit: the curve the epoch was chosen on
+        row["selection_curve"] = _curve(selection.read_metrics())
     shutil.rmtree(run.path, ignore_errors=True)  # the row holds what the tables need; checkpoints are not kept
     return row
+
+
+def _curve(rows: list[dict]) -> list[dict]:
+    return [{k: r.get(k) for k in ("epoch", "train_loss", "train_top1", "val_top1", "val_loss", "weight_decay")}
+            for r in rows]
 
 
 # what the tables read of a row: its identity, and the figures (a diverged run's are None)
