@@ -27,6 +27,12 @@ RECIPES: dict[str, dict[str, Any]] = {
     # rows named "sampled-patches-..." in docs/recipe/*.jsonl ran an earlier version of this init
     "patches-probe-norm-adamw": dict(head_norm=True, head_init="probe", optimizer="adamw", lr=1e-2, head_lr=1e-2,
                                      weight_decay=1e-4, prompt_init="patches"),
+    # few images (issue "VPT must win on data nobody tuned for"): the probe chosen for top-1 often fits them
+    # exactly, so the prompts start with no gradient; two ways to leave them one
+    "calibrated-head": dict(head_norm=True, head_init="calibrated-probe", optimizer="adamw", lr=1e-2, head_lr=1e-2,
+                            weight_decay=1e-4, prompt_init="patches"),
+    "label-smoothing": dict(head_norm=True, head_init="probe", optimizer="adamw", lr=1e-2, head_lr=1e-2,
+                            weight_decay=1e-4, prompt_init="patches", label_smoothing=0.1),
     "norm-adamw": dict(head_norm=True, optimizer="adamw", lr=1e-2, head_lr=1e-2, weight_decay=1e-4,
                        prompt_init="xavier"),
     "defaults": dict(),  # whatever TrainConfig's defaults are now

@@ -29,6 +29,7 @@ from ..model import INITS, LOCATIONS, POOLINGS, PromptConfig
 CACHE_STEM = ("auto", "off")
 AUTO = "auto"  # lr: searched first (vptune.experiments.train_with_lr_search)
 OPTIMIZERS = ("sgd", "adamw")
+HEAD_INITS = ("random", "probe", "calibrated-probe")
 # Settings a resumed run may change (`train(..., resume=True, changes=...)`, `vptune train --resume RUN --epochs 20`):
 # they do not change what the finished epochs computed. Everything else continues as config.yaml says.
 RESUME_MAY_CHANGE = ("epochs", "device", "num_workers", "tensorboard", "test_subset", "compile")
@@ -119,9 +120,13 @@ class TrainConfig:
     head_norm: bool | None = _setting(None, "standardise the [CLS] embedding before the head with the training "
                                             "set's statistics (fixed, computed once from the initial model); "
                                             "default: the method's (on for VPT)")
-    head_init: str | None = _setting(None, "random, or probe: start the head at the converged linear probe on the "
-                                           "initial model's features, L2 chosen on val (default: the method's, "
-                                           "probe for VPT)", ("random", "probe"))
+    head_init: str | None = _setting(None, "random; probe: start the head at the converged linear probe on the "
+                                           "initial model's features, L2 chosen on val (or by cross-validation) "
+                                           "for top-1; calibrated-probe: the L2 whose held-out log-loss is "
+                                           "lowest, so the head is no surer than it is on unseen images "
+                                           "(default: the method's, probe for VPT)", HEAD_INITS)
+    label_smoothing: float = _setting(0.0, "label smoothing of the training loss (0: none; validation and the "
+                                           "probe use the plain loss)")
     clip_grad: float | None = _setting(None, "clip the gradient norm of the trained tensors to this value")
     momentum: float = _setting(0.9, "SGD momentum")
     warmup_epochs: float = _setting(1.0, "linear warm-up epochs before cosine decay")
@@ -223,6 +228,9 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be a positive number, got {value!r}")
         if self.clip_grad is not None and not (self.clip_grad > 0 and math.isfinite(self.clip_grad)):
             raise ConfigError(f"clip_grad must be a positive number, got {self.clip_grad!r}")
+        if not 0 <= self.label_smoothing < 1:
+            raise ConfigError(f"label_smoothing must be a number from 0 up to (not including) 1, got "
+                              f"{self.label_smoothing!r}")
         for name in ("weight_decay", "momentum", "warmup_epochs"):
             value = getattr(self, name)
             if not (value >= 0 and math.isfinite(value)):

@@ -133,15 +133,23 @@ def regularisation_path(features: torch.Tensor, labels: torch.Tensor, num_classe
     return fits
 
 
-def _best(rows: list[dict], score: str) -> float:
-    """The strength with the best score; among equals the strongest regularisation, the safer bet on unseen images."""
-    return max(rows, key=lambda row: (row[score], row["weight_decay"]))["weight_decay"]
+# What a strength is chosen for: held-out top-1 (the probe as a classifier), or held-out log-loss (a head start
+# no surer of itself than it is on images it did not see: "calibrated-probe", warm_start.py)
+CHOICES = ("top1", "loss")
+
+
+def _best(rows: list[dict], prefix: str, choose_for: str) -> float:
+    """The strength with the best held-out score (`prefix`_top1 highest, or `prefix`_loss lowest); among equals the
+    strongest regularisation, the safer bet on unseen images."""
+    if choose_for == "loss":
+        return min(rows, key=lambda row: (row[f"{prefix}_loss"], -row["weight_decay"]))["weight_decay"]
+    return max(rows, key=lambda row: (row[f"{prefix}_top1"], row["weight_decay"]))["weight_decay"]
 
 
 def choose_probe(train: tuple[torch.Tensor, torch.Tensor], val: tuple[torch.Tensor, torch.Tensor],
-                 num_classes: int) -> tuple[ProbeFit, list[dict]]:
-    """Fit every strength of `WEIGHT_DECAYS` on train; keep the best on val. Returns it and one row per strength,
-    in `WEIGHT_DECAYS`' order."""
+                 num_classes: int, choose_for: str = "top1") -> tuple[ProbeFit, list[dict]]:
+    """Fit every strength of `WEIGHT_DECAYS` on train; keep the best on val (top-1, or log-loss: `CHOICES`).
+    Returns it and one row per strength, in `WEIGHT_DECAYS`' order."""
     fits = regularisation_path(*train, num_classes)
     rows = []
     for weight_decay in WEIGHT_DECAYS:
@@ -150,7 +158,7 @@ def choose_probe(train: tuple[torch.Tensor, torch.Tensor], val: tuple[torch.Tens
         rows.append({"weight_decay": weight_decay, "train_loss": fit.train_loss, "train_top1": fit.train_top1,
                      "val_loss": val_loss, "val_top1": val_top1, "iterations": fit.iterations,
                      "seconds": fit.seconds})
-    return fits[_best(rows, "val_top1")], rows
+    return fits[_best(rows, "val", choose_for)], rows
 
 
 CV_FOLDS = 5
@@ -171,7 +179,7 @@ def stratified_folds(labels: torch.Tensor, folds: int, seed: int = 0) -> list[to
 
 
 def choose_probe_cv(features: torch.Tensor, labels: torch.Tensor, num_classes: int, folds: int = CV_FOLDS,
-                    seed: int = 0) -> tuple[ProbeFit, list[dict]]:
+                    seed: int = 0, choose_for: str = "top1") -> tuple[ProbeFit, list[dict]]:
     """The L2 strength by stratified k-fold cross-validation (the mean of the folds' held-out top-1), then the
     probe at that strength fitted on all of `features`: what scikit-learn's LogisticRegressionCV does. On small
     data it is steadier than one small val split, and the final probe sees every image. Returns the fit and one
@@ -187,4 +195,4 @@ def choose_probe_cv(features: torch.Tensor, labels: torch.Tensor, num_classes: i
              "cv_loss": sum(loss for _, loss in scores[weight_decay]) / len(parts), "folds": len(parts)}
             for weight_decay in WEIGHT_DECAYS]
     with one_thread():
-        return fit_logistic_regression(features, labels, num_classes, _best(rows, "cv_top1")), rows
+        return fit_logistic_regression(features, labels, num_classes, _best(rows, "cv", choose_for)), rows

@@ -194,7 +194,7 @@ def train_epochs(model: PromptedModel, splits: DataSplits, cfg: TrainConfig, run
                        num_images=len(train_set) + len(val_set or ())):
         train_set, val_set = (precompute_rows(model.stem, s, cfg, quiet, world) for s in (train_set, val_set))
         forward = model.forward_from_stem
-    if not resume and (cfg.head_norm or cfg.head_init == "probe"):
+    if not resume and (cfg.head_norm or cfg.head_init != "random"):
         features = model.features_from_stem if forward == model.forward_from_stem else model.forward_features
         init_head(model, features, train_set, val_set, cfg, quiet, world)  # final: the L2 by cross-validation
 

@@ -83,7 +83,7 @@ def train_epoch(fit: Fit, dataset: Dataset, epoch: int) -> dict:
         inputs, labels = (t.to(fit.device, non_blocking=True) for t in (inputs, labels))
         with fit.autocast():
             logits = fit.forward(inputs)
-        losses = F.cross_entropy(logits.float(), labels, reduction="none")
+        losses = F.cross_entropy(logits.float(), labels, reduction="none", label_smoothing=cfg.label_smoothing)
         # this rank's share of the global batch's mean (DDP averages the ranks' gradients; see distributed.py)
         loss = losses.sum() * weights[step]
         if not torch.isfinite(loss):

@@ -32,18 +32,21 @@ def init_head(model: PromptedModel, features: Callable[[torch.Tensor], torch.Ten
               val_set: Dataset | None, cfg: TrainConfig, quiet: bool, world: World = SINGLE) -> None:
     """Set the head's standardisation from the initial model's features on the training set and, with
     head_init "probe", the head itself to the converged linear probe on them (L2 chosen on val, or by
-    cross-validation on the training set when there is no val: a final or refit run)."""
+    cross-validation on the training set when there is no val: a final or refit run). "calibrated-probe" chooses
+    the L2 for held-out log-loss rather than top-1: on few images the top-1 choice is often the weakest L2, a head
+    so sure of the training images that their loss is near 0 and the prompts get no gradient from them."""
     model.eval()
     train_x, train_y = precompute_rows(features, train_set, cfg, quiet, world).tensors
-    if cfg.head_init != "probe":
+    if cfg.head_init not in ("probe", "calibrated-probe"):
         mean, std = standardisation(train_x)
         model.head_norm.set_(mean.float(), std.float())
         return
+    choose_for = "loss" if cfg.head_init == "calibrated-probe" else "top1"
     if val_set is None:
-        fit, _ = choose_probe_cv(train_x, train_y, model.head.out_features, seed=cfg.seed)
+        fit, _ = choose_probe_cv(train_x, train_y, model.head.out_features, seed=cfg.seed, choose_for=choose_for)
     else:
         fit, _ = choose_probe((train_x, train_y), precompute_rows(features, val_set, cfg, quiet, world).tensors,
-                              model.head.out_features)
+                              model.head.out_features, choose_for=choose_for)
     fit.load_into(model)
-    log.info(f"head initialised at the linear probe on the initial features (L2 {fit.weight_decay:g}, "
-             f"train top-1 {fit.train_top1:.4f})")
+    log.info(f"head initialised at the linear probe on the initial features (L2 {fit.weight_decay:g} chosen for "
+             f"held-out {choose_for}, train top-1 {fit.train_top1:.4f}, train loss {fit.train_loss:.4f})")
