@@ -66,6 +66,20 @@ def make_tiny_eva(shape: str = "dinov3", img_size: int = 48, seed: int = 0, **kw
     return sharpen(timm.create_model(name, pretrained=False, num_classes=0, **settings).eval())
 
 
+def make_tiny_swin(version: str = "v1", img_size: int = 32, window: int = 4, seed: int = 0, **kwargs):
+    """A random timm Swin ("v1") or SwinV2 ("v2"): patch 4, stages of 2 blocks, widths 16 / 32 / 64, heads 2 / 2 /
+    4, window 4. At 32 px: an 8 x 8 grid of 4 windows in stage 1 (shifted in its second block), one 4 x 4 window in
+    stage 2, the window clipped to the 2 x 2 grid in stage 3; at 40 px a 10 x 10 grid padded to whole windows."""
+    from timm.models.swin_transformer import SwinTransformer
+    from timm.models.swin_transformer_v2 import SwinTransformerV2
+
+    torch.manual_seed(seed)
+    cls = {"v1": SwinTransformer, "v2": SwinTransformerV2}[version]
+    settings = dict(img_size=img_size, patch_size=4, embed_dim=16, depths=(2, 2, 2), num_heads=(2, 2, 4),
+                    window_size=window, num_classes=0, **kwargs)
+    return sharpen(cls(**settings).eval())  # SwinV2 starts its post-norms at 0 (identity blocks): sharpen them
+
+
 # Narrower still for the model's equivalence tests, whose shapes and expected sizes are written for it.
 NARROW = dict(depth=4, embed_dim=24, num_heads=3, mlp_ratio=2.0, dynamic_img_size=False)
 

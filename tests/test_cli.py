@@ -496,3 +496,31 @@ def test_an_eva_backbone_by_name_with_local_weights_trains_evaluates_predicts_an
     out = capsys.readouterr().out
     assert out.count('"probability"') == 2  # the image's top 2 classes
     assert "eva02_tiny_patch14_224 (eva family)" in out
+
+
+def test_a_swin_backbone_trains_evaluates_predicts_and_serves_info_from_the_command_line(workspace, tmp_path,
+                                                                                         capsys):
+    """A timm Swin by name with local weights (offline), at an image size other than its default: no [CLS], so the
+    head reads the mean of the final tokens without being told; prompts of each stage's width."""
+    import timm
+    from safetensors.torch import save_file
+
+    weights = tmp_path / "swin.safetensors"
+    backbone = timm.create_model("swin_tiny_patch4_window7_224", pretrained=False, num_classes=0, img_size=32)
+    save_file(backbone.state_dict(), str(weights))
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(workspace / "images"), "--output", str(run), "--backbone",
+                 "swin_tiny_patch4_window7_224", "--weights", str(weights), "--img-size", "32", "--epochs", "1",
+                 "--num-tokens", "2", "--no-refit", "--quiet"]) == 0
+    task = json.loads((run / "best" / "task.json").read_text())
+    assert task["backbone"]["family"] == "swin" and task["backbone"]["depth"] == 12
+    assert task["prompt"]["pooling"] == "image-pool" and task["prompt"]["merge"] == "drop"
+    assert main(["eval", str(run), "--quiet"]) == 0
+    image = next((workspace / "images" / "red").iterdir())
+    assert main(["predict", str(run), str(image), "--top-k", "2", "--json"]) == 0
+    assert main(["info", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert out.count('"probability"') == 2
+    assert "swin_tiny_patch4_window7_224 (swin family)" in out
+    # 2 prompts at each of 12 blocks of widths 96 (2 blocks), 192 (2), 384 (6), 768 (2); a head on 768 features
+    assert re.search(r"prompts +8,832\b", out) and re.search(r"head +2,307\b", out)

@@ -169,6 +169,13 @@ def test_eva_family_models_are_created_by_name(name):
     assert tuple(model.patch_embed.img_size) == (32, 32)
 
 
+@pytest.mark.parametrize('name', ['swin_tiny_patch4_window7_224', 'swinv2_tiny_window8_256'])
+def test_swin_family_models_are_created_by_name_at_another_size(name):
+    model = create_backbone(name, img_size=64, pretrained=False)
+    assert type(model).__name__.startswith('SwinTransformer') and not any(p.requires_grad for p in model.parameters())
+    assert tuple(model.patch_embed.img_size) == (64, 64) and model.pretrained_cfg['input_size'] == (3, 64, 64)
+
+
 def test_hub_failure_points_to_local_weights(monkeypatch):
     create_model = timm.create_model
 

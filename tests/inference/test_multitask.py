@@ -1,7 +1,7 @@
 """MultiTaskModel: many tasks on one backbone; a batch mixing them equals each task's model run alone."""
 import pytest
 import torch
-from conftest import make_tiny_eva, make_tiny_vit
+from conftest import make_tiny_eva, make_tiny_swin, make_tiny_vit
 
 from vptune import CheckpointError, ConfigError, MultiTaskModel, PromptConfig, build_model, load_task, save_task
 
@@ -63,6 +63,28 @@ def test_a_mixed_batch_on_an_eva_backbone_equals_each_task_run_alone(tmp_path, s
     multi = MultiTaskModel(backbone, dirs)
     names = list(dirs) * 2
     images = torch.randn(len(names), 3, 48, 48, generator=torch.Generator().manual_seed(1))
+    outputs = multi(images, names)
+    for j, name in enumerate(names):
+        torch.testing.assert_close(outputs[j], _alone(dirs[name], backbone, images[j:j + 1])[0], atol=1e-5, rtol=0,
+                                   msg=f"image {j} ({name})")
+
+
+def test_a_mixed_batch_on_a_swin_backbone_equals_each_task_run_alone(tmp_path):
+    """No [CLS]: the shared pass pools the mean of the final tokens (pooling "cls" asked of build_model becomes
+    that); deep prompts of every stage's width are gathered per block; shallow prompts dropped or tiled at patch
+    merging finish on their own path."""
+    backbone = make_tiny_swin()
+    kinds = {name: KINDS[name] for name in ("deep", "deep-short", "last2", "first2", "shallow", "linear")}
+    kinds["tile"] = ("vpt-shallow", PromptConfig(num_tokens=2, merge="tile", pooling="global-pool"))
+    dirs = {}
+    for k, (name, (method, prompt)) in enumerate(kinds.items()):
+        torch.manual_seed(k)
+        dirs[name] = save_task(build_model(method, backbone, prompt, num_classes=3 + k), tmp_path / name)
+    multi = MultiTaskModel(backbone, dirs)
+    assert {name for name, task in multi.tasks.items() if multi._in_shared_pass(task)} == \
+        {"deep", "deep-short", "last2", "linear"}
+    names = list(dirs) * 2
+    images = torch.randn(len(names), 3, 32, 32, generator=torch.Generator().manual_seed(1))
     outputs = multi(images, names)
     for j, name in enumerate(names):
         torch.testing.assert_close(outputs[j], _alone(dirs[name], backbone, images[j:j + 1])[0], atol=1e-5, rtol=0,

@@ -16,7 +16,8 @@ backbone is shared. A batch may hold images of different tasks; it runs ONE pass
 
 Tasks trained with methods that change backbone weights (full, bias, partial-K, LoRA) cannot share a backbone,
 nor can "concat-channel" prompts (they change the patch embedding); they are refused (serve each on its own with
-`vptune predict` or `Predictor`). Tasks pooling anything but [CLS] finish on their own path.
+`vptune predict` or `Predictor`). Tasks pooling anything but [CLS] (on a backbone without one, Swin: anything but the mean of the image tokens)
+finish on their own path.
 """
 from __future__ import annotations
 
@@ -184,7 +185,8 @@ class MultiTaskModel(nn.Module):
                 for out, name, k in zip(self(images, tasks), tasks, ks)]
 
     def _features(self, images: torch.Tensor, tasks: list[str]) -> torch.Tensor:
-        """The shared pass: final normed [CLS] (B, d) of every image, each with its own task's prompts."""
+        """The shared pass: what each image's head reads (B, d) (the final normed [CLS], or on a backbone without one
+    the mean of the final image tokens), each image with its own task's prompts."""
         leave_at = {name: model.stem_depth for name, model in self.tasks.items() if not self._in_shared_pass(model)}
         first_model = next(iter(self.tasks.values()))
         adapter = first_model.adapter
@@ -197,12 +199,12 @@ class MultiTaskModel(nn.Module):
             if not names:
                 return features
             kv, mask = self._gather_prompts(i, adapter, names)
-            last = i == adapter.depth - 1
-            if kv is None and not last:
+            last_cls = i == adapter.depth - 1 and _own_pooling(adapter) == "cls"  # the last block: [CLS] only
+            if kv is None and not last_cls:
                 x = adapter.block(i, x)
             else:
-                x = adapter.prefix_block(i, x, kv, queries=1 if last else None, prompt_mask=mask)
-        features[rows] = adapter.pool(x, "cls")
+                x = adapter.prefix_block(i, x, kv, queries=1 if last_cls else None, prompt_mask=mask)
+        features[rows] = adapter.pool(x, _own_pooling(adapter))
         return features
 
     def _leave(self, block: int, x: torch.Tensor, rows: torch.Tensor, names: list[str], leave_at: dict[str, int],
@@ -251,12 +253,17 @@ class MultiTaskModel(nn.Module):
         adapter = model.adapter
         if not all(adapter.supports_prefix(i) for i in range(adapter.depth)):
             return False
-        if model.prompt_config.pooling != "cls":  # the shared pass ends with each image's [CLS]
+        if model.prompt_config.pooling != _own_pooling(adapter):  # the shared pass ends with the backbone's pooling
             return False
         if model.prompts is None:
             return True
         first = model.prompt_blocks[0]
         return model.location.is_tokens and model.prompt_blocks == tuple(range(first, adapter.depth))
+
+
+def _own_pooling(adapter: BackboneAdapter) -> str:
+    """What the shared pass pools: the final [CLS], or the mean of the image tokens on a backbone without one."""
+    return "cls" if adapter.has_class_token else "image-pool"
 
 
 def _rows_by_task(tasks: Sequence[str]) -> dict[str, list[int]]:

@@ -10,6 +10,7 @@ Adding a method means one file: subclass `Method`, give it a `name`, decorate it
 from __future__ import annotations
 
 import dataclasses
+import logging
 import re
 from dataclasses import dataclass
 from typing import Any, ClassVar, Sequence
@@ -18,8 +19,9 @@ from torch import nn
 
 from ..backbones import backbone_fingerprint
 from ..errors import ConfigError
-from ..model import PromptConfig, PromptedModel
+from ..model import PromptConfig, PromptedModel, adapter_for, family_of
 
+log = logging.getLogger("vptune")
 REGISTRY: dict[str, type["Method"]] = {}
 
 
@@ -133,13 +135,23 @@ def build_model(method: Method | str, backbone: nn.Module, prompt: PromptConfig,
         method = get_method(method, **options)
     backbone_fingerprint(backbone)  # remember the base weights before a method starts changing them
     try:
-        model = PromptedModel(backbone, method.prompt_config(prompt), num_classes, class_names=class_names,
-                            head_norm=head_norm)
+        model = PromptedModel(backbone, method.prompt_config(_own_pooling(prompt, backbone)), num_classes,
+                              class_names=class_names, head_norm=head_norm)
     except (ValueError, TypeError) as err:  # a prompt that does not fit this backbone or task, an unknown family
         raise ConfigError(str(err)) from err
     method.adapt(backbone)  # after the wrapper froze everything
     model.method = method
     return model
+
+
+def _own_pooling(prompt: PromptConfig, backbone: nn.Module) -> PromptConfig:
+    """Pooling "cls" (the default) on a backbone without a class token (Swin, SAM's encoder) reads what that
+    backbone itself pools: the mean of its final image tokens."""
+    if prompt.pooling != "cls" or family_of(backbone) is None or adapter_for(backbone).has_class_token:
+        return prompt
+    log.info(f"{type(backbone).__name__} has no [CLS] token: the head reads the mean of the final image tokens "
+             f"(pooling image-pool), as the backbone itself pools")
+    return dataclasses.replace(prompt, pooling="image-pool")
 
 
 def method_of(model: PromptedModel) -> Method:

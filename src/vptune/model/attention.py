@@ -33,7 +33,7 @@ def prompt_key_values(attn: nn.Module, prompts: torch.Tensor) -> torch.Tensor:
     k_norm is not applied yet: `prefix_attention` applies it to all keys at once (it acts per token), which
     lets the prompt rows be concatenated in front of the image rows with a single copy.
     """
-    return _project(attn, prompts, queries=0)[1]  # the prompts' queries are never needed
+    return project_qkv(attn, prompts, queries=0)[1]  # the prompts' queries are never needed
 
 
 def kv_width(attn: nn.Module) -> int:
@@ -55,7 +55,7 @@ def prefix_attention(attn: nn.Module, x: torch.Tensor, prompt_kv: torch.Tensor |
     heads, kv_heads, head_dim = attn.num_heads, getattr(attn, "num_kv_heads", attn.num_heads), attn.head_dim
     xq = x if queries is None else x[:, :queries]
     gate = attn.gate(xq).sigmoid() if getattr(attn, "gate", None) is not None else None
-    q, kv = _project(attn, x, queries)
+    q, kv = project_qkv(attn, x, queries)
     p = 0 if prompt_kv is None else prompt_kv.shape[1]
     if prompt_kv is not None:
         # Prompt keys first, as in the reference sequence [CLS, prompts, patches] (order does not change softmax).
@@ -88,7 +88,7 @@ def _rotate(t: torch.Tensor, rope: torch.Tensor, start: int, half: bool) -> torc
     return torch.cat([t[:, :, :start], rotated.to(t.dtype)], dim=2)
 
 
-def _project(attn: nn.Module, x: torch.Tensor, queries: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+def project_qkv(attn: nn.Module, x: torch.Tensor, queries: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Queries of the first `queries` tokens (all if None), and keys|values of all tokens: (B, ., q_dim),
     (B, N, 2 kv_dim).
 
@@ -99,7 +99,7 @@ def _project(attn: nn.Module, x: torch.Tensor, queries: int | None) -> tuple[tor
     if getattr(attn, "qkv", None) is None:  # separate projections (Eva's qkv_fused=False)
         kv = torch.cat([attn.k_proj(x), attn.v_proj(x)], dim=-1)
         return (x[:, :0] if queries == 0 else attn.q_proj(xq)), kv
-    qkv, dim = attn.qkv, attn.num_heads * attn.head_dim
+    qkv, dim = attn.qkv, attn.proj.in_features  # the queries' width: heads x head dim
     bias = _fused_bias(attn)
     if type(qkv) is not nn.Linear:  # a wrapped layer (e.g. a LoRA adapter): one call over all tokens, as timm does
         out = qkv(x) if bias is None else qkv(x) + bias

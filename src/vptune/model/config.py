@@ -14,6 +14,7 @@ MODES = ("shallow", "deep")
 LOCATIONS = ("prepend", "add", "prepend-pixel", "concat-channel")
 INITS = ("xavier", "patches", "cls", "zeros", "normal")
 POOLINGS = ("cls", "image-pool", "prompt-pool", "global-pool")
+MERGES = ("drop", "tile")  # what prompt slots do at a hierarchical backbone's patch merging (Swin)
 TOKEN_LOCATIONS = ("prepend", "prepend-pixel")    # prompts that are tokens of the sequence
 PIXEL_LOCATIONS = ("prepend-pixel", "concat-channel")  # prompts learned in the image's pixel space
 
@@ -57,6 +58,9 @@ class PromptConfig:
         pooling: what the head reads after the final norm: "cls" (the paper's default), "image-pool" (the mean of
             the image tokens), "prompt-pool" (the mean of the prompts' outputs) or "global-pool" (all tokens).
         shared: deep only: one prompt for every prompted block (the paper's "deep-shared") instead of one each.
+        merge: hierarchical backbones (Swin) only: what prompt slots carried to the end of a stage do at patch
+            merging: "drop" (the paper: "ignored during patch merging stages") or "tile" (the original code: tiled
+            4x along channels through the merge's norm and reduction, carried into the next stage).
     """
 
     num_tokens: int = 10
@@ -69,6 +73,7 @@ class PromptConfig:
     init_std: float = 0.02
     pooling: str = "cls"
     shared: bool = False
+    merge: str = "drop"
 
     def __post_init__(self) -> None:
         self.layers = _normalise_layers(self.layers)
@@ -82,6 +87,7 @@ class PromptConfig:
         _check_choice("location", self.location, LOCATIONS)
         _check_choice("init", self.init, INITS)
         _check_choice("pooling", self.pooling, POOLINGS)
+        _check_choice("merge", self.merge, MERGES)
         if not isinstance(self.shared, bool):
             raise ValueError(f"PromptConfig.shared must be true or false, got {self.shared!r}")
         if not (isinstance(self.dropout, (int, float)) and 0.0 <= self.dropout < 1.0):

@@ -131,18 +131,23 @@ def location_for(name: str) -> Location:
     return LOCATION_TYPES[name]()
 
 
-def _run_tokens(model: "PromptedModel", x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Reference: prompts are tokens of the sequence, inserted once and replaced at each prompted block.
-    Returns the real tokens (B, prefix + m, d) and the prompts' final outputs (B, p, d)."""
+def _run_tokens(model: "PromptedModel", x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Reference: prompts are tokens of the sequence, inserted once and replaced at each prompted block (and, on a
+    hierarchical backbone with merge "drop", dropped at patch merging). Returns the real tokens (B, prefix + m, d)
+    and the prompts' final outputs (B, p, d), or None when they were dropped."""
     batch, start, p = x.shape[0], model.adapter.num_prefix_tokens, model.prompt_config.num_tokens
     prompts = model.prompt_tokens(batch)
-    inserted = False
+    held = False  # whether x holds prompt slots now
     for i in model.blocks_after_stem():
         if model.is_prompted(i):
-            rest = x[:, start + p:] if inserted else x[:, start:]
+            rest = x[:, start + p:] if held else x[:, start:]
             x = torch.cat([x[:, :start], prompts[model.prompt_row(i)].expand(batch, -1, -1), rest], dim=1)
-            inserted = True
-        x = model.run_block(model.adapter.block, i, x, p)
+            held = True
+        x = model.run_block(model.adapter.block, i, x, p if held else 0)
+        if held and model.drops_prompts_after(i):
+            x, held = torch.cat([x[:, :start], x[:, start + p:]], dim=1), False
+    if not held:
+        return x, None
     return torch.cat([x[:, :start], x[:, start + p:]], dim=1), x[:, start:start + p]
 
 
@@ -158,10 +163,12 @@ def _run_prefix(model: "PromptedModel", x: torch.Tensor) -> tuple[torch.Tensor, 
         fresh = model.is_prompted(i)
         if fresh:
             slots = prompts[model.prompt_row(i)]
-        if i in model.prefix_blocks:
+        if slots is None:  # no prompt any more (dropped at a patch merging)
+            x = model.run_plain_block(i, x)
+        elif i in model.prefix_blocks:
             kv = model.prompt_kv(i, slots, cache=use_cache and fresh)
             x = model.run_block(adapter.prefix_block, i, x, kv, model.queries_at(i))
-            slots = None  # their outputs would be replaced or never read
+            slots = None  # their outputs would be replaced, dropped or never read
         else:  # slot outputs are carried on into the next block (or read by the head): the full sequence
             h = model.run_block(adapter.block, i, torch.cat([x[:, :start], slots.expand(batch, -1, -1),
                                                              x[:, start:]], dim=1), p)

@@ -104,21 +104,43 @@ class PromptedModel(nn.Module):
 
     # ----------------------------------------------------------------------------------------------- set-up
     def _build_prompts(self, prompt: PromptConfig) -> Prompts:
-        length, dim = self.location.prompt_shape(self.adapter, prompt.num_tokens, prompt.project or self.embed_dim)
-        return Prompts(prompt, self.prompt_blocks, length, dim, self.embed_dim, self.adapter.patch_size)
+        """One prompt set per prompted block, each of that block's width (a hierarchical backbone's stages differ)."""
+        widths = [self.adapter.width_at(block) for block in self.prompt_blocks]
+        if len(set(widths)) > 1 and prompt.shared:
+            raise ValueError(f"PromptConfig.shared=True shares one prompt between blocks of widths {sorted(set(widths))} "
+                             f"on this {self.adapter.family} backbone; prompt blocks of one stage (layers), or leave "
+                             f"shared off")
+        if len(set(widths)) > 1 and prompt.project:
+            raise ValueError(f"PromptConfig.project maps prompts to one width, but the prompted blocks of this "
+                             f"{self.adapter.family} backbone have widths {sorted(set(widths))}; leave project unset")
+        shapes = [self.location.prompt_shape(self.adapter, prompt.num_tokens, prompt.project or width)
+                  for width in widths[:1 if prompt.shared else None]]
+        return Prompts(prompt, self.prompt_blocks, shapes[0][0], [dim for _, dim in shapes], widths[0],
+                       self.adapter.patch_size)
 
     def _plan_prefix_blocks(self) -> frozenset[int]:
-        """Blocks that can run in prefix form: they hold prompt slots whose outputs nobody reads."""
+        """Blocks that can run in prefix form: they hold prompt slots whose outputs nobody reads (the next block
+        replaces them, patch merging drops them, or the head reads nothing of them)."""
         if self.prompts is None or not self.location.is_tokens:
             return frozenset()
-        depth, first = self.adapter.depth, self.prompt_blocks[0]
+        depth = self.adapter.depth
         last_unread = self.prompt_config.pooling not in READS_PROMPTS  # the head may read the prompts' outputs
-        unread = {i for i in range(first, depth) if (i == depth - 1 and last_unread) or i + 1 in self._prompt_row}
-        unknown = sorted({type(self.backbone.blocks[i]).__name__ for i in unread if not self.adapter.supports_prefix(i)})
+        unread, held = set(), False
+        for i in range(self.prompt_blocks[0], depth):
+            held = held or self.is_prompted(i)
+            if held and ((i == depth - 1 and last_unread) or i + 1 in self._prompt_row or self.drops_prompts_after(i)):
+                unread.add(i)
+            held = held and not self.drops_prompts_after(i)
+        unknown = sorted({type(self.adapter.blocks[i]).__name__ for i in unread if not self.adapter.supports_prefix(i)})
         if unknown:
             warnings.warn(f"vptune: the prefix fast path does not know block type(s) {unknown}; those blocks run "
                           f"the reference 'prompts as tokens' way (same result, no speed-up)", stacklevel=3)
         return frozenset(i for i in unread if self.adapter.supports_prefix(i))
+
+    def drops_prompts_after(self, block: int) -> bool:
+        """Whether the prompt slots' outputs of `block` are dropped before the next block (patch merging, with
+        `PromptConfig.merge` "drop")."""
+        return self.prompt_config.merge == "drop" and self.adapter.merges_after(block)
 
     @property
     def path(self) -> str:
@@ -159,11 +181,15 @@ class PromptedModel(nn.Module):
         """Images (B, 3, H, W) -> what the head reads (B, embed_dim), the final normed [CLS] by default."""
         return self.features_from_stem(self.stem(images))
 
-    def prompt_tokens(self, batch_size: int) -> torch.Tensor:
-        """The prompt each prompted block gets, in token space: (num_blocks, B or 1, length, d): the learned tokens,
+    def prompt_tokens(self, batch_size: int) -> torch.Tensor | list[torch.Tensor]:
+        """The prompt each prompted block gets, in token space: (num_blocks, B or 1, length, d) (a list of (B or 1,
+        length, d_i) when the blocks' widths differ); indexed by `prompt_row`. The learned tokens,
         or for "prepend-pixel" the learned pixel patches through the frozen patch embedding. In the backbone's
         dtype: a backbone held in bf16 gets bf16 tokens (fp32 masters stay in `self.prompts`)."""
-        return self.location.to_tokens(self, self.prompts(batch_size).to(self.adapter.dtype))
+        prompts = self.prompts(batch_size)
+        if isinstance(prompts, list):  # blocks of different widths (Swin)
+            return [self.location.to_tokens(self, row.to(self.adapter.dtype)) for row in prompts]
+        return self.location.to_tokens(self, prompts.to(self.adapter.dtype))
 
     def prompt_tokens_at(self, block: int) -> torch.Tensor:
         """The prompt tokens block `block` gets, (p, d) (no dropout: as at inference)."""
@@ -235,13 +261,17 @@ class PromptedModel(nn.Module):
 
     def run_plain(self, x: torch.Tensor) -> torch.Tensor:
         """No prompt tokens (a linear probe; "concat-channel", whose prompt is in the embedding): the blocks after
-        the stem; the last computes [CLS] only, when the head reads nothing else and the adapter knows the block."""
+        the stem."""
         for i in self.blocks_after_stem():
-            if self.queries_at(i) and self.adapter.supports_prefix(i):
-                x = self.run_block(self.adapter.prefix_block, i, x, None, 1)
-            else:
-                x = self.run_block(self.adapter.block, i, x)
+            x = self.run_plain_block(i, x)
         return x
+
+    def run_plain_block(self, block: int, x: torch.Tensor) -> torch.Tensor:
+        """Block `block` without prompts; the last computes [CLS] only, when the head reads nothing else and the
+        adapter knows the block."""
+        if self.queries_at(block) and self.adapter.supports_prefix(block):
+            return self.run_block(self.adapter.prefix_block, block, x, None, 1)
+        return self.run_block(self.adapter.block, block, x)
 
     # ---------------------------------------------------------------------------------- prompt K/V cache
     def kv_cache_usable(self, x: torch.Tensor) -> bool:
@@ -302,10 +332,10 @@ class PromptedModel(nn.Module):
         if self.prompts is None or self.prompt_config.location != "prepend" or self.prompt_config.project:
             raise ValueError("init_prompts_from_patches needs prepended prompts without projection")
         p = self.prompt_config.num_tokens
-        for i, x in self._frozen_outputs(images.to(self.prompts.tokens.device), self.prompt_blocks[-1]):
+        for i, x in self._frozen_outputs(images.to(self.prompts.device), self.prompt_blocks[-1]):
             if i < self.adapter.depth and self._owns_prompt(i):
                 patches = x[:, self.num_prefix_tokens:].flatten(0, 1).float()  # (B * m, d), fp32 under autocast
-                self.prompts.tokens[self.prompts.row(i)] = kmeans(patches, p, generator)
+                self.prompts.rows()[self.prompts.row(i)].copy_(kmeans(patches, p, generator))
         self.clear_cache()
 
     @torch.no_grad()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 import torch
 from torch import nn
@@ -12,7 +13,8 @@ from .config import PIXEL_LOCATIONS, PromptConfig
 class Prompts(nn.Module):
     """One learned prompt per prompted block (or one shared by all of them, `PromptConfig.shared`).
 
-    `tokens` has shape (sets, length, prompt_dim), sets = 1 when shared, else one per prompted block. What a row
+    `tokens` has shape (sets, length, prompt_dim), sets = 1 when shared, else one per prompted block (on a
+    hierarchical backbone whose prompted blocks differ in width, a list of (length, width_i), one per block). What a row
     is depends on the location: "prepend": p tokens (prompt_dim = the backbone's width, or `project`); "add": one
     vector per existing token position; "prepend-pixel": p pixel patches, flattened (3 * patch_h * patch_w);
     "concat-channel": p image channels, flattened (H * W), with `channel_weight` (width, p, patch_h, patch_w), the
@@ -23,29 +25,41 @@ class Prompts(nn.Module):
     so callers can broadcast, which is what lets the prefix path compute prompt keys/values once per batch.
     """
 
-    def __init__(self, config: PromptConfig, blocks: tuple[int, ...], length: int, prompt_dim: int, embed_dim: int,
-                 patch_size: tuple[int, int]) -> None:
+    def __init__(self, config: PromptConfig, blocks: tuple[int, ...], length: int, prompt_dim: int | Sequence[int],
+                 embed_dim: int, patch_size: tuple[int, int]) -> None:
         super().__init__()
         self.blocks = blocks
         self.location = config.location
-        self.tokens = nn.Parameter(torch.empty(1 if config.shared else len(blocks), length, prompt_dim))
-        self.proj: nn.Module = nn.Linear(prompt_dim, embed_dim) if config.project else nn.Identity()
+        sets = 1 if config.shared else len(blocks)
+        dims = [prompt_dim] * sets if isinstance(prompt_dim, int) else list(prompt_dim)
+        if len(dims) != sets:
+            raise ValueError(f"Prompts: {sets} prompt set(s) but {len(dims)} widths")
+        if len(set(dims)) == 1:
+            self.tokens: nn.Parameter | nn.ParameterList = nn.Parameter(torch.empty(sets, length, dims[0]))
+        else:  # a hierarchical backbone's blocks differ in width (Swin): one tensor per prompted block
+            self.tokens = nn.ParameterList([nn.Parameter(torch.empty(length, dim)) for dim in dims])
+        self.proj: nn.Module = nn.Linear(dims[0], embed_dim) if config.project else nn.Identity()
         self.channel_weight = nn.Parameter(torch.zeros(embed_dim, length, *patch_size)) \
             if config.location == "concat-channel" else None
         self.dropout = nn.Dropout(config.dropout)
         self.reset_parameters(config, patch_size[0] * patch_size[1])
 
+    @property
+    def ragged(self) -> bool:
+        """True when the prompted blocks' widths differ (then `tokens` holds one tensor per block)."""
+        return isinstance(self.tokens, nn.ParameterList)
+
+    @property
+    def device(self) -> torch.device:
+        return self.rows()[0].device
+
+    def rows(self) -> list[torch.Tensor]:
+        """Each prompt set as stored, (length, width): views of `tokens` (set them in place with `copy_`)."""
+        return list(self.tokens)
+
     def reset_parameters(self, config: PromptConfig, patch_area: int) -> None:
-        if config.init in ("xavier", "patches", "cls") and self.location in PIXEL_LOCATIONS:
-            nn.init.normal_(self.tokens)  # pixels of a normalised image have unit variance
-        elif config.init in ("xavier", "patches", "cls"):  # "patches" and "cls" are set from data later
-            # The paper's rule: Xavier-uniform as for the patch projection (fan_in = 3 * ph * pw).
-            bound = math.sqrt(6.0 / (3 * patch_area + self.tokens.shape[-1]))
-            nn.init.uniform_(self.tokens, -bound, bound)
-        elif config.init == "normal":
-            nn.init.normal_(self.tokens, std=config.init_std)
-        else:
-            nn.init.zeros_(self.tokens)
+        for tensor in (self.tokens if self.ragged else [self.tokens]):
+            _init_tokens(tensor, config, self.location, patch_area)
         if isinstance(self.proj, nn.Linear):
             nn.init.kaiming_normal_(self.proj.weight, a=0, mode="fan_out")
             nn.init.zeros_(self.proj.bias)
@@ -61,9 +75,27 @@ class Prompts(nn.Module):
         """The row of `tokens` that holds `block`'s prompt."""
         return 0 if len(self.tokens) == 1 else self.blocks.index(block)
 
-    def forward(self, batch_size: int) -> torch.Tensor:
-        """Prompts for every prompted block: (num_blocks, B or 1, length, dim)."""
+    def forward(self, batch_size: int) -> torch.Tensor | list[torch.Tensor]:
+        """Prompts for every prompted block: (num_blocks, B or 1, length, dim); a list of (B or 1, length, dim_i),
+        one per block, when the widths differ (`ragged`)."""
+        if self.ragged:
+            rows = [self.proj(row).unsqueeze(0) for row in self.tokens]
+            return [self.dropout(row.expand(batch_size, -1, -1)) for row in rows] if self.per_image else rows
         prompts = self.proj(self.tokens).unsqueeze(1).expand(len(self.blocks), -1, -1, -1)
         if self.per_image:
             prompts = self.dropout(prompts.expand(-1, batch_size, -1, -1))
         return prompts
+
+
+def _init_tokens(row: torch.Tensor, config: PromptConfig, location: str, patch_area: int) -> None:
+    """Initialise prompt tokens (.., length, width) in place, by `config.init`."""
+    if config.init in ("xavier", "patches", "cls") and location in PIXEL_LOCATIONS:
+        nn.init.normal_(row)  # pixels of a normalised image have unit variance
+    elif config.init in ("xavier", "patches", "cls"):  # "patches" and "cls" are set from data later
+        # The paper's rule: Xavier-uniform as for the patch projection (fan_in = 3 * ph * pw).
+        bound = math.sqrt(6.0 / (3 * patch_area + row.shape[-1]))
+        nn.init.uniform_(row, -bound, bound)
+    elif config.init == "normal":
+        nn.init.normal_(row, std=config.init_std)
+    else:
+        nn.init.zeros_(row)

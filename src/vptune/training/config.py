@@ -24,7 +24,7 @@ from ..data import BUILTIN_DATASETS, MAX_PIXELS, builtin_name
 from ..devices import AUTO as AUTO_DEVICE, PRECISIONS, check_device, resolve_device, resolve_precision
 from ..errors import ConfigError
 from ..methods import Method, get_method, method_names
-from ..model import INITS, LOCATIONS, POOLINGS, PromptConfig
+from ..model import INITS, LOCATIONS, MERGES, POOLINGS, PromptConfig
 
 CACHE_STEM = ("auto", "off")
 AUTO = "auto"  # lr: searched first (vptune.experiments.train_with_lr_search)
@@ -36,7 +36,7 @@ RESUME_MAY_CHANGE = ("epochs", "device", "num_workers", "tensorboard", "test_sub
 # the settings `resolved()` fills from the method's defaults: never None in a config.yaml that vptune wrote
 # settings that only a method training prompts reads (pooling is every method's: it is what the head reads)
 PROMPT_SETTINGS = ("num_tokens", "prompt_layers", "prompt_location", "prompt_dropout", "prompt_project",
-                   "prompt_init", "prompt_shared")
+                   "prompt_init", "prompt_shared", "prompt_merge")
 METHOD_OPTIONS = ("lora_rank",)  # settings that are one method's own option
 RESOLVED_FIELDS = ("optimizer", "lr", "head_lr", "head_norm", "head_init", "prompt_init")
 # A ViT at 4096 px has (4096 / 16)^2 = 65,536 tokens, beyond what attention fits in memory on one GPU today
@@ -81,6 +81,8 @@ class TrainConfig:
     pooling: str = _setting("cls", "what the head reads: cls (the final [CLS]), image-pool (mean of the image tokens), "
                                    "prompt-pool (mean of the prompts' outputs), global-pool (all tokens)", POOLINGS)
     prompt_shared: bool = _setting(False, "VPT-deep: one prompt shared by every prompted block (deep-shared)")
+    prompt_merge: str = _setting("drop", "Swin: what prompts carried to the end of a stage do at patch merging: drop "
+                                         "(the paper) or tile (the original code: 4 copies through the merge)", MERGES)
     lora_rank: int = _setting(8, "LoRA rank for --method lora")
     # data
     protocol: str = _setting("vtab1k", "built-in data: vtab1k (train800/val200/test) or full", ("vtab1k", "full"))
@@ -164,7 +166,7 @@ class TrainConfig:
             return PromptConfig(num_tokens=self.num_tokens, mode=getattr(method, "mode", "deep"),
                                 layers=self.prompt_layers, location=self.prompt_location,
                                 dropout=self.prompt_dropout, project=self.prompt_project, init=init,
-                                pooling=self.pooling, shared=self.prompt_shared)
+                                pooling=self.pooling, shared=self.prompt_shared, merge=self.prompt_merge)
         except ValueError as err:
             raise ConfigError(str(err)) from err
 

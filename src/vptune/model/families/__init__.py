@@ -2,6 +2,7 @@
 from .base import FAMILIES, BackboneAdapter, adapter_for, family_of, register_family, supported_families
 from .vit import ViTAdapter  # noqa: I001  (registration order: the families are listed in this order)
 from .eva import EvaAdapter
+from .swin import SwinAdapter
 
 __all__ = ["FAMILIES", "BackboneAdapter", "adapter_for", "family_of", "register_family", "supported_families",
-           "ViTAdapter", "EvaAdapter"]
+           "ViTAdapter", "EvaAdapter", "SwinAdapter"]

@@ -65,8 +65,21 @@ class BackboneAdapter:
 
     # ------------------------------------------------------------------------------------------- shape
     @property
+    def blocks(self) -> Sequence[nn.Module]:
+        """The transformer blocks in order (a hierarchical backbone's stages, one after the other)."""
+        return self.backbone.blocks
+
+    @property
     def depth(self) -> int:
-        return len(self.backbone.blocks)
+        return len(self.blocks)
+
+    def width_at(self, index: int) -> int:
+        """Width of the tokens entering block `index` (a prompt there has this width)."""
+        return self.embed_dim
+
+    def merges_after(self, index: int) -> bool:
+        """Whether patch merging follows block `index` (a hierarchical backbone's stage ends there)."""
+        return False
 
     @property
     def embed_dim(self) -> int:
@@ -138,12 +151,12 @@ class BackboneAdapter:
     def prompt_kv(self, index: int, prompts: torch.Tensor) -> torch.Tensor:
         """Prompt tokens (B or 1, p, d) entering block `index` -> their keys|values (B or 1, p, kv_width). This
         default fits pre-norm blocks with `norm1` and `attn`, as timm's ViT and Eva blocks are."""
-        block = self.backbone.blocks[index]
+        block = self.blocks[index]
         return prompt_key_values(block.attn, block.norm1(prompts))
 
     def kv_width(self, index: int) -> int:
         """Width of one token's keys|values row at block `index`."""
-        return kv_width(self.backbone.blocks[index].attn)
+        return kv_width(self.blocks[index].attn)
 
     def prefix_block(self, index: int, x: torch.Tensor, prompt_kv: torch.Tensor | None, queries: int | None = None,
                      prompt_mask: torch.Tensor | None = None) -> torch.Tensor:

@@ -40,7 +40,7 @@ class EvaAdapter(BackboneAdapter):
         return bb.norm_pre(bb._pos_embed(patches)[0])  # rotary positions are applied inside each block
 
     def block(self, index: int, x: torch.Tensor, prompts: int = 0) -> torch.Tensor:
-        block = self.backbone.blocks[index]
+        block = self.blocks[index]
         rope = self._rope(index, x.shape[1] - self.num_prefix_tokens - prompts)
         if rope is None:
             return block(x)
@@ -52,12 +52,12 @@ class EvaAdapter(BackboneAdapter):
         return block(x, rope=rope)
 
     def supports_prefix(self, index: int) -> bool:
-        block = self.backbone.blocks[index]
+        block = self.blocks[index]
         return type(block) is EvaBlock and type(block.attn) in (EvaAttention, AttentionRope)
 
     def prefix_block(self, index: int, x: torch.Tensor, prompt_kv: torch.Tensor | None, queries: int | None = None,
                      prompt_mask: torch.Tensor | None = None) -> torch.Tensor:
-        block = self.backbone.blocks[index]
+        block = self.blocks[index]
         rope = self._rope(index, x.shape[1] - self.num_prefix_tokens)
         attn_out = prefix_attention(block.attn, block.norm1(x), prompt_kv, queries, prompt_mask, rope=rope)
         x = x if queries is None else x[:, :queries]
@@ -90,7 +90,7 @@ class EvaAdapter(BackboneAdapter):
                          f"backbone's size ({tuple(self.patch_embed.grid_size)}); use the model's image size")
 
     def lora_targets(self) -> list[str]:
-        attn = self.backbone.blocks[0].attn
+        attn = self.blocks[0].attn
         if getattr(attn, "qkv", None) is None:
             return ["q_proj", "k_proj", "v_proj"]
         if getattr(attn, "q_bias", None) is not None:

@@ -23,15 +23,15 @@ class ViTAdapter(BackboneAdapter):
         return bb.norm_pre(bb.patch_drop(bb._pos_embed(patches)))
 
     def block(self, index: int, x: torch.Tensor, prompts: int = 0) -> torch.Tensor:
-        return self.backbone.blocks[index](x)  # absolute positions are in the tokens: prompts need nothing else
+        return self.blocks[index](x)  # absolute positions are in the tokens: prompts need nothing else
 
     def supports_prefix(self, index: int) -> bool:
-        block = self.backbone.blocks[index]
+        block = self.blocks[index]
         return type(block) is Block and type(block.attn) is Attention
 
     def prefix_block(self, index: int, x: torch.Tensor, prompt_kv: torch.Tensor | None, queries: int | None = None,
                      prompt_mask: torch.Tensor | None = None) -> torch.Tensor:
-        block = self.backbone.blocks[index]
+        block = self.blocks[index]
         attn_out = prefix_attention(block.attn, block.norm1(x), prompt_kv, queries, prompt_mask)
         x = (x if queries is None else x[:, :queries]) + block.drop_path1(block.ls1(attn_out))
         return x + block.drop_path2(block.ls2(block.mlp(block.norm2(x))))
