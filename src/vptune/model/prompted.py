@@ -457,6 +457,9 @@ def _check_fits(adapter: BackboneAdapter, prompt: PromptConfig, backbone: nn.Mod
     if prompt.enabled and prompt.location not in adapter.locations:
         raise ValueError(f"PromptConfig.location={prompt.location!r} is not supported on {adapter.family} backbones "
                          f"({name}); use one of {', '.join(adapter.locations)}")
+    if prompt.pooling not in adapter.poolings and prompt.pooling != "cls":
+        raise ValueError(f"PromptConfig.pooling={prompt.pooling!r} is not supported on {adapter.family} backbones "
+                         f"({name}); use one of {', '.join(adapter.poolings)}")
     if prompt.pooling not in adapter.poolings:
         raise ValueError(f"backbone {name!r} has no class token, so PromptConfig.pooling='cls' has nothing to read; "
                          f"use pooling='image-pool' (the mean of the image tokens)")

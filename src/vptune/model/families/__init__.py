@@ -3,6 +3,7 @@ from .base import FAMILIES, BackboneAdapter, adapter_for, family_of, register_fa
 from .vit import ViTAdapter  # noqa: I001  (registration order: the families are listed in this order)
 from .eva import EvaAdapter
 from .swin import SwinAdapter
+from .sam import SamAdapter
 
 __all__ = ["FAMILIES", "BackboneAdapter", "adapter_for", "family_of", "register_family", "supported_families",
-           "ViTAdapter", "EvaAdapter", "SwinAdapter"]
+           "ViTAdapter", "EvaAdapter", "SwinAdapter", "SamAdapter"]

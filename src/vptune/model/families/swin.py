@@ -43,6 +43,7 @@ from torch import nn
 
 from ..attention import project_qkv
 from .base import BackboneAdapter, register_family
+from .windows import partition, per_window, unpartition
 
 KNOWN_BLOCKS = {SwinTransformerBlock: WindowAttentionV1, SwinTransformerV2Block: WindowAttentionV2}
 
@@ -195,30 +196,27 @@ def window_attention(block: nn.Module, image: torch.Tensor, prompts: torch.Tenso
     alone (the fast path). prompt_mask: (B, p) bool, False for prompt rows an image must not see (mixed tasks).
     Returns the image tokens' output (B, H, W, C) and the prompts' (or None).
     """
-    attn, (wh, ww), shift = block.attn, block.window_size, block.shift_size
-    batch, height, width, channels = image.shape
+    attn, window, shift = block.attn, block.window_size, block.shift_size
+    batch, height, width, _ = image.shape
     if any(shift):
         image = torch.roll(image, shifts=(-shift[0], -shift[1]), dims=(1, 2))
     # timm pads the (normed) tokens with zeros up to whole windows; the padding takes part as keys, as in timm
-    image = F.pad(image, (0, 0, 0, (ww - width % ww) % ww, 0, (wh - height % wh) % wh))
-    padded_h, padded_w = image.shape[1:3]
-    windows = image.view(batch, padded_h // wh, wh, padded_w // ww, ww, channels).permute(0, 1, 3, 2, 4, 5)
-    windows = windows.reshape(batch, -1, wh * ww, channels)  # (B, nW, A, C)
+    windows = partition(image, window)  # (B, nW, A, C)
     num_windows, area = windows.shape[1:3]
 
     if prompts is not None:
         prompt_q, prompt_kv = project_qkv(attn, prompts)
     p = 0 if prompt_kv is None else prompt_kv.shape[1]
-    q, kv = project_qkv(attn, windows.flatten(0, 1))
-    q, kv = q.unflatten(0, (batch, num_windows)), kv.unflatten(0, (batch, num_windows))
+    q, kv = project_qkv(attn, windows)
     if p:
-        kv = torch.cat([prompt_kv[:, None].expand(batch, num_windows, -1, -1), kv], dim=2)
+        kv = torch.cat([per_window(prompt_kv, batch, num_windows), kv], dim=2)
     if prompts is not None:
-        q = torch.cat([prompt_q[:, None].expand(batch, num_windows, -1, -1), q], dim=2)
+        q = torch.cat([per_window(prompt_q, batch, num_windows), q], dim=2)
     heads = attn.num_heads
     q = q.unflatten(-1, (heads, -1)).transpose(2, 3)                            # (B, nW, heads, Q, hd)
     k, v = kv.unflatten(-1, (2, heads, -1)).permute(3, 0, 1, 4, 2, 5).unbind(0)  # (B, nW, heads, p + A, hd)
-    bias = _window_bias(block, image, num_windows, area, p, queries=q.shape[3] - area)
+    padded = image.new_empty(1, -(-height // window[0]) * window[0], -(-width // window[1]) * window[1], 1)
+    bias = _window_bias(block, padded, num_windows, area, p, queries=q.shape[3] - area)
     if prompt_mask is not None:  # (B, 1, 1, 1, p + A): every window sees its own tokens
         hidden = torch.cat([~prompt_mask, prompt_mask.new_zeros(batch, area)], dim=1)[:, None, None, None, :]
         bias = bias.masked_fill(hidden, float("-inf"))
@@ -232,8 +230,7 @@ def window_attention(block: nn.Module, image: torch.Tensor, prompts: torch.Tenso
     out = attn.proj_drop(attn.proj(out.transpose(2, 3).flatten(-2)))  # (B, nW, Q, C)
 
     prompt_out = out[:, :, :p].mean(dim=1) if prompts is not None else None
-    out = out[:, :, out.shape[2] - area:].reshape(batch, padded_h // wh, padded_w // ww, wh, ww, channels)
-    out = out.permute(0, 1, 3, 2, 4, 5).reshape(batch, padded_h, padded_w, channels)[:, :height, :width]
+    out = unpartition(out[:, :, out.shape[2] - area:], window, (height, width))
     if any(shift):
         out = torch.roll(out, shifts=shift, dims=(1, 2))
     return out, prompt_out
@@ -242,7 +239,8 @@ def window_attention(block: nn.Module, image: torch.Tensor, prompts: torch.Tenso
 def _window_bias(block: nn.Module, padded: torch.Tensor, num_windows: int, area: int, p: int,
                  queries: int) -> torch.Tensor:
     """The additive attention bias (nW, heads, queries + A, p + A): the relative-position bias and the shifted-
-    window mask on the image rows and columns, zeros wherever a prompt is involved."""
+    window mask on the image rows and columns, zeros wherever a prompt is involved. padded: a tensor of the padded
+    grid's shape (1, Hp, Wp, 1), from which a block without a fixed mask builds one."""
     attn = block.attn
     rel = _relative_position_bias(attn)  # (heads, A, A)
     bias = rel.new_zeros(num_windows, attn.num_heads, queries + area, p + area)
