@@ -220,6 +220,13 @@ def refused(argv, capsys) -> str:
     return message
 
 
+def test_a_windowed_backbone_without_a_class_token_is_measured_on_every_path(tmp_path):
+    """Swin: the head reads the mean of the final tokens; the fast path shares prompt K/V across windows."""
+    rows, _, _ = run_bench(tmp_path, "--models", "tiny-swin", "--no-memory", "--paths", "floor,tokens,prefix")
+    assert {(r["mode"], r["path"]) for r in rows} >= {("deep", "tokens"), ("deep", "prefix"), ("shallow", "prefix")}
+    assert all(float(r["train_step_s"]) > 0 and float(r["infer_ips"]) > 0 for r in rows)
+
+
 def test_bad_paths_are_refused(capsys):
     assert "--paths must include floor and tokens" in refused(["--quick", "--paths", "prefix"], capsys)
 
@@ -234,7 +241,7 @@ def test_a_device_this_machine_lacks_is_one_line_naming_it(tmp_path, capsys):
                                                   ("--device", "tpu", "auto, cpu, cuda"),
                                                   ("--num-workers", "many", "auto or a whole number"),
                                                   # each of these was a traceback, or a bench that ran anyway
-                                                  ("--models", "no_such_vit", "aliases (vit-s14, vit-b16, dinov3-s16, tiny)"),
+                                                  ("--models", "no_such_vit", "aliases (vit-s14, vit-b16, dinov3-s16, tiny, swin-t"),
                                                   ("--models", "resnet18", "of a family vptune prompts (vit"),
                                                   ("--prompts", "4,-1", "prompt lengths >= 1"),
                                                   ("--batch", "0", "--batch must be a whole number >= 1"),

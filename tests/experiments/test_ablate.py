@@ -323,3 +323,25 @@ def test_with_refit_a_row_keeps_the_selection_curve_and_a_killed_first_stage_res
     [row] = read_runs(tmp_path / "out")
     assert [r["epoch"] for r in row["selection_curve"]] == [1, 2] and row["selection_curve"][0]["val_top1"] is not None
     assert len(row["curve"]) == row["best_epoch"] and row["train_images"] == 24  # train + carved val of 30 images
+
+
+def test_on_a_swin_backbone_the_sets_leave_out_what_the_family_cannot_run():
+    """No "add" location and no [CLS] on Swin: those cells leave the sets (and their claims with them); depth counts
+    blocks across the stages."""
+    from conftest import make_tiny_swin
+    from vptune.model import adapter_for
+
+    def config(name, **kwargs):
+        made = AblateConfig(name, **kwargs)
+        made._adapter = adapter_for(make_tiny_swin())  # what `adapter` would build from the backbone flags
+        return made
+
+    claims = config("claims")
+    assert not {"add shallow", "add deep"} & {cell.name for cell in claims.cells()}
+    assert claims.left_out() == ["add shallow (no add location on swin backbones)",
+                                 "add deep (no add location on swin backbones)"]
+    assert {cell.name for cell in config("depth").cells()} >= {"first 3", "last 3", "first 6"}  # 6 blocks
+    assert [cell.name for cell in config("pooling").cells()] == ["image-pool", "prompt-pool", "global-pool"]
+    assert [cell.name for cell in config("init").cells()] == ["xavier", "patches"]
+    with pytest.raises(ConfigError, match=r"--cells: add deep \(no add location on swin backbones\)"):
+        config("claims", only=("add deep",)).validate()

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ..model import PromptConfig, PromptedModel
+from ..model import PromptConfig, PromptedModel, adapter_for
 
 if TYPE_CHECKING:  # type hints only: settings.py imports this file
     from .settings import BenchSettings
@@ -31,6 +31,12 @@ MODELS = {
     # timm's Eva family: rotary positions, 4 register tokens, LayerScale (DINOv3-S/16's shape, random weights)
     "dinov3-s16": ModelSpec("vit_small_patch16_dinov3", {"img_size": 224}),
     "tiny": ModelSpec("vit_tiny_patch16_224", {"img_size": 32, "depth": 2, "embed_dim": 32, "num_heads": 2}, 1),
+    # windowed backbones without [CLS] (the head reads the mean of the final tokens): Swin-T (shifted windows of
+    # 7, patch merging) and SAM-B's encoder shape at 224 px (windows of 14 = one window per block there)
+    "swin-t": ModelSpec("swin_tiny_patch4_window7_224", {}),
+    "sam-b": ModelSpec("samvit_base_patch16_224", {}, repeats=1, modes=("deep",)),
+    "tiny-swin": ModelSpec("swin_tiny_patch4_window7_224", {"img_size": 32, "embed_dim": 16, "depths": (1, 1, 2, 1),
+                                                            "num_heads": (1, 1, 2, 2), "window_size": 2}, 1),
 }
 # floor: no prompt (linear probe); tokens: the reference; prefix: the fast path; -ckpt: gradient checkpointing
 PATHS = ("floor", "tokens", "prefix", "prefix-ckpt", "tokens-ckpt")
@@ -57,7 +63,8 @@ class Config:
     compiled: bool = False
 
     def build(self, backbone: torch.nn.Module, device: str) -> PromptedModel:
-        prompt = PromptConfig(num_tokens=self.prompts, mode=self.mode or "deep")
+        pooling = "cls" if adapter_for(backbone).has_class_token else "image-pool"  # the backbone's own
+        prompt = PromptConfig(num_tokens=self.prompts, mode=self.mode or "deep", pooling=pooling)
         path = "prefix" if self.path == "floor" else self.path.split("-")[0]
         model = PromptedModel(backbone, prompt, NUM_CLASSES, path=path, grad_checkpointing=self.path.endswith("-ckpt"))
         return model.to(device)

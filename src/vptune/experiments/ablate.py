@@ -206,6 +206,10 @@ class AblateConfig:
             raise ConfigError(f"ablate sets {clash} itself (from --tasks, --seeds, --out); leave them out")
         base = _train_config(self.common)
         base.validate()  # the common flags are checked before the set's cells build the backbone (for its depth)
+        unfit = [f"{cell.name} ({self.unfit(cell)})" for cell in SETS[self.set].cells(self.depth)
+                 if cell.name in self.only and self.unfit(cell)]
+        if unfit:
+            raise ConfigError(f"--cells: {'; '.join(unfit)}: this backbone cannot run them; leave them out")
         unknown = sorted(set(self.only) - {cell.name for cell in self.cells()})
         if unknown:
             raise ConfigError(f"--cells: {unknown} are not cells of {self.set!r}; its cells are "
@@ -223,18 +227,41 @@ class AblateConfig:
         return SETS[self.set]
 
     def cells(self) -> list[Cell]:
-        return SETS[self.set].cells(self.depth)
+        """The set's cells that this backbone's family can run (Swin has no "add" location and no [CLS])."""
+        return [cell for cell in SETS[self.set].cells(self.depth) if not self.unfit(cell)]
+
+    def left_out(self) -> list[str]:
+        return [f"{cell.name} ({self.unfit(cell)})" for cell in SETS[self.set].cells(self.depth) if self.unfit(cell)]
+
+    def unfit(self, cell: Cell) -> str:
+        """Why this backbone's family cannot run `cell`, or "" when it can."""
+        adapter = self.adapter
+        location = cell.settings.get("prompt_location", "prepend")
+        if location not in adapter.locations:
+            return f"no {location} location on {adapter.family} backbones"
+        if not adapter.has_class_token and (cell.settings.get("pooling") == "cls"
+                                            or cell.settings.get("prompt_init") == "cls"):
+            return f"no [CLS] token on {adapter.family} backbones"
+        pooling = cell.settings.get("pooling")
+        if pooling is not None and pooling != "cls" and pooling not in adapter.poolings:
+            return f"no {pooling} pooling on {adapter.family} backbones"
+        return ""
 
     def to_run(self) -> list[Cell]:
         return [cell for cell in self.cells() if not self.only or cell.name in self.only]
 
     @property
-    def depth(self) -> int:
-        """The backbone's number of blocks (the depth set's k follow it)."""
-        if not hasattr(self, "_depth"):
+    def adapter(self):
+        """The backbone's adapter (built once): its depth sets the depth set's k, its family what cells apply."""
+        if not hasattr(self, "_adapter"):
             cfg = _train_config(self.common)
-            self._depth = adapter_for(create_backbone(cfg.backbone, img_size=cfg.img_size, weights=cfg.weights)).depth
-        return self._depth
+            self._adapter = adapter_for(create_backbone(cfg.backbone, img_size=cfg.img_size, weights=cfg.weights))
+        return self._adapter
+
+    @property
+    def depth(self) -> int:
+        """The backbone's number of blocks, across stages for Swin (the depth set's k follow it)."""
+        return self.adapter.depth
 
 
 def run_ablation(config: AblateConfig) -> list[dict]:
@@ -282,6 +309,8 @@ def plan(config: AblateConfig) -> str:
         finished = sum(run_key(config, cell, task, seed) in done for task in config.tasks for seed in config.seeds)
         settings = ", ".join(f"{k}={v}" for k, v in cell.settings.items())
         lines.append(f"  {cell.name:<36} {settings:<60} {finished}/{len(config.tasks) * len(config.seeds)} done")
+    if config.left_out():
+        lines += ["", f"  left out on this backbone: {'; '.join(config.left_out())}"]
     total = len(cells) * len(config.tasks) * len(config.seeds)
     left = sum(run_key(config, c, t, s) not in done for c in cells for t in config.tasks for s in config.seeds)
     lines += ["", f"{total} runs ({len(cells)} cells x {len(config.tasks)} tasks x {len(config.seeds)} seeds), "
