@@ -51,5 +51,8 @@ def parameter_count(meta: dict) -> ParameterCount:
 
 def describe_backbone(name: str) -> str:
     adapter = adapter_for(create_backbone(name, pretrained=False))
+    widths = [adapter.width_at(i) for i in range(adapter.depth)]
+    per_token = (f"{adapter.depth} x p x {widths[0]}" if len(set(widths)) == 1
+                 else f"p x {sum(widths):,} (the sum of the blocks' widths)")
     return (f"backbone     {name}: {adapter.summary()}, {adapter.num_parameters():,} parameters\n"
-            f"VPT-deep with p prompts adds {adapter.depth} x p x {adapter.embed_dim} parameters (+ head)")
+            f"VPT-deep with p prompts adds {per_token} parameters (+ head on {adapter.embed_dim} features)")
