@@ -79,10 +79,11 @@ class SamAdapter(BackboneAdapter):
 
     def block(self, index: int, x: torch.Tensor, prompts: int = 0) -> torch.Tensor:
         block = self.blocks[index]
-        prompt = block.norm1(x[:, :prompts]) if prompts else None
-        out, prompt_out = self._attention(block, block.norm1(self._grid(x[:, prompts:])), prompts=prompt)
-        out = out.flatten(1, 2) if prompt_out is None else torch.cat([prompt_out, out.flatten(1, 2)], dim=1)
-        return _mlp(block, x + block.drop_path1(block.ls1(out)))
+        if not prompts:  # the frozen block as timm runs it
+            return block(self._grid(x)).flatten(1, 2)
+        out, prompt_out = self._attention(block, block.norm1(self._grid(x[:, prompts:])),
+                                          prompts=block.norm1(x[:, :prompts]))
+        return _mlp(block, x + block.drop_path1(block.ls1(torch.cat([prompt_out, out.flatten(1, 2)], dim=1))))
 
     def supports_prefix(self, index: int) -> bool:
         return True  # every block type is checked at construction

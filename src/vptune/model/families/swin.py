@@ -115,16 +115,18 @@ class SwinAdapter(BackboneAdapter):
         """x (B, p + H * W, C), the p prompts as tokens (queries too) -> the block's output, merged when a stage
         ends here (the prompts through the merge as four copies each; the model drops them if merge is "drop")."""
         block = self._blocks[index]
+        if not prompts:  # the frozen block as timm runs it
+            return self._merge(index, block(self._grid(index, x)).flatten(1, 2), 0)
         prompt, image = x[:, :prompts], self._grid(index, x[:, prompts:])
         post_norm = isinstance(block, SwinTransformerV2Block)
         if post_norm:
-            image_out, prompt_out = window_attention(block, image, prompt if prompts else None)
+            image_out, prompt_out = window_attention(block, image, prompt)
             image = image + block.drop_path1(block.norm1(image_out))
-            prompt = prompt + block.drop_path1(block.norm1(prompt_out)) if prompts else prompt
+            prompt = prompt + block.drop_path1(block.norm1(prompt_out))
         else:
-            image_out, prompt_out = window_attention(block, block.norm1(image), block.norm1(prompt) if prompts else None)
+            image_out, prompt_out = window_attention(block, block.norm1(image), block.norm1(prompt))
             image = image + block.drop_path1(image_out)
-            prompt = prompt + block.drop_path1(prompt_out) if prompts else prompt
+            prompt = prompt + block.drop_path1(prompt_out)
         x = _mlp(block, torch.cat([prompt, image.flatten(1, 2)], dim=1), post_norm)
         return self._merge(index, x, prompts)
 
