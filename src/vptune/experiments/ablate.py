@@ -47,7 +47,8 @@ NUM_CLASSES = "num_classes"  # a cell's num_tokens may say this: p = the task's 
 NOT_IN_KEY = ("output", "device", "num_workers", "tensorboard", "compile")
 # Settings added after runs were recorded: left out of the key while they hold the value every earlier run had,
 # so those runs keep their keys (and are not trained again); any other value is part of the key.
-KEY_SINCE = {"precision": "fp32", "half_backbone": False, "refit": False, "label_smoothing": 0.0, "prompt_merge": "drop"}
+KEY_SINCE = {"precision": "fp32", "half_backbone": False, "refit": False, "label_smoothing": 0.0,
+             "prompt_merge": "drop", "fourier_share": 0.5}
 
 
 @dataclass(frozen=True)

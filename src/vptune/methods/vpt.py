@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from ..errors import ConfigError
 from ..model import PromptConfig
 from .base import GradientMethod, register
 
@@ -41,3 +42,33 @@ class VPTDeep(_VPT):
 class VPTShallow(_VPT):
     name = "vpt-shallow"
     summary = "VPT-shallow: prompt tokens inserted once, at the first prompted block, carried through the rest"
+
+
+# VFPT (Zeng et al., NeurIPS 2024): VPT-deep whose prompts enter partly through a 2-D Fourier transform. The share
+# varies by task in the paper; half is its middle value and the default here.
+FOURIER_SHARE = 0.5
+
+
+@register
+@dataclass(frozen=True)
+class VFPT(_VPT):
+    name = "vfpt"
+    summary = "VFPT: VPT-deep with a share (--fourier-share, default 0.5) of each block's prompt tokens through a " \
+              "2-D FFT (real part); no extra parameters"
+    fourier_share: float = FOURIER_SHARE
+    # the paper's init: Xavier-uniform. Patch prototypes have a token's scale, and the unnormalised transform would
+    # multiply it by about sqrt(p * width) (the real part of a DFT is not invertible, so they cannot be undone)
+    prompt_init = "xavier"
+
+    def __post_init__(self) -> None:
+        share = self.fourier_share
+        if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 < share <= 1:
+            raise ConfigError(f"fourier_share must be a number above 0 and at most 1 (the share of each block's "
+                              f"prompt tokens through the Fourier transform), got {share!r}")
+
+    @property
+    def mode(self) -> str:
+        return "deep"
+
+    def prompt_config(self, prompt: PromptConfig) -> PromptConfig:
+        return dataclasses.replace(prompt, mode="deep", fourier=float(self.fourier_share))

@@ -61,6 +61,9 @@ class PromptConfig:
         merge: hierarchical backbones (Swin) only: what prompt slots carried to the end of a stage do at patch
             merging: "drop" (the paper: "ignored during patch merging stages") or "tile" (the original code: tiled
             4x along channels through the merge's norm and reduction, carried into the next stage).
+        fourier: the share of each block's prompt tokens that enter through a 2-D Fourier transform (VFPT, Zeng et
+            al. 2024): the first round(fourier * p) tokens T of a block's prompt become Re(F_tokens(F_width(T))), the
+            rest stay as learned; no extra parameters. 0 (VPT) to 1 (every token); prepended prompts only.
     """
 
     num_tokens: int = 10
@@ -74,6 +77,7 @@ class PromptConfig:
     pooling: str = "cls"
     shared: bool = False
     merge: str = "drop"
+    fourier: float = 0.0
 
     def __post_init__(self) -> None:
         self.layers = _normalise_layers(self.layers)
@@ -110,6 +114,13 @@ class PromptConfig:
             raise ValueError(f"PromptConfig.pooling='prompt-pool' reads the prompts' outputs, so it needs prompts "
                              f"that are tokens (location in {TOKEN_LOCATIONS}, num_tokens > 0); got "
                              f"location={self.location!r}, num_tokens={self.num_tokens}")
+        if not (isinstance(self.fourier, (int, float)) and not isinstance(self.fourier, bool)
+                and 0.0 <= self.fourier <= 1.0):
+            raise ValueError(f"PromptConfig.fourier is the share of prompt tokens through the Fourier transform, a "
+                             f"number from 0 to 1, got {self.fourier!r}")
+        if self.fourier and self.location != "prepend":
+            raise ValueError(f"PromptConfig.fourier transforms prompt tokens, so it needs location='prepend'; got "
+                             f"location={self.location!r}")
         if self.shared and self.mode != "deep":
             raise ValueError("PromptConfig.shared=True shares one prompt between the prompted blocks of VPT-deep; "
                              "use mode='deep' (shallow has one prompted block)")

@@ -42,6 +42,7 @@ class Prompts(nn.Module):
         self.channel_weight = nn.Parameter(torch.zeros(embed_dim, length, *patch_size)) \
             if config.location == "concat-channel" else None
         self.dropout = nn.Dropout(config.dropout)
+        self.fourier_tokens = math.floor(config.fourier * length + 0.5)  # VFPT: these first tokens go through the FFT
         self.reset_parameters(config, patch_size[0] * patch_size[1])
 
     @property
@@ -80,11 +81,24 @@ class Prompts(nn.Module):
         one per block, when the widths differ (`ragged`)."""
         if self.ragged:
             rows = [self.proj(row).unsqueeze(0) for row in self.tokens]
-            return [self.dropout(row.expand(batch_size, -1, -1)) for row in rows] if self.per_image else rows
+            rows = [self.dropout(row.expand(batch_size, -1, -1)) for row in rows] if self.per_image else rows
+            return [self._fourier(row) for row in rows]
         prompts = self.proj(self.tokens).unsqueeze(1).expand(len(self.blocks), -1, -1, -1)
         if self.per_image:
             prompts = self.dropout(prompts.expand(-1, batch_size, -1, -1))
-        return prompts
+        return self._fourier(prompts)
+
+    def _fourier(self, prompts: torch.Tensor) -> torch.Tensor:
+        """VFPT's Fourier prompts: the first `fourier_tokens` tokens of each prompt (.., p, d) become the real part
+        of their 2-D discrete Fourier transform, over the width and then over the tokens (a fixed linear map of the
+        learned tokens: no parameters, and the fast path applies as for any prompt tokens)."""
+        k = self.fourier_tokens
+        if not k:
+            return prompts
+        tokens = prompts[..., :k, :]
+        tokens = tokens.float() if tokens.dtype in (torch.float16, torch.bfloat16) else tokens  # FFTs in 32/64 bits
+        spectrum = torch.fft.fft(torch.fft.fft(tokens, dim=-1), dim=-2).real
+        return torch.cat([spectrum.to(prompts.dtype), prompts[..., k:, :]], dim=-2)
 
 
 def _init_tokens(row: torch.Tensor, config: PromptConfig, location: str, patch_area: int) -> None:
