@@ -15,6 +15,7 @@ EXPECTED_TRAINABLE = {
     "full": lambda n: True,
     "lora": lambda n: n.startswith("head.") or "lora_" in n,
     "vfpt": lambda n: n.startswith(("prompts.", "head.")),
+    "gated-vpt": lambda n: n.startswith(("prompts.", "head.")),
 }
 
 
@@ -60,7 +61,7 @@ def test_partial_k_training_trains_the_last_k_blocks_not_the_head_alone(workspac
     assert {k.split(".")[2] for k in tuned if k.startswith("backbone.blocks.")} == {"4", "5"}
 
 
-@pytest.mark.parametrize("method", ["linear", "bias", "lora", "vpt-shallow", "vfpt"])
+@pytest.mark.parametrize("method", ["linear", "bias", "lora", "vpt-shallow", "vfpt", "gated-vpt"])
 def test_every_method_trains_end_to_end_and_reloads(workspace, tmp_path, method):
     summary = train(train_config(workspace, tmp_path / method, method=method, epochs=1), quiet=True)
     assert summary["method"] == method and summary["test_top1"] is not None

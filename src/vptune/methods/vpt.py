@@ -72,3 +72,21 @@ class VFPT(_VPT):
 
     def prompt_config(self, prompt: PromptConfig) -> PromptConfig:
         return dataclasses.replace(prompt, mode="deep", fourier=float(self.fourier_share))
+
+
+@register
+@dataclass(frozen=True)
+class GatedVPT(_VPT):
+    """Gated prompt tuning (Yoo et al., ICML 2023), made for self-supervised backbones (MAE, MoCo v3; the default
+    backbone is self-supervised DINOv2): VPT-shallow whose prompt slots leave each block as g * the block's output
+    + (1 - g) * its input, one learned gate per block. Its learnable attention temperatures are not included."""
+
+    name = "gated-vpt"
+    summary = "gated VPT: VPT-shallow with a learned gate per block on how far it changes the prompts"
+
+    @property
+    def mode(self) -> str:
+        return "shallow"
+
+    def prompt_config(self, prompt: PromptConfig) -> PromptConfig:
+        return dataclasses.replace(prompt, mode="shallow", gated=True)

@@ -64,6 +64,10 @@ class PromptConfig:
         fourier: the share of each block's prompt tokens that enter through a 2-D Fourier transform (VFPT, Zeng et
             al. 2024): the first round(fourier * p) tokens T of a block's prompt become Re(F_tokens(F_width(T))), the
             rest stay as learned; no extra parameters. 0 (VPT) to 1 (every token); prepended prompts only.
+        gated: shallow only: a learned gate per block from the prompted one on (gated prompt tuning, Yoo et al.
+            2023): the prompt slots leave block i as g_i * (the block's output) + (1 - g_i) * (what entered it),
+            g_i = sigmoid(a learned logit, started at -10), so each block changes the prompts only as far as that
+            helps.
     """
 
     num_tokens: int = 10
@@ -78,6 +82,7 @@ class PromptConfig:
     shared: bool = False
     merge: str = "drop"
     fourier: float = 0.0
+    gated: bool = False
 
     def __post_init__(self) -> None:
         self.layers = _normalise_layers(self.layers)
@@ -121,6 +126,12 @@ class PromptConfig:
         if self.fourier and self.location != "prepend":
             raise ValueError(f"PromptConfig.fourier transforms prompt tokens, so it needs location='prepend'; got "
                              f"location={self.location!r}")
+        if not isinstance(self.gated, bool):
+            raise ValueError(f"PromptConfig.gated must be true or false, got {self.gated!r}")
+        if self.gated and (self.mode != "shallow" or self.location not in TOKEN_LOCATIONS):
+            raise ValueError(f"PromptConfig.gated gates what each block does to prompts carried through it, so it "
+                             f"needs mode='shallow' and prompts that are tokens (deep prompts are replaced at every "
+                             f"block); got mode={self.mode!r}, location={self.location!r}")
         if self.shared and self.mode != "deep":
             raise ValueError("PromptConfig.shared=True shares one prompt between the prompted blocks of VPT-deep; "
                              "use mode='deep' (shallow has one prompted block)")

@@ -143,7 +143,11 @@ def _run_tokens(model: "PromptedModel", x: torch.Tensor) -> tuple[torch.Tensor, 
             rest = x[:, start + p:] if held else x[:, start:]
             x = torch.cat([x[:, :start], prompts[model.prompt_row(i)].expand(batch, -1, -1), rest], dim=1)
             held = True
+        entered = x[:, start:start + p]
         x = model.run_block(model.adapter.block, i, x, p if held else 0)
+        if held and model.is_gated(i):
+            slots = model.gated_slots(i, entered, x[:, start:start + p])
+            x = torch.cat([x[:, :start], slots, x[:, start + p:]], dim=1)
         if held and model.drops_prompts_after(i):
             x, held = torch.cat([x[:, :start], x[:, start + p:]], dim=1), False
     if not held:
@@ -170,9 +174,10 @@ def _run_prefix(model: "PromptedModel", x: torch.Tensor) -> tuple[torch.Tensor, 
             x = model.run_block(adapter.prefix_block, i, x, kv, model.queries_at(i))
             slots = None  # their outputs would be replaced, dropped or never read
         else:  # slot outputs are carried on into the next block (or read by the head): the full sequence
-            h = model.run_block(adapter.block, i, torch.cat([x[:, :start], slots.expand(batch, -1, -1),
-                                                             x[:, start:]], dim=1), p)
+            entered = slots.expand(batch, -1, -1)
+            h = model.run_block(adapter.block, i, torch.cat([x[:, :start], entered, x[:, start:]], dim=1), p)
             x, slots = torch.cat([h[:, :start], h[:, start + p:]], dim=1), h[:, start:start + p]
+            slots = model.gated_slots(i, entered, slots) if model.is_gated(i) else slots
     return x, slots
 
 

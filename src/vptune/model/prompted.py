@@ -116,7 +116,7 @@ class PromptedModel(nn.Module):
         shapes = [self.location.prompt_shape(self.adapter, prompt.num_tokens, prompt.project or width)
                   for width in widths[:1 if prompt.shared else None]]
         return Prompts(prompt, self.prompt_blocks, shapes[0][0], [dim for _, dim in shapes], widths[0],
-                       self.adapter.patch_size)
+                       self.adapter.patch_size, depth=self.adapter.depth)
 
     def _plan_prefix_blocks(self) -> frozenset[int]:
         """Blocks that can run in prefix form: they hold prompt slots whose outputs nobody reads (the next block
@@ -136,6 +136,16 @@ class PromptedModel(nn.Module):
             warnings.warn(f"vptune: the prefix fast path does not know block type(s) {unknown}; those blocks run "
                           f"the reference 'prompts as tokens' way (same result, no speed-up)", stacklevel=3)
         return frozenset(i for i in unread if self.adapter.supports_prefix(i))
+
+    def is_gated(self, block: int) -> bool:
+        """Whether a gate sets how far `block` changes the prompt slots (gated prompts; not across a patch merging,
+        which changes the slots' width)."""
+        return self.prompts.gate_logits is not None and not self.adapter.merges_after(block)
+
+    def gated_slots(self, block: int, entered: torch.Tensor, left: torch.Tensor) -> torch.Tensor:
+        """Gated prompts: the slots leave `block` as g * what the block made of them + (1 - g) * what entered."""
+        gate = self.prompts.gate(block).to(left.dtype)
+        return gate * left + (1 - gate) * entered
 
     def drops_prompts_after(self, block: int) -> bool:
         """Whether the prompt slots' outputs of `block` are dropped before the next block (patch merging, with

@@ -9,6 +9,10 @@ from torch import nn
 
 from .config import PIXEL_LOCATIONS, PromptConfig
 
+# Gated prompts start with every gate at sigmoid(-10) ~ 5e-5: the prompts first pass the blocks almost unchanged
+# (the gated prompt tuning paper's prior), and each gate opens as far as its block helps.
+GATE_START = 10.0
+
 
 class Prompts(nn.Module):
     """One learned prompt per prompted block (or one shared by all of them, `PromptConfig.shared`).
@@ -26,7 +30,7 @@ class Prompts(nn.Module):
     """
 
     def __init__(self, config: PromptConfig, blocks: tuple[int, ...], length: int, prompt_dim: int | Sequence[int],
-                 embed_dim: int, patch_size: tuple[int, int]) -> None:
+                 embed_dim: int, patch_size: tuple[int, int], depth: int | None = None) -> None:
         super().__init__()
         self.blocks = blocks
         self.location = config.location
@@ -43,7 +47,14 @@ class Prompts(nn.Module):
             if config.location == "concat-channel" else None
         self.dropout = nn.Dropout(config.dropout)
         self.fourier_tokens = math.floor(config.fourier * length + 0.5)  # VFPT: these first tokens go through the FFT
+        # gated prompts: one gate logit per block from the prompted one to the last (`gate`)
+        self.gate_logits = nn.Parameter(torch.full((depth - blocks[0],), -GATE_START)) \
+            if config.gated and depth is not None else None
         self.reset_parameters(config, patch_size[0] * patch_size[1])
+
+    def gate(self, block: int) -> torch.Tensor:
+        """Block `block`'s gate g in (0, 1): how far that block may change the prompt slots passing through it."""
+        return self.gate_logits[block - self.blocks[0]].sigmoid()
 
     @property
     def ragged(self) -> bool:
