@@ -143,6 +143,7 @@ POOLINGS = ("cls", "image-pool", "prompt-pool", "global-pool")
 LENGTHS = (1, 5, 10, 50, 100)
 INITS = ("xavier", "patches", "cls")
 BASELINES = ("linear", "full", "bias", "partial-1", "lora")
+FOLLOWUPS = ("linear", "vpt-deep", "vfpt", "gated-vpt")
 
 SETS: dict[str, AblationSet] = {s.name: s for s in (
     AblationSet("claims", "the paper's main claims, each decided on its paired runs (the cells of methods, location "
@@ -172,6 +173,10 @@ SETS: dict[str, AblationSet] = {s.name: s for s in (
                                for init in INITS],
                 pairs=lambda depth: [("xavier", "cls"), ("patches", "xavier"), ("patches", "cls")],
                 default="patches"),
+    AblationSet("followups", "the prompt methods since VPT against VPT-deep and the linear probe (VFPT, gated VPT)",
+                lambda depth: [Cell(m, {"method": m}) for m in FOLLOWUPS],
+                pairs=lambda depth: [(m, "vpt-deep") for m in FOLLOWUPS if m not in ("vpt-deep", "linear")]
+                + [("vpt-deep", "linear")], default="vpt-deep"),
     AblationSet("recipes", "candidate default recipes for VPT-deep (docs/recipe.md)",
                 lambda depth: [Cell(name, settings) for name, settings in RECIPES.items()]),
 )}
