@@ -16,6 +16,7 @@ EXPECTED_TRAINABLE = {
     "lora": lambda n: n.startswith("head.") or "lora_" in n,
     "vfpt": lambda n: n.startswith(("prompts.", "head.")),
     "gated-vpt": lambda n: n.startswith(("prompts.", "head.")),
+    "e2vpt": lambda n: n.startswith(("prompts.", "head.")),
 }
 
 
@@ -61,7 +62,7 @@ def test_partial_k_training_trains_the_last_k_blocks_not_the_head_alone(workspac
     assert {k.split(".")[2] for k in tuned if k.startswith("backbone.blocks.")} == {"4", "5"}
 
 
-@pytest.mark.parametrize("method", ["linear", "bias", "lora", "vpt-shallow", "vfpt", "gated-vpt"])
+@pytest.mark.parametrize("method", ["linear", "bias", "lora", "vpt-shallow", "vfpt", "gated-vpt", "e2vpt"])
 def test_every_method_trains_end_to_end_and_reloads(workspace, tmp_path, method):
     summary = train(train_config(workspace, tmp_path / method, method=method, epochs=1), quiet=True)
     assert summary["method"] == method and summary["test_top1"] is not None

@@ -48,7 +48,7 @@ NOT_IN_KEY = ("output", "device", "num_workers", "tensorboard", "compile")
 # Settings added after runs were recorded: left out of the key while they hold the value every earlier run had,
 # so those runs keep their keys (and are not trained again); any other value is part of the key.
 KEY_SINCE = {"precision": "fp32", "half_backbone": False, "refit": False, "label_smoothing": 0.0,
-             "prompt_merge": "drop", "fourier_share": 0.5}
+             "prompt_merge": "drop", "fourier_share": 0.5, "kv_tokens": 5}
 
 
 @dataclass(frozen=True)
@@ -143,7 +143,7 @@ POOLINGS = ("cls", "image-pool", "prompt-pool", "global-pool")
 LENGTHS = (1, 5, 10, 50, 100)
 INITS = ("xavier", "patches", "cls")
 BASELINES = ("linear", "full", "bias", "partial-1", "lora")
-FOLLOWUPS = ("linear", "vpt-deep", "vfpt", "gated-vpt")
+FOLLOWUPS = ("linear", "vpt-deep", "e2vpt", "vfpt", "gated-vpt")
 
 SETS: dict[str, AblationSet] = {s.name: s for s in (
     AblationSet("claims", "the paper's main claims, each decided on its paired runs (the cells of methods, location "
@@ -173,7 +173,7 @@ SETS: dict[str, AblationSet] = {s.name: s for s in (
                                for init in INITS],
                 pairs=lambda depth: [("xavier", "cls"), ("patches", "xavier"), ("patches", "cls")],
                 default="patches"),
-    AblationSet("followups", "the prompt methods since VPT against VPT-deep and the linear probe (VFPT, gated VPT)",
+    AblationSet("followups", "prompt methods since VPT (E2VPT, VFPT, gated VPT) against VPT-deep and the linear probe",
                 lambda depth: [Cell(m, {"method": m}) for m in FOLLOWUPS],
                 pairs=lambda depth: [(m, "vpt-deep") for m in FOLLOWUPS if m not in ("vpt-deep", "linear")]
                 + [("vpt-deep", "linear")], default="vpt-deep"),

@@ -232,19 +232,19 @@ class MultiTaskModel(nn.Module):
         return stack.kv[which], stack.valid[which]
 
     def _build_stack(self, index: int, adapter: BackboneAdapter) -> _PromptStack:
-        prompts = {name: model.prompt_tokens_at(index)  # (p, d)
-                   for name, model in self.tasks.items()
-                   if self._in_shared_pass(model) and model.prompts is not None and model.is_prompted(index)}
-        p_max = max((p.shape[0] for p in prompts.values()), default=0)
+        rows = {name: model.prompt_kv(index, model.prompt_tokens_at(index)[None])[0]  # (p [+ kv prompts], kv width)
+                for name, model in self.tasks.items()
+                if self._in_shared_pass(model) and model.prompts is not None and model.is_prompted(index)}
+        p_max = max((len(task_kv) for task_kv in rows.values()), default=0)
         kv_dim = adapter.kv_width(index) if adapter.supports_prefix(index) else 0
-        kv = torch.zeros(len(prompts) + 1, p_max, kv_dim, device=self.device, dtype=adapter.dtype)
-        valid = torch.zeros(len(prompts) + 1, p_max, dtype=torch.bool, device=self.device)
+        kv = torch.zeros(len(rows) + 1, p_max, kv_dim, device=self.device, dtype=adapter.dtype)
+        valid = torch.zeros(len(rows) + 1, p_max, dtype=torch.bool, device=self.device)
         row = {}
-        for r, (name, tokens) in enumerate(prompts.items(), start=1):
-            kv[r, :len(tokens)] = adapter.prompt_kv(index, tokens[None])[0]
-            valid[r, :len(tokens)] = True
+        for r, (name, task_kv) in enumerate(rows.items(), start=1):
+            kv[r, :len(task_kv)] = task_kv
+            valid[r, :len(task_kv)] = True
             row[name] = r
-        padded = any(len(tokens) < p_max for tokens in prompts.values())
+        padded = any(len(task_kv) < p_max for task_kv in rows.values())
         return _PromptStack(kv, valid, row, padded)
 
     @staticmethod

@@ -90,3 +90,31 @@ class GatedVPT(_VPT):
 
     def prompt_config(self, prompt: PromptConfig) -> PromptConfig:
         return dataclasses.replace(prompt, mode="shallow", gated=True)
+
+
+# E2VPT (Han et al., ICCV 2023): VPT-deep plus learned keys and values in every prompted block's attention. Its
+# paper tunes the key-value prompt length per task (1 to 10 for ViT-B); 5 is in the middle.
+KV_TOKENS = 5
+
+
+@register
+@dataclass(frozen=True)
+class E2VPT(_VPT):
+    """E2VPT's prompts: VPT-deep's tokens and `kv_tokens` learned key-value prompts per block (the prompt pruning of
+    its paper is not included yet)."""
+
+    name = "e2vpt"
+    summary = "E2VPT: VPT-deep plus --kv-tokens (default 5) learned keys and values in every block's attention"
+    kv_tokens: int = KV_TOKENS
+
+    def __post_init__(self) -> None:
+        if isinstance(self.kv_tokens, bool) or not isinstance(self.kv_tokens, int) or self.kv_tokens < 1:
+            raise ConfigError(f"kv_tokens must be a whole number >= 1 (learned keys and values per block), got "
+                              f"{self.kv_tokens!r}")
+
+    @property
+    def mode(self) -> str:
+        return "deep"
+
+    def prompt_config(self, prompt: PromptConfig) -> PromptConfig:
+        return dataclasses.replace(prompt, mode="deep", kv_tokens=self.kv_tokens)

@@ -68,6 +68,9 @@ class PromptConfig:
             2023): the prompt slots leave block i as g_i * (the block's output) + (1 - g_i) * (what entered it),
             g_i = sigmoid(a learned logit, started at -10), so each block changes the prompts only as far as that
             helps.
+        kv_tokens: E2VPT's key-value prompts (Han et al. 2023): this many learned keys and values added to the
+            attention of every prompted block, beside the prompt tokens' own (they ask no queries and have no
+            outputs: a learned prefix of the attention). 0: none (VPT). Prepended prompts only.
     """
 
     num_tokens: int = 10
@@ -83,6 +86,7 @@ class PromptConfig:
     merge: str = "drop"
     fourier: float = 0.0
     gated: bool = False
+    kv_tokens: int = 0
 
     def __post_init__(self) -> None:
         self.layers = _normalise_layers(self.layers)
@@ -126,6 +130,13 @@ class PromptConfig:
         if self.fourier and self.location != "prepend":
             raise ValueError(f"PromptConfig.fourier transforms prompt tokens, so it needs location='prepend'; got "
                              f"location={self.location!r}")
+        if not isinstance(self.kv_tokens, int) or isinstance(self.kv_tokens, bool) or self.kv_tokens < 0:
+            raise ValueError(f"PromptConfig.kv_tokens must be a whole number >= 0 (learned keys and values per "
+                             f"prompted block), got {self.kv_tokens!r}")
+        if self.kv_tokens and (self.location != "prepend" or not self.enabled):
+            raise ValueError(f"PromptConfig.kv_tokens adds learned keys and values beside prepended prompt tokens; "
+                             f"it needs location='prepend' and num_tokens > 0, got location={self.location!r}, "
+                             f"num_tokens={self.num_tokens}")
         if not isinstance(self.gated, bool):
             raise ValueError(f"PromptConfig.gated must be true or false, got {self.gated!r}")
         if self.gated and (self.mode != "shallow" or self.location not in TOKEN_LOCATIONS):

@@ -115,8 +115,19 @@ class PromptedModel(nn.Module):
                              f"{self.adapter.family} backbone have widths {sorted(set(widths))}; leave project unset")
         shapes = [self.location.prompt_shape(self.adapter, prompt.num_tokens, prompt.project or width)
                   for width in widths[:1 if prompt.shared else None]]
+        kv_width = self._kv_width(prompt)
         return Prompts(prompt, self.prompt_blocks, shapes[0][0], [dim for _, dim in shapes], widths[0],
-                       self.adapter.patch_size, depth=self.adapter.depth)
+                       self.adapter.patch_size, depth=self.adapter.depth, kv_width=kv_width)
+
+    def _kv_width(self, prompt: PromptConfig) -> int:
+        """The keys|values width of the key-value prompts (`PromptConfig.kv_tokens`), 0 without them."""
+        if not prompt.kv_tokens:
+            return 0
+        widths = {self.adapter.kv_width(block) for block in self.prompt_blocks}
+        if not self.adapter.supports_extra_kv or len(widths) > 1:
+            raise ValueError(f"PromptConfig.kv_tokens (E2VPT's key-value prompts) is not supported on "
+                             f"{self.adapter.family} backbones; use them on a ViT or Eva backbone")
+        return widths.pop()
 
     def _plan_prefix_blocks(self) -> frozenset[int]:
         """Blocks that can run in prefix form: they hold prompt slots whose outputs nobody reads (the next block
@@ -300,13 +311,25 @@ class PromptedModel(nn.Module):
             self._kv_cache_key = key
         return True
 
-    def prompt_kv(self, block: int, prompts: torch.Tensor, cache: bool) -> torch.Tensor:
-        """The keys|values of `prompts` at `block` (cached per block when `cache`)."""
+    def prompt_kv(self, block: int, prompts: torch.Tensor, cache: bool = False) -> torch.Tensor:
+        """The keys|values `block` attends to besides the image's (B or 1, p [+ kv_tokens], kv width): those of
+        `prompts`, then the block's learned key-value prompts if any (cached per block when `cache`)."""
         if not cache:
-            return self.adapter.prompt_kv(block, prompts)
+            return self._block_kv(block, prompts)
         if block not in self._kv_cache:
-            self._kv_cache[block] = self.adapter.prompt_kv(block, prompts)
+            self._kv_cache[block] = self._block_kv(block, prompts)
         return self._kv_cache[block]
+
+    def _block_kv(self, block: int, prompts: torch.Tensor) -> torch.Tensor:
+        kv = self.adapter.prompt_kv(block, prompts)
+        learned = self.extra_kv(block)
+        return kv if learned is None else torch.cat([kv, learned.expand(len(kv), -1, -1)], dim=1)
+
+    def extra_kv(self, block: int) -> torch.Tensor | None:
+        """`block`'s learned key-value prompts (1, kv_tokens, kv width), or None."""
+        if self.prompts is None or self.prompts.kv is None or not self.is_prompted(block):
+            return None
+        return self.prompts.kv[self.prompts.row(block)][None].to(self.adapter.dtype)
 
     def clear_cache(self) -> None:
         """Drop cached prompt keys/values (they are also dropped automatically when prompts change)."""

@@ -30,7 +30,7 @@ class Prompts(nn.Module):
     """
 
     def __init__(self, config: PromptConfig, blocks: tuple[int, ...], length: int, prompt_dim: int | Sequence[int],
-                 embed_dim: int, patch_size: tuple[int, int], depth: int | None = None) -> None:
+                 embed_dim: int, patch_size: tuple[int, int], depth: int | None = None, kv_width: int = 0) -> None:
         super().__init__()
         self.blocks = blocks
         self.location = config.location
@@ -47,6 +47,8 @@ class Prompts(nn.Module):
             if config.location == "concat-channel" else None
         self.dropout = nn.Dropout(config.dropout)
         self.fourier_tokens = math.floor(config.fourier * length + 0.5)  # VFPT: these first tokens go through the FFT
+        # E2VPT's key-value prompts: (sets, kv_tokens, keys|values width), learned directly in the attention's space
+        self.kv = nn.Parameter(torch.empty(sets, config.kv_tokens, kv_width)) if config.kv_tokens else None
         # gated prompts: one gate logit per block from the prompted one to the last (`gate`)
         self.gate_logits = nn.Parameter(torch.full((depth - blocks[0],), -GATE_START)) \
             if config.gated and depth is not None else None
@@ -72,6 +74,9 @@ class Prompts(nn.Module):
     def reset_parameters(self, config: PromptConfig, patch_area: int) -> None:
         for tensor in (self.tokens if self.ragged else [self.tokens]):
             _init_tokens(tensor, config, self.location, patch_area)
+        if self.kv is not None:  # at the scale of a key or value of a token at the Xavier prompts' scale
+            nn.init.uniform_(self.kv, -math.sqrt(6.0 / (patch_area * 3 + self.kv.shape[-1])),
+                             math.sqrt(6.0 / (patch_area * 3 + self.kv.shape[-1])))
         if isinstance(self.proj, nn.Linear):
             nn.init.kaiming_normal_(self.proj.weight, a=0, mode="fan_out")
             nn.init.zeros_(self.proj.bias)

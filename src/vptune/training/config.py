@@ -37,7 +37,7 @@ RESUME_MAY_CHANGE = ("epochs", "device", "num_workers", "tensorboard", "test_sub
 # settings that only a method training prompts reads (pooling is every method's: it is what the head reads)
 PROMPT_SETTINGS = ("num_tokens", "prompt_layers", "prompt_location", "prompt_dropout", "prompt_project",
                    "prompt_init", "prompt_shared", "prompt_merge")
-METHOD_OPTIONS = ("lora_rank", "fourier_share")  # settings that are one method's own option
+METHOD_OPTIONS = ("lora_rank", "fourier_share", "kv_tokens")  # settings that are one method's own option
 RESOLVED_FIELDS = ("optimizer", "lr", "head_lr", "head_norm", "head_init", "prompt_init")
 # A ViT at 4096 px has (4096 / 16)^2 = 65,536 tokens, beyond what attention fits in memory on one GPU today
 MAX_IMG_SIZE = 4096
@@ -86,6 +86,7 @@ class TrainConfig:
     lora_rank: int = _setting(8, "LoRA rank for --method lora")
     fourier_share: float = _setting(0.5, "--method vfpt: the share of each block's prompt tokens through the 2-D "
                                          "Fourier transform (0 < share <= 1)")
+    kv_tokens: int = _setting(5, "--method e2vpt: learned keys and values added to every block's attention")
     # data
     protocol: str = _setting("vtab1k", "built-in data: vtab1k (train800/val200/test) or full", ("vtab1k", "full"))
     recipe: str = _setting("vtab", "augmentation: vtab (plain resize) or fgvc (random crop + flip)",
@@ -151,7 +152,8 @@ class TrainConfig:
 
     # ------------------------------------------------------------------------------------------- derived
     def tuning_method(self) -> Method:
-        return get_method(self.method, lora_rank=self.lora_rank, fourier_share=self.fourier_share)
+        return get_method(self.method, lora_rank=self.lora_rank, fourier_share=self.fourier_share,
+                          kv_tokens=self.kv_tokens)
 
     def unused_by_method(self, names: typing.Iterable[str]) -> list[str]:
         """Of the settings `names`, those this config's method does not read: given on purpose, they would change

@@ -140,8 +140,12 @@ class BackboneAdapter:
         embedding's output), prefix tokens, absolute positions, pre-norm."""
         raise NotImplementedError
 
-    def block(self, index: int, x: torch.Tensor, prompts: int = 0) -> torch.Tensor:
-        """Block `index` on the full sequence x (B, prefix + prompts + m, d), prompts as ordinary tokens."""
+    supports_extra_kv: ClassVar[bool] = False  # `block` takes learned key-value prompts (E2VPT)
+
+    def block(self, index: int, x: torch.Tensor, prompts: int = 0, extra_kv: torch.Tensor | None = None
+              ) -> torch.Tensor:
+        """Block `index` on the full sequence x (B, prefix + prompts + m, d), prompts as ordinary tokens; with
+        `extra_kv` (1, l, kv width), learned keys and values every token also attends to (no queries, no outputs)."""
         raise NotImplementedError
 
     def supports_prefix(self, index: int) -> bool:

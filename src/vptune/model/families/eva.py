@@ -39,17 +39,20 @@ class EvaAdapter(BackboneAdapter):
             self._grid = tuple(patches.shape[1:3])
         return bb.norm_pre(bb._pos_embed(patches)[0])  # rotary positions are applied inside each block
 
-    def block(self, index: int, x: torch.Tensor, prompts: int = 0) -> torch.Tensor:
+    supports_extra_kv = True
+
+    def block(self, index: int, x: torch.Tensor, prompts: int = 0, extra_kv: torch.Tensor | None = None
+              ) -> torch.Tensor:
         block = self.blocks[index]
         rope = self._rope(index, x.shape[1] - self.num_prefix_tokens - prompts)
-        if rope is None:
-            return block(x)
-        if prompts:  # identity rotation for the prompt slots, which the attention sees as patch tokens
+        if rope is not None and prompts:  # identity rotation for the prompt slots, seen as patch tokens
             half = rope.shape[-1] // 2
             identity = torch.cat([rope.new_zeros(*rope.shape[:-2], prompts, half),
                                   rope.new_ones(*rope.shape[:-2], prompts, half)], dim=-1)
             rope = torch.cat([identity, rope], dim=-2)
-        return block(x, rope=rope)
+        if extra_kv is not None:  # learned keys and values (E2VPT) as a prefix, unrotated like every prompt key
+            return self._prefix_block(index, x, extra_kv, None, None, rope)
+        return block(x) if rope is None else block(x, rope=rope)
 
     def supports_prefix(self, index: int) -> bool:
         block = self.blocks[index]
@@ -57,8 +60,12 @@ class EvaAdapter(BackboneAdapter):
 
     def prefix_block(self, index: int, x: torch.Tensor, prompt_kv: torch.Tensor | None, queries: int | None = None,
                      prompt_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self._prefix_block(index, x, prompt_kv, queries, prompt_mask,
+                                  self._rope(index, x.shape[1] - self.num_prefix_tokens))
+
+    def _prefix_block(self, index: int, x: torch.Tensor, prompt_kv: torch.Tensor | None, queries: int | None,
+                      prompt_mask: torch.Tensor | None, rope: torch.Tensor | None) -> torch.Tensor:
         block = self.blocks[index]
-        rope = self._rope(index, x.shape[1] - self.num_prefix_tokens)
         attn_out = prefix_attention(block.attn, block.norm1(x), prompt_kv, queries, prompt_mask, rope=rope)
         x = x if queries is None else x[:, :queries]
         x = x + block.drop_path1(_scaled(block.gamma_1, attn_out))

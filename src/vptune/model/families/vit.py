@@ -22,7 +22,12 @@ class ViTAdapter(BackboneAdapter):
         patches = bb.patch_embed(images) if patches is None else patches
         return bb.norm_pre(bb.patch_drop(bb._pos_embed(patches)))
 
-    def block(self, index: int, x: torch.Tensor, prompts: int = 0) -> torch.Tensor:
+    supports_extra_kv = True
+
+    def block(self, index: int, x: torch.Tensor, prompts: int = 0, extra_kv: torch.Tensor | None = None
+              ) -> torch.Tensor:
+        if extra_kv is not None:  # every token, prompts included, asks queries; the learned rows are a prefix
+            return self.prefix_block(index, x, extra_kv)
         return self.blocks[index](x)  # absolute positions are in the tokens: prompts need nothing else
 
     def supports_prefix(self, index: int) -> bool:
