@@ -21,7 +21,7 @@ from vptune import bench
 from vptune.cli import bench_settings, build_parser, main
 
 FIGURES = ("train_step_s", "train_peak_mb", "infer_ips", "infer_b1_ips")
-BASES = ("ref", "floor", "fp32_eager")
+BASES = ("ref", "floor", "fp32_eager", "vpt_deep")
 COLUMNS = ["model", "mode", "prompts", "path", "precision", "compiled", "train_batch", "infer_batch", *FIGURES,
            *(f"{f}_vs_{base}" for base in BASES for f in FIGURES), "compile_s", "compile_failed"]
 GPU_SCRIPT = Path(__file__).parents[1] / "benchmarks" / "gpu_bench.sh"
@@ -85,7 +85,8 @@ def test_every_ratio_is_filled_and_sane(outputs):
     rows, _, _ = outputs
     for r in rows:
         figures = ["train_step_s"] if r["path"].endswith("-ckpt") else ["train_step_s", "infer_ips", "infer_b1_ips"]
-        bases = BASES[1:] if r["path"] == "floor" else BASES
+        bases = BASES[1:3] if r["path"] == "floor" else BASES[:3]  # no --methods: no x vpt-deep
+        assert r["train_step_s_vs_vpt_deep"] == ""
         for f in figures:
             for base in bases:
                 ratio = _number(r[f"{f}_vs_{base}"])
@@ -227,6 +228,21 @@ def test_a_windowed_backbone_without_a_class_token_is_measured_on_every_path(tmp
     assert all(float(r["train_step_s"]) > 0 and float(r["infer_ips"]) > 0 for r in rows)
 
 
+def test_methods_are_measured_beside_vpt_deep_in_the_same_rounds(tmp_path):
+    """`--methods`: each follow-up method's figures also as a ratio to VPT-deep at the same p and path."""
+    rows, _, md = run_bench(tmp_path, "--methods", "e2vpt,vfpt,gated-vpt", "--no-memory", "--paths",
+                            "floor,tokens,prefix")
+    modes = {r["mode"] for r in rows}
+    assert modes == {"", "deep", "e2vpt", "vfpt", "gated-vpt"}
+    for r in rows:
+        ratio = r["train_step_s_vs_vpt_deep"]
+        assert (ratio != "") == (r["mode"] not in ("", "deep")), r
+    deep = next(r for r in rows if r["mode"] == "deep" and r["path"] == "prefix")
+    e2vpt = next(r for r in rows if r["mode"] == "e2vpt" and r["path"] == "prefix")
+    assert float(e2vpt["infer_ips_vs_vpt_deep"]) > 0 and float(deep["infer_ips"]) > 0
+    assert "x vpt-deep" in md
+
+
 def test_bad_paths_are_refused(capsys):
     assert "--paths must include floor and tokens" in refused(["--quick", "--paths", "prefix"], capsys)
 
@@ -244,6 +260,7 @@ def test_a_device_this_machine_lacks_is_one_line_naming_it(tmp_path, capsys):
                                                   ("--models", "no_such_vit", "aliases (vit-s14, vit-b16, dinov3-s16, tiny, swin-t"),
                                                   ("--models", "resnet18", "of a family vptune prompts (vit"),
                                                   ("--prompts", "4,-1", "prompt lengths >= 1"),
+                                                  ("--methods", "e2vpt,bogus", "comma list from e2vpt, vfpt"),
                                                   ("--batch", "0", "--batch must be a whole number >= 1"),
                                                   ("--repeats", "0", "--repeats must be a whole number >= 1"),
                                                   ("--threads", "0", "--threads must be a whole number >= 1"),

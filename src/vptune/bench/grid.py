@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from ..methods import build_model
 from ..model import PromptConfig, PromptedModel, adapter_for
 
 if TYPE_CHECKING:  # type hints only: settings.py imports this file
@@ -42,7 +43,9 @@ MODELS = {
 PATHS = ("floor", "tokens", "prefix", "prefix-ckpt", "tokens-ckpt")
 PRECISIONS = ("fp32", "bf16", "fp16")  # fp32, or autocast to a 16-bit type (vptune.devices)
 FIGURES = ("train_step_s", "train_peak_mb", "infer_ips", "infer_b1_ips")
-BASES = ("ref", "floor", "fp32_eager")  # what each figure is also given as a ratio to (see `bases_of`)
+BASES = ("ref", "floor", "fp32_eager", "vpt_deep")  # what each figure is also given as a ratio to (`bases_of`)
+# prompt methods since VPT, measured as a "mode" beside VPT-deep (`--methods`): a mode names the method it builds
+METHOD_MODES = ("e2vpt", "vfpt", "gated-vpt")
 DEFAULTS = {"models": ["vit-s14", "vit-b16"], "prompts": [10, 50, 100, 200], "batch": 32, "threads": None}
 QUICK = {"models": ["tiny"], "prompts": [2, 4], "batch": 4, "train_batch": 2, "repeats": 1, "threads": 1}
 NUM_CLASSES = 100
@@ -64,9 +67,11 @@ class Config:
 
     def build(self, backbone: torch.nn.Module, device: str) -> PromptedModel:
         pooling = "cls" if adapter_for(backbone).has_class_token else "image-pool"  # the backbone's own
-        prompt = PromptConfig(num_tokens=self.prompts, mode=self.mode or "deep", pooling=pooling)
-        path = "prefix" if self.path == "floor" else self.path.split("-")[0]
-        model = PromptedModel(backbone, prompt, NUM_CLASSES, path=path, grad_checkpointing=self.path.endswith("-ckpt"))
+        prompt = PromptConfig(num_tokens=self.prompts, pooling=pooling)
+        method = "linear" if not self.prompts else self.mode if self.mode in METHOD_MODES else f"vpt-{self.mode}"
+        model = build_model(method, backbone, prompt, NUM_CLASSES)
+        model.path = "prefix" if self.path == "floor" else self.path.split("-")[0]
+        model.grad_checkpointing = self.path.endswith("-ckpt")
         return model.to(device)
 
     def label(self) -> str:
@@ -79,7 +84,8 @@ def bases_of(cfg: Config) -> dict[str, Config | None]:
     and compile setting, and the same config in fp32 eager (what the 16-bit and compiled variants gain)."""
     return {"ref": replace(cfg, path="tokens") if cfg.path != "floor" else None,
             "floor": replace(cfg, mode="", prompts=0, path="floor"),
-            "fp32_eager": replace(cfg, precision="fp32", compiled=False)}
+            "fp32_eager": replace(cfg, precision="fp32", compiled=False),
+            "vpt_deep": replace(cfg, mode="deep") if cfg.mode in METHOD_MODES else None}
 
 
 def spec_of(alias: str) -> ModelSpec:
@@ -96,6 +102,12 @@ def grid(args: "BenchSettings", alias: str, first: int) -> dict[int, list[Config
     every variant (the variants of one path next to each other, as the table lists them)."""
     kinds = variants(args)
     floors = [Config(alias, "", 0, "floor", p, c) for p, c in kinds]
-    groups = [floors + [Config(alias, mode, n, path, p, c) for path in args.paths if path != "floor" for p, c in kinds]
-              for mode in args.modes or spec_of(alias).modes for n in args.prompts]
+    paths = [path for path in args.paths if path != "floor"]
+    if args.methods:  # one group per p: VPT-deep and each method take turns, for the "x vpt-deep" ratios
+        modes = [*(args.modes or ["deep"]), *args.methods]
+        groups = [floors + [Config(alias, mode, n, path, p, c) for mode in modes for path in paths for p, c in kinds]
+                  for n in args.prompts]
+    else:
+        groups = [floors + [Config(alias, mode, n, path, p, c) for path in paths for p, c in kinds]
+                  for mode in args.modes or spec_of(alias).modes for n in args.prompts]
     return dict(enumerate(groups, start=first))

@@ -17,7 +17,7 @@ import torch
 
 from ..devices import cpu_name
 from .settings import BenchSettings
-from .grid import BASES, FIGURES, Config, bases_of
+from .grid import BASES, FIGURES, METHOD_MODES, Config, bases_of
 from .timing import Results, Samples
 
 
@@ -74,8 +74,11 @@ def table(rows: list[dict]) -> str:
     """Markdown table: each figure, then its ratio to the reference path (x ref), to the floor (x floor) and,
     where more than one precision / compile setting was measured, to the same config in fp32 eager."""
     variants = len({(r["precision"], r["compiled"]) for r in rows})
-    bases = BASES if variants > 1 else BASES[:2]
-    ratio_heads = [{"ref": "x ref", "floor": "x floor", "fp32_eager": "x fp32 eager"}[b] for b in bases]
+    methods = any(r["mode"] in METHOD_MODES for r in rows)
+    bases = [b for b in BASES if b in ("ref", "floor") or (b, True) in (("fp32_eager", variants > 1),
+                                                                         ("vpt_deep", methods))]
+    ratio_heads = [{"ref": "x ref", "floor": "x floor", "fp32_eager": "x fp32 eager", "vpt_deep": "x vpt-deep"}[b]
+                   for b in bases]
     figure_heads = ["train s/step", "train peak MB", f"infer img/s (b{rows[0]['infer_batch']})", "infer img/s (b1)"]
     head = ["model", "mode", "p", "path", "precision", "compiled"]
     for name in figure_heads:

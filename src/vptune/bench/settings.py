@@ -13,7 +13,7 @@ from ..data import DataError, read_data
 from ..devices import AUTO, resolve_device, resolve_precision, resolve_workers
 from ..errors import ConfigError
 from ..model import adapter_for, family_of, supported_families
-from .grid import MODELS, PATHS, PRECISIONS
+from .grid import METHOD_MODES, MODELS, PATHS, PRECISIONS
 
 # Defaults of the full grid and of --quick (explicit settings win over both).
 DEFAULTS = {"models": ["vit-s14", "vit-b16"], "prompts": [10, 50, 100, 200], "batch": 32, "threads": None}
@@ -34,6 +34,9 @@ class BenchSettings:
                                               f"vptune prompts (default: {','.join(DEFAULTS['models'])})")
     prompts: list[int] | None = _setting(None, "prompt lengths p (default: 10,50,100,200)")
     modes: list[str] | None = _setting(None, "deep,shallow (default: both; deep only for vit-b16)")
+    methods: list[str] | None = _setting(None, f"prompt methods measured beside VPT-deep in the same rounds, each "
+                                               f"with an 'x vpt-deep' ratio: {', '.join(METHOD_MODES)} (default: "
+                                               f"none; with them, VPT-deep only unless --modes says otherwise)")
     paths: list[str] = _setting(list(PATHS[:4]), f"from {', '.join(PATHS)} (default: {','.join(PATHS[:4])})")
     batch: int | None = _setting(None, "inference batch, default 32 (batch 1 is always measured too)")
     train_batch: int | None = _setting(None, "training batch (default: --batch on CUDA, 8 elsewhere, where a "
@@ -78,6 +81,9 @@ class BenchSettings:
         if bad_paths or "tokens" not in self.paths or "floor" not in self.paths:
             raise ConfigError(f"--paths must include floor and tokens (the ratios' bases), from {', '.join(PATHS)}; "
                               f"got {','.join(self.paths) or 'nothing'}")
+        if self.methods is not None and (not self.methods or any(m not in METHOD_MODES for m in self.methods)):
+            raise ConfigError(f"--methods must be a comma list from {', '.join(METHOD_MODES)}; got "
+                              f"{','.join(self.methods) or 'nothing'}")
         if self.modes is not None and (not self.modes or any(m not in ("deep", "shallow") for m in self.modes)):
             raise ConfigError(f"--modes must be a comma list from deep, shallow; got "
                               f"{','.join(self.modes) or 'nothing'}")
