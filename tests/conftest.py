@@ -80,6 +80,22 @@ def make_tiny_swin(version: str = "v1", img_size: int = 32, window: int = 4, see
     return sharpen(cls(**settings).eval())  # SwinV2 starts its post-norms at 0 (identity blocks): sharpen them
 
 
+def assert_paths_agree(build, x, labels):
+    """The fast path equals the tokens path in float64: logits and the gradient of every prompt tensor (tokens,
+    gates, key-value prompts). build(path) -> model. Returns the tokens path's [logits, *gradients]."""
+    import torch.nn.functional as F
+
+    results = {}
+    for path in ("tokens", "prefix"):
+        model = build(path)
+        logits = model(x)
+        F.cross_entropy(logits, labels).backward()
+        results[path] = [logits.detach(), *(t.grad.clone() for t in model.prompts.parameters())]
+    for fast, reference in zip(results["prefix"], results["tokens"], strict=True):
+        torch.testing.assert_close(fast, reference, atol=1e-10, rtol=0)
+    return results["tokens"]
+
+
 # Narrower still for the model's equivalence tests, whose shapes and expected sizes are written for it.
 NARROW = dict(depth=4, embed_dim=24, num_heads=3, mlp_ratio=2.0, dynamic_img_size=False)
 

@@ -24,13 +24,12 @@ from timm.layers import resample_abs_pos_embed_nhwc
 from timm.models.vision_transformer_sam import Attention, Block, VisionTransformerSAM, get_decomposed_rel_pos_bias
 from torch import nn
 
-from ..attention import project_qkv
-from .base import BackboneAdapter, register_family
-from .windows import partition, per_window, unpartition
+from .base import register_family
+from .windows import GridAdapter, hide_prompts, partition, unpartition, window_qkv
 
 
 @register_family
-class SamAdapter(BackboneAdapter):
+class SamAdapter(GridAdapter):
     family = "sam"
     description = "timm VisionTransformerSAM: Segment Anything's image encoder (windowed + global attention)"
     timm_classes = (VisionTransformerSAM,)
@@ -44,18 +43,6 @@ class SamAdapter(BackboneAdapter):
             raise TypeError(f"vptune's SAM adapter knows timm's SAM Block with relative or no positions in its "
                             f"attention (not rotary); this backbone has {unknown}")
 
-    @property
-    def embed_dim(self) -> int:
-        return self.backbone.num_features  # after the neck (its channels), what the head reads
-
-    @property
-    def num_prefix_tokens(self) -> int:
-        return 0
-
-    @property
-    def has_class_token(self) -> bool:
-        return False
-
     def width_at(self, index: int) -> int:
         return self.backbone.embed_dim
 
@@ -68,10 +55,7 @@ class SamAdapter(BackboneAdapter):
     # -------------------------------------------------------------------------------------------- forward
     def embed(self, images: torch.Tensor, patches: torch.Tensor | None = None) -> torch.Tensor:
         bb = self.backbone
-        if tuple(images.shape[-2:]) != self.img_size:  # relative positions are built for one grid
-            raise ValueError(f"this SAM encoder is built for {self.img_size[0]} x {self.img_size[1]} images, got "
-                             f"{images.shape[-2]} x {images.shape[-1]}; resize them, or create the backbone with "
-                             f"that image size (--img-size)")
+        self.check_size(images)
         x = bb.patch_embed(images) if patches is None else patches  # (B, H, W, C)
         if bb.pos_embed is not None:
             x = x + resample_abs_pos_embed_nhwc(bb.pos_embed, x.shape[1:3])
@@ -132,26 +116,15 @@ def prompted_attention(attn: nn.Module, windows: torch.Tensor, window: tuple[int
     asked queries, the prompts' outputs averaged over each image's windows (B, p, C)."""
     batch, num_windows, area, _ = windows.shape
     heads = attn.num_heads
-    if prompts is not None:
-        prompt_q, prompt_kv = project_qkv(attn, prompts)
-    p = 0 if prompt_kv is None else prompt_kv.shape[1]
-    q, kv = project_qkv(attn, windows)
-    if p:
-        kv = torch.cat([per_window(prompt_kv, batch, num_windows), kv], dim=2)
-    if prompts is not None:
-        q = torch.cat([per_window(prompt_q, batch, num_windows), q], dim=2)
-    q = attn.q_norm(q.unflatten(-1, (heads, -1)).transpose(2, 3))                     # (B, nW, heads, Q, hd)
-    k, v = kv.unflatten(-1, (2, heads, -1)).permute(3, 0, 1, 4, 2, 5).unbind(0)      # (B, nW, heads, p + A, hd)
-    k = attn.k_norm(k)
+    q, k, v = window_qkv(attn, windows, prompts, prompt_kv)  # (B, nW, heads, Q, hd), (B, nW, heads, p + A, hd)
+    q, k, p = attn.q_norm(q), attn.k_norm(k), k.shape[3] - area
     queries = q.shape[3] - area  # prompt queries (tokens path) come first
     bias = q.new_zeros(batch, num_windows, heads, q.shape[3], p + area)
     if attn.use_rel_pos:
         image_q = q[:, :, :, queries:].flatten(0, 2)  # (B * nW * heads, A, hd), as timm lays it out
         rel = get_decomposed_rel_pos_bias(image_q, attn.rel_pos_h, attn.rel_pos_w, window, window)
         bias[:, :, :, queries:, p:] = rel.view(batch, num_windows, heads, area, area)
-    if prompt_mask is not None:  # False for prompt rows an image must not see (a batch mixing tasks)
-        hidden = torch.cat([~prompt_mask, prompt_mask.new_zeros(batch, area)], dim=1)[:, None, None, None, :]
-        bias = bias.masked_fill(hidden, float("-inf"))
+    bias = hide_prompts(bias, prompt_mask, area)
     dropout = attn.attn_drop.p if attn.training else 0.0
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout, scale=attn.scale)
     out = attn.proj_drop(attn.proj(out.transpose(2, 3).flatten(-2)))  # (B, nW, Q, C)

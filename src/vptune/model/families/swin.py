@@ -42,14 +42,14 @@ from timm.models.swin_transformer_v2 import WindowAttention as WindowAttentionV2
 from torch import nn
 
 from ..attention import project_qkv
-from .base import BackboneAdapter, register_family
-from .windows import partition, per_window, unpartition
+from .base import register_family
+from .windows import GridAdapter, hide_prompts, partition, unpartition, window_qkv
 
 KNOWN_BLOCKS = {SwinTransformerBlock: WindowAttentionV1, SwinTransformerV2Block: WindowAttentionV2}
 
 
 @register_family
-class SwinAdapter(BackboneAdapter):
+class SwinAdapter(GridAdapter):
     family = "swin"
     description = "timm SwinTransformer / SwinTransformerV2: windowed attention, patch merging, no [CLS]"
     timm_classes = (SwinTransformer, SwinTransformerV2)
@@ -75,18 +75,6 @@ class SwinAdapter(BackboneAdapter):
     def blocks(self) -> Sequence[nn.Module]:
         return self._blocks
 
-    @property
-    def embed_dim(self) -> int:
-        return self.backbone.num_features  # what the head reads: the last stage's width
-
-    @property
-    def num_prefix_tokens(self) -> int:
-        return 0
-
-    @property
-    def has_class_token(self) -> bool:
-        return False
-
     def width_at(self, index: int) -> int:
         return self._blocks[index].norm1.normalized_shape[0]
 
@@ -104,10 +92,7 @@ class SwinAdapter(BackboneAdapter):
 
     # -------------------------------------------------------------------------------------------- forward
     def embed(self, images: torch.Tensor, patches: torch.Tensor | None = None) -> torch.Tensor:
-        if tuple(images.shape[-2:]) != self.img_size:  # each block's windows and masks are built for one grid
-            raise ValueError(f"this Swin backbone is built for {self.img_size[0]} x {self.img_size[1]} images, got "
-                             f"{images.shape[-2]} x {images.shape[-1]}; resize them, or create the backbone with "
-                             f"that image size (--img-size)")
+        self.check_size(images)
         patches = self.backbone.patch_embed(images) if patches is None else patches  # (B, H, W, C)
         return patches.flatten(1, 2)
 
@@ -206,22 +191,11 @@ def window_attention(block: nn.Module, image: torch.Tensor, prompts: torch.Tenso
     windows = partition(image, window)  # (B, nW, A, C)
     num_windows, area = windows.shape[1:3]
 
-    if prompts is not None:
-        prompt_q, prompt_kv = project_qkv(attn, prompts)
-    p = 0 if prompt_kv is None else prompt_kv.shape[1]
-    q, kv = project_qkv(attn, windows)
-    if p:
-        kv = torch.cat([per_window(prompt_kv, batch, num_windows), kv], dim=2)
-    if prompts is not None:
-        q = torch.cat([per_window(prompt_q, batch, num_windows), q], dim=2)
-    heads = attn.num_heads
-    q = q.unflatten(-1, (heads, -1)).transpose(2, 3)                            # (B, nW, heads, Q, hd)
-    k, v = kv.unflatten(-1, (2, heads, -1)).permute(3, 0, 1, 4, 2, 5).unbind(0)  # (B, nW, heads, p + A, hd)
+    q, k, v = window_qkv(attn, windows, prompts, prompt_kv)  # (B, nW, heads, Q, hd), (B, nW, heads, p + A, hd)
+    p = k.shape[3] - area
     padded = image.new_empty(1, -(-height // window[0]) * window[0], -(-width // window[1]) * window[1], 1)
     bias = _window_bias(block, padded, num_windows, area, p, queries=q.shape[3] - area)
-    if prompt_mask is not None:  # (B, 1, 1, 1, p + A): every window sees its own tokens
-        hidden = torch.cat([~prompt_mask, prompt_mask.new_zeros(batch, area)], dim=1)[:, None, None, None, :]
-        bias = bias.masked_fill(hidden, float("-inf"))
+    bias = hide_prompts(bias, prompt_mask, area)
     if isinstance(attn, WindowAttentionV2):  # cosine attention, a learned scale per head
         scale = torch.clamp(attn.logit_scale, max=math.log(1.0 / 0.01)).exp()
         q, k, softmax_scale = F.normalize(q, dim=-1) * scale, F.normalize(k, dim=-1), 1.0
