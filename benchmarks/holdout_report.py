@@ -29,7 +29,7 @@ def size_table(folder: Path, size: str) -> list[str]:
     sklearn = {row["task"]: row["test_top1"] for row in read_jsonl(folder / f"sklearn-{size}.jsonl")}
     runs: dict[tuple[str, str], dict[int, float]] = {}
     for row in read_jsonl(folder / size / "runs.jsonl"):
-        if row.get("failure") is None and row["cell"] in CELLS:
+        if row.get("failure") is None:
             runs.setdefault((task_name(row["task"]), row["cell"]), {})[row["seed"]] = row["test_top1"]
     lines = [f"### {size} px", "",
              "| task | scikit-learn probe (all training images) | vptune linear | vptune VPT-deep "
@@ -44,6 +44,23 @@ def size_table(folder: Path, size: str) -> list[str]:
             *(_mean(cells[cell]) for cell in CELLS),
             "-" if margin is None else f"{100 * margin:+.1f} points{verdict}",
             ",".join(map(str, sorted(deep))) or "-"]) + " |")
+    return lines + candidate_lines(runs, sklearn)
+
+
+def candidate_lines(runs: dict[tuple[str, str], dict[int, float]], sklearn: dict[str, float]) -> list[str]:
+    """Other VPT-deep recipes run on the hold-out tasks (not the default), each against the same probe."""
+    candidates = sorted({cell for _, cell in runs} - set(CELLS))
+    if not candidates:
+        return []
+    lines = ["", "Other recipes (not the default) on the same tasks:", "",
+             "| recipe | task | VPT-deep | VPT-deep - scikit-learn | seeds |", "|---|---|---|---|---|"]
+    for cell in candidates:
+        for task in sorted(task for task, c in runs if c == cell):
+            by_seed = runs[(task, cell)]
+            margin = statistics.mean(by_seed.values()) - sklearn[task] if task in sklearn else None
+            lines.append(f"| {cell} | {task} | {_mean(by_seed)} | "
+                         f"{'-' if margin is None else f'{100 * margin:+.1f} points'} | "
+                         f"{','.join(map(str, sorted(by_seed)))} |")
     return lines
 
 

@@ -92,9 +92,11 @@ def test_the_holdout_report_sets_vpt_beside_the_scikit_learn_probe_with_the_marg
 
     (tmp_path / "112").mkdir()
     runs = [{"cell": cell, "task": "/x/counting/labels.csv", "seed": seed, "test_top1": top1, "failure": None}
-            for cell, seed, top1 in (("linear", 0, 0.50), ("defaults", 0, 0.60), ("defaults", 1, 0.62))]
+            for cell, seed, top1 in (("linear", 0, 0.50), ("defaults", 0, 0.60), ("defaults", 1, 0.62),
+                                     ("calibrated-head", 0, 0.57))]
     (tmp_path / "112" / "runs.jsonl").write_text("".join(json.dumps(row) + "\n" for row in runs))
     (tmp_path / "sklearn-112.jsonl").write_text(json.dumps({"task": "counting", "test_top1": 0.58}) + "\n")
     out = subprocess.run([sys.executable, str(BENCHMARKS / "holdout_report.py"), str(tmp_path)], capture_output=True,
                          text=True, check=True).stdout
     assert "| counting | 0.5800 | 0.5000 | 0.6100 +- 0.0141 | +3.0 points (goal met) | 0,1 |" in out
+    assert "| calibrated-head | counting | 0.5700 | -1.0 points | 0 |" in out
