@@ -12,7 +12,7 @@ import torch
 from ..data import DataError, read_data
 from ..devices import AUTO, resolve_device, resolve_precision, resolve_workers
 from ..errors import ConfigError
-from ..model import adapter_for, family_of, supported_families
+from ..model import family_of, supported_families
 from .grid import METHOD_MODES, MODELS, PATHS, PRECISIONS
 
 # Defaults of the full grid and of --quick (explicit settings win over both).
