@@ -102,39 +102,21 @@ class SwinAdapter(GridAdapter):
         block = self._blocks[index]
         if not prompts:  # the frozen block as timm runs it
             return self._merge(index, block(self._grid(index, x)).flatten(1, 2), 0)
-        prompt, image = x[:, :prompts], self._grid(index, x[:, prompts:])
-        post_norm = isinstance(block, SwinTransformerV2Block)
-        if post_norm:
-            image_out, prompt_out = window_attention(block, image, prompt)
-            image = image + block.drop_path1(block.norm1(image_out))
-            prompt = prompt + block.drop_path1(block.norm1(prompt_out))
-        else:
-            image_out, prompt_out = window_attention(block, block.norm1(image), block.norm1(prompt))
-            image = image + block.drop_path1(image_out)
-            prompt = prompt + block.drop_path1(prompt_out)
-        x = _mlp(block, torch.cat([prompt, image.flatten(1, 2)], dim=1), post_norm)
-        return self._merge(index, x, prompts)
+        image, prompt = _attention_half(block, self._grid(index, x[:, prompts:]), prompts=x[:, :prompts])
+        return self._merge(index, _mlp_half(block, torch.cat([prompt, image.flatten(1, 2)], dim=1)), prompts)
 
     def supports_prefix(self, index: int) -> bool:
         return True  # every block type is checked at construction
 
     def prompt_kv(self, index: int, prompts: torch.Tensor) -> torch.Tensor:
         block = self._blocks[index]
-        pre = prompts if isinstance(block, SwinTransformerV2Block) else block.norm1(prompts)
-        return project_qkv(block.attn, pre, queries=0)[1]
+        return project_qkv(block.attn, _before_attention(block, prompts), queries=0)[1]
 
     def prefix_block(self, index: int, x: torch.Tensor, prompt_kv: torch.Tensor | None, queries: int | None = None,
                      prompt_mask: torch.Tensor | None = None) -> torch.Tensor:
         block = self._blocks[index]
-        image = self._grid(index, x)
-        if isinstance(block, SwinTransformerV2Block):
-            out, _ = window_attention(block, image, prompt_kv=prompt_kv, prompt_mask=prompt_mask)
-            image = image + block.drop_path1(block.norm1(out))
-        else:
-            out, _ = window_attention(block, block.norm1(image), prompt_kv=prompt_kv, prompt_mask=prompt_mask)
-            image = image + block.drop_path1(out)
-        x = _mlp(block, image.flatten(1, 2), isinstance(block, SwinTransformerV2Block))
-        return self._merge(index, x, 0)
+        image, _ = _attention_half(block, self._grid(index, x), prompt_kv=prompt_kv, prompt_mask=prompt_mask)
+        return self._merge(index, _mlp_half(block, image.flatten(1, 2)), 0)
 
     def _grid(self, index: int, tokens: torch.Tensor) -> torch.Tensor:
         """Flat tokens (B, H * W, C) -> (B, H, W, C) on block `index`'s grid (the one timm built it for)."""
@@ -237,8 +219,27 @@ def _relative_position_bias(attn: nn.Module) -> torch.Tensor:
     return 16 * torch.sigmoid(bias)
 
 
-def _mlp(block: nn.Module, x: torch.Tensor, post_norm: bool) -> torch.Tensor:
-    """The block's MLP half on every token (B, N, C): pre-norm (Swin) or post-norm (SwinV2)."""
-    if post_norm:
+def _before_attention(block: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """What the attention gets: the tokens after the first norm (Swin), or the tokens themselves (SwinV2's
+    post-norm block normalises the attention's output instead)."""
+    return tokens if isinstance(block, SwinTransformerV2Block) else block.norm1(tokens)
+
+
+def _attention_half(block: nn.Module, image: torch.Tensor, prompts: torch.Tensor | None = None,
+                    prompt_kv: torch.Tensor | None = None, prompt_mask: torch.Tensor | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The block's attention and residual on image tokens (B, H, W, C) and, given as tokens, the prompts (B, p, C)
+    (or their keys|values alone): pre-norm (Swin) or post-norm (SwinV2)."""
+    after = block.norm1 if isinstance(block, SwinTransformerV2Block) else (lambda t: t)
+    out, prompt_out = window_attention(block, _before_attention(block, image),
+                                       None if prompts is None else _before_attention(block, prompts),
+                                       prompt_kv, prompt_mask)
+    image = image + block.drop_path1(after(out))
+    return image, None if prompts is None else prompts + block.drop_path1(after(prompt_out))
+
+
+def _mlp_half(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The block's MLP and residual on every token (B, N, C): pre-norm (Swin) or post-norm (SwinV2)."""
+    if isinstance(block, SwinTransformerV2Block):
         return x + block.drop_path2(block.norm2(block.mlp(x)))
     return x + block.drop_path2(block.mlp(block.norm2(x)))
