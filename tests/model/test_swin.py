@@ -257,3 +257,21 @@ def test_save_load_predict_round_trip_and_a_swin_task_refuses_a_vit(tmp_path):
     with pytest.raises(CheckpointError) as err:
         load_task(tmp_path / "task", backbone=make_tiny_vit())
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("method", ["vfpt", "gated-vpt"])
+def test_the_follow_up_prompt_methods_run_both_paths_alike_on_swin(method):
+    from vptune import build_model
+
+    backbone = make_tiny_swin().double()
+
+    def build(path):
+        torch.manual_seed(0)
+        model = build_model(method, backbone, PromptConfig(num_tokens=3), 4).double()
+        model.path = path
+        with torch.no_grad():
+            for tensor in model.prompts.parameters():
+                tensor.normal_()
+        return model
+
+    assert_paths_agree(build, images(batch=2), torch.tensor([0, 1]))
