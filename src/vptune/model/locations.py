@@ -144,9 +144,8 @@ def _run_tokens(model: "PromptedModel", x: torch.Tensor) -> tuple[torch.Tensor, 
             x = torch.cat([x[:, :start], prompts[model.prompt_row(i)].expand(batch, -1, -1), rest], dim=1)
             held = True
         entered = x[:, start:start + p]
-        extra = model.extra_kv(i)  # E2VPT's key-value prompts, beside the prompt tokens in the sequence
-        x = model.run_block(model.adapter.block, i, x, p if held else 0) if extra is None else \
-            model.run_block(model.adapter.block, i, x, p, extra)
+        # E2VPT's key-value prompts (or None) beside the prompt tokens in the sequence
+        x = model.run_block(model.adapter.block, i, x, p if held else 0, model.extra_kv(i))
         if held and model.is_gated(i):
             slots = model.gated_slots(i, entered, x[:, start:start + p])
             x = torch.cat([x[:, :start], slots, x[:, start + p:]], dim=1)
@@ -177,9 +176,8 @@ def _run_prefix(model: "PromptedModel", x: torch.Tensor) -> tuple[torch.Tensor, 
             slots = None  # their outputs would be replaced, dropped or never read
         else:  # slot outputs are carried on into the next block (or read by the head): the full sequence
             entered = slots.expand(batch, -1, -1)
-            sequence, extra = torch.cat([x[:, :start], entered, x[:, start:]], dim=1), model.extra_kv(i)
-            h = model.run_block(adapter.block, i, sequence, p) if extra is None else \
-                model.run_block(adapter.block, i, sequence, p, extra)
+            h = model.run_block(adapter.block, i, torch.cat([x[:, :start], entered, x[:, start:]], dim=1), p,
+                                model.extra_kv(i))
             x, slots = torch.cat([h[:, :start], h[:, start + p:]], dim=1), h[:, start:start + p]
             slots = model.gated_slots(i, entered, slots) if model.is_gated(i) else slots
     return x, slots

@@ -61,7 +61,7 @@ class SamAdapter(GridAdapter):
             x = x + resample_abs_pos_embed_nhwc(bb.pos_embed, x.shape[1:3])
         return bb.norm_pre(bb.patch_drop(bb.pos_drop(x))).flatten(1, 2)
 
-    def block(self, index: int, x: torch.Tensor, prompts: int = 0) -> torch.Tensor:
+    def block(self, index: int, x: torch.Tensor, prompts: int = 0, extra_kv: None = None) -> torch.Tensor:
         block = self.blocks[index]
         if not prompts:  # the frozen block as timm runs it
             return block(self._grid(x)).flatten(1, 2)

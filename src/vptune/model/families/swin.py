@@ -96,7 +96,7 @@ class SwinAdapter(GridAdapter):
         patches = self.backbone.patch_embed(images) if patches is None else patches  # (B, H, W, C)
         return patches.flatten(1, 2)
 
-    def block(self, index: int, x: torch.Tensor, prompts: int = 0) -> torch.Tensor:
+    def block(self, index: int, x: torch.Tensor, prompts: int = 0, extra_kv: None = None) -> torch.Tensor:
         """x (B, p + H * W, C), the p prompts as tokens (queries too) -> the block's output, merged when a stage
         ends here (the prompts through the merge as four copies each; the model drops them if merge is "drop")."""
         block = self._blocks[index]
