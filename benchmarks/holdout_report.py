@@ -7,9 +7,9 @@ scikit-learn's probe on every task).
 """
 from __future__ import annotations
 
+import argparse
 import json
 import statistics
-import sys
 from pathlib import Path
 
 CELLS = {"linear": "vptune linear", "defaults": "vptune VPT-deep"}
@@ -79,4 +79,7 @@ def main(folder: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1] if len(sys.argv) > 1 else "docs/recipe/holdout"))
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("folder", nargs="?", type=Path, default=Path("docs/recipe/holdout"),
+                        help="holds SIZE/runs.jsonl and sklearn-SIZE.jsonl; its README.md is rewritten")
+    main(parser.parse_args().folder)

@@ -27,8 +27,8 @@ test splits only (no val: vptune carves one, as it does for users' data):
 """
 from __future__ import annotations
 
+import argparse
 import csv
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -211,7 +211,9 @@ TUNED_ON = (textures, faces, defects)
 UNTUNED = (counting, shapes, gratings)
 
 if __name__ == "__main__":
-    args = [a for a in sys.argv[1:] if a != "--untuned"]
-    out = Path(args[0] if args else "runs/holdout")
-    for make in UNTUNED if "--untuned" in sys.argv else TUNED_ON + UNTUNED:
-        print(make(out / make.__name__))
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("out", nargs="?", type=Path, default=Path("runs/holdout"), help="folder to write the tasks in")
+    parser.add_argument("--untuned", action="store_true", help="the second set only (counting, shapes, gratings)")
+    args = parser.parse_args()
+    for make in UNTUNED if args.untuned else TUNED_ON + UNTUNED:
+        print(make(args.out / make.__name__))
