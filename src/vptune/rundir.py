@@ -8,6 +8,8 @@
       summary.json    final figures: test accuracy of the best-on-val checkpoint (of the refit, with refit on)
       selection/      with refit on (the default): the run that chose the epoch on val, a run folder of its own;
                       RUN itself then holds the final model, trained on train + val to that epoch
+      unpruned/       E2VPT with pruning: the first run, every prompt trained (a run folder of its own), and
+      pruning.json    what was kept of its prompts; RUN (and its selection/) then train the kept ones again
       eval/           what `vptune eval` writes (metrics JSON, confusion matrix PNG)
       tensorboard/    TensorBoard event files (loss, lr, val accuracy, img/s), when tensorboard is installed
       .lock           while a run writes here: its pid and host
@@ -53,6 +55,8 @@ class RunDir:
         self.eval = self.path / "eval"
         self.tensorboard = self.path / "tensorboard"
         self.selection = self.path / "selection"
+        self.unpruned = self.path / "unpruned"
+        self.pruning = self.path / "pruning.json"
 
     def __repr__(self) -> str:
         return f"RunDir({str(self.path)!r})"

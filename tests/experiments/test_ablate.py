@@ -189,6 +189,16 @@ def test_tasks_may_be_given_again_and_a_path_with_a_comma_is_taken_whole(workspa
     assert "(4 cells x 2 tasks x 1 seeds)" in capsys.readouterr().out
 
 
+def test_the_followups_plan_lists_each_method_with_its_settings(workspace, tmp_path, capsys):
+    assert main(["ablate", "followups", "--plan", "--tasks", str(workspace / "images"), "--seeds", "0,1",
+                 "--backbone", TINY_VIT, "--weights", str(workspace / "tiny.safetensors"), "--img-size", "32",
+                 "--out", str(tmp_path / "out")]) == 0
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[1:] if line.startswith("  ")}
+    assert list(lines) == ["linear", "vpt-deep", "e2vpt", "vfpt", "gated-vpt", "e2vpt-pruned", "da-vpt"]
+    assert "prune_tokens=0.5, prune_segments=0.25" in lines["e2vpt-pruned"]
+    assert all(line.endswith("0/2 done") for line in lines.values()) and not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("diffs, expected", [
     ([0.02, 0.03, 0.01, 0.02], "a ahead"),
     ([-0.02, -0.03, -0.01, -0.02], "b ahead"),

@@ -48,7 +48,8 @@ NOT_IN_KEY = ("output", "device", "num_workers", "tensorboard", "compile")
 # Settings added after runs were recorded: left out of the key while they hold the value every earlier run had,
 # so those runs keep their keys (and are not trained again); any other value is part of the key.
 KEY_SINCE = {"precision": "fp32", "half_backbone": False, "refit": False, "label_smoothing": 0.0,
-             "prompt_merge": "drop", "fourier_share": 0.5, "kv_tokens": 5}
+             "prompt_merge": "drop", "fourier_share": 0.5, "kv_tokens": 5,
+             "prune_tokens": 0.0, "prune_segments": 0.0}
 
 
 @dataclass(frozen=True)
@@ -143,7 +144,10 @@ POOLINGS = ("cls", "image-pool", "prompt-pool", "global-pool")
 LENGTHS = (1, 5, 10, 50, 100)
 INITS = ("xavier", "patches", "cls")
 BASELINES = ("linear", "full", "bias", "partial-1", "lora")
-FOLLOWUPS = ("linear", "vpt-deep", "e2vpt", "vfpt", "gated-vpt")
+# the follow-up methods with their defaults, and E2VPT with pruning (half of each block's tokens, then a quarter of
+# the kept tokens' segments: the middle of the shares its paper searched per task)
+FOLLOWUPS = {name: {"method": name} for name in ("linear", "vpt-deep", "e2vpt", "vfpt", "gated-vpt")}
+FOLLOWUPS["e2vpt-pruned"] = {"method": "e2vpt", "prune_tokens": 0.5, "prune_segments": 0.25}
 
 SETS: dict[str, AblationSet] = {s.name: s for s in (
     AblationSet("claims", "the paper's main claims, each decided on its paired runs (the cells of methods, location "
@@ -174,9 +178,9 @@ SETS: dict[str, AblationSet] = {s.name: s for s in (
                 pairs=lambda depth: [("xavier", "cls"), ("patches", "xavier"), ("patches", "cls")],
                 default="patches"),
     AblationSet("followups", "prompt methods since VPT (E2VPT, VFPT, gated VPT) against VPT-deep and the linear probe",
-                lambda depth: [Cell(m, {"method": m}) for m in FOLLOWUPS],
+                lambda depth: [Cell(name, settings) for name, settings in FOLLOWUPS.items()],
                 pairs=lambda depth: [(m, "vpt-deep") for m in FOLLOWUPS if m not in ("vpt-deep", "linear")]
-                + [("vpt-deep", "linear")], default="vpt-deep"),
+                + [("vpt-deep", "linear"), ("e2vpt-pruned", "e2vpt")], default="vpt-deep"),
     AblationSet("recipes", "candidate default recipes for VPT-deep (docs/recipe.md)",
                 lambda depth: [Cell(name, settings) for name, settings in RECIPES.items()]),
 )}

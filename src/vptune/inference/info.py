@@ -39,10 +39,15 @@ def describe_task(path: str | os.PathLike) -> str:
     return "\n".join(lines)
 
 
+# tensors a task stores that are not parameters: E2VPT's segment mask (its pruned segments are stored zeros of the
+# prompt tokens, and counted with them, as `count_parameters` counts them)
+BUFFERS = ("prompts.segment_mask",)
+
+
 def parameter_count(meta: dict) -> ParameterCount:
     """Trainable parameters by kind, from the tensor shapes task.json lists (the backbone's size is recorded
     since task format 2; 0 when unknown)."""
-    sizes = {name: prod(shape) for name, shape in meta["tensors"].items()}
+    sizes = {name: prod(shape) for name, shape in meta["tensors"].items() if name not in BUFFERS}
     return ParameterCount(prompts=sum(n for name, n in sizes.items() if name.startswith("prompts.")),
                           head=sum(n for name, n in sizes.items() if name.startswith("head.")),
                           other_trainable=sum(n for name, n in sizes.items() if name.startswith("backbone.")),

@@ -42,6 +42,11 @@ class Method:
     prompt_init: ClassVar[str] = "xavier"  # or "patches" where prompts are prepended tokens (TrainConfig.prompt_init)
 
     @property
+    def prunes(self) -> bool:
+        """Whether training prunes the prompts after a first run (E2VPT with a pruning share)."""
+        return False
+
+    @property
     def label(self) -> str:
         """The name this instance is typed as (with its parameter, e.g. partial-2)."""
         return self.name

@@ -100,17 +100,32 @@ KV_TOKENS = 5
 @register
 @dataclass(frozen=True)
 class E2VPT(_VPT):
-    """E2VPT's prompts: VPT-deep's tokens and `kv_tokens` learned key-value prompts per block (the prompt pruning of
-    its paper is not included yet)."""
+    """E2VPT's prompts: VPT-deep's tokens and `kv_tokens` learned key-value prompts per block, and its pruning:
+    with `prune_tokens` (a share of each block's prompt tokens) or `prune_segments` (a share of the kept tokens'
+    segments) above 0, a first run trains every prompt, the least important go (`vptune.model.pruning`), and the
+    kept ones are rewound to their initial values and trained again: twice the training time, for a smaller task.
+    Off by default: the paper searches the shares per task, and their gain is size, not accuracy."""
 
     name = "e2vpt"
-    summary = "E2VPT: VPT-deep plus --kv-tokens (default 5) learned keys and values in every block's attention"
+    summary = "E2VPT: VPT-deep plus --kv-tokens (default 5) learned keys and values in every block's attention " \
+              "(pruning: --prune-tokens, --prune-segments)"
     kv_tokens: int = KV_TOKENS
+    prune_tokens: float = 0.0
+    prune_segments: float = 0.0
 
     def __post_init__(self) -> None:
         if isinstance(self.kv_tokens, bool) or not isinstance(self.kv_tokens, int) or self.kv_tokens < 1:
             raise ConfigError(f"kv_tokens must be a whole number >= 1 (learned keys and values per block), got "
                               f"{self.kv_tokens!r}")
+        for name in ("prune_tokens", "prune_segments"):
+            share = getattr(self, name)
+            if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share < 1:
+                raise ConfigError(f"{name} must be a number from 0 (no pruning) to below 1 (the share of prompt "
+                                  f"{name.removeprefix('prune_')} pruned), got {share!r}")
+
+    @property
+    def prunes(self) -> bool:
+        return bool(self.prune_tokens or self.prune_segments)
 
     @property
     def mode(self) -> str:
@@ -118,3 +133,7 @@ class E2VPT(_VPT):
 
     def prompt_config(self, prompt: PromptConfig) -> PromptConfig:
         return dataclasses.replace(prompt, mode="deep", kv_tokens=self.kv_tokens)
+
+    def without_pruning(self) -> "E2VPT":
+        """The same method with every prompt kept: the first run of a pruning, whose prompts are scored."""
+        return dataclasses.replace(self, prune_tokens=0.0, prune_segments=0.0)

@@ -71,6 +71,9 @@ class PromptConfig:
         kv_tokens: E2VPT's key-value prompts (Han et al. 2023): this many learned keys and values added to the
             attention of every prompted block, beside the prompt tokens' own (they ask no queries and have no
             outputs: a learned prefix of the attention). 0: none (VPT). Prepended prompts only.
+        segments: E2VPT's segment-wise pruning: each prompt token is cut into this many segments of its width, and
+            `Prompts.segment_mask` (saved with the task) says which segments are kept; a pruned segment is held at
+            zero. 0: no segments (no mask). Prepended prompts only.
     """
 
     num_tokens: int = 10
@@ -87,6 +90,7 @@ class PromptConfig:
     fourier: float = 0.0
     gated: bool = False
     kv_tokens: int = 0
+    segments: int = 0
 
     def __post_init__(self) -> None:
         self.layers = _normalise_layers(self.layers)
@@ -136,6 +140,13 @@ class PromptConfig:
         if self.kv_tokens and (self.location != "prepend" or not self.enabled):
             raise ValueError(f"PromptConfig.kv_tokens adds learned keys and values beside prepended prompt tokens; "
                              f"it needs location='prepend' and num_tokens > 0, got location={self.location!r}, "
+                             f"num_tokens={self.num_tokens}")
+        if not isinstance(self.segments, int) or isinstance(self.segments, bool) or self.segments < 0:
+            raise ValueError(f"PromptConfig.segments must be a whole number >= 0 (segments of each prompt token's "
+                             f"width that pruning may remove; 0 = none), got {self.segments!r}")
+        if self.segments and (self.location != "prepend" or not self.enabled):
+            raise ValueError(f"PromptConfig.segments masks parts of prepended prompt tokens; it needs "
+                             f"location='prepend' and num_tokens > 0, got location={self.location!r}, "
                              f"num_tokens={self.num_tokens}")
         if not isinstance(self.gated, bool):
             raise ValueError(f"PromptConfig.gated must be true or false, got {self.gated!r}")

@@ -83,7 +83,7 @@ class PromptedModel(nn.Module):
         if prompt.enabled and prompt.init == "cls" and prompt.num_tokens != num_classes:
             raise ValueError(f"PromptConfig.init='cls' starts prompt j at class j's mean [CLS] embedding, so num_tokens "
                              f"must equal the number of classes ({num_classes}), got {prompt.num_tokens}")
-        self.prompts = self._build_prompts(prompt) if prompt.enabled else None
+        self.prompts = self.build_prompts(prompt) if prompt.enabled else None
         self.head_norm: nn.Module = FeatureNorm(self.embed_dim) if head_norm else nn.Identity()
         self.head = nn.Linear(self.embed_dim, num_classes)
         nn.init.trunc_normal_(self.head.weight, std=0.01)
@@ -103,7 +103,7 @@ class PromptedModel(nn.Module):
         return cls(backbone, prompt, num_classes, path=path, backbone_name=model_name)
 
     # ----------------------------------------------------------------------------------------------- set-up
-    def _build_prompts(self, prompt: PromptConfig) -> Prompts:
+    def build_prompts(self, prompt: PromptConfig) -> Prompts:
         """One prompt set per prompted block, each of that block's width (a hierarchical backbone's stages differ)."""
         widths = [self.adapter.width_at(block) for block in self.prompt_blocks]
         if len(set(widths)) > 1 and prompt.shared:

@@ -52,6 +52,12 @@ class Prompts(nn.Module):
         # gated prompts: one gate logit per block from the prompted one to the last (`gate`)
         self.gate_logits = nn.Parameter(torch.full((depth - blocks[0],), -GATE_START)) \
             if config.gated and depth is not None else None
+        # E2VPT's segment-wise pruning: which segments of each token's width are kept (1) or held at zero (0)
+        if config.segments and (self.ragged or config.segments > dims[0]):
+            raise ValueError(f"PromptConfig.segments={config.segments} cuts each prompt token's width into segments; "
+                             f"it needs prompt blocks of one width of at least {config.segments}, got widths "
+                             f"{sorted(set(dims))}")
+        self.register_buffer("segment_mask", torch.ones(sets, length, config.segments) if config.segments else None)
         self.reset_parameters(config, patch_size[0] * patch_size[1])
 
     def gate(self, block: int) -> torch.Tensor:
@@ -95,14 +101,24 @@ class Prompts(nn.Module):
     def forward(self, batch_size: int) -> torch.Tensor | list[torch.Tensor]:
         """Prompts for every prompted block: (num_blocks, B or 1, length, dim); a list of (B or 1, length, dim_i),
         one per block, when the widths differ (`ragged`)."""
+        if self.segment_mask is not None:
+            return self._prompts(self.tokens * self.width_mask())
         if self.ragged:
             rows = [self.proj(row).unsqueeze(0) for row in self.tokens]
             rows = [self.dropout(row.expand(batch_size, -1, -1)) for row in rows] if self.per_image else rows
             return [self._fourier(row) for row in rows]
-        prompts = self.proj(self.tokens).unsqueeze(1).expand(len(self.blocks), -1, -1, -1)
+        return self._prompts(self.tokens)
+
+    def _prompts(self, tokens: torch.Tensor) -> torch.Tensor:
+        prompts = self.proj(tokens).unsqueeze(1).expand(len(self.blocks), -1, -1, -1)
         if self.per_image:
             prompts = self.dropout(prompts.expand(-1, batch_size, -1, -1))
         return self._fourier(prompts)
+
+    def width_mask(self) -> torch.Tensor:
+        """`segment_mask` (sets, length, segments) spread over each token's width: (sets, length, width)."""
+        sizes = segment_sizes(self.tokens.shape[-1], self.segment_mask.shape[-1])
+        return self.segment_mask.repeat_interleave(torch.tensor(sizes, device=self.segment_mask.device), dim=-1)
 
     def _fourier(self, prompts: torch.Tensor) -> torch.Tensor:
         """VFPT's Fourier prompts: the first `fourier_tokens` tokens of each prompt (.., p, d) become the real part
@@ -115,6 +131,11 @@ class Prompts(nn.Module):
         tokens = tokens.float() if tokens.dtype in (torch.float16, torch.bfloat16) else tokens  # FFTs in 32/64 bits
         spectrum = torch.fft.fft(torch.fft.fft(tokens, dim=-1), dim=-2).real
         return torch.cat([spectrum.to(prompts.dtype), prompts[..., k:, :]], dim=-2)
+
+
+def segment_sizes(width: int, segments: int) -> list[int]:
+    """The widths of `segments` consecutive segments of a token `width` wide (as equal as can be, larger first)."""
+    return [len(part) for part in torch.arange(width).tensor_split(segments)]
 
 
 def _init_tokens(row: torch.Tensor, config: PromptConfig, location: str, patch_area: int) -> None:

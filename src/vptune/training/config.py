@@ -24,7 +24,7 @@ from ..data import BUILTIN_DATASETS, MAX_PIXELS, builtin_name
 from ..devices import AUTO as AUTO_DEVICE, PRECISIONS, check_device, resolve_device, resolve_precision
 from ..errors import ConfigError
 from ..methods import Method, get_method, method_names
-from ..model import INITS, LOCATIONS, MERGES, POOLINGS, PromptConfig
+from ..model import INITS, LOCATIONS, MERGES, POOLINGS, PromptConfig, pruned_count
 
 CACHE_STEM = ("auto", "off")
 AUTO = "auto"  # lr: searched first (vptune.experiments.train_with_lr_search)
@@ -37,7 +37,7 @@ RESUME_MAY_CHANGE = ("epochs", "device", "num_workers", "tensorboard", "test_sub
 # settings that only a method training prompts reads (pooling is every method's: it is what the head reads)
 PROMPT_SETTINGS = ("num_tokens", "prompt_layers", "prompt_location", "prompt_dropout", "prompt_project",
                    "prompt_init", "prompt_shared", "prompt_merge")
-METHOD_OPTIONS = ("lora_rank", "fourier_share", "kv_tokens")  # settings that are one method's own option
+METHOD_OPTIONS = ("lora_rank", "fourier_share", "kv_tokens", "prune_tokens", "prune_segments")  # settings that are one method's own option
 RESOLVED_FIELDS = ("optimizer", "lr", "head_lr", "head_norm", "head_init", "prompt_init")
 # A ViT at 4096 px has (4096 / 16)^2 = 65,536 tokens, beyond what attention fits in memory on one GPU today
 MAX_IMG_SIZE = 4096
@@ -87,6 +87,10 @@ class TrainConfig:
     fourier_share: float = _setting(0.5, "--method vfpt: the share of each block's prompt tokens through the 2-D "
                                          "Fourier transform (0 < share <= 1)")
     kv_tokens: int = _setting(5, "--method e2vpt: learned keys and values added to every block's attention")
+    prune_tokens: float = _setting(0.0, "--method e2vpt: prune this share of each block's prompt tokens after a first "
+                                        "run, rewind the rest and train again (0: no pruning; doubles training)")
+    prune_segments: float = _setting(0.0, "--method e2vpt: prune this share of the kept tokens' segments (16 a token) "
+                                          "the same way (0: none)")
     # data
     protocol: str = _setting("vtab1k", "built-in data: vtab1k (train800/val200/test) or full", ("vtab1k", "full"))
     recipe: str = _setting("vtab", "augmentation: vtab (plain resize) or fgvc (random crop + flip)",
@@ -153,7 +157,8 @@ class TrainConfig:
     # ------------------------------------------------------------------------------------------- derived
     def tuning_method(self) -> Method:
         return get_method(self.method, lora_rank=self.lora_rank, fourier_share=self.fourier_share,
-                          kv_tokens=self.kv_tokens)
+                          kv_tokens=self.kv_tokens, prune_tokens=self.prune_tokens,
+                          prune_segments=self.prune_segments)
 
     def unused_by_method(self, names: typing.Iterable[str]) -> list[str]:
         """Of the settings `names`, those this config's method does not read: given on purpose, they would change
@@ -254,8 +259,11 @@ class TrainConfig:
         most = max(64, os.cpu_count() or 1)  # each worker is a process holding a copy of the data set's index
         if self.num_workers != AUTO_DEVICE and (not isinstance(self.num_workers, int) or not 0 <= self.num_workers <= most):
             raise ConfigError(f"num_workers must be auto or a whole number from 0 to {most}, got {self.num_workers!r}")
-        self.tuning_method()  # ConfigError for an unknown method name
+        method = self.tuning_method()  # ConfigError for an unknown method name
         self.prompt_config()  # ConfigError naming the bad prompt field
+        if method.prunes and self.num_tokens - pruned_count(self.num_tokens, self.prune_tokens) < 1:
+            raise ConfigError(f"prune_tokens {self.prune_tokens:g} of num_tokens {self.num_tokens} prunes every prompt "
+                              f"token; prune a smaller share, or use more tokens")
 
     # ------------------------------------------------------------------------------------------- I/O
     @classmethod

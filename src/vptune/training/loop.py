@@ -16,6 +16,7 @@ does. `--precision` puts the forward under autocast (fp16 with a gradient scaler
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import shutil
@@ -33,9 +34,11 @@ from ..devices import DTYPES, autocast, maybe_compile, resolve_device
 from ..errors import ConfigError, TrainingError, VptuneError
 from ..inference.evaluate import evaluate_logits
 from ..methods import build_model
-from ..model import ParameterCount, PromptedModel, count_parameters
+from ..model import ParameterCount, PromptedModel, PruningPlan, count_parameters, plan_pruning, prompt_importance, \
+    prune_prompts
 from ..rundir import MARKER, RunDir
-from ..tasks import WEIGHTS_FILE, read_task_json, read_task_tensors, save_task
+from .._io import atomic_write_text
+from ..tasks import WEIGHTS_FILE, load_task, read_task_json, read_task_tensors, save_task
 from .batches import datasets_for, make_loader, precompute_rows, subset_of, test_set_of
 from .checkpoint import epoch_line, restore, save_epoch
 from .config import AUTO, TrainConfig
@@ -96,7 +99,7 @@ def _recorded_device(run: RunDir) -> str | None:
 
 def _train(run: RunDir, cfg: TrainConfig, resume: bool, overwrite: bool, quiet: bool,
            on_epoch: Callable[[dict], None] | None, test: bool, world: World = SINGLE,
-           device: str | None = None, changes: dict | None = None) -> dict:
+           device: str | None = None, changes: dict | None = None, plan: PruningPlan | None = None) -> dict:
     cfg, replaced = start_run(run, cfg, resume=resume, overwrite=overwrite, changes=changes) if world.main \
         else (None, None)
     cfg = broadcast(cfg, world)
@@ -130,17 +133,25 @@ def _train(run: RunDir, cfg: TrainConfig, resume: bool, overwrite: bool, quiet: 
              f"trainable parameters ({counts.percent_of_backbone:.3f}% of the backbone), on {cfg.device} in "
              f"{cfg.precision}")
 
+    unpruned = None
+    if method.prunes and plan is None:  # E2VPT's pruning: a first run with every prompt, in RUN/unpruned
+        plan, unpruned = _prune_stage(run, cfg, model, splits, quiet, world)
     if method.head_only:
         best, train_seconds = train_linear_probe(model, splits, cfg, run, quiet, world)
     elif refits(cfg):
-        selection = _select(run, cfg, quiet, on_epoch, test, world)  # stage 1, in RUN/selection
+        selection = _select(run, cfg, quiet, on_epoch, test, world, plan)  # stage 1, in RUN/selection
         refit = dataclasses.replace(cfg, final=True)  # stage 2: the same schedule on train + val, to the chosen epoch
         best, train_seconds = train_epochs(model, splits, refit, run, quiet, resume and run.state.is_file(),
-                                           world=world, stop_after=selection["best_epoch"])
+                                           world=world, stop_after=selection["best_epoch"], plan=plan)
         best.update(val_top1=selection["best_val_top1"], selection=_selection_line(selection))
         train_seconds += selection["train_seconds"]
     else:
-        best, train_seconds = train_epochs(model, splits, cfg, run, quiet, resume, on_epoch, world)
+        best, train_seconds = train_epochs(model, splits, cfg, run, quiet, resume and run.state.is_file(), on_epoch,
+                                           world, plan=plan)  # no state yet: killed in a pruning's first run
+    if unpruned is not None:
+        train_seconds += unpruned["train_seconds"]
+        best["pruning"] = _pruning_line(unpruned, plan)
+    counts = count_parameters(model) if plan is not None else counts  # the pruned prompts' own count
 
     summary = _summarise(cfg, run, model, splits, counts, best, train_seconds, quiet, test, world)
     if world.main:
@@ -154,7 +165,7 @@ def refits(cfg: TrainConfig) -> bool:
 
 
 def _select(run: RunDir, cfg: TrainConfig, quiet: bool, on_epoch: Callable[[dict], None] | None, test: bool,
-            world: World) -> dict:
+            world: World, plan: PruningPlan | None = None) -> dict:
     """Stage 1 of a refit: the selection run in RUN/selection, trained, resumed, or read back when it finished."""
     selection = RunDir(run.selection)
     if selection.summary.is_file():
@@ -164,9 +175,49 @@ def _select(run: RunDir, cfg: TrainConfig, quiet: bool, on_epoch: Callable[[dict
     # an epoch finished: continue it; else (killed before its first epoch) start it again: the folder is ours
     resume = selection.state.is_file() and selection.config.is_file()
     with selection.lock(flag="--output") if world.main else nullcontext():
-        summary = _train(selection, settings, resume, True, quiet, on_epoch, test, world, cfg.device)
+        summary = _train(selection, settings, resume, True, quiet, on_epoch, test, world, cfg.device, plan=plan)
     log.info(f"stage 2 of 2: training on train + val to the chosen epoch {summary['best_epoch']}")
     return summary
+
+
+def _prune_stage(run: RunDir, cfg: TrainConfig, model: PromptedModel, splits: DataSplits, quiet: bool,
+                 world: World) -> tuple[PruningPlan, dict]:
+    """E2VPT's pruning: train every prompt in RUN/unpruned (the selection protocol: no refit, no test), score its
+    prompts on the training images and choose what to keep (RUN/pruning.json, written once: a resume reads it)."""
+    stage = RunDir(run.unpruned)
+    method = cfg.tuning_method()
+    settings = dataclasses.replace(cfg, output=str(stage.path), refit=False, prune_tokens=0.0, prune_segments=0.0)
+    if not stage.summary.is_file():
+        log.info(f"pruning, first: training every prompt ({stage.path})")
+        resume = stage.state.is_file() and stage.config.is_file()
+        with stage.lock(flag="--output") if world.main else nullcontext():
+            _train(stage, settings, resume, True, quiet, None, False, world, cfg.device)
+    summary = broadcast(stage.read_summary() if world.main else None, world)
+    if world.main and not run.pruning.is_file():
+        trained = load_task(stage.best, model.backbone)
+        trained.to(cfg.device)
+        batches = make_loader(subset_of(splits.train, cfg), cfg, batch_size=cfg.batch_size)
+        with autocast(cfg.device, cfg.precision):
+            scores = prompt_importance(trained, ((x.to(cfg.device), y.to(cfg.device)) for x, y in batches),
+                                       torch.nn.functional.cross_entropy)
+        plan = plan_pruning(*scores, method.prune_tokens, method.prune_segments)
+        atomic_write_text(run.pruning, json.dumps(plan.to_dict()) + "\n")
+    plan = PruningPlan.from_dict(broadcast(json.loads(run.pruning.read_text()) if world.main else None, world))
+    log.info(f"pruning: {plan.length} of {cfg.num_tokens} prompt tokens kept a block"
+             + (f", {_zeros(plan)} segments held at zero" if plan.segment_mask else "")
+             + "; the kept prompts rewound to their initial values and trained again")
+    return plan, summary
+
+
+def _zeros(plan: PruningPlan) -> int:
+    return sum(row.count(0) for mask in plan.segment_mask for row in mask)
+
+
+def _pruning_line(unpruned: dict, plan: PruningPlan) -> dict:
+    """What RUN/summary.json keeps of a pruning."""
+    return {"run": "unpruned", "tokens_kept": plan.length, "segments_pruned": _zeros(plan) if plan.segment_mask else 0,
+            "unpruned_trainable_parameters": unpruned["trainable_parameters"],
+            "unpruned_checkpoint_bytes": unpruned["checkpoint_bytes"], "unpruned_best_val_top1": unpruned["best_val_top1"]}
 
 
 def _selection_line(summary: dict) -> dict:
@@ -177,9 +228,11 @@ def _selection_line(summary: dict) -> dict:
 
 def train_epochs(model: PromptedModel, splits: DataSplits, cfg: TrainConfig, run: RunDir, quiet: bool,
                  resume: bool, on_epoch: Callable[[dict], None] | None = None,
-                 world: World = SINGLE, stop_after: int | None = None) -> tuple[dict | None, float]:
+                 world: World = SINGLE, stop_after: int | None = None,
+                 plan: PruningPlan | None = None) -> tuple[dict | None, float]:
     """The epoch loop (from the last finished epoch when resuming); returns the best epoch and the seconds spent.
-    `stop_after`: end after that many epochs of the `cfg.epochs` schedule (a refit to the epoch chosen on val)."""
+    `stop_after`: end after that many epochs of the `cfg.epochs` schedule (a refit to the epoch chosen on val).
+    `plan`: prune the prompts first (E2VPT), keeping the kept ones at their initial values (the rewinding)."""
     method = cfg.tuning_method()
     train_set = EpochItems(subset_of(splits.trainval if cfg.final else splits.train, cfg), cfg.seed)
     val_set = None if cfg.final else subset_of(splits.val, cfg)
@@ -190,6 +243,8 @@ def train_epochs(model: PromptedModel, splits: DataSplits, cfg: TrainConfig, run
         if not resume and model.prompts is not None and model.prompt_config.init == "cls":
             model.eval()
             model.init_prompts_from_classes(make_loader(train_set, cfg, batch_size=cfg.batch_size))
+    if plan is not None:  # after the full init, so the kept prompts start where the unpruned run's did
+        prune_prompts(model, plan)
     if stem_cache_plan(model, frozen_backbone=method.frozen_backbone, recipe=cfg.recipe, cache_stem=cfg.cache_stem,
                        num_images=len(train_set) + len(val_set or ())):
         train_set, val_set = (precompute_rows(model.stem, s, cfg, quiet, world) for s in (train_set, val_set))
@@ -297,7 +352,7 @@ def _summarise(cfg: TrainConfig, run: RunDir, model: PromptedModel, splits: Data
         "best_epoch": best["epoch"] if best else None, "best_val_top1": best["val_top1"] if best else None,
         "probe_weight_decay": best.get("weight_decay") if best else None,
         "refit": cfg.refit and not cfg.final, "train_images": best.get("train_images") if best else None,
-        **({"selection": best["selection"]} if best and "selection" in best else {}),
+        **{key: best[key] for key in ("selection", "pruning") if best and key in best},
         "test_top1": metrics.get("top1"), "test_top5": metrics.get("top5"), "test_images": metrics.get("num_images"),
         "device": cfg.device, "precision": cfg.precision, "trainable_parameters": counts.trainable, "backbone_parameters": counts.backbone,
         "trainable_percent": counts.percent_of_backbone,
