@@ -17,6 +17,7 @@ EXPECTED_TRAINABLE = {
     "vfpt": lambda n: n.startswith(("prompts.", "head.")),
     "gated-vpt": lambda n: n.startswith(("prompts.", "head.")),
     "e2vpt": lambda n: n.startswith(("prompts.", "head.")),
+    "da-vpt": lambda n: n.startswith(("prompts.", "head.")),
 }
 
 

@@ -45,7 +45,7 @@ PRECISIONS = ("fp32", "bf16", "fp16")  # fp32, or autocast to a 16-bit type (vpt
 FIGURES = ("train_step_s", "train_peak_mb", "infer_ips", "infer_b1_ips")
 BASES = ("ref", "floor", "fp32_eager", "vpt_deep")  # what each figure is also given as a ratio to (`bases_of`)
 # prompt methods since VPT, measured as a "mode" beside VPT-deep (`--methods`): a mode names the method it builds
-METHOD_MODES = ("e2vpt", "vfpt", "gated-vpt")
+METHOD_MODES = ("e2vpt", "vfpt", "gated-vpt", "da-vpt")
 DEFAULTS = {"models": ["vit-s14", "vit-b16"], "prompts": [10, 50, 100, 200], "batch": 32, "threads": None}
 QUICK = {"models": ["tiny"], "prompts": [2, 4], "batch": 4, "train_batch": 2, "repeats": 1, "threads": 1}
 NUM_CLASSES = 100

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from ..devices import autocast, maybe_compile
+from ..methods import method_of
 from ..model import PromptedModel, adapter_for
 from .settings import BenchSettings
 from .grid import B1_CALLS, NUM_CLASSES, SETTLE_ROUNDS, Config, spec_of
@@ -84,6 +85,8 @@ class Runner:
         built.optimizer.zero_grad(set_to_none=True)
         with autocast(self.device, cfg.precision):
             loss = F.cross_entropy(built.forward(self.images[:batch]), self.labels[:batch])
+        extra = method_of(built.model).training_loss(built.model, self.labels[:batch])  # DA-VPT's metric loss
+        loss = loss if extra is None else loss + extra
         if built.scaler is None:
             loss.backward()
             built.optimizer.step()

@@ -49,7 +49,7 @@ NOT_IN_KEY = ("output", "device", "num_workers", "tensorboard", "compile")
 # so those runs keep their keys (and are not trained again); any other value is part of the key.
 KEY_SINCE = {"precision": "fp32", "half_backbone": False, "refit": False, "label_smoothing": 0.0,
              "prompt_merge": "drop", "fourier_share": 0.5, "kv_tokens": 5,
-             "prune_tokens": 0.0, "prune_segments": 0.0}
+             "prune_tokens": 0.0, "prune_segments": 0.0, "metric_weight": 0.01}
 
 
 @dataclass(frozen=True)
@@ -148,6 +148,7 @@ BASELINES = ("linear", "full", "bias", "partial-1", "lora")
 # the kept tokens' segments: the middle of the shares its paper searched per task)
 FOLLOWUPS = {name: {"method": name} for name in ("linear", "vpt-deep", "e2vpt", "vfpt", "gated-vpt")}
 FOLLOWUPS["e2vpt-pruned"] = {"method": "e2vpt", "prune_tokens": 0.5, "prune_segments": 0.25}
+FOLLOWUPS["da-vpt"] = {"method": "da-vpt"}
 
 SETS: dict[str, AblationSet] = {s.name: s for s in (
     AblationSet("claims", "the paper's main claims, each decided on its paired runs (the cells of methods, location "
@@ -177,7 +178,7 @@ SETS: dict[str, AblationSet] = {s.name: s for s in (
                                for init in INITS],
                 pairs=lambda depth: [("xavier", "cls"), ("patches", "xavier"), ("patches", "cls")],
                 default="patches"),
-    AblationSet("followups", "prompt methods since VPT (E2VPT, VFPT, gated VPT) against VPT-deep and the linear probe",
+    AblationSet("followups", "prompt methods since VPT (E2VPT, VFPT, gated VPT, DA-VPT) against VPT-deep and the linear probe",
                 lambda depth: [Cell(name, settings) for name, settings in FOLLOWUPS.items()],
                 pairs=lambda depth: [(m, "vpt-deep") for m in FOLLOWUPS if m not in ("vpt-deep", "linear")]
                 + [("vpt-deep", "linear"), ("e2vpt-pruned", "e2vpt")], default="vpt-deep"),

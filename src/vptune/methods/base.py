@@ -15,6 +15,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, ClassVar, Sequence
 
+import torch
 from torch import nn
 
 from ..backbones import backbone_fingerprint
@@ -57,6 +58,13 @@ class Method:
 
     def adapt(self, backbone: nn.Module) -> None:
         """Unfreeze (or insert) the backbone tensors this method tunes. Used at training and at loading."""
+
+    def prepare(self, model: PromptedModel) -> None:
+        """Set up what `training_loss` reads from the model's forward pass (at training only)."""
+
+    def training_loss(self, model: PromptedModel, labels: torch.Tensor) -> torch.Tensor | None:
+        """A loss added to the cross-entropy at training (a batch mean), read from the forward just run; None: none."""
+        return None
 
     def options(self) -> dict[str, Any]:
         """Settings beyond the name that task.json must keep to rebuild the model."""
@@ -145,6 +153,7 @@ def build_model(method: Method | str, backbone: nn.Module, prompt: PromptConfig,
     except (ValueError, TypeError) as err:  # a prompt that does not fit this backbone or task, an unknown family
         raise ConfigError(str(err)) from err
     method.adapt(backbone)  # after the wrapper froze everything
+    method.prepare(model)
     model.method = method
     return model
 

@@ -143,6 +143,7 @@ def _run_tokens(model: "PromptedModel", x: torch.Tensor) -> tuple[torch.Tensor, 
             rest = x[:, start + p:] if held else x[:, start:]
             x = torch.cat([x[:, :start], prompts[model.prompt_row(i)].expand(batch, -1, -1), rest], dim=1)
             held = True
+        model.observe(i, x, p if held else 0)
         entered = x[:, start:start + p]
         # E2VPT's key-value prompts (or None) beside the prompt tokens in the sequence
         x = model.run_block(model.adapter.block, i, x, p if held else 0, model.extra_kv(i))
@@ -165,6 +166,7 @@ def _run_prefix(model: "PromptedModel", x: torch.Tensor) -> tuple[torch.Tensor, 
     use_cache = model.kv_cache_usable(x)
     slots = None  # what the prompt slots hold now: (B or 1, p, d); the stem ends at the first prompt
     for i in model.blocks_after_stem():
+        model.observe(i, x)
         fresh = model.is_prompted(i)
         if fresh:
             slots = prompts[model.prompt_row(i)]

@@ -91,6 +91,10 @@ class PromptedModel(nn.Module):
 
         self.prefix_blocks = self._plan_prefix_blocks()
         self._kv_cache: dict[int, torch.Tensor] = {}
+        # a training loss may read the real tokens entering one block (DA-VPT's guidance): set `observed_block`, and
+        # each training forward leaves them in `observed` (B, prefix + m, d)
+        self.observed_block: int | None = None
+        self.observed: torch.Tensor | None = None
         self._kv_cache_key: tuple | None = None
 
     @classmethod
@@ -272,6 +276,14 @@ class PromptedModel(nn.Module):
     def queries_at(self, block: int) -> int | None:
         """1 at the last block when the head reads [CLS] only (no other token's output is needed), else None."""
         return 1 if block == self.adapter.depth - 1 and self.prompt_config.pooling == "cls" else None
+
+    def observe(self, block: int, x: torch.Tensor, slots: int = 0) -> None:
+        """Keep the real tokens of `x` entering `block` (leaving out the `slots` prompt slots after the prefix tokens)
+        when a training loss asked for that block's."""
+        if block != self.observed_block or not self.training:
+            return
+        start = self.adapter.num_prefix_tokens
+        self.observed = torch.cat([x[:, :start], x[:, start + slots:]], dim=1) if slots else x
 
     def run_block(self, fn: Callable[..., torch.Tensor], block: int, *args) -> torch.Tensor:
         """fn(block, *args) (an adapter's `block` or `prefix_block`), recomputed in the backward pass when gradient

@@ -37,7 +37,7 @@ RESUME_MAY_CHANGE = ("epochs", "device", "num_workers", "tensorboard", "test_sub
 # settings that only a method training prompts reads (pooling is every method's: it is what the head reads)
 PROMPT_SETTINGS = ("num_tokens", "prompt_layers", "prompt_location", "prompt_dropout", "prompt_project",
                    "prompt_init", "prompt_shared", "prompt_merge")
-METHOD_OPTIONS = ("lora_rank", "fourier_share", "kv_tokens", "prune_tokens", "prune_segments")  # settings that are one method's own option
+METHOD_OPTIONS = ("lora_rank", "fourier_share", "kv_tokens", "prune_tokens", "prune_segments", "metric_weight")  # settings that are one method's own option
 RESOLVED_FIELDS = ("optimizer", "lr", "head_lr", "head_norm", "head_init", "prompt_init")
 # A ViT at 4096 px has (4096 / 16)^2 = 65,536 tokens, beyond what attention fits in memory on one GPU today
 MAX_IMG_SIZE = 4096
@@ -91,6 +91,8 @@ class TrainConfig:
                                         "run, rewind the rest and train again (0: no pruning; doubles training)")
     prune_segments: float = _setting(0.0, "--method e2vpt: prune this share of the kept tokens' segments (16 a token) "
                                           "the same way (0: none)")
+    metric_weight: float = _setting(0.01, "--method da-vpt: weight of the metric loss that guides the last prompted "
+                                          "block's prompts toward the classes (0: VPT-deep)")
     # data
     protocol: str = _setting("vtab1k", "built-in data: vtab1k (train800/val200/test) or full", ("vtab1k", "full"))
     recipe: str = _setting("vtab", "augmentation: vtab (plain resize) or fgvc (random crop + flip)",
@@ -158,7 +160,7 @@ class TrainConfig:
     def tuning_method(self) -> Method:
         return get_method(self.method, lora_rank=self.lora_rank, fourier_share=self.fourier_share,
                           kv_tokens=self.kv_tokens, prune_tokens=self.prune_tokens,
-                          prune_segments=self.prune_segments)
+                          prune_segments=self.prune_segments, metric_weight=self.metric_weight)
 
     def unused_by_method(self, names: typing.Iterable[str]) -> list[str]:
         """Of the settings `names`, those this config's method does not read: given on purpose, they would change
@@ -260,7 +262,10 @@ class TrainConfig:
         if self.num_workers != AUTO_DEVICE and (not isinstance(self.num_workers, int) or not 0 <= self.num_workers <= most):
             raise ConfigError(f"num_workers must be auto or a whole number from 0 to {most}, got {self.num_workers!r}")
         method = self.tuning_method()  # ConfigError for an unknown method name
-        self.prompt_config()  # ConfigError naming the bad prompt field
+        try:  # ConfigError naming the bad prompt field, or what the method cannot do with these prompts
+            method.prompt_config(self.prompt_config())
+        except ValueError as err:
+            raise ConfigError(str(err)) from err
         if method.prunes and self.num_tokens - pruned_count(self.num_tokens, self.prune_tokens) < 1:
             raise ConfigError(f"prune_tokens {self.prune_tokens:g} of num_tokens {self.num_tokens} prunes every prompt "
                               f"token; prune a smaller share, or use more tokens")

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from ..devices import autocast
 from ..errors import TrainingError
 from ..inference.evaluate import evaluate_logits
-from ..methods import optimizer_groups
+from ..methods import Method, method_of, optimizer_groups
 from ..model import PromptedModel
 from ..rundir import RunDir
 from .batches import make_loader, precompute_rows
@@ -50,6 +50,10 @@ class Fit:
     @property
     def device(self) -> torch.device:
         return torch.device(self.cfg.device)
+
+    @property
+    def method(self) -> Method:
+        return method_of(self.model)
 
     def autocast(self):
         return autocast(self.cfg.device, self.cfg.precision)
@@ -86,6 +90,9 @@ def train_epoch(fit: Fit, dataset: Dataset, epoch: int) -> dict:
         losses = F.cross_entropy(logits.float(), labels, reduction="none", label_smoothing=cfg.label_smoothing)
         # this rank's share of the global batch's mean (DDP averages the ranks' gradients; see distributed.py)
         loss = losses.sum() * weights[step]
+        extra = fit.method.training_loss(model, labels)  # a method's own loss beside it (DA-VPT's), a batch mean
+        if extra is not None:
+            loss = loss + extra * len(labels) * weights[step]
         if not torch.isfinite(loss):
             raise TrainingError(f"the loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}; the last good "
                                 f"checkpoint is in {fit.run.last} (if any epoch finished). Lower the learning rates "
