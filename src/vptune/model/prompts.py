@@ -101,15 +101,11 @@ class Prompts(nn.Module):
     def forward(self, batch_size: int) -> torch.Tensor | list[torch.Tensor]:
         """Prompts for every prompted block: (num_blocks, B or 1, length, dim); a list of (B or 1, length, dim_i),
         one per block, when the widths differ (`ragged`)."""
-        if self.segment_mask is not None:
-            return self._prompts(self.tokens * self.width_mask())
         if self.ragged:
             rows = [self.proj(row).unsqueeze(0) for row in self.tokens]
             rows = [self.dropout(row.expand(batch_size, -1, -1)) for row in rows] if self.per_image else rows
             return [self._fourier(row) for row in rows]
-        return self._prompts(self.tokens)
-
-    def _prompts(self, tokens: torch.Tensor) -> torch.Tensor:
+        tokens = self.tokens if self.segment_mask is None else self.tokens * self.width_mask()  # E2VPT's pruning
         prompts = self.proj(tokens).unsqueeze(1).expand(len(self.blocks), -1, -1, -1)
         if self.per_image:
             prompts = self.dropout(prompts.expand(-1, batch_size, -1, -1))
