@@ -38,6 +38,25 @@ def test_cli_train_eval_predict_info(workspace, tmp_path, capsys):
     assert "% of the backbone" in out and "prompt.safetensors" in out and '"name": "vpt-deep"' in out
 
 
+@pytest.mark.parametrize("flags", [["--method", "e2vpt", "--kv-tokens", "2"], ["--method", "vfpt"],
+                                   ["--method", "gated-vpt"], ["--method", "da-vpt", "--metric-weight", "0.1"],
+                                   ["--method", "e2vpt", "--prune-tokens", "0.5", "--prune-segments", "0.25"]],
+                         ids=["e2vpt", "vfpt", "gated-vpt", "da-vpt", "e2vpt-pruned"])
+def test_each_follow_up_method_trains_predicts_and_describes_itself_through_the_cli(workspace, tmp_path, capsys,
+                                                                                    flags):
+    run = RunDir(tmp_path / "run")
+    assert main(train_args(workspace, run.path, "--epochs", "1", "--num-tokens", "4", *flags)) == 0
+    image = workspace / "images" / "green" / "1.png"
+    capsys.readouterr()
+    assert main(["predict", str(run.path), str(image), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["image"] == str(image)
+    assert main(["info", str(run.path)]) == 0
+    described = capsys.readouterr().out
+    assert f'"name": "{flags[1]}"' in described
+    if "--prune-tokens" in flags:  # the pruned task holds 2 of the 4 tokens a block
+        assert '"num_tokens": 2' in described and (run.path / "unpruned" / "best").is_dir()
+
+
 def test_config_file_and_flags_flags_win(workspace, tmp_path):
     settings = tmp_path / "settings.yaml"
     settings.write_text("epochs: 1\nnum-tokens: 7\nmethod: vpt-shallow\nprompt_layers: '1'\n")
