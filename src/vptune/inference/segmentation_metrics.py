@@ -1,0 +1,39 @@
+"""Semantic segmentation metrics from a confusion matrix: mIoU, pixel accuracy and per-class IoU.
+
+Pixels labelled 255 (ignore) are not scored. A class's IoU is TP / (TP + FP + FN); a class absent from both the
+labels and the predictions has no IoU (None) and is left out of the mean, as mmsegmentation's mIoU does."""
+from __future__ import annotations
+
+import torch
+
+IGNORE = 255
+
+
+def confusion_matrix(predicted: torch.Tensor, target: torch.Tensor, num_classes: int,
+                     ignore: int = IGNORE) -> torch.Tensor:
+    """(num_classes, num_classes) int64 counts, rows = true class, columns = predicted, of every scored pixel of
+    `predicted` and `target` (same shape, class indices)."""
+    if predicted.shape != target.shape:
+        raise ValueError(f"confusion_matrix: predictions {tuple(predicted.shape)} and labels {tuple(target.shape)} "
+                         f"differ in shape")
+    scored = target != ignore
+    pairs = target[scored].long() * num_classes + predicted[scored].long()
+    return torch.bincount(pairs, minlength=num_classes * num_classes).view(num_classes, num_classes)
+
+
+def segmentation_metrics(confusion: torch.Tensor, class_names: list[str] | None = None) -> dict:
+    """mIoU, pixel accuracy, per-class IoU (None where a class is in neither labels nor predictions) and the number
+    of scored pixels."""
+    confusion = confusion.double()
+    true_positive = confusion.diag()
+    union = confusion.sum(0) + confusion.sum(1) - true_positive
+    present = union > 0
+    iou = torch.where(present, true_positive / union.clamp(min=1), torch.nan)
+    names = class_names or [str(k) for k in range(len(confusion))]
+    pixels = confusion.sum()
+    return {
+        "miou": float(iou[present].mean()) if present.any() else None,
+        "pixel_accuracy": float(true_positive.sum() / pixels) if pixels else None,
+        "per_class_iou": {name: (float(value) if present[k] else None) for k, (name, value) in enumerate(zip(names, iou))},
+        "num_pixels": int(pixels),
+    }
