@@ -183,3 +183,22 @@ def test_evaluation_resizes_the_image_and_keeps_the_mask_whole():
     image, mask = torch.zeros(3, 30, 40, dtype=torch.uint8), torch.ones(30, 40, dtype=torch.long)
     out_image, out_mask = JointTransform(16, (0.5,) * 3, (0.5,) * 3, train=False)(image, mask)
     assert out_image.shape == (3, 16, 16) and torch.equal(out_mask, mask)
+
+
+def test_the_built_in_task_is_written_the_same_every_time_and_loads_as_users_data(tmp_path):
+    from vptune.data.builtin import _arrays
+    from vptune.data.builtin_segmentation import write_pasted_animals
+
+    silhouettes = np.zeros((60, 28, 28), np.uint8)
+    silhouettes[:, 6:22, 8:20] = 255  # a block: every pasted object is a rectangle of its class
+    animals = _arrays(silhouettes, np.arange(60) % 3, np.arange(60) >= 45, ["a", "b", "c"], "test")
+    counts = {"train": 6, "val": 2, "test": 3}
+    first, second = (write_pasted_animals(tmp_path / name, animals, counts) for name in ("first", "second"))
+    files = sorted(p.relative_to(first) for p in first.rglob("*.png"))
+    assert len(files) == 2 * 11 and all((first / f).read_bytes() == (second / f).read_bytes() for f in files)
+    data = check_segmentation(read_segmentation_data(first))
+    assert data.class_names == ["ground", "a", "b", "c"] and [len(data.splits[s]) for s in counts] == [6, 2, 3]
+    for pair in data.splits["train"]:
+        mask = read_mask(pair.mask)
+        labelled = np.argwhere(mask > 0)
+        assert len(labelled) and set(np.unique(mask)) <= {0, 1, 2, 3}  # ground and pasted classes only
