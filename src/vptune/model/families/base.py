@@ -178,6 +178,19 @@ class BackboneAdapter:
                   "global-pool": lambda: x if prompt_outputs is None else torch.cat([x, prompt_outputs], dim=1)}
         return bb.fc_norm(bb.norm(tokens[pooling]()).mean(dim=1))
 
+    supports_dense: ClassVar[bool] = True  # `dense` gives the final image tokens as a map (segmentation)
+
+    def dense(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """Final tokens (B, prefix + m, d) -> the final normed image tokens as a feature map (B, d, h, w), the
+        `grid` of patches (what timm's `forward_features` gives, without the prefix tokens)."""
+        tokens = self.backbone.norm(x[:, self.num_prefix_tokens:])
+        return tokens.transpose(1, 2).unflatten(-1, grid)
+
+    def grid_of(self, images: torch.Tensor) -> tuple[int, int]:
+        """The patch grid (h, w) of images (B, 3, H, W)."""
+        (height, width), (ph, pw) = images.shape[-2:], self.patch_size
+        return height // ph, width // pw
+
     # ------------------------------------------------------------------------- what methods may tune
     def last_blocks(self, k: int) -> Sequence[nn.Module]:
         """The last k blocks and the final norms (partial-k fine-tuning)."""

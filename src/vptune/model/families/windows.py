@@ -34,6 +34,8 @@ class GridAdapter(BackboneAdapter):
                              f"images, got {images.shape[-2]} x {images.shape[-1]}; resize them, or create the "
                              f"backbone with that image size (--img-size)")
 
+    supports_dense = False  # the last stage's grid (Swin) and the neck (SAM) need their own feature maps: not yet
+
 
 def partition(grid: torch.Tensor, window: tuple[int, int]) -> torch.Tensor:
     """(B, H, W, C) -> (B, nW, wh * ww, C), windows in row-major order, the grid zero-padded to whole windows."""

@@ -1,0 +1,87 @@
+"""Dense prediction with prompts (the VPT paper's section 4.4): the prompted backbone's final image tokens, as a
+feature map, into a segmentation head, the logits upsampled to the image.
+
+Heads:
+- "linear": BatchNorm and a 1 x 1 convolution on the patch features (DINOv2's linear protocol, the baseline).
+- "pup": SETR's progressive upsampling (Zheng et al., CVPR 2021; the VPT paper's head): four stages of 3 x 3
+  convolution, BatchNorm, ReLU and 2x bilinear upsampling, then a 1 x 1 classifier.
+The logits are resized to the input image bilinearly; evaluation resizes them to each mask's full resolution.
+Everything about prompts (locations, depth, the fast path) is `PromptedModel`'s: this class only reads every final
+image token (no [CLS]-only shortcut in the last block) and swaps the head.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import PromptConfig
+from .prompted import PromptedModel
+
+HEADS = ("linear", "pup")
+PUP_CHANNELS = 256  # SETR-PUP's width
+
+
+class LinearHead(nn.Module):
+    """(B, d, h, w) -> (B, classes, h, w): BatchNorm, then one linear map per patch."""
+
+    def __init__(self, width: int, num_classes: int) -> None:
+        super().__init__()
+        self.norm = nn.BatchNorm2d(width)
+        self.classifier = nn.Conv2d(width, num_classes, kernel_size=1)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.norm(features))
+
+
+class PUPHead(nn.Module):
+    """(B, d, h, w) -> (B, classes, 16h, 16w): SETR-PUP's four conv-norm-ReLU-upsample stages and a classifier."""
+
+    def __init__(self, width: int, num_classes: int, channels: int = PUP_CHANNELS) -> None:
+        super().__init__()
+        stages = []
+        for i in range(4):
+            stages += [nn.Conv2d(width if i == 0 else channels, channels, kernel_size=3, padding=1, bias=False),
+                       nn.BatchNorm2d(channels), nn.ReLU(inplace=True),
+                       nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False)]
+        self.stages = nn.Sequential(*stages)
+        self.classifier = nn.Conv2d(channels, num_classes, kernel_size=1)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.stages(features))
+
+
+class PromptedSegmenter(PromptedModel):
+    """A frozen backbone with prompts and a segmentation head: images (B, 3, H, W) -> logits (B, classes, H, W).
+
+    Args: as `PromptedModel`, and `head`: "linear" or "pup" (`HEADS`)."""
+
+    def __init__(self, backbone: nn.Module, prompt: PromptConfig, num_classes: int, *, head: str = "linear",
+                 **kwargs) -> None:
+        if head not in HEADS:
+            raise ValueError(f"segmentation head must be one of {', '.join(HEADS)}, got {head!r}")
+        super().__init__(backbone, prompt, num_classes, **kwargs)
+        if not self.adapter.supports_dense:
+            raise ValueError(f"segmentation on {self.adapter.family} backbones is not in vptune yet (its final grid "
+                             f"or neck needs a feature map of its own); use a ViT or Eva backbone")
+        self.head_kind = head
+        self.head = (LinearHead if head == "linear" else PUPHead)(self.embed_dim, num_classes)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        logits = self.head(self.dense_features(images))
+        return F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
+
+    def dense_features(self, images: torch.Tensor) -> torch.Tensor:
+        """Images (B, 3, H, W) -> the final normed image tokens as a map (B, d, H / patch, W / patch)."""
+        x = self.stem(images)
+        if self.prompts is None:
+            x = self.run_plain(x)
+        else:
+            x, _ = self.location.run_blocks(self, x)
+        return self.adapter.dense(x, self.adapter.grid_of(images))
+
+    def queries_at(self, block: int) -> int | None:
+        return None  # every image token's output is read
+
+    def forward_from_stem(self, tokens: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError("a segmenter reads the image size from the images: call it on images")

@@ -1,0 +1,68 @@
+"""The prompted segmenter: the final image tokens as a feature map (equal to timm's own features without prompts,
+and the same on both paths with them), a linear or SETR-PUP head, logits at the image's size, and only prompts
+and head trained."""
+import pytest
+import torch
+from conftest import NARROW, assert_paths_agree, make_tiny_eva, make_tiny_swin, make_tiny_vit
+
+from vptune.model import PromptConfig, PromptedSegmenter
+
+
+def segmenter(backbone, num_tokens=3, path="prefix", head="linear", **prompt):
+    torch.manual_seed(0)
+    model = PromptedSegmenter(backbone, PromptConfig(num_tokens=num_tokens, **prompt), 5, head=head).double()
+    model.path = path
+    if model.prompts is not None:
+        with torch.no_grad():
+            model.prompts.tokens.normal_(0, 1)
+    return model.eval()
+
+
+@pytest.mark.parametrize("backbone", [lambda: make_tiny_vit(**NARROW, reg_tokens=2), lambda: make_tiny_eva("dinov3")],
+                         ids=["vit-registers", "eva-dinov3"])
+def test_without_prompts_the_feature_map_is_timms_final_tokens(backbone):
+    backbone = backbone().double()
+    size = backbone.patch_embed.img_size[0]
+    x = torch.randn(2, 3, size, size, dtype=torch.float64)
+    with torch.no_grad():
+        dense = segmenter(backbone, num_tokens=0).dense_features(x)
+        tokens = backbone.forward_features(x)[:, backbone.num_prefix_tokens:]
+    grid = size // backbone.patch_embed.patch_size[0]
+    assert dense.shape == (2, tokens.shape[-1], grid, grid)
+    torch.testing.assert_close(dense.flatten(2).transpose(1, 2), tokens, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("prompt", [dict(mode="deep"), dict(mode="shallow"), dict(mode="deep", layers="last 2")])
+def test_both_paths_give_the_same_logits_and_prompt_gradients(prompt):
+    backbone = make_tiny_vit(**NARROW).double()
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    labels = torch.randint(0, 5, (2, 32, 32))
+    logits, *_ = assert_paths_agree(lambda path: segmenter(backbone, path=path, **prompt), x, labels)
+    assert logits.shape == (2, 5, 32, 32)
+
+
+@pytest.mark.parametrize("head", ["linear", "pup"])
+def test_one_step_trains_prompts_and_head_only_and_the_logits_match_the_image(head):
+    model = segmenter(make_tiny_vit(**NARROW), head=head).float().train()
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    optimizer = torch.optim.SGD(model.trainable_parameters(), lr=0.1)
+    x, labels = torch.randn(2, 3, 32, 32), torch.randint(0, 5, (2, 32, 32))
+    labels[0, :4] = 255
+    logits = model(x)
+    assert logits.shape == (2, 5, 32, 32)
+    torch.nn.functional.cross_entropy(logits, labels, ignore_index=255).backward()
+    optimizer.step()
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert changed and all(n.startswith(("prompts.", "head.")) for n in changed)
+    assert "prompts.tokens" in changed and any(n.startswith("head.") for n in changed)
+
+
+def test_a_windowed_backbone_is_refused_in_one_line():
+    with pytest.raises(ValueError, match="segmentation on swin backbones is not in vptune yet") as err:
+        PromptedSegmenter(make_tiny_swin(), PromptConfig(num_tokens=2, pooling="image-pool"), 3)
+    assert "\n" not in str(err.value)
+
+
+def test_an_unknown_head_is_refused():
+    with pytest.raises(ValueError, match="must be one of linear, pup"):
+        PromptedSegmenter(make_tiny_vit(**NARROW), PromptConfig(num_tokens=2), 3, head="fpn")
