@@ -79,6 +79,30 @@ def test_a_killed_ablation_continues_without_repeating_a_run(workspace, tmp_path
     assert _table(tmp_path / "killed", "length") == _table(tmp_path / "whole", "length")  # and keeps seed 0's runs
 
 
+def test_an_ablation_moved_with_its_data_or_recorded_with_absolute_paths_trains_nothing_again(workspace, tmp_path,
+                                                                                               monkeypatch):
+    shutil.copytree(workspace / "images", tmp_path / "first" / "data")
+    first = _config(workspace, tmp_path / "first" / "out", "pooling", only=("cls",))
+    first.tasks = (str(tmp_path / "first" / "data"),)
+    run_ablation(first)
+    shutil.copytree(tmp_path / "first", tmp_path / "moved")  # a clone elsewhere: data and OUT together
+
+    trained = []
+    monkeypatch.setattr(ablate, "_run_one", lambda *args: trained.append(args) or pytest.fail("trained again"))
+    moved = _config(workspace, tmp_path / "moved" / "out", "pooling", only=("cls",))
+    moved.tasks = (str(tmp_path / "moved" / "data"),)
+    assert [row["test_top1"] for row in run_ablation(moved)] == [r["test_top1"] for r in read_runs(tmp_path / "first" / "out")]
+
+    cell = first.cells()[0]  # a runs file written when keys held the absolute path is still read as done
+    runs = tmp_path / "first" / "out" / "runs.jsonl"
+    row = json.loads(runs.read_text())
+    legacy = ablate.run_key(first, cell, first.tasks[0], 0, portable=False)
+    assert legacy != row["key"]
+    runs.write_text(json.dumps({**row, "key": legacy}) + "\n")
+    assert len(run_ablation(first)) == 1 and not trained
+    assert "1/1 done" in ablate.plan(first)
+
+
 def test_a_run_under_way_resumes_from_its_last_epoch(workspace, tmp_path, monkeypatch):
     """A run killed after its first epoch leaves its run folder; the next ablate continues it (vptune train
     --resume semantics) instead of starting it again."""

@@ -20,15 +20,17 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import shutil
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Container, Iterator
 
 from .._io import atomic_write_text
 from ..backbones import create_backbone
+from ..data import builtin_name
 from ..model import adapter_for
 from ..errors import ConfigError, TrainingError
 from ..rundir import RunDir
@@ -283,7 +285,7 @@ def run_ablation(config: AblateConfig) -> list[dict]:
     with _ablation_folder(out):
         done = {row["key"]: row for row in read_runs(out)}
         plan = [(seed, task, cell) for seed in config.seeds for task in config.tasks for cell in config.to_run()]
-        todo = [(seed, task, cell) for seed, task, cell in plan if run_key(config, cell, task, seed) not in done]
+        todo = [(seed, task, cell) for seed, task, cell in plan if recorded_key(done, config, cell, task, seed) not in done]
         log.info(f"ablate {ablation.name}: {len(plan)} runs, {len(plan) - len(todo)} already done, {len(todo)} to go")
         for index, (seed, task, cell) in enumerate(todo, start=1):
             log.info(f"[{index}/{len(todo)}] {cell.name} on {task}, seed {seed}")
@@ -294,7 +296,7 @@ def run_ablation(config: AblateConfig) -> list[dict]:
         write_reports(config, ablation, set_rows(config, done))
         if (out / "work").is_dir() and not any((out / "work").iterdir()):
             (out / "work").rmdir()
-    return [done[run_key(config, cell, task, seed)] for seed, task, cell in plan]
+    return [done[recorded_key(done, config, cell, task, seed)] for seed, task, cell in plan]
 
 
 def write_set_reports(config: AblateConfig) -> list[Path]:
@@ -317,13 +319,14 @@ def plan(config: AblateConfig) -> str:
     cells = config.to_run()
     lines = [f"{config.set}: {SETS[config.set].summary}", ""]
     for cell in cells:
-        finished = sum(run_key(config, cell, task, seed) in done for task in config.tasks for seed in config.seeds)
+        finished = sum(recorded_key(done, config, cell, task, seed) in done
+                       for task in config.tasks for seed in config.seeds)
         settings = ", ".join(f"{k}={v}" for k, v in cell.settings.items())
         lines.append(f"  {cell.name:<36} {settings:<60} {finished}/{len(config.tasks) * len(config.seeds)} done")
     if config.left_out():
         lines += ["", f"  left out on this backbone: {'; '.join(config.left_out())}"]
     total = len(cells) * len(config.tasks) * len(config.seeds)
-    left = sum(run_key(config, c, t, s) not in done for c in cells for t in config.tasks for s in config.seeds)
+    left = sum(recorded_key(done, config, c, t, s) not in done for c in cells for t in config.tasks for s in config.seeds)
     lines += ["", f"{total} runs ({len(cells)} cells x {len(config.tasks)} tasks x {len(config.seeds)} seeds), "
                   f"{left} to do, into {config.out}"]
     return "\n".join(lines)
@@ -344,13 +347,27 @@ def run_settings(config: AblateConfig, cell: Cell, task: str, seed: int) -> dict
             "seed": seed}
 
 
-def run_key(config: AblateConfig, cell: Cell, task: str, seed: int) -> str:
+def run_key(config: AblateConfig, cell: Cell, task: str, seed: int, portable: bool = True) -> str:
     """A run's identity: a hash of its resolved settings, so equal runs of different sets are trained once, and a
-    run whose default meaning changed (a new default of vptune) is trained again."""
+    run whose default meaning changed (a new default of vptune) is trained again. A task given as a path enters
+    as its path relative to OUT, so a clone elsewhere (or OUT and the data moved together) keeps every run;
+    `portable=False`: the absolute path, as keys were made before."""
     resolved = _train_config(run_settings(config, cell, task, seed)).resolved().to_dict()
+    if portable and builtin_name(resolved["data"]) is None:
+        resolved["data"] = Path(os.path.relpath(resolved["data"], Path(config.out).absolute())).as_posix()
     kept = {k: v for k, v in sorted(resolved.items())
             if k not in NOT_IN_KEY and not (k in KEY_SINCE and v == KEY_SINCE[k])}
     return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def recorded_key(done: Container[str], config: AblateConfig, cell: Cell, task: str, seed: int) -> str:
+    """The key `done` holds a run under: its own, or the absolute-path key it was recorded with before keys were
+    portable; its own when `done` holds neither."""
+    key = run_key(config, cell, task, seed)
+    if key not in done and builtin_name(task) is None:
+        legacy = run_key(config, cell, task, seed, portable=False)
+        return legacy if legacy in done else key
+    return key
 
 
 def set_rows(config: AblateConfig, done: dict[str, dict]) -> list[dict]:
@@ -361,7 +378,7 @@ def set_rows(config: AblateConfig, done: dict[str, dict]) -> list[dict]:
     for seed in sorted(set(config.seeds) | {row["seed"] for row in done.values()}):
         for task in config.tasks:
             for cell in config.cells():
-                row = done.get(run_key(config, cell, task, seed))
+                row = done.get(recorded_key(done, config, cell, task, seed))
                 if row is not None:
                     rows.append({**row, "set": config.set, "cell": cell.name, "task": task, "seed": seed})
     return rows
@@ -370,6 +387,9 @@ def set_rows(config: AblateConfig, done: dict[str, dict]) -> list[dict]:
 def _run_one(config: AblateConfig, out: Path, cell: Cell, task: str, seed: int) -> dict:
     key = run_key(config, cell, task, seed)
     run = RunDir(out / "work" / key)
+    legacy = out / "work" / run_key(config, cell, task, seed, portable=False)
+    if legacy.is_dir() and not run.path.exists():  # under way when keys held the absolute path: it continues
+        legacy.rename(run.path)
     settings = run_settings(config, cell, task, seed)
     started = time.perf_counter()
     failure = None
