@@ -317,3 +317,17 @@ def test_a_concat_channel_step_moves_the_embedding_as_little_as_a_prompt_token_s
         moved = (model.embed(images) - before).abs().max().item()
     largest_pixel = model.prompts.tokens.abs().max().item()
     assert 0 < moved <= 1.1 * lr * largest_pixel
+
+
+def test_min_steps_grows_the_epochs_on_few_images_and_leaves_enough_alone(workspace, tmp_path):
+    summary = train(train_config(workspace, tmp_path / "few", epochs=2, min_steps=10), quiet=True)
+    train_images, batch = summary["data"]["sizes"]["train"], 8
+    steps_per_epoch = -(-train_images // batch)
+    expected = max(2, -(-10 // steps_per_epoch))
+    assert expected > 2 and summary["epochs"] == expected
+    assert len(RunDir(tmp_path / "few").read_metrics()) == expected
+    assert train(train_config(workspace, tmp_path / "enough", epochs=2, min_steps=1), quiet=True)["epochs"] == 2
+    refit = train(train_config(workspace, tmp_path / "refit", epochs=2, min_steps=10, refit=True), quiet=True)
+    assert refit["epochs"] == expected  # from the training split: the refit on train + val keeps that schedule
+    with pytest.raises(ConfigError, match="min_steps must be a positive number"):
+        train_config(workspace, tmp_path / "bad", min_steps=0).resolved()

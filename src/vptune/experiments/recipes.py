@@ -33,6 +33,9 @@ RECIPES: dict[str, dict[str, Any]] = {
                             weight_decay=1e-4, prompt_init="patches"),
     "label-smoothing": dict(head_norm=True, head_init="probe", optimizer="adamw", lr=1e-2, head_lr=1e-2,
                             weight_decay=1e-4, prompt_init="patches", label_smoothing=0.1),
+    # few images: 10 epochs of a 180-image task are 60 AdamW steps, too few for the prompts to move from their
+    # start; at least the steps 10 epochs of VTAB-1k's 800 images take at batch 32 (the built-ins keep theirs)
+    "min-steps": dict(min_steps=250),
     "norm-adamw": dict(head_norm=True, optimizer="adamw", lr=1e-2, head_lr=1e-2, weight_decay=1e-4,
                        prompt_init="xavier"),
     "defaults": dict(),  # whatever TrainConfig's defaults are now

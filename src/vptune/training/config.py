@@ -119,6 +119,8 @@ class TrainConfig:
                                                "of the training memory for about 1.4x the step time")
     # optimisation
     epochs: int = _setting(10, "epochs")
+    min_steps: int | None = _setting(None, "train at least this many optimizer steps: on few images the epochs grow "
+                                           "to max(--epochs, ceil(min_steps / steps per epoch)) (default: off)")
     batch_size: int = _setting(32, "batch size")
     optimizer: str | None = _setting(None, "default: the method's (adamw; the original VPT's sgd is one flag "
                                            "away)", OPTIMIZERS)
@@ -250,6 +252,8 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be a finite number >= 0, got {value!r}")
         if not 0 <= self.seed <= MAX_SEED:
             raise ConfigError(f"seed must be a whole number from 0 to {MAX_SEED}, got {self.seed!r}")
+        if self.min_steps is not None and self.min_steps < 1:
+            raise ConfigError(f"min_steps must be a positive number of optimizer steps, got {self.min_steps!r}")
         for name in ("subset", "test_subset"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be a positive number of images, got {getattr(self, name)!r}")

@@ -124,6 +124,7 @@ def _train(run: RunDir, cfg: TrainConfig, resume: bool, overwrite: bool, quiet: 
         raise
     if replaced is not None:
         shutil.rmtree(replaced)
+    cfg = _with_min_steps(cfg, len(subset_of(splits.train, cfg)))
     model.grad_checkpointing = cfg.grad_checkpointing
     model.to(cfg.device)
     if cfg.half_backbone:  # after build_model took the backbone's fingerprint from its own weights
@@ -157,6 +158,18 @@ def _train(run: RunDir, cfg: TrainConfig, resume: bool, overwrite: bool, quiet: 
     if world.main:
         run.write_summary(summary)
     return broadcast(summary, world)  # every rank returns rank 0's
+
+
+def _with_min_steps(cfg: TrainConfig, num_train: int) -> TrainConfig:
+    """`min_steps` as epochs, from the training split's size (so a refit on train + val keeps the selection run's
+    schedule): max(epochs, ceil(min_steps / steps per epoch))."""
+    if cfg.min_steps is None:
+        return cfg
+    epochs = max(cfg.epochs, math.ceil(cfg.min_steps / math.ceil(num_train / cfg.batch_size)))
+    if epochs != cfg.epochs:
+        log.info(f"{num_train} training images at batch {cfg.batch_size}: {epochs} epochs for at least "
+                 f"{cfg.min_steps} steps (--min-steps)")
+    return dataclasses.replace(cfg, epochs=epochs, min_steps=None)
 
 
 def refits(cfg: TrainConfig) -> bool:
