@@ -13,7 +13,7 @@ import dataclasses
 import logging
 import re
 from dataclasses import dataclass
-from typing import Any, ClassVar, Sequence
+from typing import Any, Callable, ClassVar, Sequence
 
 import torch
 from torch import nn
@@ -90,6 +90,14 @@ class GradientMethod(Method):
     default_head_lr = HEAD_LR
     head_norm = True
     head_init = "probe"
+
+
+def check_setting(name: str, value: object, ok: Callable[[float], bool], need: str, whole: bool = False) -> None:
+    """ConfigError "NAME must be NEED, got VALUE" unless `value` is a number (a whole one with `whole`; never a
+    bool) for which ok(value) holds: a method's own settings, checked where they are made."""
+    kinds = int if whole else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds) or not ok(value):
+        raise ConfigError(f"{name} must be {need}, got {value!r}")
 
 
 def register(cls: type[Method]) -> type[Method]:

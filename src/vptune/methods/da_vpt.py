@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError
 from ..model import PromptConfig, PromptedModel
-from .base import register
+from .base import check_setting, register
 from .vpt import _VPT
 
 # Its code's most common setting (each of its two losses weighted 0.01), and Proxy Anchor's own alpha and delta
@@ -55,10 +55,8 @@ class DAVPT(_VPT):
     metric_weight: float = METRIC_WEIGHT
 
     def __post_init__(self) -> None:
-        weight = self.metric_weight
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 <= weight < float("inf"):
-            raise ConfigError(f"metric_weight must be a number >= 0 (the weight of DA-VPT's metric loss beside the "
-                              f"cross-entropy), got {weight!r}")
+        check_setting("metric_weight", self.metric_weight, lambda weight: 0 <= weight < float("inf"),
+                      "a number >= 0 (the weight of DA-VPT's metric loss beside the cross-entropy)")
 
     @property
     def mode(self) -> str:

@@ -7,7 +7,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..model import adapter_for
-from .base import GradientMethod, register
+from .base import GradientMethod, check_setting, register
 
 
 @register
@@ -21,8 +21,7 @@ class LoRA(GradientMethod):
     lora_dropout: float = 0.0
 
     def __post_init__(self) -> None:
-        if isinstance(self.lora_rank, bool) or not isinstance(self.lora_rank, int) or self.lora_rank < 1:
-            raise ConfigError(f"lora_rank must be a positive integer, got {self.lora_rank!r}")
+        check_setting("lora_rank", self.lora_rank, lambda rank: rank >= 1, "a positive integer", whole=True)
 
     def adapt(self, backbone: nn.Module) -> None:
         try:

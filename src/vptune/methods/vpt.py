@@ -4,9 +4,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from ..errors import ConfigError
 from ..model import PromptConfig
-from .base import GradientMethod, register
+from .base import GradientMethod, check_setting, register
 
 # The default recipe, chosen in docs/recipe.md on the three built-in tasks and checked on hold-out tasks: the
 # original's SGD (prompt lr 0.5, head lr 0.02 on raw features) diverged on a small low-variety task, because the
@@ -61,10 +60,9 @@ class VFPT(_VPT):
     prompt_init = "xavier"
 
     def __post_init__(self) -> None:
-        share = self.fourier_share
-        if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 < share <= 1:
-            raise ConfigError(f"fourier_share must be a number above 0 and at most 1 (the share of each block's "
-                              f"prompt tokens through the Fourier transform), got {share!r}")
+        check_setting("fourier_share", self.fourier_share, lambda share: 0 < share <= 1,
+                      "a number above 0 and at most 1 (the share of each block's prompt tokens through the Fourier "
+                      "transform)")
 
     @property
     def mode(self) -> str:
@@ -114,14 +112,12 @@ class E2VPT(_VPT):
     prune_segments: float = 0.0
 
     def __post_init__(self) -> None:
-        if isinstance(self.kv_tokens, bool) or not isinstance(self.kv_tokens, int) or self.kv_tokens < 1:
-            raise ConfigError(f"kv_tokens must be a whole number >= 1 (learned keys and values per block), got "
-                              f"{self.kv_tokens!r}")
+        check_setting("kv_tokens", self.kv_tokens, lambda count: count >= 1,
+                      "a whole number >= 1 (learned keys and values per block)", whole=True)
         for name in ("prune_tokens", "prune_segments"):
-            share = getattr(self, name)
-            if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share < 1:
-                raise ConfigError(f"{name} must be a number from 0 (no pruning) to below 1 (the share of prompt "
-                                  f"{name.removeprefix('prune_')} pruned), got {share!r}")
+            check_setting(name, getattr(self, name), lambda share: 0 <= share < 1,
+                          f"a number from 0 (no pruning) to below 1 (the share of prompt {name.removeprefix('prune_')} "
+                          f"pruned)")
 
     @property
     def prunes(self) -> bool:
