@@ -202,3 +202,30 @@ def test_the_built_in_task_is_written_the_same_every_time_and_loads_as_users_dat
         mask = read_mask(pair.mask)
         labelled = np.argwhere(mask > 0)
         assert len(labelled) and set(np.unique(mask)) <= {0, 1, 2, 3}  # ground and pasted classes only
+
+
+def test_a_split_as_a_dataset_and_its_evaluation_at_full_resolution(tmp_path):
+    from torch.utils.data import DataLoader
+
+    from vptune.data.segmentation_dataset import SegmentationDataset, collate_masks
+    from vptune.inference.segmentation_metrics import evaluate_segmentation
+
+    masks = [write_pair(tmp_path / "images" / f"{i}.png", tmp_path / "masks" / f"{i}.png", size=(12 + i, 10), value=1)
+             for i in range(3)]
+    data = check_segmentation(read_segmentation_data(tmp_path))
+    pairs = [p for split in ("train", "val", "test") for p in data.splits[split]]
+    dataset = SegmentationDataset(pairs, JointTransform(8, (0.5,) * 3, (0.5,) * 3, train=False))
+    image, mask = dataset[0]
+    assert image.shape == (3, 8, 8) and mask.shape == (10, 12 + int(pairs[0].image.stem))
+    batches = DataLoader(dataset, batch_size=2, collate_fn=collate_masks)
+
+    def ground_everywhere(images):  # a model that always says class 0
+        logits = torch.zeros(len(images), 2, 8, 8)
+        logits[:, 0] = 1.0
+        return logits
+
+    metrics = evaluate_segmentation(ground_everywhere, batches, 2, ["ground", "thing"])
+    ground = sum(int((m == 0).sum()) for m in masks)
+    total = sum(m.size for m in masks)
+    assert metrics["num_pixels"] == total and metrics["pixel_accuracy"] == pytest.approx(ground / total)
+    assert metrics["per_class_iou"] == {"ground": pytest.approx(ground / total), "thing": 0.0}

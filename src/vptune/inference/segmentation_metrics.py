@@ -4,7 +4,10 @@ Pixels labelled 255 (ignore) are not scored. A class's IoU is TP / (TP + FP + FN
 labels and the predictions has no IoU (None) and is left out of the mean, as mmsegmentation's mIoU does."""
 from __future__ import annotations
 
+from typing import Callable, Iterable
+
 import torch
+import torch.nn.functional as F
 
 IGNORE = 255
 
@@ -37,3 +40,18 @@ def segmentation_metrics(confusion: torch.Tensor, class_names: list[str] | None 
         "per_class_iou": {name: (float(value) if present[k] else None) for k, (name, value) in enumerate(zip(names, iou))},
         "num_pixels": int(pixels),
     }
+
+
+@torch.no_grad()
+def evaluate_segmentation(model: Callable[[torch.Tensor], torch.Tensor],
+                          batches: Iterable[tuple[torch.Tensor, list[torch.Tensor]]], num_classes: int,
+                          class_names: list[str] | None = None, device: str | torch.device = "cpu") -> dict:
+    """`segmentation_metrics` over batches of (images (B, 3, S, S), masks at full resolution): each image's logits
+    are resized to its own mask (bilinear) before the argmax, so every original pixel is scored."""
+    confusion = torch.zeros(num_classes, num_classes, dtype=torch.long)
+    for images, masks in batches:
+        logits = model(images.to(device)).float()
+        for one, mask in zip(logits, masks):
+            resized = F.interpolate(one[None], size=tuple(mask.shape), mode="bilinear", align_corners=False)[0]
+            confusion += confusion_matrix(resized.argmax(0).cpu(), mask, num_classes)
+    return segmentation_metrics(confusion, class_names)
