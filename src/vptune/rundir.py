@@ -72,6 +72,12 @@ class RunDir:
         """Write the run marker (done when a run starts, before anything else of the run)."""
         atomic_write_text(self.path / MARKER, json.dumps(RUN_FORMAT) + "\n")
 
+    @property
+    def started(self) -> bool:
+        """Whether training got anywhere here: an epoch finished, or a first stage (a refit's selection run, a
+        pruning's unpruned run) began; such a run resumes rather than starting again."""
+        return self.state.is_file() or self.selection.is_dir() or self.unpruned.is_dir()
+
     def is_empty(self) -> bool:
         return not self.path.exists() or not any(p.name != LOCK for p in self.path.iterdir())
 

@@ -394,8 +394,7 @@ def _run_one(config: AblateConfig, out: Path, cell: Cell, task: str, seed: int) 
     started = time.perf_counter()
     failure = None
     try:
-        under_way = run.state.is_file() or run.selection.is_dir()  # an epoch (or a refit's first stage) finished
-        if under_way and run.config.is_file():  # killed mid-run: it continues exactly
+        if run.started and run.config.is_file():  # killed mid-run: it continues exactly
             log.info(f"resuming the interrupted run in {run.path}")
             summary = train(TrainConfig(output=str(run.path)), resume=True, quiet=True)
         else:

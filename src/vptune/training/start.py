@@ -45,9 +45,7 @@ def start_run(run: RunDir, cfg: TrainConfig, *, resume: bool, overwrite: bool,
                     f"run was put back from {restored}")
     if resume:
         cfg = read_run_config(run, changes or {}) if run.config.is_file() else None
-        # an epoch, a refit's selection stage or a pruning's first run under way
-        started = run.state.is_file() or run.selection.is_dir() or run.unpruned.is_dir()
-        if cfg is None or not (started or cfg.tuning_method().head_only):  # a probe is refitted whole
+        if cfg is None or not (run.started or cfg.tuning_method().head_only):  # a probe is refitted whole
             raise TrainingError(f"cannot resume {run.path}: it has no {run.config.name} and {run.state.name} (no epoch "
                                 f"finished yet?); start it again with --overwrite")
         if changes:
