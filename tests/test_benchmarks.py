@@ -100,3 +100,14 @@ def test_the_holdout_report_sets_vpt_beside_the_scikit_learn_probe_with_the_marg
                          text=True, check=True).stdout
     assert "| counting | 0.5800 | 0.5000 | 0.6100 +- 0.0141 | +3.0 points (goal met) | 0,1 |" in out
     assert "| calibrated-head | counting | 0.5700 | -1.0 points | 0 |" in out
+
+
+@pytest.mark.parametrize("script", [s for s in SMOKE if s.endswith(".py")])
+def test_help_is_an_answer_and_writes_nothing(script, tmp_path):
+    """`--help` once wrote a task folder named "--help" (a script that read sys.argv by hand)."""
+    env = {**os.environ, "VPTUNE_CACHE": str(tmp_path / "cache")}
+    (tmp_path / "cwd").mkdir()
+    done = subprocess.run([sys.executable, str(BENCHMARKS / script), "--help"], capture_output=True, text=True,
+                          env=env, cwd=tmp_path / "cwd", timeout=120)
+    assert done.returncode == 0 and "usage" in done.stdout.lower(), done.stderr[-2000:]
+    assert not list((tmp_path / "cwd").iterdir())
