@@ -26,7 +26,7 @@ from ._io import atomic_write, atomic_write_text, file_sha256, package_version
 from .backbones import backbone_fingerprint, backbone_on_this_machine, create_backbone
 from .errors import CheckpointError, VptuneError
 from .methods import Method, method_from_dict, method_of
-from .model import FeatureNorm, PromptConfig, PromptedModel, family_of
+from .model import HEADS, FeatureNorm, PromptConfig, PromptedModel, PromptedSegmenter, family_of
 
 WEIGHTS_FILE = "prompt.safetensors"
 CONFIG_FILE = "task.json"
@@ -67,8 +67,9 @@ def task_metadata(model: PromptedModel, tensors: dict[str, torch.Tensor], weight
         "vptune_version": package_version(),
         "method": method_of(model).to_dict(),
         "prompt": model.prompt_config.to_dict(),
-        "num_classes": model.head.out_features,
-        "head": {"norm": isinstance(model.head_norm, FeatureNorm)},
+        "num_classes": model.num_classes,
+        "head": {"norm": isinstance(model.head_norm, FeatureNorm),
+                 **({"segmentation": model.head_kind} if isinstance(model, PromptedSegmenter) else {})},
         "class_names": model.class_names,
         "backbone": {
             "name": model.backbone_name,
@@ -114,7 +115,7 @@ def load_task(directory: str | os.PathLike, backbone: nn.Module | str | None = N
         raise CheckpointError(f"{directory / CONFIG_FILE}: cannot rebuild the model: {err}") from err
     model.method = method
     _load_tensors(model, tensors, directory)
-    return model
+    return model.eval()  # ready to predict: no prompt dropout, a segmentation head's norms on their statistics
 
 
 def check_task(directory: str | os.PathLike) -> dict[str, Any]:
@@ -144,9 +145,12 @@ def _checked_weights(directory: Path, meta: dict[str, Any], backbone: nn.Module)
 def _rebuild(directory: Path, meta: dict[str, Any], backbone: nn.Module, path: str) -> PromptedModel:
     try:
         prompt = PromptConfig.from_dict(meta["prompt"])
-        return PromptedModel(backbone, prompt, int(meta["num_classes"]), path=path,
-                           backbone_name=meta["backbone"]["name"], class_names=meta.get("class_names"),
-                           head_norm=bool(meta.get("head", {}).get("norm", False)))
+        settings = dict(path=path, backbone_name=meta["backbone"]["name"], class_names=meta.get("class_names"))
+        head = meta.get("head", {})
+        if "segmentation" in head:  # a segmentation task: its head kind, on the final image tokens
+            return PromptedSegmenter(backbone, prompt, int(meta["num_classes"]), head=head["segmentation"], **settings)
+        return PromptedModel(backbone, prompt, int(meta["num_classes"]), head_norm=bool(head.get("norm", False)),
+                             **settings)
     except (ValueError, TypeError, KeyError) as err:
         raise CheckpointError(f"{directory / CONFIG_FILE}: cannot rebuild the model: {err}") from err
 
@@ -230,6 +234,8 @@ def _type_problem(meta: dict[str, Any]) -> str | None:
         "data.std must be 3 positive numbers": _numbers(data["std"], 3, positive=True),
         "head must be a mapping with a true/false norm": isinstance(meta.get("head", {}), dict)
         and isinstance(meta.get("head", {}).get("norm", False), bool),
+        f"head.segmentation must be one of {', '.join(HEADS)}": not isinstance(meta.get("head"), dict)
+        or meta["head"].get("segmentation", HEADS[0]) in HEADS,
         "class_names must be a list of one name per class, or null": meta.get("class_names") is None or (
             isinstance(meta["class_names"], list) and _is_int(num_classes)
             and len(meta["class_names"]) == num_classes and all(isinstance(n, str) for n in meta["class_names"])),
@@ -349,7 +355,7 @@ def _shape_hint(name: str, model: PromptedModel) -> str:
         return (f" (task.json says num_tokens={cfg.num_tokens}, location={cfg.location!r}, "
                 f"{len(model.prompt_blocks)} prompted blocks)")
     if name.startswith("head."):
-        return f" (task.json says num_classes={model.head.out_features}, embed_dim={model.embed_dim})"
+        return f" (task.json says num_classes={model.num_classes}, embed_dim={model.embed_dim})"
     return ""
 
 

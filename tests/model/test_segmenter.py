@@ -66,3 +66,27 @@ def test_a_windowed_backbone_is_refused_in_one_line():
 def test_an_unknown_head_is_refused():
     with pytest.raises(ValueError, match="must be one of linear, pup"):
         PromptedSegmenter(make_tiny_vit(**NARROW), PromptConfig(num_tokens=2), 3, head="fpn")
+
+
+@pytest.mark.parametrize("head", ["linear", "pup"])
+def test_a_segmenter_saves_and_loads_as_a_task(tmp_path, head):
+    import json
+
+    from vptune import CheckpointError, load_task, save_task
+
+    backbone = make_tiny_vit(**NARROW)
+    model = segmenter(backbone, head=head).float()
+    with torch.no_grad():  # BatchNorm statistics that are not the defaults must come back too
+        model.head.train()(torch.randn(2, 24, 2, 2) * 3 + 1)
+    model.eval()
+    save_task(model, tmp_path / "task")
+    loaded = load_task(tmp_path / "task", backbone=backbone)
+    assert isinstance(loaded, PromptedSegmenter) and loaded.head_kind == head
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x), atol=1e-6, rtol=0)
+    meta = json.loads((tmp_path / "task" / "task.json").read_text())
+    meta["head"]["segmentation"] = "fpn"
+    (tmp_path / "task" / "task.json").write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="head.segmentation must be one of linear, pup"):
+        load_task(tmp_path / "task", backbone=backbone)

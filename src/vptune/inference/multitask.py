@@ -149,13 +149,13 @@ class MultiTaskModel(nn.Module):
     def describe(self, name: str) -> dict:
         """A loaded task as the server lists it: classes, method, prompt config, image size."""
         task = self.tasks[name]
-        return {"name": name, "classes": self.class_names(name), "num_classes": task.head.out_features,
+        return {"name": name, "classes": self.class_names(name), "num_classes": task.num_classes,
                 "method": task.method.to_dict() if getattr(task, "method", None) else None,
                 "prompt": task.prompt_config.to_dict(), "image_size": list(task.adapter.img_size)}
 
     def class_names(self, name: str) -> list[str]:
         model = self.tasks[name]
-        return model.class_names or [str(i) for i in range(model.head.out_features)]
+        return model.class_names or [str(i) for i in range(model.num_classes)]
 
     # ------------------------------------------------------------------------------------------- forward
     @torch.inference_mode()

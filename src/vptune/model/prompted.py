@@ -76,6 +76,7 @@ class PromptedModel(nn.Module):
         self.class_names = list(class_names) if class_names is not None else None
         self.grad_checkpointing = grad_checkpointing
 
+        self.num_classes = num_classes
         self.embed_dim = self.adapter.embed_dim
         self.num_prefix_tokens = self.adapter.num_prefix_tokens
         self.prompt_blocks = prompt.resolve_layers(self.adapter.depth)

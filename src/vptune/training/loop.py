@@ -321,15 +321,15 @@ def train_linear_probe(model: PromptedModel, splits: DataSplits, cfg: TrainConfi
     all_x, all_y = torch.cat([train_x, val_x]), torch.cat([train_y, val_y])
     started = time.perf_counter()
     if cfg.refit:
-        fit, rows = choose_probe_cv(all_x, all_y, model.head.out_features, seed=cfg.seed)
+        fit, rows = choose_probe_cv(all_x, all_y, model.num_classes, seed=cfg.seed)
         chosen_on, score = f"{rows[0]['folds']}-fold cross-validation over train + val", "cv_top1"
     else:
-        fit, rows = choose_probe((train_x, train_y), (val_x, val_y), model.head.out_features)
+        fit, rows = choose_probe((train_x, train_y), (val_x, val_y), model.num_classes)
         chosen_on, score = "val", "val_top1"
     rows = [{"epoch": index + 1, **row} for index, row in enumerate(rows)]
     chosen = rows[WEIGHT_DECAYS.index(fit.weight_decay)]
     if cfg.final and not cfg.refit:
-        fit = fit_logistic_regression(all_x, all_y, model.head.out_features, fit.weight_decay)
+        fit = fit_logistic_regression(all_x, all_y, model.num_classes, fit.weight_decay)
         rows.append({"epoch": len(rows) + 1, "weight_decay": fit.weight_decay, "train_loss": fit.train_loss,
                      "train_top1": fit.train_top1, "iterations": fit.iterations, "seconds": fit.seconds,
                      "final": True})

@@ -146,7 +146,7 @@ def _clip(fit: Fit) -> None:
 def _check_not_diverged(fit: Fit, loss: float, epoch: int) -> None:
     """Stop (before the epoch is saved, so last/ keeps the last good one) when the epoch's training loss is over
     DIVERGED x that of guessing uniformly, ln(classes): the run has blown up, and more epochs rarely bring it back."""
-    chance = math.log(fit.model.head.out_features)
+    chance = math.log(fit.model.num_classes)
     if loss > DIVERGED * chance:
         raise TrainingError(f"training diverged: the loss was {loss:.3g} in epoch {epoch + 1}, over {DIVERGED:g} times "
                             f"that of a uniform guess ({chance:.3g}); the last good checkpoint is in {fit.run.last} (if "

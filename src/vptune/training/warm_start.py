@@ -43,10 +43,10 @@ def init_head(model: PromptedModel, features: Callable[[torch.Tensor], torch.Ten
         return
     choose_for = "loss" if cfg.head_init == "calibrated-probe" else "top1"
     if val_set is None:
-        fit, _ = choose_probe_cv(train_x, train_y, model.head.out_features, seed=cfg.seed, choose_for=choose_for)
+        fit, _ = choose_probe_cv(train_x, train_y, model.num_classes, seed=cfg.seed, choose_for=choose_for)
     else:
         fit, _ = choose_probe((train_x, train_y), precompute_rows(features, val_set, cfg, quiet, world).tensors,
-                              model.head.out_features, choose_for=choose_for)
+                              model.num_classes, choose_for=choose_for)
     fit.load_into(model)
     log.info(f"head initialised at the linear probe on the initial features (L2 {fit.weight_decay:g} chosen for "
              f"held-out {choose_for}, train top-1 {fit.train_top1:.4f}, train loss {fit.train_loss:.4f})")
