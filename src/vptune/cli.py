@@ -153,6 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("images", type=Path, nargs="+", help="image files, or folders of them (searched recursively)")
     predict.add_argument("--top-k", type=int, default=5, help="how many classes to list per image (default 5)")
     predict.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    predict.add_argument("--output", type=Path, default=None,
+                         help="a segmentation task: the folder for each image's mask PNG (class indices, palette) and "
+                              "overlay JPEG (default: masks/ here; existing files are never overwritten)")
     predict.add_argument("--max-pixels", type=int, default=MAX_PIXELS,
                          help=f"refuse images with more pixels than this (default {MAX_PIXELS:,})")
     predict.add_argument("--skip-bad", action="store_true",
@@ -363,7 +366,8 @@ def _train(args: argparse.Namespace) -> int:
 
 def _report(output: str | Path, summary: dict) -> None:
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for all
-        tested = f": test top-1 {summary['test_top1']:.4f}" if summary.get("test_top1") is not None else ""
+        tested = f": test top-1 {summary['test_top1']:.4f}" if summary.get("test_top1") is not None else \
+            f": test mIoU {summary['test_miou']:.4f}" if summary.get("test_miou") is not None else ""
         print(f"task written to {output}{tested}")
 
 
@@ -441,6 +445,11 @@ def _predict(args: argparse.Namespace) -> int:
         raise ConfigError(f"--max-pixels must be a positive number of pixels, got {args.max_pixels}")
     predictor = Predictor.from_task(args.task, device=args.device, precision=args.precision, compile=args.compile,
                                     max_pixels=args.max_pixels, allow_download=args.allow_download)
+    if not isinstance(predictor, Predictor):  # a segmentation task: masks on disk
+        return _predict_masks(predictor, args)
+    if args.output is not None:
+        raise ConfigError(f"--output is where a segmentation task's masks go; {args.task} classifies (its predictions "
+                          f"are printed): leave out --output")
     results = predictor.predict_files(args.images, top_k=args.top_k, skip_bad=args.skip_bad)
     if args.json:
         print(json.dumps(results, indent=2))
@@ -449,6 +458,17 @@ def _predict(args: argparse.Namespace) -> int:
         print(result["image"])
         for guess in result["top"]:
             print(f"  {guess['probability']:7.2%}  {guess['class']}")
+    return 0
+
+
+def _predict_masks(predictor, args: argparse.Namespace) -> int:
+    results = predictor.predict_files(args.images, args.output or Path("masks"), skip_bad=args.skip_bad)
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return 0
+    for result in results:
+        shares = ", ".join(f"{name} {share:.1%}" for name, share in result["classes"].items())
+        print(f"{result['image']} -> {result['mask']} ({shares})")
     return 0
 
 

@@ -207,7 +207,8 @@ def test_the_built_in_task_is_written_the_same_every_time_and_loads_as_users_dat
 def test_a_split_as_a_dataset_and_its_evaluation_at_full_resolution(tmp_path):
     from torch.utils.data import DataLoader
 
-    from vptune.data.segmentation_dataset import SegmentationDataset, collate_masks
+    from vptune.data import collate
+    from vptune.data.segmentation_dataset import SegmentationDataset
     from vptune.inference.segmentation_metrics import evaluate_segmentation
 
     masks = [write_pair(tmp_path / "images" / f"{i}.png", tmp_path / "masks" / f"{i}.png", size=(12 + i, 10), value=1)
@@ -217,7 +218,9 @@ def test_a_split_as_a_dataset_and_its_evaluation_at_full_resolution(tmp_path):
     dataset = SegmentationDataset(pairs, JointTransform(8, (0.5,) * 3, (0.5,) * 3, train=False))
     image, mask = dataset[0]
     assert image.shape == (3, 8, 8) and mask.shape == (10, 12 + int(pairs[0].image.stem))
-    batches = DataLoader(dataset, batch_size=2, collate_fn=collate_masks)
+    batches = DataLoader(dataset, batch_size=2, collate_fn=collate)
+    images, first_masks = next(iter(batches))  # masks of two sizes stay a list; the images stack
+    assert images.shape == (2, 3, 8, 8) and [m.shape for m in first_masks] == [(10, 12 + int(p.image.stem)) for p in pairs[:2]]
 
     def ground_everywhere(images):  # a model that always says class 0
         logits = torch.zeros(len(images), 2, 8, 8)

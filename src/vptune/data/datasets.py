@@ -43,9 +43,16 @@ def one_thread() -> Iterator[None]:
 def collate(batch: list) -> object:
     """`default_collate` on one thread: pass as DataLoader(collate_fn=collate) with num_workers=0. Stacking 32
     images is a few MB of copying; on a busy 2-core machine the two-thread version was measured at ~400 ms per
-    batch instead of ~1 ms (workers already collate on one thread)."""
+    batch instead of ~1 ms (workers already collate on one thread). A field whose tensors differ in shape (a
+    segmentation mask at each image's own resolution) stays a list of them."""
     with one_thread():
+        if batch and isinstance(batch[0], tuple) and any(_shapes_differ(field) for field in zip(*batch)):
+            return tuple(list(field) if _shapes_differ(field) else default_collate(list(field)) for field in zip(*batch))
         return default_collate(batch)
+
+
+def _shapes_differ(field: tuple) -> bool:
+    return isinstance(field[0], torch.Tensor) and len({tuple(t.shape) for t in field}) > 1
 
 
 class ArrayDataset(Dataset):

@@ -31,9 +31,9 @@ class JointTransform:
 
     def __call__(self, image: torch.Tensor, mask: torch.Tensor,
                  generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        image = (image.float() / 255.0 - self.mean) / self.std
         if not self.train:
-            return _resize(image, (self.size, self.size), "bilinear"), mask
+            return self.image_for_model(image), mask
+        image = (image.float() / 255.0 - self.mean) / self.std
         low, high = self.scales
         factor = low + (high - low) * float(torch.rand((), generator=generator))
         height, width = mask.shape
@@ -47,6 +47,11 @@ class JointTransform:
         if float(torch.rand((), generator=generator)) < 0.5:
             image, mask = image.flip(-1), mask.flip(-1)
         return image.contiguous(), mask.contiguous()
+
+
+    def image_for_model(self, image: torch.Tensor) -> torch.Tensor:
+        """Evaluation's image side alone (prediction, where there is no mask): normalised, resized to size x size."""
+        return _resize((image.float() / 255.0 - self.mean) / self.std, (self.size, self.size), "bilinear")
 
 
 def _resize(tensor: torch.Tensor, shape: tuple[int, int], mode: str) -> torch.Tensor:

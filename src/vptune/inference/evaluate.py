@@ -13,11 +13,13 @@ from tqdm.auto import tqdm
 from .._io import atomic_write_text, save_figure
 from ..data import DataError, builtin_name, collate, read_data
 from ..data.builtin import cache_path
+from ..data.segmentation_dataset import read_segmentation_task, segmentation_splits
 from ..devices import autocast, maybe_compile
 from ..errors import ConfigError
 from ..rundir import RunDir
 from ..tasks import load_task, read_task_json
 from .runtime import log_runtime, resolve_runtime
+from .segmentation_metrics import evaluate_segmentation
 
 
 SPLITS = ("test", "val", "train", "trainval")
@@ -91,7 +93,9 @@ def _relabelled(dataset: Dataset, data_names: Sequence[str], task_names: Sequenc
 
 
 def format_metrics(metrics: dict, class_names: Sequence[str]) -> str:
-    """A plain-text table: overall accuracy, then accuracy per class."""
+    """A plain-text table: overall accuracy, then accuracy per class (segmentation: mIoU, then IoU per class)."""
+    if "miou" in metrics:
+        return _format_segmentation(metrics, class_names)
     lines = [f"top-1  {metrics['top1']:.4f}   ({metrics['num_images']} images)"]
     if "top5" in metrics:
         lines.append(f"top-5  {metrics['top5']:.4f}")
@@ -101,6 +105,17 @@ def format_metrics(metrics: dict, class_names: Sequence[str]) -> str:
     for name, acc, row in zip(class_names, metrics["per_class"], metrics["confusion"]):
         shown = f"{acc:8.4f}" if sum(row) else f"{'-':>8}"  # a class this data set does not have
         lines.append(f"{name:<{width}}  {shown}  {sum(row):6d}")
+    return "\n".join(lines)
+
+
+def _format_segmentation(metrics: dict, class_names: Sequence[str]) -> str:
+    lines = [f"mIoU            {metrics['miou']:.4f}   ({metrics['num_images']} images, {metrics['num_pixels']:,} "
+             f"scored pixels)", f"pixel accuracy  {metrics['pixel_accuracy']:.4f}", ""]
+    width = max(len(str(name)) for name in class_names)
+    lines.append(f"{'class':<{width}}  IoU     pixels")
+    for name, row in zip(class_names, metrics["confusion"]):
+        iou = metrics["per_class_iou"][name]
+        lines.append(f"{name:<{width}}  {f'{iou:.4f}' if iou is not None else '-':>6}  {sum(row):,}")
     return "\n".join(lines)
 
 
@@ -153,6 +168,9 @@ def evaluate(path: str | os.PathLike, *, data: str | None = None, split: str = "
         # a task directory from someone else must not make this machine download or install anything unasked
         raise ConfigError(f"{task} was trained on the built-in data set {recorded_builtin!r}, which is not on this "
                           f"machine yet; pass --data {recorded_builtin} to fetch it (or --data PATH for your own)")
+    if isinstance(meta.get("head"), dict) and "segmentation" in meta["head"]:
+        return _evaluate_segmentation(task, meta, source, split, batch_size, device, precision, compile,
+                                      allow_download)
     data = read_data(source, protocol=training.get("protocol", "vtab1k"), seed=training.get("seed", 0))
     model = load_task(task, allow_download=allow_download).to(device)  # after the data is known to be good
     splits = data.datasets(img_size=meta["data"]["input_size"][-1], mean=tuple(meta["data"]["mean"]),
@@ -166,6 +184,36 @@ def evaluate(path: str | os.PathLike, *, data: str | None = None, split: str = "
     metrics = evaluate_dataset(model, dataset, batch_size=batch_size, device=device, precision=precision,
                                compile=compile, quiet=quiet)
     names = model.class_names or splits.class_names
+    out = RunDir.eval_dir_for(task)
+    metrics_path = atomic_write_text(out / f"{split}_metrics.json",
+                                     json.dumps({"data": source, "split": split, **metrics}, indent=2) + "\n")
+    png = save_confusion_png(metrics["confusion"], names, out / f"{split}_confusion.png")
+    return metrics, names, [metrics_path, png]
+
+
+def _evaluate_segmentation(task: Path, meta: dict, source: str, split: str, batch_size: int, device: str,
+                           precision: str, compile: bool, allow_download: bool) -> tuple[dict, list[str], list[Path]]:
+    """`evaluate` for a segmentation task: mIoU, pixel accuracy and per-class IoU at each mask's full resolution,
+    and a confusion matrix of pixels. The data's class names must be the task's, in order (a mask's indices mean
+    them)."""
+    data = read_segmentation_task(source, seed=meta.get("training", {}).get("seed", 0))
+    model = load_task(task, allow_download=allow_download).to(device)  # after the data is known to be good
+    names = model.class_names or [str(k) for k in range(model.num_classes)]
+    if data.class_names != names:
+        raise DataError(f"{source} names its classes {data.class_names}, but the task was trained on {names}; a "
+                        f"mask's indices mean the task's classes: evaluate on data with the same classes.txt")
+    splits = segmentation_splits(data, img_size=meta["data"]["input_size"][-1], mean=tuple(meta["data"]["mean"]),
+                                 std=tuple(meta["data"]["std"]))
+    forward = maybe_compile(model.eval(), compile)
+    log_runtime("eval", device, precision, compile)
+
+    def run(images: torch.Tensor) -> torch.Tensor:
+        with autocast(device, precision):
+            return forward(images)
+
+    loader = DataLoader(getattr(splits, split), batch_size=batch_size, shuffle=False, collate_fn=collate)
+    metrics = {**evaluate_segmentation(run, loader, model.num_classes, names, device),
+               "num_images": len(getattr(splits, split))}
     out = RunDir.eval_dir_for(task)
     metrics_path = atomic_write_text(out / f"{split}_metrics.json",
                                      json.dumps({"data": source, "split": split, **metrics}, indent=2) + "\n")

@@ -33,21 +33,29 @@ def describe_task(path: str | os.PathLike) -> str:
              f"(fingerprint {backbone.get('fingerprint')})",
              f"method       {json.dumps(method) if isinstance(method, dict) else method or 'vpt'}",
              f"prompt       {json.dumps(meta['prompt'])}",
+             f"predicts     {_predicts(meta)}",
              f"classes      {meta['num_classes']}: {', '.join(map(str, meta.get('class_names') or []))}",
              str(parameter_count(meta)),
              f"checkpoint   {(task / WEIGHTS_FILE).stat().st_size:,} bytes ({WEIGHTS_FILE})"]
     return "\n".join(lines)
 
 
+def _predicts(meta: dict) -> str:
+    head = meta.get("head") if isinstance(meta.get("head"), dict) else {}
+    return f"a class a pixel (segmentation, {head['segmentation']} head)" if "segmentation" in head \
+        else "a class an image"
+
+
 # tensors a task stores that are not parameters: E2VPT's segment mask (its pruned segments are stored zeros of the
-# prompt tokens, and counted with them, as `count_parameters` counts them)
-BUFFERS = ("prompts.segment_mask",)
+# prompt tokens, and counted with them, as `count_parameters` counts them) and a segmentation head's BatchNorm
+# statistics
+BUFFERS = ("prompts.segment_mask", ".running_mean", ".running_var", ".num_batches_tracked")
 
 
 def parameter_count(meta: dict) -> ParameterCount:
     """Trainable parameters by kind, from the tensor shapes task.json lists (the backbone's size is recorded
     since task format 2; 0 when unknown)."""
-    sizes = {name: prod(shape) for name, shape in meta["tensors"].items() if name not in BUFFERS}
+    sizes = {name: prod(shape) for name, shape in meta["tensors"].items() if not name.endswith(BUFFERS)}
     return ParameterCount(prompts=sum(n for name, n in sizes.items() if name.startswith("prompts.")),
                           head=sum(n for name, n in sizes.items() if name.startswith("head.")),
                           other_trainable=sum(n for name, n in sizes.items() if name.startswith("backbone.")),

@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 
@@ -12,10 +12,13 @@ from ..data import MAX_PIXELS, DataError, DataWarning, build_transform, decode_i
 from ..data.datasets import bad_images, check_images
 from ..devices import autocast, maybe_compile, resolve_precision
 from ..errors import ConfigError
-from ..model import PromptedModel, adapter_for
+from ..model import PromptedModel, PromptedSegmenter, adapter_for
 from ..rundir import RunDir
 from ..tasks import load_task
 from .runtime import log_runtime, resolve_runtime
+
+if TYPE_CHECKING:
+    from .mask_predictor import MaskPredictor
 
 
 class Predictor:
@@ -45,18 +48,23 @@ class Predictor:
     @classmethod
     def from_task(cls, path: str | os.PathLike, backbone: torch.nn.Module | str | None = None, *,
                   device: str = "auto", precision: str = "auto", compile: bool = False,
-                  allow_download: bool = False, **kwargs) -> "Predictor":
+                  allow_download: bool = False, **kwargs) -> "Predictor | MaskPredictor":
         """A task directory, or a training run (its best checkpoint), on `device` (auto: CUDA, else MPS, else
         CPU) with `precision` (see the class); `allow_download` as in `load_task`. The checkpoint is read onto
-        the CPU and then moved, so a task trained on a GPU loads on a machine without one, and the reverse."""
+        the CPU and then moved, so a task trained on a GPU loads on a machine without one, and the reverse. A
+        segmentation task gives a `MaskPredictor` (masks, not classes)."""
         device, precision = resolve_runtime(device, precision)  # before the task and its backbone load
         model = load_task(RunDir.find_task(path), backbone=backbone, allow_download=allow_download)
         log_runtime("predict", device, precision, compile)
+        if isinstance(model, PromptedSegmenter):  # masks, not classes
+            from .mask_predictor import MaskPredictor
+
+            return MaskPredictor(model.to(device), precision=precision, compile=compile, **kwargs)
         return cls(model.to(device), precision=precision, compile=compile, **kwargs)
 
     @property
     def device(self) -> torch.device:
-        return self.model.head.weight.device
+        return next(self.model.head.parameters()).device
 
     @torch.no_grad()
     def predict_files(self, paths: Sequence[str | os.PathLike], top_k: int = 5,

@@ -25,8 +25,8 @@ def confusion_matrix(predicted: torch.Tensor, target: torch.Tensor, num_classes:
 
 
 def segmentation_metrics(confusion: torch.Tensor, class_names: list[str] | None = None) -> dict:
-    """mIoU, pixel accuracy, per-class IoU (None where a class is in neither labels nor predictions) and the number
-    of scored pixels."""
+    """mIoU, pixel accuracy, per-class IoU (None where a class is in neither labels nor predictions), the number
+    of scored pixels and the confusion matrix (as lists)."""
     confusion = confusion.double()
     true_positive = confusion.diag()
     union = confusion.sum(0) + confusion.sum(1) - true_positive
@@ -39,6 +39,7 @@ def segmentation_metrics(confusion: torch.Tensor, class_names: list[str] | None 
         "pixel_accuracy": float(true_positive.sum() / pixels) if pixels else None,
         "per_class_iou": {name: (float(value) if present[k] else None) for k, (name, value) in enumerate(zip(names, iou))},
         "num_pixels": int(pixels),
+        "confusion": confusion.long().tolist(),
     }
 
 
@@ -46,12 +47,16 @@ def segmentation_metrics(confusion: torch.Tensor, class_names: list[str] | None 
 def evaluate_segmentation(model: Callable[[torch.Tensor], torch.Tensor],
                           batches: Iterable[tuple[torch.Tensor, list[torch.Tensor]]], num_classes: int,
                           class_names: list[str] | None = None, device: str | torch.device = "cpu") -> dict:
-    """`segmentation_metrics` over batches of (images (B, 3, S, S), masks at full resolution): each image's logits
-    are resized to its own mask (bilinear) before the argmax, so every original pixel is scored."""
+    """`segmentation_metrics` over batches of (images (B, 3, S, S), masks at full resolution), and `loss`, the
+    cross-entropy over the scored pixels: each image's logits are resized to its own mask (bilinear) first, so
+    every original pixel is scored."""
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.long)
+    loss_sum = 0.0
     for images, masks in batches:
-        logits = model(images.to(device)).float()
+        logits = model(images.to(device)).float().cpu()
         for one, mask in zip(logits, masks):
-            resized = F.interpolate(one[None], size=tuple(mask.shape), mode="bilinear", align_corners=False)[0]
-            confusion += confusion_matrix(resized.argmax(0).cpu(), mask, num_classes)
-    return segmentation_metrics(confusion, class_names)
+            resized = F.interpolate(one[None], size=tuple(mask.shape), mode="bilinear", align_corners=False)
+            confusion += confusion_matrix(resized[0].argmax(0), mask, num_classes)
+            loss_sum += float(F.cross_entropy(resized, mask[None], ignore_index=IGNORE, reduction="sum"))
+    metrics = segmentation_metrics(confusion, class_names)
+    return {"loss": loss_sum / max(metrics["num_pixels"], 1), **metrics}

@@ -6,10 +6,10 @@ baselines (linear, full, bias, partial-K, LoRA).
 """
 from . import vpt  # noqa: F401, I001  (importing a method's module registers it; VPT first in --help)
 from . import baselines, da_vpt, lora  # noqa: F401
-from .base import (REGISTRY, Method, build_model, get_method, method_from_dict, method_names, method_of,
+from .base import (HEAD_LR, REGISTRY, Method, build_model, get_method, method_from_dict, method_names, method_of,
                    method_summaries, optimizer_groups, register)
 
 METHODS = tuple(method_names())
 
-__all__ = ["METHODS", "REGISTRY", "Method", "build_model", "get_method", "method_from_dict", "method_names",
+__all__ = ["HEAD_LR", "METHODS", "REGISTRY", "Method", "build_model", "get_method", "method_from_dict", "method_names",
            "method_of", "method_summaries", "optimizer_groups", "register"]

@@ -20,7 +20,7 @@ from torch import nn
 
 from ..backbones import backbone_fingerprint
 from ..errors import ConfigError
-from ..model import PromptConfig, PromptedModel, adapter_for, family_of
+from ..model import PromptConfig, PromptedModel, PromptedSegmenter, adapter_for, family_of
 
 log = logging.getLogger("vptune")
 REGISTRY: dict[str, type["Method"]] = {}
@@ -149,15 +149,21 @@ def _create(cls: type[Method], kwargs: dict[str, Any]) -> Method:
 
 
 def build_model(method: Method | str, backbone: nn.Module, prompt: PromptConfig, num_classes: int, *,
-                class_names: Sequence[str] | None = None, head_norm: bool = False, **options: Any) -> PromptedModel:
+                class_names: Sequence[str] | None = None, head_norm: bool = False,
+                segmentation_head: str | None = None, **options: Any) -> PromptedModel:
     """The model for `method` (a Method or its name, with `options` such as lora_rank=8), with exactly that
-    method's parameters trainable. The model remembers its method, so `save_task` records it."""
+    method's parameters trainable. The model remembers its method, so `save_task` records it.
+    segmentation_head: "linear" or "pup" for a `PromptedSegmenter` (a class a pixel) instead of a classifier."""
     if isinstance(method, str):
         method = get_method(method, **options)
     backbone_fingerprint(backbone)  # remember the base weights before a method starts changing them
     try:
-        model = PromptedModel(backbone, method.prompt_config(_own_pooling(prompt, backbone)), num_classes,
-                              class_names=class_names, head_norm=head_norm)
+        if segmentation_head is not None:
+            model = PromptedSegmenter(backbone, method.prompt_config(prompt), num_classes, head=segmentation_head,
+                                      class_names=class_names)
+        else:
+            model = PromptedModel(backbone, method.prompt_config(_own_pooling(prompt, backbone)), num_classes,
+                                  class_names=class_names, head_norm=head_norm)
     except (ValueError, TypeError) as err:  # a prompt that does not fit this backbone or task, an unknown family
         raise ConfigError(str(err)) from err
     method.adapt(backbone)  # after the wrapper froze everything

@@ -5,10 +5,13 @@ from __future__ import annotations
 import os
 from typing import Callable
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
-from ..data import DataSplits, TaskData, collate
+from ..data import DataSplits, TaskData, collate, read_data
+from ..data.segmentation import SegmentationData
+from ..data.segmentation_dataset import read_segmentation_task, segmentation_splits
 from ..data.splits import fixed_sample
 from ..devices import autocast, resolve_workers
 from .config import TrainConfig
@@ -16,13 +19,24 @@ from .distributed import SINGLE, World, gather_rows, shard
 from .stem_cache import precompute
 
 
-def datasets_for(data: TaskData, backbone: torch.nn.Module, recipe: str) -> DataSplits:
+def read_task_data(cfg: TrainConfig) -> TaskData | SegmentationData:
+    """The run's data read and checked (every file decoded once), before a backbone is fetched: images with labels,
+    or with masks when the run's task is segmentation."""
+    if cfg.task == "segmentation":
+        return read_segmentation_task(cfg.data, seed=cfg.seed, max_pixels=cfg.max_pixels)
+    return read_data(cfg.data, protocol=cfg.protocol, seed=cfg.seed, skip_bad=cfg.skip_bad, max_pixels=cfg.max_pixels)
+
+
+def datasets_for(data: TaskData | SegmentationData, backbone: torch.nn.Module, cfg: TrainConfig) -> DataSplits:
     """The task's datasets at the backbone's input size and normalisation."""
     from timm.data import resolve_model_data_config
 
     data_cfg = resolve_model_data_config(backbone)
-    return data.datasets(img_size=data_cfg["input_size"][-1], mean=tuple(data_cfg["mean"]),
-                         std=tuple(data_cfg["std"]), recipe=recipe)
+    size, mean, std = data_cfg["input_size"][-1], tuple(data_cfg["mean"]), tuple(data_cfg["std"])
+    if isinstance(data, SegmentationData):
+        return segmentation_splits(data, img_size=size, mean=mean, std=std, seed=cfg.seed, source=cfg.data,
+                                   max_pixels=cfg.max_pixels)
+    return data.datasets(img_size=size, mean=mean, std=std, recipe=cfg.recipe)
 
 
 def precompute_rows(fn: Callable[[torch.Tensor], torch.Tensor], dataset: Dataset | None, cfg: TrainConfig,
@@ -51,7 +65,9 @@ def make_loader(dataset: Dataset, cfg: TrainConfig, persistent: bool = False, **
 def test_set_of(dataset: Dataset, cfg: TrainConfig) -> Dataset:
     """The test images scored: all, or `cfg.test_subset` of them fixed across seeds, then `cfg.subset`."""
     if cfg.test_subset is not None and len(dataset) > cfg.test_subset:
-        dataset = Subset(dataset, fixed_sample(dataset.labels, cfg.test_subset).tolist())
+        # stratified by label; a segmentation split (no one label an image): the first N of a fixed order
+        labels = getattr(dataset, "labels", np.zeros(len(dataset), dtype=np.int64))
+        dataset = Subset(dataset, fixed_sample(labels, cfg.test_subset).tolist())
     return subset_of(dataset, cfg)
 
 

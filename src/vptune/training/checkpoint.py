@@ -55,7 +55,10 @@ def restore(fit: Fit) -> tuple[int, dict | None]:
     return state["epoch"], state["best"]
 
 
+SHOWN = {"top1": "top-1", "miou": "mIoU", "pixel_accuracy": "pixel accuracy"}  # a row's metrics, as the log names them
+
+
 def epoch_line(row: dict) -> str:
-    val = f", val top-1 {row['val_top1']:.4f}" if "val_top1" in row else ""
-    return (f"epoch {row['epoch']}: train loss {row['train_loss']:.4f}, train top-1 {row['train_top1']:.4f}"
-            f"{val}, {row['img_per_s']:.1f} img/s")
+    train = "".join(f", train {name} {row['train_' + key]:.4f}" for key, name in SHOWN.items() if f"train_{key}" in row)
+    val = "".join(f", val {name} {row['val_' + key]:.4f}" for key, name in SHOWN.items() if f"val_{key}" in row)
+    return f"epoch {row['epoch']}: train loss {row['train_loss']:.4f}{train}{val}, {row['img_per_s']:.1f} img/s"

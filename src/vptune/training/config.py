@@ -23,10 +23,12 @@ from ..backbones import DEFAULT_BACKBONE
 from ..data import BUILTIN_DATASETS, MAX_PIXELS, builtin_name
 from ..devices import AUTO as AUTO_DEVICE, PRECISIONS, check_device, resolve_device, resolve_precision
 from ..errors import ConfigError
-from ..methods import Method, get_method, method_names
-from ..model import INITS, LOCATIONS, MERGES, POOLINGS, PromptConfig, pruned_count
+from ..data.segmentation_dataset import SEGMENTATION_BUILTINS, is_segmentation_source
+from ..methods import HEAD_LR, Method, get_method, method_names
+from ..model import HEADS, INITS, LOCATIONS, MERGES, POOLINGS, PromptConfig, pruned_count
 
 CACHE_STEM = ("auto", "off")
+TASKS = ("auto", "classification", "segmentation")
 AUTO = "auto"  # lr: searched first (vptune.experiments.train_with_lr_search)
 OPTIMIZERS = ("sgd", "adamw")
 HEAD_INITS = ("random", "probe", "calibrated-probe")
@@ -94,6 +96,12 @@ class TrainConfig:
     metric_weight: float = _setting(0.01, "--method da-vpt: weight of the metric loss that guides the last prompted "
                                           "block's prompts toward the classes (0: VPT-deep)")
     # data
+    task: str = _setting("auto", "auto (segmentation when the data are images with masks: a masks/ folder beside "
+                                 "images/, VOC, ADE20K, a CSV with a mask column, or pasted-animals; else "
+                                 "classification), classification or segmentation", TASKS)
+    seg_head: str = _setting("linear", "segmentation head: linear (BatchNorm and a 1 x 1 convolution on the final "
+                                       "patch tokens, DINOv2's linear protocol) or pup (SETR's progressive "
+                                       "upsampling, the VPT paper's)", HEADS)
     protocol: str = _setting("vtab1k", "built-in data: vtab1k (train800/val200/test) or full", ("vtab1k", "full"))
     recipe: str = _setting("vtab", "augmentation: vtab (plain resize) or fgvc (random crop + flip)",
                            ("vtab", "fgvc"))
@@ -164,6 +172,11 @@ class TrainConfig:
                           kv_tokens=self.kv_tokens, prune_tokens=self.prune_tokens,
                           prune_segments=self.prune_segments, metric_weight=self.metric_weight)
 
+    def fits_probe(self) -> bool:
+        """Whether training is the fitted linear probe (logistic regression on frozen [CLS] features): the linear
+        method on a classification task. A segmentation task's linear head trains by gradient steps."""
+        return self.tuning_method().head_only and self.task != "segmentation"
+
     def unused_by_method(self, names: typing.Iterable[str]) -> list[str]:
         """Of the settings `names`, those this config's method does not read: given on purpose, they would change
         nothing (`--num-tokens` with `--method linear`, `--lora-rank` with VPT)."""
@@ -187,25 +200,54 @@ class TrainConfig:
         """Fill the method-dependent defaults and validate; the result is what config.yaml records."""
         self.validate()
         method = self.tuning_method()
+        task = self._resolved_task()
+        segmentation = task == "segmentation"
+        if segmentation:
+            self._check_segmentation(method)
         cfg = dataclasses.replace(
-            self,
-            data=_resolved_path(self.data) if builtin_name(self.data) is None else self.data,
+            self, task=task,
+            data=self.data if builtin_name(self.data) or self.data in SEGMENTATION_BUILTINS else _resolved_path(self.data),
             weights=_resolved_path(self.weights) if self.weights else None,
-            optimizer=self.optimizer or method.optimizer,
+            # a segmentation task's linear head trains by gradient steps like every other method's head
+            optimizer=self.optimizer or ("adamw" if segmentation else method.optimizer),
             lr=self.lr if self.lr is not None else method.default_lr,
-            head_lr=self.head_lr if self.head_lr is not None else method.default_head_lr,
-            head_norm=self.head_norm if self.head_norm is not None else method.head_norm,
-            head_init=self.head_init or method.head_init,
+            head_lr=self.head_lr if self.head_lr is not None else HEAD_LR if segmentation else method.default_head_lr,
+            head_norm=False if segmentation else self.head_norm if self.head_norm is not None else method.head_norm,
+            head_init="random" if segmentation else self.head_init or method.head_init,
             prompt_init=self.prompt_init or self._default_prompt_init(method),
             device=resolve_device(self.device))
         cfg.precision = resolve_precision(self.precision, cfg.device)
         cfg.validate()
         cfg._check_half_backbone(method)
-        if builtin_name(cfg.data) is None and not Path(cfg.data).exists():  # before any trial, search or folder
+        if builtin_name(cfg.data) is None and cfg.data not in SEGMENTATION_BUILTINS and not Path(cfg.data).exists():  # before any trial, search or folder
             raise ConfigError(f"data {self.data}: no such file or folder; give an image folder, a CSV, a VTAB-1k or "
                               f"FGVC split folder, or a built-in name ({', '.join(BUILTIN_DATASETS)})")
         check_output_outside_data(cfg.output, cfg.data)
         return cfg
+
+    def _resolved_task(self) -> str:
+        """`task` auto: segmentation when the data are (`is_segmentation_source`), else classification."""
+        if self.task == "classification" and self.data in SEGMENTATION_BUILTINS:
+            raise ConfigError(f"task classification: {self.data} is a segmentation task (a mask an image); leave out "
+                              f"--task, or give classification data")
+        if self.task != AUTO:
+            return self.task
+        return "segmentation" if is_segmentation_source(self.data) else "classification"
+
+    def _check_segmentation(self, method: Method) -> None:
+        """What a segmentation task cannot take, refused before anything starts."""
+        if builtin_name(self.data) is not None:
+            raise ConfigError(f"task segmentation: {self.data} is a classification data set; give images with masks "
+                              f"(e.g. --data {SEGMENTATION_BUILTINS[0]}, or a folder with images/ and masks/)")
+        if method.name == "da-vpt":
+            raise ConfigError("method da-vpt guides prompts toward each image's one class, which a segmentation task "
+                              "has not; use vpt-deep, e2vpt, vfpt or gated-vpt")
+        if self.head_init not in (None, "random") or self.head_norm:
+            raise ConfigError("head_init and head_norm shape a [CLS] classifier's head; a segmentation head starts "
+                              "random with its own BatchNorm: leave out --head-init and --head-norm")
+        if self.pooling != "cls":
+            raise ConfigError("pooling chooses what a classifier's head reads; a segmentation head reads every image "
+                              "token: leave out --pooling")
 
     def _check_half_backbone(self, method: Method) -> None:
         if not self.half_backbone:
@@ -332,7 +374,7 @@ def apply_resume_changes(cfg: TrainConfig, changes: dict[str, Any], finished_epo
         raise ConfigError(f"--resume continues the run with its own config.yaml; {flags} would change it. Train a new "
                           f"run instead (another --output, or --overwrite); only {allowed} may differ on a resume")
     epochs = changes.get("epochs", cfg.epochs)
-    if epochs != cfg.epochs and cfg.refit and not cfg.final and not cfg.tuning_method().head_only:
+    if epochs != cfg.epochs and cfg.refit and not cfg.final and not cfg.fits_probe():
         raise ConfigError(f"--epochs {epochs}: this run refits to the epoch its selection run chose on a {cfg.epochs}-"
                           f"epoch schedule, which another number of epochs would change; train a new run with --epochs {epochs} "
                           f"(runs trained with --no-refit can train on)")

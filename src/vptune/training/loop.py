@@ -29,22 +29,22 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from ..backbones import create_backbone
-from ..data import DataSplits, read_data
+from ..data import DataSplits
 from ..devices import DTYPES, autocast, maybe_compile, resolve_device
 from ..errors import ConfigError, TrainingError, VptuneError
-from ..inference.evaluate import evaluate_logits
 from ..methods import build_model
 from ..model import ParameterCount, PromptedModel, PruningPlan, count_parameters, plan_pruning, prompt_importance, \
     prune_prompts
 from ..rundir import MARKER, RunDir
 from .._io import atomic_write_text
 from ..tasks import WEIGHTS_FILE, load_task, read_task_json, read_task_tensors, save_task
-from .batches import datasets_for, make_loader, precompute_rows, subset_of, test_set_of
+from .batches import datasets_for, make_loader, precompute_rows, read_task_data, subset_of, test_set_of
 from .checkpoint import epoch_line, restore, save_epoch
 from .config import AUTO, TrainConfig
 from .distributed import SINGLE, EpochItems, World, broadcast, check_batch, init_world, leave
 from .linear_probe import WEIGHT_DECAYS, choose_probe, choose_probe_cv, fit_logistic_regression
 from .logs import TensorBoardLog
+from .objective import objective_of
 from .start import check_new_run, start_run
 from .stem_cache import stem_cache_plan
 from .steps import Fit, make_optimizer, train_epoch, validate, warmup_cosine
@@ -108,13 +108,16 @@ def _train(run: RunDir, cfg: TrainConfig, resume: bool, overwrite: bool, quiet: 
     method = cfg.tuning_method()
     torch.manual_seed(cfg.seed)
     try:  # a run being replaced stays until the new one has its backbone, data and model
-        data = read_data(cfg.data, protocol=cfg.protocol, seed=cfg.seed, skip_bad=cfg.skip_bad,
-                         max_pixels=cfg.max_pixels)  # bad data is refused before a backbone is fetched
+        if world.distributed and cfg.task == "segmentation":
+            raise ConfigError("segmentation under torchrun is not in vptune yet; train it in one process (plain "
+                              "`vptune train`)")
+        data = read_task_data(cfg)  # bad data is refused before a backbone is fetched
         backbone = create_backbone(cfg.backbone, img_size=cfg.img_size, weights=cfg.weights)
-        splits = datasets_for(data, backbone, cfg.recipe)
+        splits = datasets_for(data, backbone, cfg)
         torch.manual_seed(cfg.seed)  # prompt and head init do not depend on how much randomness data loading used
         model = build_model(method, backbone, cfg.prompt_config(), len(splits.class_names),
-                            class_names=splits.class_names, head_norm=cfg.head_norm)
+                            class_names=splits.class_names, head_norm=cfg.head_norm,
+                            segmentation_head=cfg.seg_head if cfg.task == "segmentation" else None)
     except BaseException:
         if replaced is not None:
             run.put_back(replaced)
@@ -137,14 +140,15 @@ def _train(run: RunDir, cfg: TrainConfig, resume: bool, overwrite: bool, quiet: 
     unpruned = None
     if method.prunes and plan is None:  # E2VPT's pruning: a first run with every prompt, in RUN/unpruned
         plan, unpruned = _prune_stage(run, cfg, model, splits, quiet, world)
-    if method.head_only:
+    if cfg.fits_probe():
         best, train_seconds = train_linear_probe(model, splits, cfg, run, quiet, world)
     elif refits(cfg):
         selection = _select(run, cfg, quiet, on_epoch, test, world, plan)  # stage 1, in RUN/selection
         refit = dataclasses.replace(cfg, final=True)  # stage 2: the same schedule on train + val, to the chosen epoch
         best, train_seconds = train_epochs(model, splits, refit, run, quiet, resume and run.state.is_file(),
                                            world=world, stop_after=selection["best_epoch"], plan=plan)
-        best.update(val_top1=selection["best_val_top1"], selection=_selection_line(selection))
+        score = f"val_{objective_of(model).score}"
+        best.update({score: selection[f"best_{score}"]}, selection=_selection_line(selection, score))
         train_seconds += selection["train_seconds"]
     else:
         best, train_seconds = train_epochs(model, splits, cfg, run, quiet, resume and run.state.is_file(), on_epoch,
@@ -174,7 +178,7 @@ def _with_min_steps(cfg: TrainConfig, num_train: int) -> TrainConfig:
 
 def refits(cfg: TrainConfig) -> bool:
     """Whether training is two stages: choose on val (RUN/selection), then train on train + val (RUN itself)."""
-    return cfg.refit and not cfg.final and not cfg.tuning_method().head_only
+    return cfg.refit and not cfg.final and not cfg.fits_probe()
 
 
 def _select(run: RunDir, cfg: TrainConfig, quiet: bool, on_epoch: Callable[[dict], None] | None, test: bool,
@@ -212,7 +216,7 @@ def _prune_stage(run: RunDir, cfg: TrainConfig, model: PromptedModel, splits: Da
         batches = make_loader(subset_of(splits.train, cfg), cfg, batch_size=cfg.batch_size)
         with autocast(cfg.device, cfg.precision):
             scores = prompt_importance(trained, ((x.to(cfg.device), y.to(cfg.device)) for x, y in batches),
-                                       torch.nn.functional.cross_entropy)
+                                       objective_of(model).batch_loss)
         plan = plan_pruning(*scores, method.prune_tokens, method.prune_segments)
         atomic_write_text(run.pruning, json.dumps(plan.to_dict()) + "\n")
     plan = PruningPlan.from_dict(broadcast(json.loads(run.pruning.read_text()) if world.main else None, world))
@@ -230,13 +234,15 @@ def _pruning_line(unpruned: dict, plan: PruningPlan) -> dict:
     """What RUN/summary.json keeps of a pruning."""
     return {"run": "unpruned", "tokens_kept": plan.length, "segments_pruned": _zeros(plan) if plan.segment_mask else 0,
             "unpruned_trainable_parameters": unpruned["trainable_parameters"],
-            "unpruned_checkpoint_bytes": unpruned["checkpoint_bytes"], "unpruned_best_val_top1": unpruned["best_val_top1"]}
+            "unpruned_checkpoint_bytes": unpruned["checkpoint_bytes"],
+            **{f"unpruned_{key}": value for key, value in unpruned.items() if key.startswith("best_val_")}}
 
 
-def _selection_line(summary: dict) -> dict:
-    """What RUN/summary.json keeps of the selection run."""
-    return {"run": "selection", "best_epoch": summary["best_epoch"], "best_val_top1": summary["best_val_top1"],
-            "test_top1": summary.get("test_top1"), "train_images": summary.get("train_images")}
+def _selection_line(summary: dict, score: str) -> dict:
+    """What RUN/summary.json keeps of the selection run (`score`: val_top1, or val_miou for segmentation)."""
+    test = score.replace("val_", "test_")
+    return {"run": "selection", "best_epoch": summary["best_epoch"], f"best_{score}": summary[f"best_{score}"],
+            test: summary.get(test), "train_images": summary.get("train_images")}
 
 
 def train_epochs(model: PromptedModel, splits: DataSplits, cfg: TrainConfig, run: RunDir, quiet: bool,
@@ -246,7 +252,7 @@ def train_epochs(model: PromptedModel, splits: DataSplits, cfg: TrainConfig, run
     """The epoch loop (from the last finished epoch when resuming); returns the best epoch and the seconds spent.
     `stop_after`: end after that many epochs of the `cfg.epochs` schedule (a refit to the epoch chosen on val).
     `plan`: prune the prompts first (E2VPT), keeping the kept ones at their initial values (the rewinding)."""
-    method = cfg.tuning_method()
+    method, objective = cfg.tuning_method(), objective_of(model)
     train_set = EpochItems(subset_of(splits.trainval if cfg.final else splits.train, cfg), cfg.seed)
     val_set = None if cfg.final else subset_of(splits.val, cfg)
     forward: Callable[[torch.Tensor], torch.Tensor] = model
@@ -258,8 +264,8 @@ def train_epochs(model: PromptedModel, splits: DataSplits, cfg: TrainConfig, run
             model.init_prompts_from_classes(make_loader(train_set, cfg, batch_size=cfg.batch_size))
     if plan is not None:  # after the full init, so the kept prompts start where the unpruned run's did
         prune_prompts(model, plan)
-    if stem_cache_plan(model, frozen_backbone=method.frozen_backbone, recipe=cfg.recipe, cache_stem=cfg.cache_stem,
-                       num_images=len(train_set) + len(val_set or ())):
+    if objective.caches_stem and stem_cache_plan(model, frozen_backbone=method.frozen_backbone, recipe=cfg.recipe,
+                                                 cache_stem=cfg.cache_stem, num_images=len(train_set) + len(val_set or ())):
         train_set, val_set = (precompute_rows(model.stem, s, cfg, quiet, world) for s in (train_set, val_set))
         forward = model.forward_from_stem
     if not resume and (cfg.head_norm or cfg.head_init != "random"):
@@ -284,9 +290,10 @@ def train_epochs(model: PromptedModel, splits: DataSplits, cfg: TrainConfig, run
             row = train_epoch(fit, train_set, epoch)
             if val_set is not None:
                 row.update({f"val_{k}": v for k, v in validate(fit, val_set).items()})
-            improved = best is None or val_set is None or row["val_top1"] > best["val_top1"]
+            score = f"val_{objective.score}"
+            improved = best is None or val_set is None or row[score] > best[score]
             if improved:
-                best = {"epoch": epoch + 1, "val_top1": row.get("val_top1"), "train_images": len(train_set)}
+                best = {"epoch": epoch + 1, score: row.get(score), "train_images": len(train_set)}
             if world.main:
                 save_epoch(fit, epoch, best, row, improved)
                 fit.logs.epoch(row)
@@ -350,23 +357,25 @@ def train_linear_probe(model: PromptedModel, splits: DataSplits, cfg: TrainConfi
 
 def _summarise(cfg: TrainConfig, run: RunDir, model: PromptedModel, splits: DataSplits, counts: ParameterCount,
                best: dict | None, train_seconds: float, quiet: bool, test: bool, world: World = SINGLE) -> dict:
+    objective = objective_of(model)
     metrics = {}
     if test and splits.test is not None:
         # the best epoch's tensors, as saved (rank 0 reads them; every rank evaluates its share of the test set)
         best_tensors = read_task_tensors(run.best, read_task_json(run.best)) if world.main else None
         model.load_state_dict(broadcast(best_tensors, world), strict=False)
         model.eval()
-        logits, labels = precompute_rows(model, test_set_of(splits.test, cfg), cfg, quiet, world).tensors
-        metrics = evaluate_logits(logits, labels)
+        metrics = objective.test(model, test_set_of(splits.test, cfg), cfg, quiet, world)
     if not world.main:
         return {}  # rank 0's (it reads the run's files) is broadcast
+    score = f"val_{objective.score}"
     return {
-        "method": cfg.method, "data": splits.describe(), "backbone": cfg.backbone, "epochs": cfg.epochs,
-        "best_epoch": best["epoch"] if best else None, "best_val_top1": best["val_top1"] if best else None,
+        "method": cfg.method, "task": objective.task, "data": splits.describe(), "backbone": cfg.backbone,
+        "epochs": cfg.epochs, "best_epoch": best["epoch"] if best else None,
+        f"best_{score}": best[score] if best else None,
         "probe_weight_decay": best.get("weight_decay") if best else None,
         "refit": cfg.refit and not cfg.final, "train_images": best.get("train_images") if best else None,
         **{key: best[key] for key in ("selection", "pruning") if best and key in best},
-        "test_top1": metrics.get("top1"), "test_top5": metrics.get("top5"), "test_images": metrics.get("num_images"),
+        **(metrics or dict.fromkeys(objective.test_keys)),
         "device": cfg.device, "precision": cfg.precision, "trainable_parameters": counts.trainable, "backbone_parameters": counts.backbone,
         "trainable_percent": counts.percent_of_backbone,
         "checkpoint_bytes": os.path.getsize(run.best / WEIGHTS_FILE),

@@ -10,21 +10,20 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from ..devices import autocast
 from ..errors import TrainingError
-from ..inference.evaluate import evaluate_logits
 from ..methods import Method, method_of, optimizer_groups
 from ..model import PromptedModel
 from ..rundir import RunDir
-from .batches import make_loader, precompute_rows
+from .batches import make_loader
 from .config import TrainConfig
 from .distributed import SINGLE, EpochItems, GlobalBatchSampler, World, all_sum
 from .logs import TensorBoardLog
+from .objective import Classification, objective_of
 
 
 DIVERGED = 2.0  # an epoch's mean training loss above this many times ln(classes) stops the run
@@ -55,6 +54,10 @@ class Fit:
     def method(self) -> Method:
         return method_of(self.model)
 
+    @property
+    def objective(self) -> Classification:
+        return objective_of(self.model)
+
     def autocast(self):
         return autocast(self.cfg.device, self.cfg.precision)
 
@@ -76,18 +79,18 @@ class Fit:
 
 def train_epoch(fit: Fit, dataset: Dataset, epoch: int) -> dict:
     """One pass over the training set; returns the epoch's metrics row."""
-    cfg, model, optimizer = fit.cfg, fit.model, fit.optimizer
+    cfg, model, optimizer, objective = fit.cfg, fit.model, fit.optimizer, fit.objective
     model.train()
     torch.manual_seed(cfg.seed * 1000 + epoch + 7919 * fit.world.rank)  # dropout and augmentation: a function of
     loader, weights = fit.train_batches(dataset, epoch)  # (seed, epoch), so a resumed run replays exactly
-    total_loss, correct, seen, started = 0.0, 0, 0, time.perf_counter()
+    total_loss, correct, counted, seen, started = 0.0, 0, 0, 0, time.perf_counter()
     bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=fit.quiet, leave=False)
     skipped = 0
     for step, (inputs, labels) in enumerate(bar):
         inputs, labels = (t.to(fit.device, non_blocking=True) for t in (inputs, labels))
         with fit.autocast():
             logits = fit.forward(inputs)
-        losses = F.cross_entropy(logits.float(), labels, reduction="none", label_smoothing=cfg.label_smoothing)
+        losses = objective.item_losses(logits.float(), labels, cfg.label_smoothing)  # one an image
         # this rank's share of the global batch's mean (DDP averages the ranks' gradients; see distributed.py)
         loss = losses.sum() * weights[step]
         extra = fit.method.training_loss(model, labels)  # a method's own loss beside it (DA-VPT's), a batch mean
@@ -107,14 +110,14 @@ def train_epoch(fit: Fit, dataset: Dataset, epoch: int) -> dict:
             fit.scheduler.step()
         if weights[step]:  # not a stand-in row
             total_loss += losses.sum().item()
-            correct += (logits.argmax(1) == labels).sum().item()
-            seen += len(labels)
+            right, scored = objective.hits(logits, labels)
+            correct, counted, seen = correct + right, counted + scored, seen + len(labels)
         bar.set_postfix(loss=f"{losses.mean().item():.3f}", lr=f"{optimizer.param_groups[0]['lr']:.2g}",
                         img_s=f"{seen / (time.perf_counter() - started):.1f}")
     seconds = time.perf_counter() - started
-    total_loss, correct, seen = all_sum([total_loss, correct, seen], fit.world)
+    total_loss, correct, counted, seen = all_sum([total_loss, correct, counted, seen], fit.world)
     _check_not_diverged(fit, total_loss / seen, epoch)
-    row = {"epoch": epoch + 1, "train_loss": total_loss / seen, "train_top1": correct / seen,
+    row = {"epoch": epoch + 1, "train_loss": total_loss / seen, f"train_{objective.train_metric}": correct / max(counted, 1),
            "lr": optimizer.param_groups[0]["lr"], "img_per_s": seen / seconds, "seconds": seconds}
     if fit.scaler is not None:
         row["skipped_steps"] = skipped
@@ -155,9 +158,9 @@ def _check_not_diverged(fit: Fit, loss: float, epoch: int) -> None:
 
 
 def validate(fit: Fit, dataset: Dataset) -> dict:
+    """The val split's loss and score (`Fit.objective`), the model in eval mode."""
     fit.model.eval()
-    logits, labels = precompute_rows(fit.inference, dataset, fit.cfg, True, fit.world).tensors
-    return {"loss": F.cross_entropy(logits, labels).item(), "top1": evaluate_logits(logits, labels)["top1"]}
+    return fit.objective.validate(fit, dataset)
 
 
 def make_optimizer(model: PromptedModel, cfg: TrainConfig, num_train: int | None = None) -> torch.optim.Optimizer:

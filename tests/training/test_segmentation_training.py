@@ -1,0 +1,165 @@
+"""Segmentation end to end on the tiny ViT: `vptune train` tells the task from the data, trains prompts and a
+segmentation head on the pixel loss (255 ignored), chooses the epoch by val mIoU, refits on train + val, and eval,
+predict and info agree with each other and with a hand computation from the files on disk."""
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import TINY_VIT, killed_in_epoch, without_timings
+from PIL import Image
+from safetensors.torch import load_file
+
+from vptune import ConfigError, RunDir, TrainConfig, train
+from vptune.cli import main
+from vptune.training.objective import SEGMENTATION
+
+CLASSES = ("ground", "bright", "red")
+COUNTS = {"train": 12, "val": 4, "test": 4}
+
+
+@pytest.fixture(scope="module")
+def seg_data(workspace, tmp_path_factory):
+    """images/ and masks/ with train/val/test folders and classes.txt: a bright or a red square on dark noise, its
+    border ignored (255), images of three sizes."""
+    root = tmp_path_factory.mktemp("seg") / "data"
+    rng = np.random.default_rng(0)
+    for split, count in COUNTS.items():
+        for sub in ("images", "masks"):
+            (root / sub / split).mkdir(parents=True)
+        for i in range(count):
+            height, width = 36, 40 + 4 * (i % 3)
+            mask = np.zeros((height, width), np.uint8)
+            top, left = rng.integers(0, 16, 2)
+            mask[top:top + 18, left:left + 18] = 255
+            mask[top + 1:top + 17, left + 1:left + 17] = 1 + i % 2
+            image = rng.integers(0, 60, (height, width, 3)).astype(np.uint8)
+            image[mask == 1] += 150
+            image[mask == 2, 0] += 190
+            Image.fromarray(image).save(root / "images" / split / f"{i}.png")
+            Image.fromarray(mask).save(root / "masks" / split / f"{i}.png")
+    (root / "classes.txt").write_text("\n".join(CLASSES) + "\n")
+    return root
+
+
+def seg_args(workspace, data, out, *extra):
+    return ["train", "--data", str(data), "--output", str(out), "--backbone", TINY_VIT, "--weights",
+            str(workspace / "tiny.safetensors"), "--img-size", "32", "--epochs", "2", "--batch-size", "4",
+            "--num-tokens", "4", "--quiet", *extra]
+
+
+def seg_config(workspace, data, out, **overrides):
+    return TrainConfig(**{**dict(data=str(data), output=str(out), backbone=TINY_VIT, img_size=32, epochs=2,
+                                 weights=str(workspace / "tiny.safetensors"), batch_size=4, num_tokens=4,
+                                 refit=False), **overrides})
+
+
+def hand_miou(predicted: list[np.ndarray], truth: list[np.ndarray], num_classes: int) -> float:
+    """Mean over classes present in labels or predictions of TP / (TP + FP + FN), 255 left out."""
+    ious = []
+    for k in range(num_classes):
+        tp = fp = fn = 0
+        for p, t in zip(predicted, truth):
+            scored = t != 255
+            tp += int(((p == k) & (t == k) & scored).sum())
+            fp += int(((p == k) & (t != k) & scored).sum())
+            fn += int(((p != k) & (t == k)).sum())
+        if tp + fp + fn:
+            ious.append(tp / (tp + fp + fn))
+    return float(np.mean(ious))
+
+
+def test_train_eval_predict_agree_with_the_masks_on_disk(workspace, seg_data, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(seg_args(workspace, seg_data, out)) == 0  # no --task: the masks folder says segmentation
+    summary = RunDir(out).read_summary()
+    assert summary["task"] == "segmentation" and "test_top1" not in summary
+    assert summary["train_images"] == COUNTS["train"] + COUNTS["val"]  # the refit saw train + val
+    assert summary["selection"]["train_images"] == COUNTS["train"]
+    assert summary["test_images"] == COUNTS["test"] and set(summary["test_per_class_iou"]) == set(CLASSES)
+    assert f"test mIoU {summary['test_miou']:.4f}" in capsys.readouterr().out
+
+    assert main(["eval", str(out)]) == 0
+    metrics = json.loads((out / "eval" / "test_metrics.json").read_text())
+    assert metrics["miou"] == pytest.approx(summary["test_miou"], abs=1e-12)
+    assert (out / "eval" / "test_confusion.png").is_file()
+
+    masks = tmp_path / "masks"
+    assert main(["predict", str(out), str(seg_data / "images" / "test"), "--output", str(masks)]) == 0
+    names = sorted(p.name for p in (seg_data / "images" / "test").iterdir())
+    predicted = [np.asarray(Image.open(masks / name)) for name in names]
+    truth = [np.asarray(Image.open(seg_data / "masks" / "test" / name)) for name in names]
+    assert [p.shape for p in predicted] == [t.shape for t in truth]  # at each image's own size
+    assert all((masks / name.replace(".png", ".overlay.jpg")).is_file() for name in names)
+    assert hand_miou(predicted, truth, len(CLASSES)) == pytest.approx(metrics["miou"], abs=1e-12)
+
+    capsys.readouterr()
+    assert main(["info", str(out)]) == 0
+    total = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("trainable total"))
+    assert f"{summary['trainable_parameters']:,}" in total  # BatchNorm's statistics are stored, not counted
+
+
+def test_a_second_predict_into_the_same_folder_or_into_the_images_is_refused(workspace, seg_data, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(seg_args(workspace, seg_data, out, "--no-refit", "--epochs", "1")) == 0
+    images, masks = seg_data / "images" / "test", tmp_path / "masks"
+    assert main(["predict", str(out), str(images), "--output", str(masks)]) == 0
+    written = {p: p.read_bytes() for p in masks.iterdir()}
+    capsys.readouterr()
+    for target, message in ((masks, "exist already"), (seg_data / "images", "holds the images being predicted")):
+        assert main(["predict", str(out), str(images), "--output", str(target)]) == 1
+        assert message in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in masks.iterdir()} == written  # nothing overwritten
+    assert sorted(p.name for p in images.iterdir()) == [f"{i}.png" for i in range(COUNTS["test"])]
+
+
+def test_a_killed_segmentation_run_resumes_to_the_same_result(workspace, seg_data, tmp_path, monkeypatch):
+    whole = train(seg_config(workspace, seg_data, tmp_path / "whole"), quiet=True)
+    cfg = seg_config(workspace, seg_data, tmp_path / "killed")
+    with killed_in_epoch(monkeypatch, lambda fit, epoch: epoch == 1):
+        train(cfg, quiet=True)
+    resumed = train(cfg, resume=True, quiet=True)
+    assert resumed["test_miou"] == whole["test_miou"]
+    assert without_timings(RunDir(tmp_path / "killed").read_metrics()) == \
+        without_timings(RunDir(tmp_path / "whole").read_metrics())
+    first, second = (load_file(str(tmp_path / name / "best" / "prompt.safetensors")) for name in ("whole", "killed"))
+    assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+
+
+def test_the_linear_head_trains_by_gradient_steps_on_a_segmentation_task(workspace, seg_data, tmp_path):
+    summary = train(seg_config(workspace, seg_data, tmp_path / "run", method="linear"), quiet=True)
+    rows = RunDir(tmp_path / "run").read_metrics()
+    assert [row["epoch"] for row in rows] == [1, 2] and all("val_miou" in row for row in rows)
+    width, classes = 64, len(CLASSES)  # the workspace's tiny ViT; BatchNorm (2 x width) and a 1 x 1 convolution
+    assert summary["trainable_parameters"] == 2 * width + width * classes + classes
+    assert summary["probe_weight_decay"] is None and summary["test_miou"] is not None
+
+
+def test_the_pixel_loss_is_each_images_mean_over_its_scored_pixels():
+    logits = torch.randn(2, 3, 2, 2, generator=torch.Generator().manual_seed(0))
+    labels = torch.tensor([[[0, 255], [2, 1]], [[255, 255], [255, 1]]])
+    log_p = F.log_softmax(logits, dim=1)
+    first = -(log_p[0, 0, 0, 0] + log_p[0, 2, 1, 0] + log_p[0, 1, 1, 1]) / 3
+    second = -log_p[1, 1, 1, 1]  # one scored pixel: its loss alone, not a quarter of it
+    assert torch.allclose(SEGMENTATION.item_losses(logits, labels), torch.stack([first, second]))
+    right = int(logits[0].argmax(0)[0, 0] == 0) + int(logits[0].argmax(0)[1, 0] == 2) + \
+        int(logits[0].argmax(0)[1, 1] == 1) + int(logits[1].argmax(0)[1, 1] == 1)
+    assert SEGMENTATION.hits(logits, labels) == (right, 4)
+
+
+@pytest.mark.parametrize("settings, message", [
+    (dict(task="segmentation", data="digits"), "is a classification data set"),
+    (dict(task="classification", data="pasted-animals"), "is a segmentation task"),
+    (dict(method="da-vpt"), "segmentation task has not"),
+    (dict(head_init="probe"), "a segmentation head starts random"),
+    (dict(pooling="image-pool"), "leave out --pooling"),
+    (dict(seg_head="fpn"), "seg_head must be one of linear, pup"),
+])
+def test_what_a_segmentation_task_cannot_take_is_refused_before_anything_is_written(workspace, seg_data, tmp_path,
+                                                                                    settings, message):
+    settings = {"data": seg_data, **settings}
+    cfg = seg_config(workspace, settings.pop("data"), tmp_path / "run", **settings)
+    with pytest.raises(ConfigError, match=message):
+        train(cfg, quiet=True)
+    assert not (tmp_path / "run").exists()
