@@ -467,7 +467,7 @@ def _predict_masks(predictor, args: argparse.Namespace) -> int:
         print(json.dumps(results, indent=2))
         return 0
     for result in results:
-        shares = ", ".join(f"{name} {share:.1%}" for name, share in result["classes"].items())
+        shares = ", ".join(f"{row['class']} {row['share']:.1%}" for row in result["classes"])
         print(f"{result['image']} -> {result['mask']} ({shares})")
     return 0
 

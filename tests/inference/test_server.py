@@ -329,37 +329,137 @@ def test_a_full_queue_answers_503_with_retry_after(server, workspace):
     assert [r.status_code for r in results] == [200, 200, 200]
 
 
-def test_the_page_works_in_a_real_browser(server, workspace):
-    browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+def browser():
+    """A headless Chromium driven by selenium (skipped where there is none)."""
+    binary = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
     driver_path = shutil.which("chromedriver")
-    if browser is None or driver_path is None:
+    if binary is None or driver_path is None:
         pytest.skip("no Chromium and chromedriver on this machine (.ci/run installs Debian's)")
     webdriver = pytest.importorskip("selenium.webdriver")
+    options = webdriver.ChromeOptions()
+    options.binary_location = binary
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
+        options.add_argument(flag)
+    return webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=driver_path))
+
+
+def upload_on_the_page(driver, url, task, tasks, image):
+    """Open the page, give the key, choose `task` once the `tasks` are listed, upload `image`."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select, WebDriverWait
 
-    options = webdriver.ChromeOptions()
-    options.binary_location = browser
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=driver_path))
+    driver.get(url + "/")
+    key = WebDriverWait(driver, 20).until(lambda d: d.find_element(By.ID, "key") if
+                                          d.find_element(By.ID, "key-box").is_displayed() else None)
+    key.send_keys(KEY)
+    driver.execute_script("document.getElementById('key').dispatchEvent(new Event('change'))")
+    WebDriverWait(driver, 20).until(lambda d: len(Select(d.find_element(By.ID, "task")).options) == tasks)
+    Select(driver.find_element(By.ID, "task")).select_by_value(task)
+    upload = driver.find_element(By.ID, "file")
+    driver.execute_script("arguments[0].hidden = false", upload)
+    upload.send_keys(str(image))
+
+
+def test_the_page_works_in_a_real_browser(server, workspace):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver = browser()
     try:
-        driver.get(server.url + "/")
-        key = WebDriverWait(driver, 20).until(lambda d: d.find_element(By.ID, "key") if
-                                              d.find_element(By.ID, "key-box").is_displayed() else None)
-        key.send_keys(KEY)
-        driver.execute_script("document.getElementById('key').dispatchEvent(new Event('change'))")
-        WebDriverWait(driver, 20).until(lambda d: len(Select(d.find_element(By.ID, "task")).options) == 3)
-        Select(driver.find_element(By.ID, "task")).select_by_value("colours")
-        upload = driver.find_element(By.ID, "file")
-        driver.execute_script("arguments[0].hidden = false", upload)
-        upload.send_keys(str(workspace / "images" / "red" / "0.png"))
+        upload_on_the_page(driver, server.url, "colours", 3, workspace / "images" / "red" / "0.png")
         rows = WebDriverWait(driver, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#result .row"))
         shown = [row.find_element(By.CLASS_NAME, "name").text for row in rows]
         api = post_image(server, "colours", png_bytes(workspace)).json()["top"]
         assert shown == [g["class"] for g in api]
         width = rows[0].find_element(By.CLASS_NAME, "bar").value_of_css_property("width")
         assert float(width.removesuffix("px")) > 0
+        assert driver.find_element(By.ID, "error").text == ""
+    finally:
+        driver.quit()
+
+
+@pytest.fixture(scope="module")
+def mixed_server(tasks, workspace, tmp_path_factory):
+    """A classification task and a segmentation task on one backbone."""
+    backbone = create_backbone(TINY_VIT, img_size=32, weights=str(workspace / "tiny.safetensors"))
+    torch.manual_seed(5)
+    segmenter = build_model("vpt-deep", backbone, PromptConfig(num_tokens=4), 3, class_names=["ground", "sky", "sea"],
+                            segmentation_head="linear")
+    with torch.no_grad():  # a head that tells the pixels apart (a fresh one's BatchNorm statistics are 0 and 1)
+        segmenter.head.classifier.weight.normal_(0, 1.0)
+    dirs = {"colours": tasks["colours"], "scene": save_task(segmenter, tmp_path_factory.mktemp("seg") / "scene")}
+    server = Server(dirs, "--max-wait-ms", str(WAIT_MS), "--max-batch", "8", env={"VPTUNE_API_KEY": KEY})
+    yield server, dirs
+    if server.process.poll() is None:
+        server.stop()
+
+
+def decoded_mask(answer: dict):
+    import numpy as np
+
+    image = Image.open(io.BytesIO(base64.b64decode(answer["mask"]["png_base64"])))
+    assert image.mode == "P"  # a palette PNG: its pixels are the class indices
+    return np.asarray(image)
+
+
+def test_a_segmentation_task_answers_with_its_mask_at_the_uploads_size(mixed_server, workspace, tmp_path):
+    from vptune.inference.mask_predictor import MaskPredictor
+
+    server, dirs = mixed_server
+    upload = tmp_path / "wide.png"
+    Image.open(workspace / "images" / "red" / "0.png").resize((50, 30)).save(upload)
+    answer = post_image(server, "scene", upload.read_bytes())
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    mask = decoded_mask(body)
+    assert mask.shape == (30, 50) == (body["mask"]["height"], body["mask"]["width"])
+    want = MaskPredictor(MultiTaskModel(tasks={"scene": dirs["scene"]}).tasks["scene"]).masks(
+        [read_image(Sample(upload, -1, "test"))])[0]
+    assert (mask == want).all()  # the library's mask for the same file (one transform for predict and serve)
+    shares = {row["class"]: row["share"] for row in body["classes"]}
+    assert shares == pytest.approx({name: float((mask == k).mean()) for k, name in enumerate(["ground", "sky", "sea"])
+                                    if (mask == k).any()})
+    listing = {t["name"]: t["task"] for t in httpx.get(server.url + "/v1/tasks", headers=AUTH).json()["tasks"]}
+    assert listing == {"colours": "classification", "scene": "segmentation"}
+
+
+def test_classification_and_segmentation_requests_share_one_batch(mixed_server, tasks, workspace):
+    server, _ = mixed_server
+    png = png_bytes(workspace, "green/1.png")
+    threads, results = _concurrently([lambda t=t: post_image(server, t, png) for t in ("colours", "scene")])
+    for t in threads:
+        t.join()
+    assert [r.status_code for r in results] == [200, 200], [r.text for r in results]
+    assert [r.headers["x-batch-size"] for r in results] == ["2", "2"]
+    want = expected_top(tasks, workspace, "colours", "green/1.png")
+    assert [g["class"] for g in results[0].json()["top"]] == [g["class"] for g in want][:len(results[0].json()["top"])]
+    assert decoded_mask(results[1].json()).shape == (36, 36)
+
+
+def test_the_page_shows_a_segmentation_tasks_mask_over_the_image(mixed_server, workspace, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    server, _ = mixed_server
+    upload = tmp_path / "wide.png"
+    Image.open(workspace / "images" / "red" / "0.png").resize((50, 30)).save(upload)
+    driver = browser()
+    try:
+        upload_on_the_page(driver, server.url, "scene", 2, upload)
+        shown = WebDriverWait(driver, 30).until(  # the overlay, or the page's error line
+            lambda d: d.find_elements(By.CSS_SELECTOR, "#result canvas") or d.find_element(By.ID, "error").text)
+        assert not isinstance(shown, str), shown
+        canvas = shown[0]
+        assert (canvas.get_attribute("width"), canvas.get_attribute("height")) == ("50", "30")
+        shown = [row.find_element(By.CLASS_NAME, "name").text for row in driver.find_elements(By.CSS_SELECTOR,
+                                                                                              "#result .row")]
+        api = post_image(server, "scene", upload.read_bytes()).json()["classes"]
+        assert shown == [row["class"] for row in api]
+        painted = driver.execute_script(  # the overlay is drawn: not the image alone, not blank
+            "const c = arguments[0].getContext('2d').getImageData(0, 0, 50, 30).data;"
+            "let sum = 0; for (let i = 0; i < c.length; i += 4) sum += c[i] + c[i + 1] + c[i + 2]; return sum;",
+            canvas)
+        assert painted > 0
         assert driver.find_element(By.ID, "error").text == ""
     finally:
         driver.quit()

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from .segmentation import IGNORE
+from .transforms import build_transform
 
 
 class JointTransform:
@@ -20,14 +21,15 @@ class JointTransform:
 
     train: scale by a factor drawn from `scales` (of the side that makes the image `size` on its shorter side),
     crop `size` x `size` at a random place, flip left-right with probability 1/2. Otherwise: the image resized to
-    `size` x `size` and the mask unchanged. Randomness from `generator`, so an item's augmentation is a function of
-    its seed."""
+    `size` x `size` (as classification's test transform does) and the mask unchanged. Randomness from `generator`,
+    so an item's augmentation is a function of its seed."""
 
     def __init__(self, size: int, mean: Sequence[float], std: Sequence[float], train: bool,
                  scales: tuple[float, float] = (0.5, 2.0)) -> None:
         self.size, self.train, self.scales = size, train, scales
         self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
+        self.resize_for_model = build_transform(size, mean, std)
 
     def __call__(self, image: torch.Tensor, mask: torch.Tensor,
                  generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -50,8 +52,9 @@ class JointTransform:
 
 
     def image_for_model(self, image: torch.Tensor) -> torch.Tensor:
-        """Evaluation's image side alone (prediction, where there is no mask): normalised, resized to size x size."""
-        return _resize((image.float() / 255.0 - self.mean) / self.std, (self.size, self.size), "bilinear")
+        """Evaluation's image side alone (prediction, where there is no mask): classification's test transform
+        (resized to size x size, normalised), so eval, predict and the server's shared decoding see one input."""
+        return self.resize_for_model(image)
 
 
 def _resize(tensor: torch.Tensor, shape: tuple[int, int], mode: str) -> torch.Tensor:

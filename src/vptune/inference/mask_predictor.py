@@ -13,7 +13,6 @@ from typing import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .._io import atomic_write
 from ..data import MAX_PIXELS, decode_image
@@ -21,7 +20,7 @@ from ..data.joint_transforms import JointTransform
 from ..devices import autocast, maybe_compile, resolve_precision
 from ..errors import ConfigError
 from ..model import PromptedSegmenter
-from .masks import overlay_jpeg, save_mask
+from .masks import class_shares, mask_at, overlay_jpeg, save_mask
 from .predictor import readable_images
 
 OVERLAY_SUFFIX = ".overlay.jpg"
@@ -49,9 +48,8 @@ class MaskPredictor:
         """uint8 images (3, H, W), any sizes -> class indices (H, W) uint8 for each, at its own size."""
         batch = torch.stack([self.transform.image_for_model(image) for image in images]).to(self.device)
         with autocast(self.device, self.precision):
-            logits = self.forward(batch).float()
-        return [F.interpolate(one[None], size=tuple(image.shape[-2:]), mode="bilinear", align_corners=False)[0]
-                .argmax(0).to(torch.uint8).cpu().numpy() for one, image in zip(logits, images)]
+            logits = self.forward(batch)
+        return [mask_at(one, tuple(image.shape[-2:])) for one, image in zip(logits, images)]
 
     def predict_files(self, paths: Sequence[str | os.PathLike], output: str | os.PathLike,
                       skip_bad: bool = False) -> list[dict]:
@@ -71,14 +69,8 @@ class MaskPredictor:
                 jpeg = overlay_jpeg(image.permute(1, 2, 0).numpy(), mask)
                 atomic_write(overlay_path, lambda tmp: tmp.write_bytes(jpeg))
                 results.append({"image": str(path), "mask": str(mask_path), "overlay": str(overlay_path),
-                                "classes": self.shares(mask)})
+                                "classes": class_shares(mask, self.class_names)})
         return results
-
-    def shares(self, mask: np.ndarray) -> dict[str, float]:
-        """Each predicted class's share of the mask's pixels, largest first."""
-        counts = np.bincount(mask.ravel(), minlength=len(self.class_names))
-        order = np.argsort(-counts, kind="stable")
-        return {self.class_names[k]: float(counts[k] / mask.size) for k in order if counts[k]}
 
 
 def _targets(files: list[Path], output: Path) -> dict[Path, tuple[Path, Path]]:

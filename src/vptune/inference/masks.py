@@ -7,10 +7,14 @@ blends those colours over the image, leaving ignored pixels as they are.
 """
 from __future__ import annotations
 
+import base64
 import io
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from .._io import atomic_write
@@ -65,3 +69,24 @@ def overlay_jpeg(image: np.ndarray, mask: np.ndarray, alpha: float = 0.5, qualit
     buffer = io.BytesIO()
     overlay(image, mask, alpha).save(buffer, format="JPEG", quality=quality)
     return buffer.getvalue()
+
+
+def mask_at(logits: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
+    """One image's logits (classes, h, w) -> its class indices (H, W) uint8 at `size` (H, W): the logits resized
+    bilinearly first (as `vptune eval` scores them), then the most likely class at each pixel."""
+    resized = F.interpolate(logits[None].float(), size=tuple(size), mode="bilinear", align_corners=False)[0]
+    return resized.argmax(0).to(torch.uint8).cpu().numpy()
+
+
+def class_shares(mask: np.ndarray, class_names: Sequence[str]) -> list[dict]:
+    """Each predicted class's {class, index, share} of the mask's pixels, largest first."""
+    counts = np.bincount(mask.ravel(), minlength=len(class_names))
+    order = np.argsort(-counts, kind="stable")
+    return [{"class": class_names[k], "index": int(k), "share": float(counts[k] / mask.size)} for k in order if counts[k]]
+
+
+def mask_png_base64(mask: np.ndarray) -> str:
+    """`mask_image` as base64 PNG bytes (the server's answer: decoded, its pixels are the class indices)."""
+    buffer = io.BytesIO()
+    mask_image(mask).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")

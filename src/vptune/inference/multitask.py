@@ -13,6 +13,8 @@ backbone is shared. A batch may hold images of different tasks; it runs ONE pass
   outputs from block to block, which the gather cannot give them: they leave the shared pass at their first
   prompted block and finish on their own path, all of that task's images of the batch together.
 - Each image's final [CLS] goes through its own task's head.
+- Segmentation tasks read every final image token: their images take their task's own path from the start (the
+  backbone's weights are still the shared ones in memory) and come back as masks.
 
 Tasks trained with methods that change backbone weights (full, bias, partial-K, LoRA) cannot share a backbone,
 nor can "concat-channel" prompts (they change the patch embedding); they are refused (serve each on its own with
@@ -33,9 +35,10 @@ from ..backbones import backbone_fingerprint
 from ..data import build_transform
 from ..devices import autocast
 from ..errors import CheckpointError, ConfigError
-from ..model import BackboneAdapter, PromptedModel, adapter_for, backbone_data_config
+from ..model import BackboneAdapter, PromptedModel, PromptedSegmenter, adapter_for, backbone_data_config
 from ..rundir import RunDir
 from ..tasks import load_task, read_task_json, task_method
+from .masks import class_shares, mask_at
 from .predictor import check_image_batch, check_top_k, top_k_rows
 from .runtime import resolve_runtime
 
@@ -149,7 +152,8 @@ class MultiTaskModel(nn.Module):
     def describe(self, name: str) -> dict:
         """A loaded task as the server lists it: classes, method, prompt config, image size."""
         task = self.tasks[name]
-        return {"name": name, "classes": self.class_names(name), "num_classes": task.num_classes,
+        return {"name": name, "task": "segmentation" if isinstance(task, PromptedSegmenter) else "classification",
+                "classes": self.class_names(name), "num_classes": task.num_classes,
                 "method": task.method.to_dict() if getattr(task, "method", None) else None,
                 "prompt": task.prompt_config.to_dict(), "image_size": list(task.adapter.img_size)}
 
@@ -160,7 +164,9 @@ class MultiTaskModel(nn.Module):
     # ------------------------------------------------------------------------------------------- forward
     @torch.inference_mode()
     def forward(self, images: torch.Tensor, tasks: Sequence[str]) -> list[torch.Tensor]:
-        """Normalised images (B, 3, H, W) and each image's task name -> each image's logits (its task's classes)."""
+        """Normalised images (B, 3, H, W) and each image's task name -> each image's logits: (classes,) for a
+        classification task; (classes, H, W) for a segmentation task, whose images take their task's own path
+        (every final image token is read, which the shared pass, ending at [CLS], does not give)."""
         check_image_batch(images, self.data_config["input_size"], self.backbone)
         if len(tasks) != len(images):
             raise ValueError(f"{len(images)} images but {len(tasks)} task names")
@@ -168,21 +174,38 @@ class MultiTaskModel(nn.Module):
         if unknown:
             raise KeyError(f"unknown task(s) {unknown}; loaded: {', '.join(self.tasks) or 'none'}")
         logits: list[torch.Tensor | None] = [None] * len(tasks)
+        by_task = _rows_by_task(tasks)
+        images = images.to(self.device)
         with autocast(self.device, self.precision):
-            features = self._features(images.to(self.device), list(tasks))
-            for name, rows in _rows_by_task(tasks).items():
-                for row, out in zip(rows, self.tasks[name].classify(features[rows]).float()):
-                    logits[row] = out
+            for name, rows in by_task.items():
+                if isinstance(self.tasks[name], PromptedSegmenter):
+                    for row, out in zip(rows, self.tasks[name](images[rows]).float()):
+                        logits[row] = out
+            shared = [row for row, name in enumerate(tasks) if not isinstance(self.tasks[name], PromptedSegmenter)]
+            if shared:
+                features = self._features(images[shared], [tasks[row] for row in shared])
+                for name, rows in _rows_by_task([tasks[row] for row in shared]).items():
+                    for row, out in zip(rows, self.tasks[name].classify(features[rows]).float()):
+                        logits[shared[row]] = out
         return logits
 
-    def predict(self, images: torch.Tensor, tasks: Sequence[str],
-                top_k: int | Sequence[int] = 5) -> list[list[dict]]:
-        """For each image, its task's top-k {class, index, probability}; `top_k` may differ per image."""
+    def predict(self, images: torch.Tensor, tasks: Sequence[str], top_k: int | Sequence[int] = 5,
+                sizes: Sequence[tuple[int, int]] | None = None) -> list[list[dict] | dict]:
+        """For each image, its task's answer: top-k {class, index, probability} (`top_k` may differ per image), or
+        for a segmentation task {"mask": class indices (H, W) uint8 at the image's original `sizes` (default: the
+        input size), "classes": each class's share of the pixels}."""
         ks = [top_k] * len(tasks) if isinstance(top_k, int) else list(top_k)
         for k in set(ks):
             check_top_k(k)
-        return [top_k_rows(out.softmax(dim=0)[None].cpu(), self.class_names(name), k)[0]
-                for out, name, k in zip(self(images, tasks), tasks, ks)]
+        sizes = list(sizes) if sizes is not None else [tuple(images.shape[-2:])] * len(tasks)
+        answers = []
+        for out, name, k, size in zip(self(images, tasks), tasks, ks, sizes):
+            if out.dim() == 3:
+                mask = mask_at(out, size)
+                answers.append({"mask": mask, "classes": class_shares(mask, self.class_names(name))})
+            else:
+                answers.append(top_k_rows(out.softmax(dim=0)[None].cpu(), self.class_names(name), k)[0])
+        return answers
 
     def _features(self, images: torch.Tensor, tasks: list[str]) -> torch.Tensor:
         """The shared pass: what each image's head reads (B, d) (the final normed [CLS], or on a backbone without one

@@ -21,6 +21,7 @@ from ..data.datasets import one_thread, open_image
 from ..errors import ConfigError
 from .batcher import Batcher, Overloaded
 from .multitask import MultiTaskModel
+from .masks import mask_png_base64
 from .predictor import check_top_k
 from .uploads import content_type, image_bytes, read_body
 
@@ -65,11 +66,13 @@ class Routes:
         blank = torch.zeros(3, *self.model.data_config["input_size"][1:])
         names = list(self.model.tasks)
         count = max(self.settings.max_batch, len(names))  # every task at least once
-        await self.batcher.warm_up([(names[i % len(names)], blank, 1) for i in range(count)])
+        size = tuple(blank.shape[-2:])
+        await self.batcher.warm_up([(names[i % len(names)], blank, 1, size) for i in range(count)])
 
-    def run_batch(self, items: list[tuple[str, torch.Tensor, int]]) -> list[list[dict]]:
-        names, images, ks = zip(*items)
-        return self.model.predict(torch.stack(images), names, ks)
+    def run_batch(self, items: list[tuple[str, torch.Tensor, int, tuple[int, int]]]) -> list[list[dict] | dict]:
+        """Items (task, image as the model takes it, top-k, the upload's own size (H, W): a mask's size)."""
+        names, images, ks, sizes = zip(*items)
+        return self.model.predict(torch.stack(images), names, ks, sizes)
 
     # ------------------------------------------------------------------------------------ every request
     def authorise(self, request: Request) -> None:
@@ -114,20 +117,28 @@ class Routes:
                 k = top_k if top_k is not None else requested_k if requested_k is not None else self.settings.top_k
                 try:
                     check_top_k(k, name="top_k")
-                    image = await self.prepare_off_the_loop_if_large(data)
+                    image, size = await self.prepare_off_the_loop_if_large(data)
                 except (DataError, ConfigError) as err:
                     raise HTTPException(400, str(err)) from None
-                top, batch_size = await self.batcher.submit((name, image, k), in_slot=True)
+                answer, batch_size = await self.batcher.submit((name, image, k, size), in_slot=True)
         except Overloaded as err:
             raise HTTPException(503, f"server busy ({err}); retry shortly", headers={"Retry-After": "1"}) from None
-        return JSONResponse({"task": name, "top": top}, headers={"X-Batch-Size": str(batch_size)})
+        if isinstance(answer, dict):  # a segmentation task: the mask as a palette PNG, at the upload's size
+            mask = answer["mask"]
+            body = {"task": name, "mask": {"png_base64": mask_png_base64(mask), "height": int(mask.shape[0]),
+                                           "width": int(mask.shape[1])}, "classes": answer["classes"]}
+        else:
+            body = {"task": name, "top": answer}
+        return JSONResponse(body, headers={"X-Batch-Size": str(batch_size)})
 
     # --------------------------------------------------------------------------------------- decoding
-    def prepare(self, data: bytes) -> torch.Tensor:
+    def prepare(self, data: bytes) -> tuple[torch.Tensor, tuple[int, int]]:
+        """The upload decoded and transformed for the model, and its own size (H, W)."""
         with one_thread():  # a few hundred microseconds of work: OpenMP threads would only add waiting
-            return self.transform(decode_image(io.BytesIO(data), "upload", self.settings.max_pixels))
+            image = decode_image(io.BytesIO(data), "upload", self.settings.max_pixels)
+            return self.transform(image), tuple(image.shape[-2:])
 
-    async def prepare_off_the_loop_if_large(self, data: bytes) -> torch.Tensor:
+    async def prepare_off_the_loop_if_large(self, data: bytes) -> tuple[torch.Tensor, tuple[int, int]]:
         # A small image decodes and resizes in ~0.2 ms: less than the CPU a thread-pool hop costs under load
         # (~0.6 ms of GIL hand-offs per request, measured), so it runs right here. A large one could stall every
         # connection for tens of ms, so it goes to the pool. An unreadable header fails fast either way.
