@@ -27,6 +27,7 @@ from .experiments.ablate import ablate_help
 from .experiments.sweep import SEARCHABLE, sweep_help
 from .methods import method_summaries
 from .training import TrainConfig
+from .training.objective import SCORE_NAMES
 
 log = logging.getLogger("vptune")
 # what Ctrl-C leaves, by command: the long ones keep their finished work and say how to go on
@@ -380,8 +381,10 @@ def _sweep(args: argparse.Namespace) -> int:
                                                        "workers", "seeds") if hasattr(args, name)}
     results = run_sweep(sweep_config(args.config, flags, options))
     retrained = results["retrained"]
-    print(f"best: {results['best_params']} (val top-1 {results['best_val_top1']:.4f})"
-          + (f"; retrained: test top-1 {retrained['mean']:.4f} +- {retrained['std']:.4f}"
+    metric = results["metric"]
+    shown = SCORE_NAMES[metric]
+    print(f"best: {results['best_params']} (val {shown} {results[f'best_val_{metric}']:.4f})"
+          + (f"; retrained: test {shown} {retrained['mean']:.4f} +- {retrained['std']:.4f}"
              if retrained["mean"] is not None else ""))
     return 0
 

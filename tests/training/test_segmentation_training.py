@@ -163,3 +163,20 @@ def test_what_a_segmentation_task_cannot_take_is_refused_before_anything_is_writ
     with pytest.raises(ConfigError, match=message):
         train(cfg, quiet=True)
     assert not (tmp_path / "run").exists()
+
+
+def test_a_sweep_on_a_segmentation_task_chooses_by_val_miou(workspace, seg_data, tmp_path):
+    pytest.importorskip("optuna")
+    from vptune.experiments import SweepConfig, run_sweep
+
+    out = tmp_path / "sweep"
+    config = SweepConfig(base=seg_config(workspace, seg_data, out, epochs=1), output=str(out),
+                         space={"lr": [0.001, 0.05]}, pruner="none", seeds=(0,))
+    results = run_sweep(config)
+    trials = {float(row.split(",")[2]): float(row.split(",")[3])
+              for row in (out / "trials.csv").read_text().splitlines()[1:]}
+    assert (out / "trials.csv").read_text().splitlines()[0].split(",")[:4] == ["trial", "state", "lr", "val_miou"]
+    assert results["metric"] == "miou" and results["best_val_miou"] == max(trials.values())
+    retrained = RunDir(out / "final" / "seed-0").read_summary()
+    assert results["retrained"]["test_miou"] == {0: retrained["test_miou"]}
+    assert "val mIoU" in (out / "results.md").read_text()

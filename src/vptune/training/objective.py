@@ -88,6 +88,13 @@ class Segmentation(Classification):
 
 
 CLASSIFICATION, SEGMENTATION = Classification(), Segmentation()
+SCORE_NAMES = {"top1": "top-1", "miou": "mIoU"}  # a score as records key it, and as people read it
+
+
+def score_of(cfg: TrainConfig) -> str:
+    """The score a run's records hold (val_SCORE, best_val_SCORE, test_SCORE): "top1", or "miou" on a segmentation
+    task (`cfg` is resolved to know which)."""
+    return SEGMENTATION.score if cfg.resolved().task == SEGMENTATION.task else CLASSIFICATION.score
 
 
 def objective_of(model: PromptedModel) -> Classification:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ...rundir import RunDir
 from ...training import TrainConfig, check_new_run, train
+from ...training.objective import SCORE_NAMES
 from .config import SweepConfig
 from .study import run_sweep
 
@@ -33,7 +34,9 @@ def train_with_lr_search(cfg: TrainConfig, *, overwrite: bool = False, quiet: bo
         log.info(f"--lr auto: searching lr in {search.space['lr']} ({base.epochs} epochs at most each)")
         results = run_sweep(search)
         chosen = dataclasses.replace(cfg, lr=results["best_params"]["lr"])
-        log.info(f"--lr auto: lr {chosen.lr:g} (val top-1 {results['best_val_top1']:.4f}); training with it")
+        metric = results["metric"]
+        log.info(f"--lr auto: lr {chosen.lr:g} (val {SCORE_NAMES[metric]} {results[f'best_val_{metric}']:.4f}); "
+                 f"training with it")
         summary = train(chosen, overwrite=overwrite, quiet=quiet)
         for name in ("trials.csv", "results.md", "results.json", "sweep.png"):
             shutil.copy2(Path(folder) / name, _mkdir(run.path / "lr-search") / name)

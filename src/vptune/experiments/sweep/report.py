@@ -1,5 +1,6 @@
 """A sweep's outputs: trials.csv, results.md / results.json (the best setting, the retrained seeds' test top-1), and
-sweep.png (val top-1 against each searched setting, the history with pruned trials marked)."""
+sweep.png (val top-1 against each searched setting, the history with pruned trials marked); mIoU in place of top-1
+for a segmentation task."""
 from __future__ import annotations
 
 import csv
@@ -9,12 +10,14 @@ from pathlib import Path
 from typing import Any
 
 from ..._io import atomic_write_text, save_figure
+from ...training.objective import SCORE_NAMES
 
 
 def write_outputs(out: Path, study, results: dict) -> None:
     names = sorted({k for t in study.trials for k in t.params})
+    metric = results.get("metric", "top1")  # "miou" for a segmentation task
     rows = [{"trial": t.number, "state": t.state.name, **{k: t.params.get(k) for k in names},
-             "val_top1": t.value if t.value is not None else max(t.intermediate_values.values(), default=None),
+             f"val_{metric}": t.value if t.value is not None else max(t.intermediate_values.values(), default=None),
              "epochs": epochs_run(t),
              "seconds": (t.datetime_complete - t.datetime_start).total_seconds()
              if t.datetime_complete and t.datetime_start else None} for t in study.trials]
@@ -23,18 +26,18 @@ def write_outputs(out: Path, study, results: dict) -> None:
         writer.writeheader()
         writer.writerows(rows)
     atomic_write_text(out / "results.json", json.dumps(results, indent=2, default=str) + "\n")
-    atomic_write_text(out / "results.md", _table(rows, results) + "\n")
-    _plot(out, rows, names)
+    atomic_write_text(out / "results.md", _table(rows, results, metric) + "\n")
+    _plot(out, rows, names, metric)
 
 
-def _table(rows: list[dict], results: dict) -> str:
-    retrained = results["retrained"]
-    lines = [f"best setting (trial {results['best_trial']}): {results['best_params']}, val top-1 "
-             f"{results['best_val_top1']:.4f}; {results['trial_epochs']} trial-epochs; trials {results['trials']}",
-             ""]
+def _table(rows: list[dict], results: dict, metric: str) -> str:
+    retrained, shown = results["retrained"], SCORE_NAMES[metric]
+    lines = [f"best setting (trial {results['best_trial']}): {results['best_params']}, val {shown} "
+             f"{results[f'best_val_{metric}']:.4f}; {results['trial_epochs']} trial-epochs; trials "
+             f"{results['trials']}", ""]
     if retrained["mean"] is not None:
-        seeds = ", ".join(f"{v:.4f}" for v in retrained["test_top1"].values())
-        lines += [f"retrained on train + val: test top-1 {retrained['mean']:.4f} +- {retrained['std']:.4f} "
+        seeds = ", ".join(f"{v:.4f}" for v in retrained[f"test_{metric}"].values())
+        lines += [f"retrained on train + val: test {shown} {retrained['mean']:.4f} +- {retrained['std']:.4f} "
                   f"(seeds: {seeds})", ""]
     keys = [k for k in rows[0] if k != "seconds"]
     lines += ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
@@ -47,7 +50,7 @@ def _cell(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) and math.isfinite(value) else str(value)
 
 
-def _plot(out: Path, rows: list[dict], names: list[str]) -> None:
+def _plot(out: Path, rows: list[dict], names: list[str], metric: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -56,16 +59,17 @@ def _plot(out: Path, rows: list[dict], names: list[str]) -> None:
     x_name = "lr" if "lr" in names else (names[0] if names else None)
     fig, (by_value, history) = plt.subplots(1, 2, figsize=(11, 4))
     for state, marker in (("COMPLETE", "o"), ("PRUNED", "x"), ("FAIL", "s")):
-        chosen = [r for r in rows if r["state"] == state and r["val_top1"] is not None]
+        chosen = [r for r in rows if r["state"] == state and r[f"val_{metric}"] is not None]
         if x_name and isinstance(rows[0].get(x_name), (int, float)):
-            by_value.scatter([r[x_name] for r in chosen], [r["val_top1"] for r in chosen], marker=marker,
+            by_value.scatter([r[x_name] for r in chosen], [r[f"val_{metric}"] for r in chosen], marker=marker,
                              label=state.lower())
-        history.scatter([r["trial"] for r in chosen], [r["val_top1"] for r in chosen], marker=marker,
+        history.scatter([r["trial"] for r in chosen], [r[f"val_{metric}"] for r in chosen], marker=marker,
                         label=state.lower())
     if x_name and isinstance(rows[0].get(x_name), (int, float)):
         by_value.set_xscale("log")
-    by_value.set(title=f"val top-1 against {x_name}", xlabel=x_name, ylabel="val top-1 (last reported)")
-    history.set(title="history (x: pruned)", xlabel="trial", ylabel="val top-1")
+    shown = f"val {SCORE_NAMES[metric]}"
+    by_value.set(title=f"{shown} against {x_name}", xlabel=x_name, ylabel=f"{shown} (last reported)")
+    history.set(title="history (x: pruned)", xlabel="trial", ylabel=shown)
     for ax in (by_value, history):
         ax.grid(alpha=0.3)
         ax.legend()

@@ -20,6 +20,7 @@ from ..._io import atomic_write_text
 from ...errors import ConfigError, TrainingError, VptuneError, WriteError
 from ...rundir import RunDir
 from ...training import train
+from ...training.objective import SCORE_NAMES, score_of
 from .config import SweepConfig, grid_values, is_range
 from .report import epochs_run, write_outputs
 from .storage import JOURNAL, hide_password, storage_of
@@ -79,7 +80,8 @@ def _search_and_retrain(config: SweepConfig, out: Path) -> dict:
     if not complete:
         raise ConfigError(f"sweep {out}: no trial completed (all pruned or failed); widen the search space")
     best = max(complete, key=lambda t: (t.value, -t.number))
-    results = {"best_params": best.params, "best_val_top1": best.value, "best_trial": best.number,
+    metric = score_of(config.base)
+    results = {"best_params": best.params, "metric": metric, f"best_val_{metric}": best.value, "best_trial": best.number,
                "trial_epochs": sum(epochs_run(t) for t in study.trials),
                "trials": {state: sum(t.state.name == state for t in study.trials)
                           for state in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")},
@@ -183,17 +185,19 @@ def _objective(trial, config: SweepConfig) -> float:
     output = Path(config.output) / "trials" / f"{trial.number:04d}"
     cfg = dataclasses.replace(config.base, output=str(output), final=False, refit=False, **values)  # a selection run
 
+    metric = score_of(cfg)
+
     def report(row: dict) -> None:
-        trial.report(row["val_top1"], step=row["epoch"])
+        trial.report(row[f"val_{metric}"], step=row["epoch"])
         trial.set_user_attr("epochs", row["epoch"])
         if trial.should_prune():
-            raise optuna.TrialPruned(f"val top-1 {row['val_top1']:.4f} after epoch {row['epoch']}")
+            raise optuna.TrialPruned(f"val {SCORE_NAMES[metric]} {row[f'val_{metric}']:.4f} after epoch {row['epoch']}")
 
     try:
         summary = train(cfg, overwrite=True, quiet=True, on_epoch=report, test=False)
     except TrainingError as err:  # diverged: as hopeless as a pruned trial, and the study goes on
         raise optuna.TrialPruned(f"diverged: {err}") from err
-    return summary["best_val_top1"]
+    return summary[f"best_val_{metric}"]
 
 
 def _suggest(trial, name: str, spec: list) -> Any:
@@ -203,15 +207,15 @@ def _suggest(trial, name: str, spec: list) -> Any:
 
 
 def _retrain(config: SweepConfig, params: dict) -> dict:
-    """The best setting, trained on train + val (no model selection) once per seed; test top-1 of each."""
-    runs = {}
+    """The best setting, trained on train + val (no model selection) once per seed; test top-1 (mIoU) of each."""
+    runs, metric = {}, score_of(config.base)
     for seed in config.seeds:
         run = RunDir(Path(config.output) / "final" / f"seed-{seed}")
         if run.summary.is_file():  # a rerun of the sweep keeps retrained seeds
-            runs[seed] = run.read_summary()["test_top1"]
+            runs[seed] = run.read_summary()[f"test_{metric}"]
             continue
         cfg = dataclasses.replace(config.base, output=str(run.path), final=True, seed=seed, **params)
-        runs[seed] = train(cfg, overwrite=True, quiet=True)["test_top1"]
+        runs[seed] = train(cfg, overwrite=True, quiet=True)[f"test_{metric}"]
     values = [v for v in runs.values() if v is not None]
-    return {"test_top1": runs, "mean": statistics.fmean(values) if values else None,
+    return {f"test_{metric}": runs, "mean": statistics.fmean(values) if values else None,
             "std": statistics.stdev(values) if len(values) > 1 else 0.0 if values else None}
