@@ -204,6 +204,22 @@ def test_the_built_in_task_is_written_the_same_every_time_and_loads_as_users_dat
         assert len(labelled) and set(np.unique(mask)) <= {0, 1, 2, 3}  # ground and pasted classes only
 
 
+def test_the_defects_task_is_written_the_same_every_time_and_its_masks_cover_what_was_drawn(tmp_path):
+    from vptune.data.builtin_segmentation import write_surface_defects
+
+    counts = {"train": 5, "val": 2, "test": 2}
+    first, second = (write_surface_defects(tmp_path / name, counts) for name in ("first", "second"))
+    files = sorted(p.relative_to(first) for p in first.rglob("*.png"))
+    assert len(files) == 2 * 9 and all((first / f).read_bytes() == (second / f).read_bytes() for f in files)
+    data = check_segmentation(read_segmentation_data(first))
+    assert data.class_names == ["surface", "scratch", "spot"]
+    for pair in data.splits["train"]:
+        mask, image = read_mask(pair.mask), np.asarray(Image.open(pair.image))
+        assert image.ndim == 2 and (mask > 0).any() and set(np.unique(mask)) <= {0, 1, 2}
+        # a defect is drawn dark (20) or bright (235): every one of its pixels holds one of the two shades
+        assert set(np.unique(image[mask > 0])) <= {20, 235}
+
+
 def test_a_split_as_a_dataset_and_its_evaluation_at_full_resolution(tmp_path):
     from torch.utils.data import DataLoader
 

@@ -180,3 +180,35 @@ def test_a_sweep_on_a_segmentation_task_chooses_by_val_miou(workspace, seg_data,
     retrained = RunDir(out / "final" / "seed-0").read_summary()
     assert results["retrained"]["test_miou"] == {0: retrained["test_miou"]}
     assert "val mIoU" in (out / "results.md").read_text()
+
+
+def ablate_config(workspace, task, out, set_name="segmentation", **kwargs):
+    from vptune.experiments.ablate import AblateConfig
+
+    common = dict(backbone=TINY_VIT, weights=str(workspace / "tiny.safetensors"), img_size=32, epochs=1, batch_size=4,
+                  num_tokens=2)
+    return AblateConfig(set=set_name, tasks=(str(task),), seeds=(0,), out=str(out), common=common, **kwargs)
+
+
+def test_ablate_segmentation_compares_test_miou_and_refuses_a_task_of_the_other_kind(workspace, seg_data, tmp_path):
+    from vptune.experiments.ablate import SETS, read_runs, run_ablation
+
+    out = tmp_path / "ablate"
+    rows = run_ablation(ablate_config(workspace, seg_data, out))  # every cell: both heads, every method
+    assert [r["cell"] for r in rows] == [cell.name for cell in SETS["segmentation"].cells(4)]
+    assert all(r["test_top1"] is None and r["failure"] is None for r in rows)
+    assert [r["test_miou"] for r in rows] == [r["test_miou"] for r in read_runs(out)] and None not in \
+        [r["test_miou"] for r in rows]
+    table = (out / "segmentation.md").read_text()
+    assert "Test mIoU, mean +- std" in table
+    for row in rows:  # one seed: the cell's mean is its run's test mIoU
+        line = next(line for line in table.splitlines() if line.startswith(f"| {row['cell']} |"))
+        assert line.split(" | ")[1].strip("*").startswith(f"{row['test_miou']:.4f}")  # the best in bold
+    assert (out / "segmentation.csv").read_text().splitlines()[0].split(",")[4] == "test_miou"
+    assert all("val_miou" in epoch for row in rows for epoch in row["curve"])
+
+    with pytest.raises(ConfigError, match="a classification task, but `ablate segmentation` compares segmentation"):
+        run_ablation(ablate_config(workspace, workspace / "images", tmp_path / "other"))
+    with pytest.raises(ConfigError, match="a segmentation task, but `ablate methods` compares classification"):
+        run_ablation(ablate_config(workspace, seg_data, tmp_path / "other", set_name="methods"))
+    assert not (tmp_path / "other").exists()

@@ -10,13 +10,13 @@ import torch
 from torch.utils.data import Dataset
 
 from .._io import short_sha
-from .builtin_segmentation import NAME as BUILTIN_SEGMENTATION, builtin_segmentation_folder
+from .builtin_segmentation import DEFECTS, NAME as PASTED_ANIMALS, builtin_segmentation_folder
 from .datasets import MAX_PIXELS, DataSplits, decode_image, one_thread
 from .joint_transforms import JointTransform
 from .segmentation import Pair, SegmentationData, check_segmentation, is_segmentation_data, read_mask, \
     read_segmentation_data
 
-SEGMENTATION_BUILTINS = (BUILTIN_SEGMENTATION,)
+SEGMENTATION_BUILTINS = (PASTED_ANIMALS, DEFECTS)
 
 
 class SegmentationDataset(Dataset):

@@ -87,6 +87,8 @@ class AblationSet:
     pairs: Callable[[int], list[tuple[str, str]]] = lambda depth: []
     claims: Callable[[int], list[Claim]] = lambda depth: []
     default: str = ""         # the cell that is vptune's default: the report names any cell that beat it everywhere
+    metric: str = "top1"      # the test score its tables compare: top1, or miou for segmentation tasks
+    tasks: tuple[str, ...] = ("digits", "animal-mnist", "fashion-mnist")  # its tasks unless --tasks says otherwise
 
 
 def _quarters(depth: int) -> list[int]:
@@ -151,6 +153,10 @@ BASELINES = ("linear", "full", "bias", "partial-1", "lora")
 FOLLOWUPS = {name: {"method": name} for name in ("linear", "vpt-deep", "e2vpt", "vfpt", "gated-vpt")}
 FOLLOWUPS["e2vpt-pruned"] = {"method": "e2vpt", "prune_tokens": 0.5, "prune_segments": 0.25}
 FOLLOWUPS["da-vpt"] = {"method": "da-vpt"}
+# the paper's segmentation comparison (its table 4: VPT-deep against the linear head, full fine-tuning and bias, with
+# SETR-PUP's head), with both of vptune's heads; "linear" is the linear head trained by gradient steps
+SEGMENTATION = {name: {"method": name} for name in ("linear", "vpt-shallow", "vpt-deep", "bias", "full")}
+SEGMENTATION.update({f"{name} pup": {"method": name, "seg_head": "pup"} for name in ("linear", "vpt-deep")})
 
 SETS: dict[str, AblationSet] = {s.name: s for s in (
     AblationSet("claims", "the paper's main claims, each decided on its paired runs (the cells of methods, location "
@@ -184,6 +190,12 @@ SETS: dict[str, AblationSet] = {s.name: s for s in (
                 lambda depth: [Cell(name, settings) for name, settings in FOLLOWUPS.items()],
                 pairs=lambda depth: [(m, "vpt-deep") for m in FOLLOWUPS if m not in ("vpt-deep", "linear")]
                 + [("vpt-deep", "linear"), ("e2vpt-pruned", "e2vpt")], default="vpt-deep"),
+    AblationSet("segmentation", "semantic segmentation: VPT against the linear head, VPT-shallow, full fine-tuning "
+                                "and bias, with a linear and a progressive-upsampling (SETR-PUP) head",
+                lambda depth: [Cell(name, settings) for name, settings in SEGMENTATION.items()],
+                pairs=lambda depth: [("vpt-deep", "linear"), ("vpt-deep", "vpt-shallow"), ("vpt-deep", "full"),
+                                     ("vpt-deep", "bias"), ("vpt-deep pup", "linear pup"), ("vpt-deep pup", "vpt-deep")],
+                default="vpt-deep", metric="miou", tasks=("pasted-animals", "surface-defects")),
     AblationSet("recipes", "candidate default recipes for VPT-deep (docs/recipe.md)",
                 lambda depth: [Cell(name, settings) for name, settings in RECIPES.items()]),
 )}
@@ -194,11 +206,15 @@ class AblateConfig:
     """One `vptune ablate` invocation: which set, on which tasks and seeds, with which common settings."""
 
     set: str
-    tasks: tuple[str, ...] = ("digits", "animal-mnist", "fashion-mnist")
+    tasks: tuple[str, ...] | None = None  # None: the set's own (AblationSet.tasks)
     seeds: tuple[int, ...] = (0, 1, 2)
     out: str = "runs/ablate"
     common: dict[str, Any] = field(default_factory=dict)  # TrainConfig settings for every run (epochs, img_size..)
     only: tuple[str, ...] = ()  # run only these cells of the set (the report still shows every finished one)
+
+    def __post_init__(self) -> None:
+        if self.tasks is None:
+            self.tasks = SETS[self.set].tasks if self.set in SETS else AblationSet.tasks
 
     def validate(self) -> AblationSet:
         """The set, after every cell's settings were checked on every task: bad input stops before any run."""
@@ -232,10 +248,16 @@ class AblateConfig:
             flags = ", ".join("--" + key.replace("_", "-") for key in varied)
             raise ConfigError(f"{flags}: `ablate {self.set}` varies {', '.join(varied)} across its cells itself; "
                               f"leave {flags} out (`--plan` lists each cell's settings)")
+        segmentation = SETS[self.set].metric == "miou"
         for task in self.tasks:
             check_output_outside_data(self.out, task, flag="--out")  # before OUT holds a file
             for cell in self.to_run():
-                _train_config({**self.common, **_concrete(cell.settings, 10), "data": task}).resolved()
+                cfg = _train_config({**self.common, **_concrete(cell.settings, 10), "data": task}).resolved()
+                if (cfg.task == "segmentation") != segmentation:
+                    raise ConfigError(f"--tasks {task}: a {cfg.task} task, but `ablate {self.set}` compares "
+                                      f"{'segmentation' if segmentation else 'classification'} tasks; give "
+                                      f"{' or '.join(SETS[self.set].tasks)}-like tasks"
+                                      + ("" if segmentation else " (segmentation: `vptune ablate segmentation`)"))
         base.resolved()
         return SETS[self.set]
 
@@ -343,8 +365,7 @@ def run_settings(config: AblateConfig, cell: Cell, task: str, seed: int) -> dict
     """The TrainConfig settings of one run (without its output folder)."""
     # The paper's protocol, unless --refit says otherwise: test from the best val epoch's model, comparable with
     # every run recorded before vptune refitted by default.
-    return {"refit": False, **config.common, **_concrete(cell.settings, _num_classes(task)), "data": task,
-            "seed": seed}
+    return {"refit": False, **config.common, **_concrete(cell.settings, task), "data": task, "seed": seed}
 
 
 def run_key(config: AblateConfig, cell: Cell, task: str, seed: int, portable: bool = True) -> str:
@@ -379,8 +400,9 @@ def set_rows(config: AblateConfig, done: dict[str, dict]) -> list[dict]:
         for task in config.tasks:
             for cell in config.cells():
                 row = done.get(recorded_key(done, config, cell, task, seed))
-                if row is not None:
-                    rows.append({**row, "set": config.set, "cell": cell.name, "task": task, "seed": seed})
+                if row is not None:  # "score": the test score the set's tables compare (its metric)
+                    rows.append({**row, "set": config.set, "cell": cell.name, "task": task, "seed": seed,
+                                 "score": row.get(f"test_{SETS[config.set].metric}")})
     return rows
 
 
@@ -407,7 +429,8 @@ def _run_one(config: AblateConfig, out: Path, cell: Cell, task: str, seed: int) 
            "best_epoch": summary.get("best_epoch"), "trainable_percent": summary.get("trainable_percent"),
            "trainable_parameters": summary.get("trainable_parameters"), "failure": failure,
            "wall_seconds": time.perf_counter() - started,
-           "train_images": summary.get("train_images"), "curve": _curve(curve)}
+           "train_images": summary.get("train_images"), "curve": _curve(curve),
+           **{key: summary.get(key) for key in SEGMENTATION_FIELDS if SETS[config.set].metric == "miou"}}
     if selection.metrics.is_file():  # a refit: the curve the epoch was chosen on
         row["selection_curve"] = _curve(selection.read_metrics())
     shutil.rmtree(run.path, ignore_errors=True)  # the row holds what the tables need; checkpoints are not kept
@@ -415,10 +438,12 @@ def _run_one(config: AblateConfig, out: Path, cell: Cell, task: str, seed: int) 
 
 
 def _curve(rows: list[dict]) -> list[dict]:
+    """Each epoch's row as the tables keep it (a segmentation run's pixel accuracy and mIoU too)."""
     return [{k: r.get(k) for k in ("epoch", "train_loss", "train_top1", "val_top1", "val_loss", "weight_decay")}
-            for r in rows]
+            | {k: r[k] for k in ("train_pixel_accuracy", "val_miou") if k in r} for r in rows]
 
 
+SEGMENTATION_FIELDS = ("test_miou", "best_val_miou", "test_pixel_accuracy")  # a segmentation run's row keeps these too
 # what the tables read of a row: its identity, and the figures (a diverged run's are None)
 ROW_FIELDS = {"set": str, "cell": str, "task": str, "seed": int, "settings": dict,
               "test_top1": (int, float, type(None)), "trainable_percent": (int, float, type(None)),
@@ -480,8 +505,12 @@ def _train_config(settings: dict[str, Any]) -> TrainConfig:
     return TrainConfig.from_dict(settings, origin="ablate")
 
 
-def _concrete(settings: dict[str, Any], num_classes: int) -> dict[str, Any]:
-    return {k: (num_classes if v == NUM_CLASSES else v) for k, v in settings.items()}
+def _concrete(settings: dict[str, Any], task: str | int) -> dict[str, Any]:
+    """A cell's settings with NUM_CLASSES made the task's number of classes (`task` a task, or that number)."""
+    if NUM_CLASSES not in settings.values():
+        return dict(settings)
+    count = task if isinstance(task, int) else _num_classes(task)
+    return {k: (count if v == NUM_CLASSES else v) for k, v in settings.items()}
 
 
 _CLASS_COUNTS: dict[str, int] = {}

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .._io import atomic_write_text, save_figure
+from ..training.objective import SCORE_NAMES
 
 CSV_FIELDS = ("set", "cell", "task", "seed", "test_top1", "best_val_top1", "best_epoch", "trainable_percent",
               "wall_seconds", "failure", "key")
@@ -22,16 +23,17 @@ CSV_FIELDS = ("set", "cell", "task", "seed", "test_top1", "best_val_top1", "best
 def write_reports(config: Any, ablation: Any, rows: list[dict]) -> list[Path]:
     out = Path(config.out)
     cells = [cell.name for cell in config.cells()]
-    written = [atomic_write_text(out / f"{ablation.name}.csv", to_csv(rows)),
+    written = [atomic_write_text(out / f"{ablation.name}.csv", to_csv(rows, ablation.metric)),
                atomic_write_text(out / f"{ablation.name}.md", to_markdown(config, ablation, rows, cells))]
     if rows:
         written.append(plot(ablation, config, rows, out / f"{ablation.name}.png"))
     return written
 
 
-def to_csv(rows: list[dict]) -> str:
+def to_csv(rows: list[dict], metric: str = "top1") -> str:
     text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=CSV_FIELDS, extrasaction="ignore", lineterminator="\n")
+    fields = [field.replace("top1", metric) for field in CSV_FIELDS]
+    writer = csv.DictWriter(text, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
     return text.getvalue()
@@ -39,8 +41,9 @@ def to_csv(rows: list[dict]) -> str:
 
 # ------------------------------------------------------------------------------------------------ tables
 def scores(rows: list[dict], cell: str, task: str) -> list[tuple[int, float | None]]:
-    """(seed, test top-1 or None for a failed run) of one cell on one task, by seed."""
-    return sorted((r["seed"], r["test_top1"]) for r in rows if r["cell"] == cell and r["task"] == task)
+    """(seed, test score or None for a failed run) of one cell on one task, by seed (the score: the set's metric,
+    top-1 or mIoU, as `ablate.set_rows` labels it)."""
+    return sorted((r["seed"], r["score"]) for r in rows if r["cell"] == cell and r["task"] == task)
 
 
 def summary_text(values: list[tuple[int, float | None]], best: bool = False) -> str:
@@ -58,7 +61,7 @@ def summary_text(values: list[tuple[int, float | None]], best: bool = False) -> 
 
 
 def paired(rows: list[dict], a: str, b: str) -> dict | None:
-    """Per-run differences a - b in test top-1 over every (task, seed) both finished: the mean, how many runs a
+    """Per-run differences a - b in the test score over every (task, seed) both finished: the mean, how many runs a
     won, lost and tied, and the mean of each task's mean difference (every task weighs the same); "failed" counts
     the runs left out because one side failed (diverged)."""
     return pooled(rows, [(a, b)], a, b)
@@ -68,7 +71,7 @@ def pooled(rows: list[dict], pairs: list[tuple[str, str]], a: str, b: str) -> di
     """`paired` for a claim resting on several pairs of cells (first k - last k at every k), labelled a and b: the
     difference of one (task, seed) is the mean of its pairs' differences, counted once every pair finished there.
     Runs shared by several pairs so weigh once per (task, seed), which keeps the differences independent."""
-    recorded = {(r["cell"], r["task"], r["seed"]): r["test_top1"] for r in rows}
+    recorded = {(r["cell"], r["task"], r["seed"]): r["score"] for r in rows}
     complete = {(task, seed) for (_, task, seed) in recorded
                 if all((cell, task, seed) in recorded for pair in pairs for cell in pair)}
     by_run = {run: top1 for run, top1 in recorded.items() if top1 is not None}
@@ -154,7 +157,7 @@ def claims_markdown(claims: list[tuple[Any, dict | None]], planned: int) -> list
 
 
 def to_markdown(config: Any, ablation: Any, rows: list[dict], cells: list[str]) -> str:
-    tasks = list(config.tasks)
+    tasks, score = list(config.tasks), f"test {SCORE_NAMES[ablation.metric]}"
     names = [_task_label(t) for t in tasks]
     seeds = sorted(set(config.seeds) | {r["seed"] for r in rows})
     planned = len(tasks) * len(seeds)
@@ -167,9 +170,9 @@ def to_markdown(config: Any, ablation: Any, rows: list[dict], cells: list[str]) 
         lines += [f"![vptune ablate {ablation.name}]({ablation.name}.png)", ""]
     claims = claim_comparisons(ablation, config.depth, rows)
     if claims:
-        lines += ["Each claim, decided on the paired runs it rests on (same task and seed; test top-1 points):", "",
+        lines += [f"Each claim, decided on the paired runs it rests on (same task and seed; {score} points):", "",
                   *claims_markdown(claims, planned), ""]
-    lines += [f"Test top-1, mean +- std over seeds {', '.join(map(str, seeds))} (each seed in brackets; the "
+    lines += [f"{score[0].upper()}{score[1:]}, mean +- std over seeds {', '.join(map(str, seeds))} (each seed in brackets; the "
               f"best mean of each task in bold). Common settings: {_settings_text(config.common) or 'the defaults'}.",
               "", "| cell | " + " | ".join(names) + " | mean over tasks | trainable |",
               "|---|" + "---|" * (len(tasks) + 2)]
@@ -185,7 +188,7 @@ def to_markdown(config: Any, ablation: Any, rows: list[dict], cells: list[str]) 
         lines.append(f"| {cell} | " + " | ".join(texts) + f" | {mean} | {trainable} |")
     comparisons = [c for a, b in ablation.pairs(config.depth) if (c := paired(rows, a, b))]
     if comparisons:
-        lines += ["", "Paired differences (same task and seed), test top-1 points:", "",
+        lines += ["", f"Paired differences (same task and seed), {score} points:", "",
                   "| a - b | runs | mean | std | a won / lost / tied | tasks where a is ahead on average | verdict |",
                   "|---|---|---|---|---|---|---|"]
         for c in comparisons:
@@ -230,10 +233,10 @@ def plot(ablation: Any, config: Any, rows: list[dict], path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    tasks = list(config.tasks)
+    tasks, score = list(config.tasks), f"test {SCORE_NAMES[ablation.metric]}"
     cells = config.cells()
     if ablation.plot == "claims":
-        fig = _plot_claims(claim_comparisons(ablation, config.depth, rows))
+        fig = _plot_claims(claim_comparisons(ablation, config.depth, rows), score)
     elif ablation.plot == "bars":
         fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(tasks) * len(cells) / 3), 4))
         width = 0.8 / len(cells)
@@ -241,7 +244,7 @@ def plot(ablation: Any, config: Any, rows: list[dict], path: Path) -> Path:
             means, stds = zip(*(_mean_std(scores(rows, cell.name, task)) for task in tasks))
             ax.bar([t + i * width for t in range(len(tasks))], means, width, yerr=stds, capsize=2, label=cell.name)
         ax.set_xticks([t + 0.4 - width / 2 for t in range(len(tasks))], [_task_label(t) for t in tasks])
-        ax.set_ylabel("test top-1")
+        ax.set_ylabel(score)
         _zoom(ax, rows)
         ax.legend(fontsize=7, ncol=2)
     else:
@@ -256,7 +259,7 @@ def plot(ablation: Any, config: Any, rows: list[dict], path: Path) -> Path:
                     ax.errorbar(xs, means, yerr=stds, marker="o", capsize=2, label=series)
             if ablation.plot == "log-lines":
                 ax.set_xscale("log")
-            ax.set(title=_task_label(task), xlabel=ablation.xlabel, ylabel="test top-1")
+            ax.set(title=_task_label(task), xlabel=ablation.xlabel, ylabel=score)
             ax.grid(alpha=0.3)
             ax.legend(fontsize=8)
     fig.suptitle(f"vptune ablate {ablation.name}", fontsize=10)
@@ -265,7 +268,7 @@ def plot(ablation: Any, config: Any, rows: list[dict], path: Path) -> Path:
     return path
 
 
-def _plot_claims(claims: list[tuple[Any, dict | None]]):
+def _plot_claims(claims: list[tuple[Any, dict | None]], score: str):
     """One row a claim: its mean paired difference (points) with the verdict rule's margin (2 standard errors),
     and each task's mean difference as a dot."""
     import matplotlib.pyplot as plt
@@ -280,7 +283,7 @@ def _plot_claims(claims: list[tuple[Any, dict | None]]):
     ax.axvline(0, color="black", lw=0.8)
     ax.set_yticks(range(len(claims)), [claim.text for claim, _ in claims], fontsize=8)
     ax.invert_yaxis()
-    ax.set_xlabel("a - b, test top-1 points")
+    ax.set_xlabel(f"a - b, {score} points")
     ax.grid(axis="x", alpha=0.3)
     if finished:
         ax.legend(fontsize=7)
@@ -296,6 +299,6 @@ def _mean_std(values: list[tuple[int, float | None]]) -> tuple[float, float]:
 
 def _zoom(ax, rows: list[dict]) -> None:
     """Start the accuracy axis a little under the lowest score, so differences of a point are visible."""
-    ok = [r["test_top1"] for r in rows if r["test_top1"] is not None]
+    ok = [r["score"] for r in rows if r["score"] is not None]
     if ok:
         ax.set_ylim(max(0.0, min(ok) - 0.05), min(1.0, max(ok) + 0.03))
