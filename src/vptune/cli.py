@@ -174,11 +174,16 @@ def build_parser() -> argparse.ArgumentParser:
     info = command("info", "method, prompt config, trainable parameters, checkpoint size", _info)
     info.add_argument("target", help="task directory, or a backbone name")
 
-    demo = command("demo", "linear probe vs VPT-shallow vs VPT-deep on the offline default", _demo)
+    demo = command("demo", "linear probe vs VPT-shallow vs VPT-deep on the offline default (--segmentation: by mIoU)",
+                   _demo)
     demo.add_argument("--output", type=Path, default=Path("runs/demo"))
-    demo.add_argument("--data", default=None, help="built-in data set (default animal-mnist)")
+    demo.add_argument("--data", default=None, help="built-in data set (default animal-mnist; with --segmentation: "
+                                                   "pasted-animals, or surface-defects)")
     demo.add_argument("--epochs", type=int, default=None)
     demo.add_argument("--smoke", action="store_true", help="a tiny, fast run of the same pipeline (for CI)")
+    demo.add_argument("--segmentation", action="store_true",
+                      help="linear head vs VPT-shallow vs VPT-deep on the built-in segmentation task (pasted-animals), "
+                           "by mIoU")
     demo.add_argument("--quiet", action="store_true")
 
     bench = command("bench", "speed and memory: frozen backbone vs reference vs fast path", _bench,
@@ -508,7 +513,8 @@ def _info(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from .experiments import run_demo
 
-    run_demo(args.output, data=args.data, epochs=args.epochs, smoke=args.smoke, quiet=args.quiet)
+    run_demo(args.output, data=args.data, epochs=args.epochs, smoke=args.smoke, quiet=args.quiet,
+             segmentation=args.segmentation)
     return 0
 
 

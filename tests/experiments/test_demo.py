@@ -42,3 +42,23 @@ def test_bad_demo_flags_stop_before_the_previous_demo_is_replaced(tmp_path, caps
     blocker.write_text("keep")
     assert main(["demo", "--output", str(blocker)]) == 1
     assert "--output" in capsys.readouterr().err and blocker.read_text() == "keep"
+
+
+def test_segmentation_demo_smoke(tmp_path, capsys):
+    """`--segmentation`: the linear head, VPT-shallow and VPT-deep on pasted-animals, by mIoU (16 images a split)."""
+    assert main(["demo", "--segmentation", "--smoke", "--output", str(tmp_path / "demo"), "--quiet"]) == 0
+    rows = json.loads((tmp_path / "demo" / "results.json").read_text())
+    assert [(r["method"], r["task"]) for r in rows] == [(m, "segmentation") for m in ("linear", "vpt-shallow",
+                                                                                        "vpt-deep")]
+    classes = 11  # ground and animal-mnist's ten
+    assert rows[0]["trainable_parameters"] == 2 * 384 + 384 * classes + classes  # BatchNorm and a 1 x 1 conv
+    assert all(0 <= r["test_miou"] <= 1 and r["test_images"] == 16 for r in rows)
+    table = (tmp_path / "demo" / "results.md").read_text()
+    assert "| linear head | " in table and "test mIoU" in table and "![learning curves](curves.png)" in table
+    assert "| vpt-deep |" in capsys.readouterr().out
+
+
+def test_segmentation_demo_refuses_a_classification_data_set(tmp_path, capsys):
+    assert main(["demo", "--segmentation", "--data", "digits", "--output", str(tmp_path / "demo")]) == 1
+    assert "one of pasted-animals, surface-defects" in capsys.readouterr().err
+    assert not (tmp_path / "demo").exists()
