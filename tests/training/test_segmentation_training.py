@@ -212,3 +212,24 @@ def test_ablate_segmentation_compares_test_miou_and_refuses_a_task_of_the_other_
     with pytest.raises(ConfigError, match="a segmentation task, but `ablate methods` compares classification"):
         run_ablation(ablate_config(workspace, seg_data, tmp_path / "other", set_name="methods"))
     assert not (tmp_path / "other").exists()
+
+
+@pytest.mark.parametrize("settings", [dict(method="vpt-shallow"), dict(method="e2vpt"), dict(method="vfpt"),
+                                      dict(method="gated-vpt"), dict(method="lora"), dict(method="bias"),
+                                      dict(method="full"), dict(method="vpt-deep", prompt_location="add"),
+                                      dict(method="vpt-deep", seg_head="pup")])
+def test_every_method_and_head_trains_a_segmentation_task_and_the_saved_task_predicts_the_same(
+        workspace, seg_data, tmp_path, settings):
+    from vptune.inference.mask_predictor import MaskPredictor
+    from vptune.tasks import load_task
+
+    summary = train(seg_config(workspace, seg_data, tmp_path / "run", epochs=1, **settings), quiet=True)
+    assert summary["task"] == "segmentation" and 0 <= summary["test_miou"] <= 1
+    model = load_task(tmp_path / "run" / "best")
+    assert model.head_kind == settings.get("seg_head", "linear")
+    # the task reloads to the model that was scored: eval's mIoU from the files equals the summary's
+    assert main(["eval", str(tmp_path / "run")]) == 0
+    metrics = json.loads((tmp_path / "run" / "eval" / "test_metrics.json").read_text())
+    assert metrics["miou"] == pytest.approx(summary["test_miou"], abs=1e-9)
+    image = torch.from_numpy(np.array(Image.open(seg_data / "images" / "test" / "0.png"))).permute(2, 0, 1)
+    assert MaskPredictor(model).masks([image])[0].shape == image.shape[1:]
