@@ -22,7 +22,8 @@ from vptune.cli import bench_settings, build_parser, main
 
 FIGURES = ("train_step_s", "train_peak_mb", "infer_ips", "infer_b1_ips")
 BASES = ("ref", "floor", "fp32_eager", "vpt_deep")
-COLUMNS = ["model", "mode", "prompts", "path", "precision", "compiled", "train_batch", "infer_batch", *FIGURES,
+COLUMNS = ["model", "mode", "prompts", "path", "precision", "compiled", "head", "img_size", "train_batch",
+           "infer_batch", *FIGURES,
            *(f"{f}_vs_{base}" for base in BASES for f in FIGURES), "compile_s", "compile_failed"]
 GPU_SCRIPT = Path(__file__).parents[1] / "benchmarks" / "gpu_bench.sh"
 
@@ -243,6 +244,24 @@ def test_methods_are_measured_beside_vpt_deep_in_the_same_rounds(tmp_path):
     assert "x vpt-deep" in md
 
 
+def test_segmentation_heads_are_measured_each_against_its_own_floor(tmp_path):
+    """`--heads`: segmenters (per-pixel loss on masks), each head's floor the head on the frozen backbone; at the
+    --img-size given."""
+    rows, data, md = run_bench(tmp_path, "--heads", "linear,pup", "--img-size", "48", "--no-memory", "--paths",
+                               "floor,tokens,prefix", "--modes", "deep")
+    assert {(r["head"], r["path"]) for r in rows} == {(h, p) for h in ("linear", "pup")
+                                                      for p in ("floor", "tokens", "prefix")}
+    assert all(r["img_size"] == "48" and float(r["train_step_s"]) > 0 for r in rows)
+    samples = data["samples"]
+    for head in ("linear", "pup"):  # x floor: paired with the floor of the same head, round by round
+        prefix = next(r for r in rows if r["head"] == head and r["path"] == "prefix")
+        ratios = [v / b for s in samples if s["head"] == head and s["path"] == "prefix" and s["figure"] == "infer_ips"
+                  for f in samples if f["head"] == head and f["path"] == "floor" and f["figure"] == "infer_ips"
+                  and f["group"] == s["group"] for v, b in zip(s["values"], f["values"])]
+        assert float(prefix["infer_ips_vs_floor"]) == pytest.approx(statistics.median(ratios), rel=1e-3)
+    assert "| p | path | head | precision |" in md and "| prefix | pup | fp32 |" in md
+
+
 def test_bad_paths_are_refused(capsys):
     assert "--paths must include floor and tokens" in refused(["--quick", "--paths", "prefix"], capsys)
 
@@ -264,7 +283,9 @@ def test_a_device_this_machine_lacks_is_one_line_naming_it(tmp_path, capsys):
                                                   ("--batch", "0", "--batch must be a whole number >= 1"),
                                                   ("--repeats", "0", "--repeats must be a whole number >= 1"),
                                                   ("--threads", "0", "--threads must be a whole number >= 1"),
-                                                  ("--warmup", "-1", "--warmup must be a whole number >= 0")])
+                                                  ("--warmup", "-1", "--warmup must be a whole number >= 0"),
+                                                  ("--heads", "linear,fpn", "comma list from linear, pup"),
+                                                  ("--img-size", "0", "--img-size must be a whole number >= 1")])
 def test_bad_settings_are_refused_naming_what_is_allowed(option, value, named, capsys):
     message = refused(["--quick", option, value], capsys)
     assert named in message and value.split(",")[-1] in message

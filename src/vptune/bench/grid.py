@@ -56,7 +56,8 @@ SETTLE_ROUNDS = 5  # at most, untimed rounds of compiled configs before a figure
 @dataclass(frozen=True)
 class Config:
     """One measured model: the floor has mode "" and prompts 0. `precision` is fp32 or the autocast type;
-    `compiled` runs the forward through `torch.compile`."""
+    `compiled` runs the forward through `torch.compile`; `head` "linear" or "pup" makes it a segmenter (its
+    floor: that head on the frozen backbone)."""
 
     model: str
     mode: str
@@ -64,19 +65,21 @@ class Config:
     path: str
     precision: str = "fp32"
     compiled: bool = False
+    head: str = ""
 
     def build(self, backbone: torch.nn.Module, device: str) -> PromptedModel:
         pooling = "cls" if adapter_for(backbone).has_class_token else "image-pool"  # the backbone's own
-        prompt = PromptConfig(num_tokens=self.prompts, pooling=pooling)
+        prompt = PromptConfig(num_tokens=self.prompts, pooling="cls" if self.head else pooling)
         method = "linear" if not self.prompts else self.mode if self.mode in METHOD_MODES else f"vpt-{self.mode}"
-        model = build_model(method, backbone, prompt, NUM_CLASSES)
+        model = build_model(method, backbone, prompt, NUM_CLASSES, segmentation_head=self.head or None)
         model.path = "prefix" if self.path == "floor" else self.path.split("-")[0]
         model.grad_checkpointing = self.path.endswith("-ckpt")
         return model.to(device)
 
     def label(self) -> str:
         where = f" {self.mode} p={self.prompts}" if self.prompts else ""
-        return f"{self.path}{where} {self.precision}{' compiled' if self.compiled else ''}"
+        head = f" {self.head} head" if self.head else ""
+        return f"{self.path}{where}{head} {self.precision}{' compiled' if self.compiled else ''}"
 
 
 def bases_of(cfg: Config) -> dict[str, Config | None]:
@@ -99,15 +102,18 @@ def variants(args: "BenchSettings") -> list[tuple[str, bool]]:
 
 def grid(args: "BenchSettings", alias: str, first: int) -> dict[int, list[Config]]:
     """Groups measured side by side, numbered from `first`: at one (mode, p), the floor and every path, each in
-    every variant (the variants of one path next to each other, as the table lists them)."""
+    every variant (the variants of one path next to each other, as the table lists them); with --heads, the
+    groups once for each segmentation head."""
     kinds = variants(args)
-    floors = [Config(alias, "", 0, "floor", p, c) for p, c in kinds]
     paths = [path for path in args.paths if path != "floor"]
-    if args.methods:  # one group per p: VPT-deep and each method take turns, for the "x vpt-deep" ratios
-        modes = [*(args.modes or ["deep"]), *args.methods]
-        groups = [floors + [Config(alias, mode, n, path, p, c) for mode in modes for path in paths for p, c in kinds]
-                  for n in args.prompts]
-    else:
-        groups = [floors + [Config(alias, mode, n, path, p, c) for path in paths for p, c in kinds]
-                  for mode in args.modes or spec_of(alias).modes for n in args.prompts]
+    groups = []
+    for head in args.heads or [""]:
+        floors = [Config(alias, "", 0, "floor", p, c, head) for p, c in kinds]
+        if args.methods:  # one group per p: VPT-deep and each method take turns, for the "x vpt-deep" ratios
+            modes = [*(args.modes or ["deep"]), *args.methods]
+            groups += [floors + [Config(alias, mode, n, path, p, c, head) for mode in modes for path in paths
+                                 for p, c in kinds] for n in args.prompts]
+        else:
+            groups += [floors + [Config(alias, mode, n, path, p, c, head) for path in paths for p, c in kinds]
+                       for mode in args.modes or spec_of(alias).modes for n in args.prompts]
     return dict(enumerate(groups, start=first))

@@ -44,7 +44,7 @@ def memory_worker(spec: dict) -> None:
 
 
 def cpu_memory(alias: str, configs: list[Config], args: BenchSettings) -> dict[Config, float]:
-    runner_args = {k: getattr(args, k) for k in ("device", "batch", "train_batch", "threads")}
+    runner_args = {k: getattr(args, k) for k in ("device", "batch", "train_batch", "threads", "img_size")}
     # Each config's precision and compile setting travel in its own fields (Config's dataclass fields).
     spec = {"alias": alias, "configs": [asdict(c) for c in configs], "args": runner_args}
     # A fixed mmap threshold turns off glibc's heap reuse of large freed blocks, so RSS follows live memory.

@@ -34,7 +34,8 @@ def make_rows(results: Results, args: BenchSettings) -> list[dict]:
     rows = []
     for c in results.configs:
         row = {"model": c.model, "mode": c.mode, "prompts": c.prompts, "path": c.path, "precision": c.precision,
-               "compiled": c.compiled, "train_batch": args.train_batch, "infer_batch": args.batch}
+               "compiled": c.compiled, "head": c.head, "img_size": args.img_size, "train_batch": args.train_batch,
+               "infer_batch": args.batch}
         for f in FIGURES:
             values = [v for (_, cfg, fig), vs in results.samples.items() if cfg == c and fig == f for v in vs]
             row[f] = statistics.median(values) if values else None
@@ -80,12 +81,14 @@ def table(rows: list[dict]) -> str:
     ratio_heads = [{"ref": "x ref", "floor": "x floor", "fp32_eager": "x fp32 eager", "vpt_deep": "x vpt-deep"}[b]
                    for b in bases]
     figure_heads = ["train s/step", "train peak MB", f"infer img/s (b{rows[0]['infer_batch']})", "infer img/s (b1)"]
-    head = ["model", "mode", "p", "path", "precision", "compiled"]
+    heads = any(r.get("head") for r in rows)
+    head = ["model", "mode", "p", "path", *(["head"] if heads else []), "precision", "compiled"]
     for name in figure_heads:
         head += [name, *ratio_heads]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = [r["model"], r["mode"] or "-", str(r["prompts"]), r["path"], r["precision"], _compiled_cell(r)]
+        cells = [r["model"], r["mode"] or "-", str(r["prompts"]), r["path"], *([r["head"]] if heads else []),
+                 r["precision"], _compiled_cell(r)]
         for f, spec in zip(FIGURES, (".3f", ".0f", ".1f", ".1f")):
             cells += [_fmt(r[f], spec), *(_fmt(r[f"{f}_vs_{b}"], ".2f") for b in bases)]
         lines.append("| " + " | ".join(cells) + " |")

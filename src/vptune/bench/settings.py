@@ -12,8 +12,8 @@ import torch
 from ..data import DataError, read_data
 from ..devices import AUTO, resolve_device, resolve_precision, resolve_workers
 from ..errors import ConfigError
-from ..model import family_of, supported_families
-from .grid import METHOD_MODES, MODELS, PATHS, PRECISIONS
+from ..model import HEADS, adapter_for, family_of, supported_families
+from .grid import METHOD_MODES, MODELS, PATHS, PRECISIONS, spec_of
 
 # Defaults of the full grid and of --quick (explicit settings win over both).
 DEFAULTS = {"models": ["vit-s14", "vit-b16"], "prompts": [10, 50, 100, 200], "batch": 32, "threads": None}
@@ -37,6 +37,10 @@ class BenchSettings:
     methods: list[str] | None = _setting(None, f"prompt methods measured beside VPT-deep in the same rounds, each "
                                                f"with an 'x vpt-deep' ratio: {', '.join(METHOD_MODES)} (default: "
                                                f"none; with them, VPT-deep only unless --modes says otherwise)")
+    heads: list[str] | None = _setting(None, f"segmentation heads ({', '.join(HEADS)}): measure segmenters with "
+                                             f"each instead of classifiers, the floor being the head on the frozen "
+                                             f"backbone (default: classifiers)")
+    img_size: int | None = _setting(None, "input size in pixels for every model (default: each model's own, 224)")
     paths: list[str] = _setting(list(PATHS[:4]), f"from {', '.join(PATHS)} (default: {','.join(PATHS[:4])})")
     batch: int | None = _setting(None, "inference batch, default 32 (batch 1 is always measured too)")
     train_batch: int | None = _setting(None, "training batch (default: --batch on CUDA, 8 elsewhere, where a "
@@ -84,6 +88,11 @@ class BenchSettings:
         if self.methods is not None and (not self.methods or any(m not in METHOD_MODES for m in self.methods)):
             raise ConfigError(f"--methods must be a comma list from {', '.join(METHOD_MODES)}; got "
                               f"{','.join(self.methods) or 'nothing'}")
+        if self.heads is not None and (not self.heads or any(h not in HEADS for h in self.heads)):
+            raise ConfigError(f"--heads must be a comma list from {', '.join(HEADS)}; got {','.join(self.heads) or 'nothing'}")
+        if self.heads and "da-vpt" in (self.methods or ()):
+            raise ConfigError("--methods da-vpt: its metric loss needs one class an image, which a segmenter has not; "
+                              "leave it out with --heads")
         if self.modes is not None and (not self.modes or any(m not in ("deep", "shallow") for m in self.modes)):
             raise ConfigError(f"--modes must be a comma list from deep, shallow; got "
                               f"{','.join(self.modes) or 'nothing'}")
@@ -91,7 +100,7 @@ class BenchSettings:
     def _check_sizes(self) -> None:
         for flag, value, least in (("--batch", self.batch, 1), ("--train-batch", self.train_batch, 1),
                                    ("--repeats", self.repeats, 1), ("--warmup", self.warmup, 0),
-                                   ("--threads", self.threads, 1)):
+                                   ("--threads", self.threads, 1), ("--img-size", self.img_size, 1)):
             if value is not None and value < least:
                 raise ConfigError(f"{flag} must be a whole number >= {least}, got {value}")
         if not self.prompts or min(self.prompts) < 1:
@@ -105,6 +114,10 @@ class BenchSettings:
         if unsupported:
             raise ConfigError(f"--models: {','.join(unsupported)}: the bench needs a timm model of a family vptune "
                               f"prompts ({supported_families()})")
+        flat = [m for m in self.models if self.heads and not _adapter(spec_of(m).timm_name).supports_dense]
+        if flat:
+            raise ConfigError(f"--models {','.join(flat)} with --heads: segmentation on their family is not in vptune "
+                              f"yet; use ViT or Eva models")
         if self.out.exists() and not self.out.is_dir():
             raise ConfigError(f"--out {self.out} is a file; give a folder for bench.csv, bench.json and bench.md")
 
@@ -126,6 +139,11 @@ class BenchSettings:
 
 
 def _has_adapter(name: str) -> bool:
+    return _adapter(name) is not None
+
+
+def _adapter(name: str):
+    """The model's family adapter (None for a family vptune does not prompt), built without its weights."""
     with torch.device("meta"):  # the architecture without allocating its weights
         model = timm.create_model(name, pretrained=False, num_classes=0)
-    return family_of(model) is not None
+    return adapter_for(model) if family_of(model) is not None else None

@@ -47,11 +47,13 @@ class Runner:
         spec = spec_of(alias)
         torch.manual_seed(0)
         self.device, self.args = args.device, args
-        self.backbone = timm.create_model(spec.timm_name, pretrained=False, num_classes=0, **spec.kwargs)
+        given = {"img_size": args.img_size} if getattr(args, "img_size", None) else {}  # --img-size over the spec's
+        self.backbone = timm.create_model(spec.timm_name, pretrained=False, num_classes=0, **{**spec.kwargs, **given})
         self.backbone = self.backbone.to(self.device).eval()
         size = adapter_for(self.backbone).img_size
         self.images = torch.randn(max(args.batch, args.train_batch), 3, *size, device=self.device)
         self.labels = torch.randint(0, NUM_CLASSES, (args.train_batch,), device=self.device)
+        self.masks = torch.randint(0, NUM_CLASSES, (args.train_batch, *size), device=self.device)  # segmenters
         self.models: dict[Config, Built] = {}
 
     def model(self, cfg: Config) -> Built:
@@ -83,9 +85,10 @@ class Runner:
         batch = batch or self.args.train_batch
         built.model.train()
         built.optimizer.zero_grad(set_to_none=True)
+        labels = (self.masks if cfg.head else self.labels)[:batch]
         with autocast(self.device, cfg.precision):
-            loss = F.cross_entropy(built.forward(self.images[:batch]), self.labels[:batch])
-        extra = method_of(built.model).training_loss(built.model, self.labels[:batch])  # DA-VPT's metric loss
+            loss = F.cross_entropy(built.forward(self.images[:batch]), labels)
+        extra = method_of(built.model).training_loss(built.model, labels)  # DA-VPT's metric loss
         loss = loss if extra is None else loss + extra
         if built.scaler is None:
             loss.backward()
