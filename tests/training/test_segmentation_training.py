@@ -155,6 +155,7 @@ def test_the_pixel_loss_is_each_images_mean_over_its_scored_pixels():
     (dict(head_init="probe"), "a segmentation head starts random"),
     (dict(pooling="image-pool"), "leave out --pooling"),
     (dict(seg_head="fpn"), "seg_head must be one of linear, pup"),
+    (dict(recipe="fgvc"), "leave out --recipe and --protocol"),
 ])
 def test_what_a_segmentation_task_cannot_take_is_refused_before_anything_is_written(workspace, seg_data, tmp_path,
                                                                                     settings, message):
@@ -233,3 +234,25 @@ def test_every_method_and_head_trains_a_segmentation_task_and_the_saved_task_pre
     assert metrics["miou"] == pytest.approx(summary["test_miou"], abs=1e-9)
     image = torch.from_numpy(np.array(Image.open(seg_data / "images" / "test" / "0.png"))).permute(2, 0, 1)
     assert MaskPredictor(model).masks([image])[0].shape == image.shape[1:]
+
+
+def test_a_segmentation_head_on_classification_data_is_refused(workspace, tmp_path):
+    with pytest.raises(ConfigError, match="seg_head chooses a segmentation head, but .* is a classification task"):
+        train(seg_config(workspace, workspace / "images", tmp_path / "run", seg_head="pup"), quiet=True)
+    assert not (tmp_path / "run").exists()
+
+
+def test_skip_bad_leaves_out_the_pairs_that_cannot_be_used_and_says_so(workspace, seg_data, tmp_path):
+    import shutil
+
+    from vptune.data import DataError, DataWarning
+
+    data = tmp_path / "data"
+    shutil.copytree(seg_data, data)
+    (data / "masks" / "train" / "3.png").write_bytes(b"not a png")
+    Image.fromarray(np.zeros((5, 5), np.uint8)).save(data / "masks" / "train" / "4.png")  # the wrong size
+    with pytest.raises(DataError, match="2 of 20 image/mask pairs cannot be used: .*pass --skip-bad"):
+        train(seg_config(workspace, data, tmp_path / "refused"), quiet=True)
+    with pytest.warns(DataWarning, match=r"left out 2 of 20 image/mask pairs .*3\.png.*4\.png"):
+        summary = train(seg_config(workspace, data, tmp_path / "run", skip_bad=True, epochs=1), quiet=True)
+    assert summary["train_images"] == COUNTS["train"] - 2 and summary["data"]["sizes"]["train"] == COUNTS["train"] - 2

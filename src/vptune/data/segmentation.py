@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import csv
 import os
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +35,7 @@ import numpy as np
 from PIL import Image
 
 from .datasets import MAX_PIXELS, check_image, open_image
-from .errors import DataError
+from .errors import DataError, DataWarning
 from .formats import CLASS_FILES, IMAGE_EXTENSIONS, SPLIT_FOLDERS
 
 IGNORE = 255  # the mask value that marks pixels no class is scored on
@@ -308,18 +309,27 @@ def check_pair(pair: Pair, shift: bool, num_classes: int | None, max_pixels: int
     return MaskCheck(None, largest)
 
 
-def check_segmentation(data: SegmentationData, max_pixels: int = MAX_PIXELS) -> SegmentationData:
-    """Every pair decoded once (threads); all problems in one DataError; the class names set from the masks when
-    no file named them."""
+def check_segmentation(data: SegmentationData, max_pixels: int = MAX_PIXELS, skip_bad: bool = False) -> SegmentationData:
+    """Every pair decoded once (threads); all problems in one DataError (with `skip_bad`: the pairs that cannot be
+    used left out, with one warning); the class names set from the masks when no file named them."""
     pairs = [pair for split in SPLITS for pair in data.splits.get(split, [])]
     known = data.num_classes or None
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
         checks = list(pool.map(lambda pair: check_pair(pair, data.shift, known, max_pixels), pairs))
-    problems = [check.problem for check in checks if check.problem]
+    problems = {pair: check.problem for pair, check in zip(pairs, checks) if check.problem}
     if problems:
-        shown = "; ".join(problems[:ERRORS_SHOWN])
+        shown = "; ".join(list(problems.values())[:ERRORS_SHOWN])
         more = f" (and {len(problems) - ERRORS_SHOWN} more)" if len(problems) > ERRORS_SHOWN else ""
-        raise DataError(f"{len(problems)} of {len(pairs)} image/mask pairs cannot be used: {shown}{more}")
+        if not skip_bad:
+            raise DataError(f"{len(problems)} of {len(pairs)} image/mask pairs cannot be used: {shown}{more}; fix them, "
+                            f"or pass --skip-bad to leave them out")
+        warnings.warn(f"left out {len(problems)} of {len(pairs)} image/mask pairs that cannot be used (--skip-bad): "
+                      f"{shown}{more}", DataWarning, stacklevel=2)
+        data.splits = {split: [p for p in kept if p not in problems] for split, kept in data.splits.items()}
+        empty = [split for split in SPLITS if split in data.splits and not data.splits[split]]
+        if empty:
+            raise DataError(f"segmentation data {data.root}: no usable pair left in {', '.join(empty)}: {shown}{more}")
+        checks = [check for check in checks if not check.problem]
     if data.class_names is None:
         largest = max(check.largest for check in checks)
         if largest < 0:

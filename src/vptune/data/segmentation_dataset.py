@@ -51,11 +51,12 @@ def is_segmentation_source(source: str | os.PathLike) -> bool:
     return str(source) in SEGMENTATION_BUILTINS or is_segmentation_data(source)
 
 
-def read_segmentation_task(source: str | os.PathLike, seed: int = 0, max_pixels: int = MAX_PIXELS) -> SegmentationData:
+def read_segmentation_task(source: str | os.PathLike, seed: int = 0, max_pixels: int = MAX_PIXELS,
+                           skip_bad: bool = False) -> SegmentationData:
     """A built-in segmentation task (written to the cache on first use) or a user's folder / CSV, every pair
-    decoded and checked once (`check_segmentation`) before anything else happens."""
+    decoded and checked once (`check_segmentation`; `skip_bad`: bad pairs left out) before anything else happens."""
     folder = builtin_segmentation_folder(str(source)) if str(source) in SEGMENTATION_BUILTINS else source
-    return check_segmentation(read_segmentation_data(folder, seed), max_pixels)
+    return check_segmentation(read_segmentation_data(folder, seed), max_pixels, skip_bad)
 
 
 def segmentation_splits(data: SegmentationData, *, img_size: int, mean: tuple[float, float, float],

@@ -23,7 +23,7 @@ def read_task_data(cfg: TrainConfig) -> TaskData | SegmentationData:
     """The run's data read and checked (every file decoded once), before a backbone is fetched: images with labels,
     or with masks when the run's task is segmentation."""
     if cfg.task == "segmentation":
-        return read_segmentation_task(cfg.data, seed=cfg.seed, max_pixels=cfg.max_pixels)
+        return read_segmentation_task(cfg.data, seed=cfg.seed, max_pixels=cfg.max_pixels, skip_bad=cfg.skip_bad)
     return read_data(cfg.data, protocol=cfg.protocol, seed=cfg.seed, skip_bad=cfg.skip_bad, max_pixels=cfg.max_pixels)
 
 

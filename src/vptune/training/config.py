@@ -103,9 +103,9 @@ class TrainConfig:
     task: str = _setting("auto", "auto (segmentation when the data are images with masks: a masks/ folder beside "
                                  "images/, VOC, ADE20K, a CSV with a mask column, or pasted-animals; else "
                                  "classification), classification or segmentation", TASKS)
-    seg_head: str = _setting("linear", "segmentation head: linear (BatchNorm and a 1 x 1 convolution on the final "
-                                       "patch tokens, DINOv2's linear protocol) or pup (SETR's progressive "
-                                       "upsampling, the VPT paper's)", HEADS)
+    seg_head: str | None = _setting(None, "segmentation head: linear (BatchNorm and a 1 x 1 convolution on the final "
+                                          "patch tokens, DINOv2's linear protocol; the default) or pup (SETR's "
+                                          "progressive upsampling, the VPT paper's)", HEADS)
     protocol: str = _setting("vtab1k", "built-in data: vtab1k (train800/val200/test) or full", ("vtab1k", "full"))
     recipe: str = _setting("vtab", "augmentation: vtab (plain resize) or fgvc (random crop + flip)",
                            ("vtab", "fgvc"))
@@ -209,8 +209,11 @@ class TrainConfig:
         segmentation = task == "segmentation"
         if segmentation:
             self._check_segmentation(method)
+        elif self.seg_head is not None:
+            raise ConfigError(f"seg_head chooses a segmentation head, but {self.data} is a classification task (no "
+                              f"masks); leave out --seg-head, or give segmentation data (images with masks)")
         cfg = dataclasses.replace(
-            self, task=task,
+            self, task=task, seg_head=(self.seg_head or HEADS[0]) if segmentation else None,
             data=self.data if builtin_name(self.data) or self.data in SEGMENTATION_BUILTINS else _resolved_path(self.data),
             weights=_resolved_path(self.weights) if self.weights else None,
             # a segmentation task's linear head trains by gradient steps like every other method's head
@@ -254,6 +257,10 @@ class TrainConfig:
         if self.pooling != "cls":
             raise ConfigError("pooling chooses what a classifier's head reads; a segmentation head reads every image "
                               "token: leave out --pooling")
+        if self.recipe != "vtab" or self.protocol != "vtab1k":
+            raise ConfigError("recipe and protocol are classification's (augmentation, built-in splits); a "
+                              "segmentation task trains with random scale, crop and flip of image and mask on its own "
+                              "splits: leave out --recipe and --protocol")
 
     def _check_half_backbone(self, method: Method) -> None:
         if not self.half_backbone:

@@ -117,7 +117,7 @@ def _train(run: RunDir, cfg: TrainConfig, resume: bool, overwrite: bool, quiet: 
         torch.manual_seed(cfg.seed)  # prompt and head init do not depend on how much randomness data loading used
         model = build_model(method, backbone, cfg.prompt_config(), len(splits.class_names),
                             class_names=splits.class_names, head_norm=cfg.head_norm,
-                            segmentation_head=cfg.seg_head if cfg.task == "segmentation" else None)
+                            segmentation_head=cfg.seg_head)
     except BaseException:
         if replaced is not None:
             run.put_back(replaced)
