@@ -2,7 +2,8 @@
 
 This file is the flow, top to bottom; its parts are beside it: `start.py` (a run's folder), `batches.py` (data and
 one pass over a split), `warm_start.py` (prompts and head started from data), `steps.py` (one epoch),
-`checkpoint.py` (the files after each epoch).
+`checkpoint.py` (the files after each epoch), `objective.py` (what a task's training minimises and scores: a
+classifier's top-1, or a segmenter's per-pixel loss and mIoU; the loop is the same for both).
 
 The recipe is the original VPT's (SGD, momentum 0.9, warm-up then cosine, lr scaled by batch / 256), with the
 schedule stepped per iteration and separate learning rates for the tuned tensors and the head; methods that
