@@ -152,7 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict = command("predict", "top-k classes of images", _predict)
     predict.add_argument("task", type=Path, help="a task directory or a training run")
     predict.add_argument("images", type=Path, nargs="+", help="image files, or folders of them (searched recursively)")
-    predict.add_argument("--top-k", type=int, default=5, help="how many classes to list per image (default 5)")
+    predict.add_argument("--top-k", type=int, default=None, help="how many classes to list per image (default 5; "
+                                                                  "a classification task's)")
     predict.add_argument("--json", action="store_true", help="print JSON instead of a table")
     predict.add_argument("--output", type=Path, default=None,
                          help="a segmentation task: the folder for each image's mask PNG (class indices, palette) and "
@@ -447,18 +448,26 @@ def _eval(args: argparse.Namespace) -> int:
 
 def _predict(args: argparse.Namespace) -> int:
     from .inference.predictor import Predictor, check_top_k
+    from .rundir import RunDir
+    from .tasks import read_task_json, segmentation_head_of
 
-    check_top_k(args.top_k)  # before the task and its backbone are loaded
+    # what the flags mean depends on the task's kind: checked from its task.json, before its backbone loads
+    segmentation = segmentation_head_of(read_task_json(RunDir.find_task(args.task))) is not None
+    if segmentation and args.top_k is not None:
+        raise ConfigError(f"--top-k lists a classifier's classes; {args.task} is a segmentation task (each image gets "
+                          f"a mask, written to --output): leave out --top-k")
+    if not segmentation and args.output is not None:
+        raise ConfigError(f"--output is where a segmentation task's masks go; {args.task} classifies (its predictions "
+                          f"are printed): leave out --output")
+    top_k = 5 if args.top_k is None else args.top_k
+    check_top_k(top_k)  # before the task and its backbone are loaded
     if args.max_pixels < 1:
         raise ConfigError(f"--max-pixels must be a positive number of pixels, got {args.max_pixels}")
     predictor = Predictor.from_task(args.task, device=args.device, precision=args.precision, compile=args.compile,
                                     max_pixels=args.max_pixels, allow_download=args.allow_download)
-    if not isinstance(predictor, Predictor):  # a segmentation task: masks on disk
+    if segmentation:  # masks on disk
         return _predict_masks(predictor, args)
-    if args.output is not None:
-        raise ConfigError(f"--output is where a segmentation task's masks go; {args.task} classifies (its predictions "
-                          f"are printed): leave out --output")
-    results = predictor.predict_files(args.images, top_k=args.top_k, skip_bad=args.skip_bad)
+    results = predictor.predict_files(args.images, top_k=top_k, skip_bad=args.skip_bad)
     if args.json:
         print(json.dumps(results, indent=2))
         return 0

@@ -147,12 +147,18 @@ def _rebuild(directory: Path, meta: dict[str, Any], backbone: nn.Module, path: s
         prompt = PromptConfig.from_dict(meta["prompt"])
         settings = dict(path=path, backbone_name=meta["backbone"]["name"], class_names=meta.get("class_names"))
         head = meta.get("head", {})
-        if "segmentation" in head:  # a segmentation task: its head kind, on the final image tokens
+        if segmentation_head_of(meta):  # a segmentation task: its head kind, on the final image tokens
             return PromptedSegmenter(backbone, prompt, int(meta["num_classes"]), head=head["segmentation"], **settings)
         return PromptedModel(backbone, prompt, int(meta["num_classes"]), head_norm=bool(head.get("norm", False)),
                              **settings)
     except (ValueError, TypeError, KeyError) as err:
         raise CheckpointError(f"{directory / CONFIG_FILE}: cannot rebuild the model: {err}") from err
+
+
+def segmentation_head_of(meta: dict[str, Any]) -> str | None:
+    """A segmentation task's head kind ("linear", "pup") from its task.json; None for a classifier."""
+    head = meta.get("head")
+    return head.get("segmentation") if isinstance(head, dict) else None
 
 
 def task_method(meta: dict[str, Any], directory: Path) -> Method:

@@ -421,6 +421,9 @@ def test_a_segmentation_task_answers_with_its_mask_at_the_uploads_size(mixed_ser
                                     if (mask == k).any()})
     listing = {t["name"]: t["task"] for t in httpx.get(server.url + "/v1/tasks", headers=AUTH).json()["tasks"]}
     assert listing == {"colours": "classification", "scene": "segmentation"}
+    for asked in (dict(params={"top_k": 3}), dict(data={"top_k": "3"})):  # meaningless for a mask: said, not ignored
+        refused = post_image(server, "scene", upload.read_bytes(), **asked)
+        assert refused.status_code == 400 and "segmentation task" in refused.json()["detail"], refused.text
 
 
 def test_classification_and_segmentation_requests_share_one_batch(mixed_server, tasks, workspace):

@@ -110,6 +110,8 @@ def test_a_second_predict_into_the_same_folder_or_into_the_images_is_refused(wor
     for target, message in ((masks, "exist already"), (seg_data / "images", "holds the images being predicted")):
         assert main(["predict", str(out), str(images), "--output", str(target)]) == 1
         assert message in capsys.readouterr().err
+    assert main(["predict", str(out), str(images), "--output", str(tmp_path / "new"), "--top-k", "3"]) == 1
+    assert "leave out --top-k" in capsys.readouterr().err and not (tmp_path / "new").exists()
     assert {p: p.read_bytes() for p in masks.iterdir()} == written  # nothing overwritten
     assert sorted(p.name for p in images.iterdir()) == [f"{i}.png" for i in range(COUNTS["test"])]
 

@@ -17,7 +17,7 @@ from ..data.segmentation_dataset import read_segmentation_task, segmentation_spl
 from ..devices import autocast, maybe_compile
 from ..errors import ConfigError
 from ..rundir import RunDir
-from ..tasks import load_task, read_task_json
+from ..tasks import load_task, read_task_json, segmentation_head_of
 from .runtime import log_runtime, resolve_runtime
 from .segmentation_metrics import evaluate_segmentation
 
@@ -168,7 +168,7 @@ def evaluate(path: str | os.PathLike, *, data: str | None = None, split: str = "
         # a task directory from someone else must not make this machine download or install anything unasked
         raise ConfigError(f"{task} was trained on the built-in data set {recorded_builtin!r}, which is not on this "
                           f"machine yet; pass --data {recorded_builtin} to fetch it (or --data PATH for your own)")
-    if isinstance(meta.get("head"), dict) and "segmentation" in meta["head"]:
+    if segmentation_head_of(meta):
         return _evaluate_segmentation(task, meta, source, split, batch_size, device, precision, compile,
                                       allow_download)
     data = read_data(source, protocol=training.get("protocol", "vtab1k"), seed=training.get("seed", 0))

@@ -11,7 +11,7 @@ from ..backbones import create_backbone
 from ..model import ParameterCount, adapter_for
 from ..errors import CheckpointError
 from ..rundir import RunDir
-from ..tasks import WEIGHTS_FILE, check_task
+from ..tasks import WEIGHTS_FILE, check_task, segmentation_head_of
 
 
 def describe(target: str | os.PathLike) -> str:
@@ -41,9 +41,8 @@ def describe_task(path: str | os.PathLike) -> str:
 
 
 def _predicts(meta: dict) -> str:
-    head = meta.get("head") if isinstance(meta.get("head"), dict) else {}
-    return f"a class a pixel (segmentation, {head['segmentation']} head)" if "segmentation" in head \
-        else "a class an image"
+    head = segmentation_head_of(meta)
+    return f"a class a pixel (segmentation, {head} head)" if head else "a class an image"
 
 
 # tensors a task stores that are not parameters: E2VPT's segment mask (its pruned segments are stored zeros of the

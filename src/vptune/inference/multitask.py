@@ -152,10 +152,14 @@ class MultiTaskModel(nn.Module):
     def describe(self, name: str) -> dict:
         """A loaded task as the server lists it: classes, method, prompt config, image size."""
         task = self.tasks[name]
-        return {"name": name, "task": "segmentation" if isinstance(task, PromptedSegmenter) else "classification",
+        return {"name": name, "task": self.kind(name),
                 "classes": self.class_names(name), "num_classes": task.num_classes,
                 "method": task.method.to_dict() if getattr(task, "method", None) else None,
                 "prompt": task.prompt_config.to_dict(), "image_size": list(task.adapter.img_size)}
+
+    def kind(self, name: str) -> str:
+        """What a loaded task predicts: "segmentation" (a mask) or "classification" (top-k classes)."""
+        return "segmentation" if isinstance(self.tasks[name], PromptedSegmenter) else "classification"
 
     def class_names(self, name: str) -> list[str]:
         model = self.tasks[name]

@@ -115,6 +115,9 @@ class Routes:
                 body = await read_body(request, self.settings.max_upload_mb)
                 data, requested_k = await image_bytes(request, body, kind)
                 k = top_k if top_k is not None else requested_k if requested_k is not None else self.settings.top_k
+                if self.model.kind(name) == "segmentation" and (top_k, requested_k) != (None, None):
+                    raise HTTPException(400, f"top_k lists a classifier's classes; task {name!r} is a segmentation "
+                                             f"task (it answers with a mask): leave out top_k")
                 try:
                     check_top_k(k, name="top_k")
                     image, size = await self.prepare_off_the_loop_if_large(data)
