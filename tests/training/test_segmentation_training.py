@@ -258,3 +258,15 @@ def test_skip_bad_leaves_out_the_pairs_that_cannot_be_used_and_says_so(workspace
     with pytest.warns(DataWarning, match=r"left out 2 of 20 image/mask pairs .*3\.png.*4\.png"):
         summary = train(seg_config(workspace, data, tmp_path / "run", skip_bad=True, epochs=1), quiet=True)
     assert summary["train_images"] == COUNTS["train"] - 2 and summary["data"]["sizes"]["train"] == COUNTS["train"] - 2
+
+
+def test_eval_refuses_data_of_the_other_kind_in_one_line(workspace, seg_data, tmp_path, capsys):
+    classifier, segmenter = tmp_path / "classifier", tmp_path / "segmenter"
+    train(seg_config(workspace, workspace / "images", classifier, epochs=1), quiet=True)
+    train(seg_config(workspace, seg_data, segmenter, epochs=1), quiet=True)
+    capsys.readouterr()
+    assert main(["eval", str(classifier), "--data", str(seg_data)]) == 1
+    assert "is segmentation data (images with masks), but" in capsys.readouterr().err
+    assert main(["eval", str(segmenter), "--data", str(workspace / "images")]) == 1
+    assert "not a layout vptune knows" in capsys.readouterr().err
+    assert not (classifier / "eval").exists() and not (segmenter / "eval").exists()

@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 from .._io import atomic_write_text, save_figure
 from ..data import DataError, builtin_name, collate, read_data
 from ..data.builtin import cache_path
-from ..data.segmentation_dataset import read_segmentation_task, segmentation_splits
+from ..data.segmentation_dataset import is_segmentation_source, read_segmentation_task, segmentation_splits
 from ..devices import autocast, maybe_compile
 from ..errors import ConfigError
 from ..rundir import RunDir
@@ -171,6 +171,9 @@ def evaluate(path: str | os.PathLike, *, data: str | None = None, split: str = "
     if segmentation_head_of(meta):
         return _evaluate_segmentation(task, meta, source, split, batch_size, device, precision, compile,
                                       allow_download)
+    if is_segmentation_source(source):  # its images/ and masks/ folders would be read as two classes
+        raise DataError(f"{source} is segmentation data (images with masks), but {task} classifies; evaluate it on "
+                        f"images with class labels, or give a segmentation task")
     data = read_data(source, protocol=training.get("protocol", "vtab1k"), seed=training.get("seed", 0))
     model = load_task(task, allow_download=allow_download).to(device)  # after the data is known to be good
     splits = data.datasets(img_size=meta["data"]["input_size"][-1], mean=tuple(meta["data"]["mean"]),
