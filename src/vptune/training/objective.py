@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from ..devices import autocast
 from ..inference.evaluate import evaluate_logits
 from ..inference.segmentation_metrics import IGNORE, evaluate_segmentation
 from ..model import PromptedModel, PromptedSegmenter
@@ -84,7 +85,8 @@ class Segmentation(Classification):
     def _evaluate(forward: Callable[[torch.Tensor], torch.Tensor], dataset: Dataset, model: PromptedModel,
                   cfg: TrainConfig) -> dict:
         batches = make_loader(dataset, cfg, batch_size=cfg.batch_size)
-        return evaluate_segmentation(forward, batches, model.num_classes, model.class_names, cfg.device)
+        with autocast(cfg.device, cfg.precision):  # the run's precision, as classification's passes have
+            return evaluate_segmentation(forward, batches, model.num_classes, model.class_names, cfg.device)
 
 
 CLASSIFICATION, SEGMENTATION = Classification(), Segmentation()
