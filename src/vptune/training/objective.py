@@ -84,9 +84,12 @@ class Segmentation(Classification):
     @staticmethod
     def _evaluate(forward: Callable[[torch.Tensor], torch.Tensor], dataset: Dataset, model: PromptedModel,
                   cfg: TrainConfig) -> dict:
+        def run(images: torch.Tensor) -> torch.Tensor:  # the forward in the run's precision; scoring in fp32
+            with autocast(cfg.device, cfg.precision):
+                return forward(images)
+
         batches = make_loader(dataset, cfg, batch_size=cfg.batch_size)
-        with autocast(cfg.device, cfg.precision):  # the run's precision, as classification's passes have
-            return evaluate_segmentation(forward, batches, model.num_classes, model.class_names, cfg.device)
+        return evaluate_segmentation(run, batches, model.num_classes, model.class_names, cfg.device)
 
 
 CLASSIFICATION, SEGMENTATION = Classification(), Segmentation()
