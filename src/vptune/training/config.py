@@ -59,9 +59,10 @@ def _setting(default: Any, help: str, choices: tuple[str, ...] | None = None) ->
 class TrainConfig:
     """Every knob of a training run; `vptune train --help` shows the same help texts."""
 
-    data: str = _setting("digits", "built-in data set (digits, fashion-mnist, animal-mnist) or a path: image "
-                                   "folder (with or without train/val/test split folders), CSV, VTAB-1k list "
-                                   "folder, FGVC json folder")
+    data: str = _setting("digits", "built-in data set (digits, fashion-mnist, animal-mnist; segmentation: "
+                                   "pasted-animals, surface-defects) or a path: image folder (with or without "
+                                   "train/val/test split folders), CSV, VTAB-1k list folder, FGVC json folder; "
+                                   "segmentation: images/ and masks/ folders, VOC, ADE20K, a CSV with a mask column")
     output: str = _setting("runs/task", "run directory to write")
     method: str = _setting("vpt-deep", f"tuning method: {', '.join(method_names())}")
     backbone: str = _setting(DEFAULT_BACKBONE, f"{DEFAULT_BACKBONE} (offline default) or a timm model name of the "
@@ -101,8 +102,8 @@ class TrainConfig:
                                           "block's prompts toward the classes (0: VPT-deep)")
     # data
     task: str = _setting("auto", "auto (segmentation when the data are images with masks: a masks/ folder beside "
-                                 "images/, VOC, ADE20K, a CSV with a mask column, or pasted-animals; else "
-                                 "classification), classification or segmentation", TASKS)
+                                 "images/, VOC, ADE20K, a CSV with a mask column, or a built-in segmentation "
+                                 "task; else classification), classification or segmentation", TASKS)
     seg_head: str | None = _setting(None, "segmentation head: linear (BatchNorm and a 1 x 1 convolution on the final "
                                           "patch tokens, DINOv2's linear protocol; the default) or pup (SETR's "
                                           "progressive upsampling, the VPT paper's)", HEADS)
