@@ -80,6 +80,17 @@ def make_tiny_swin(version: str = "v1", img_size: int = 32, window: int = 4, see
     return sharpen(cls(**settings).eval())  # SwinV2 starts its post-norms at 0 (identity blocks): sharpen them
 
 
+def make_tiny_sam(seed=0, **kwargs):
+    """A random timm SAM encoder: patch 4 at 32 px: an 8 x 8 grid; windows of 3 (padded to 9 x 9) in blocks 0 and
+    2, global blocks 1 and 3; decomposed relative positions; a neck to 16 channels."""
+    from timm.models.vision_transformer_sam import VisionTransformerSAM
+
+    torch.manual_seed(seed)
+    settings = dict(img_size=32, patch_size=4, embed_dim=24, depth=4, num_heads=3, window_size=3,
+                    global_attn_indexes=(1, 3), use_rel_pos=True, neck_chans=16, num_classes=0, **kwargs)
+    return sharpen(VisionTransformerSAM(**settings).eval())
+
+
 def assert_paths_agree(build, x, labels):
     """The fast path equals the tokens path in float64: logits and the gradient of every prompt tensor (tokens,
     gates, key-value prompts). build(path) -> model. Returns the tokens path's [logits, *gradients]."""

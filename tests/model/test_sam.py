@@ -8,20 +8,10 @@ import itertools
 
 import pytest
 import torch
-from timm.models.vision_transformer_sam import VisionTransformerSAM
 
-from conftest import assert_paths_agree, make_tiny_vit, sharpen
+from conftest import assert_paths_agree, make_tiny_sam, make_tiny_vit
 from vptune import PromptConfig, PromptedModel, load_task, save_task
 from vptune.errors import CheckpointError
-
-
-def make_tiny_sam(seed=0, **kwargs):
-    """Patch 4 at 32 px: an 8 x 8 grid; windows of 3 (padded to 9 x 9) in blocks 0 and 2, global blocks 1 and 3;
-    decomposed relative positions; a neck to 16 channels."""
-    torch.manual_seed(seed)
-    settings = dict(img_size=32, patch_size=4, embed_dim=24, depth=4, num_heads=3, window_size=3,
-                    global_attn_indexes=(1, 3), use_rel_pos=True, neck_chans=16, num_classes=0, **kwargs)
-    return sharpen(VisionTransformerSAM(**settings).eval())
 
 
 def images(batch=2, seed=1):

@@ -3,7 +3,7 @@ and the same on both paths with them), a linear or SETR-PUP head, logits at the 
 and head trained."""
 import pytest
 import torch
-from conftest import NARROW, assert_paths_agree, make_tiny_eva, make_tiny_swin, make_tiny_vit
+from conftest import NARROW, assert_paths_agree, make_tiny_eva, make_tiny_sam, make_tiny_swin, make_tiny_vit
 
 from vptune.model import PromptConfig, PromptedSegmenter
 
@@ -14,7 +14,8 @@ def segmenter(backbone, num_tokens=3, path="prefix", head="linear", **prompt):
     model.path = path
     if model.prompts is not None:
         with torch.no_grad():
-            model.prompts.tokens.normal_(0, 1)
+            for row in model.prompts.rows():  # one tensor a block (Swin's stages differ in width)
+                row.normal_(0, 1)
     return model.eval()
 
 
@@ -57,10 +58,35 @@ def test_one_step_trains_prompts_and_head_only_and_the_logits_match_the_image(he
     assert "prompts.tokens" in changed and any(n.startswith("head.") for n in changed)
 
 
-def test_a_windowed_backbone_is_refused_in_one_line():
-    with pytest.raises(ValueError, match="segmentation on swin backbones is not in vptune yet") as err:
-        PromptedSegmenter(make_tiny_swin(), PromptConfig(num_tokens=2, pooling="image-pool"), 3)
-    assert "\n" not in str(err.value)
+WINDOWED = {"swin": lambda: make_tiny_swin(), "swinv2": lambda: make_tiny_swin("v2"), "sam": lambda: make_tiny_sam()}
+
+
+@pytest.mark.parametrize("name", list(WINDOWED))
+def test_a_windowed_backbones_feature_map_is_timms_own_and_both_paths_agree_with_prompts(name):
+    """Swin: the last stage's normed tokens (stride 32); SAM: the neck's output (its image embedding)."""
+    backbone = WINDOWED[name]().double()
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    with torch.no_grad():
+        dense = segmenter(backbone, num_tokens=0).dense_features(x)
+        own = backbone.forward_features(x)
+    torch.testing.assert_close(dense, own if name == "sam" else own.permute(0, 3, 1, 2), atol=1e-12, rtol=0)
+    labels = torch.randint(0, 5, (2, 32, 32))
+    logits, *_ = assert_paths_agree(lambda path: segmenter(backbone, path=path), x, labels)
+    assert logits.shape == (2, 5, 32, 32)
+
+
+@pytest.mark.parametrize("name", list(WINDOWED))
+def test_a_windowed_segmenter_saves_and_loads_as_a_task(tmp_path, name):
+    from vptune import load_task, save_task
+
+    backbone = WINDOWED[name]()
+    model = segmenter(backbone, head="pup").float()
+    save_task(model, tmp_path / "task")
+    loaded = load_task(tmp_path / "task", backbone=backbone)
+    assert isinstance(loaded, PromptedSegmenter) and loaded.prompt_config.pooling == "image-pool"
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x), atol=1e-6, rtol=0)
 
 
 def test_an_unknown_head_is_refused():

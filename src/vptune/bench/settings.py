@@ -12,8 +12,8 @@ import torch
 from ..data import DataError, read_data
 from ..devices import AUTO, resolve_device, resolve_precision, resolve_workers
 from ..errors import ConfigError
-from ..model import HEADS, adapter_for, family_of, supported_families
-from .grid import METHOD_MODES, MODELS, PATHS, PRECISIONS, spec_of
+from ..model import HEADS, family_of, supported_families
+from .grid import METHOD_MODES, MODELS, PATHS, PRECISIONS
 
 # Defaults of the full grid and of --quick (explicit settings win over both).
 DEFAULTS = {"models": ["vit-s14", "vit-b16"], "prompts": [10, 50, 100, 200], "batch": 32, "threads": None}
@@ -114,10 +114,6 @@ class BenchSettings:
         if unsupported:
             raise ConfigError(f"--models: {','.join(unsupported)}: the bench needs a timm model of a family vptune "
                               f"prompts ({supported_families()})")
-        flat = [m for m in self.models if self.heads and not _adapter(spec_of(m).timm_name).supports_dense]
-        if flat:
-            raise ConfigError(f"--models {','.join(flat)} with --heads: segmentation on their family is not in vptune "
-                              f"yet; use ViT or Eva models")
         if self.out.exists() and not self.out.is_dir():
             raise ConfigError(f"--out {self.out} is a file; give a folder for bench.csv, bench.json and bench.md")
 
@@ -139,11 +135,6 @@ class BenchSettings:
 
 
 def _has_adapter(name: str) -> bool:
-    return _adapter(name) is not None
-
-
-def _adapter(name: str):
-    """The model's family adapter (None for a family vptune does not prompt), built without its weights."""
     with torch.device("meta"):  # the architecture without allocating its weights
         model = timm.create_model(name, pretrained=False, num_classes=0)
-    return adapter_for(model) if family_of(model) is not None else None
+    return family_of(model) is not None

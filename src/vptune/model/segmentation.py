@@ -7,15 +7,20 @@ Heads:
   convolution, BatchNorm, ReLU and 2x bilinear upsampling, then a 1 x 1 classifier.
 The logits are resized to the input image bilinearly; evaluation resizes them to each mask's full resolution.
 Everything about prompts (locations, depth, the fast path) is `PromptedModel`'s: this class only reads every final
-image token (no [CLS]-only shortcut in the last block) and swaps the head.
+image token (no [CLS]-only shortcut in the last block) and swaps the head. The feature map is the family's
+(`BackboneAdapter.dense`), timm's own `forward_features`: a ViT's or Eva's patch tokens, Swin's last stage (stride
+32), SAM's neck output.
 """
 from __future__ import annotations
+
+import dataclasses
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .config import PromptConfig
+from .families import adapter_for
 from .prompted import PromptedModel
 
 HEADS = ("linear", "pup")
@@ -60,10 +65,9 @@ class PromptedSegmenter(PromptedModel):
                  **kwargs) -> None:
         if head not in HEADS:
             raise ValueError(f"segmentation head must be one of {', '.join(HEADS)}, got {head!r}")
+        if not adapter_for(backbone).has_class_token:  # no head pools here; the config records the backbone's own
+            prompt = dataclasses.replace(prompt, pooling="image-pool")
         super().__init__(backbone, prompt, num_classes, **kwargs)
-        if not self.adapter.supports_dense:
-            raise ValueError(f"segmentation on {self.adapter.family} backbones is not in vptune yet (its final grid "
-                             f"or neck needs a feature map of its own); use a ViT or Eva backbone")
         self.head_kind = head
         self.head = (LinearHead if head == "linear" else PUPHead)(self.embed_dim, num_classes)
 

@@ -178,8 +178,6 @@ class BackboneAdapter:
                   "global-pool": lambda: x if prompt_outputs is None else torch.cat([x, prompt_outputs], dim=1)}
         return bb.fc_norm(bb.norm(tokens[pooling]()).mean(dim=1))
 
-    supports_dense: ClassVar[bool] = True  # `dense` gives the final image tokens as a map (segmentation)
-
     def dense(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         """Final tokens (B, prefix + m, d) -> the final normed image tokens as a feature map (B, d, h, w), the
         `grid` of patches (what timm's `forward_features` gives, without the prefix tokens)."""

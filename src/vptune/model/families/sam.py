@@ -103,6 +103,14 @@ class SamAdapter(GridAdapter):
         """The neck, then the mean of its output over the grid (timm's own pooling)."""
         return self.backbone.neck(self._grid(x).permute(0, 3, 1, 2)).mean(dim=(2, 3))
 
+    @property
+    def final_grid(self) -> tuple[int, int]:
+        return tuple(self.backbone.patch_embed.grid_size)
+
+    def dense(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """The neck's output (B, 256, H / 16, W / 16): SAM's image embedding, timm's `forward_features`."""
+        return self.backbone.neck(self._grid(x).permute(0, 3, 1, 2))
+
     # ------------------------------------------------------------------------- what methods may tune
     def last_blocks(self, k: int):
         return [*self.blocks[-k:], self.backbone.neck]

@@ -150,6 +150,15 @@ class SwinAdapter(GridAdapter):
                   "global-pool": lambda: torch.cat([x, prompt_outputs], dim=1)}
         return self.backbone.norm(tokens[pooling]()).mean(dim=1)
 
+    @property
+    def final_grid(self) -> tuple[int, int]:
+        return tuple(self._blocks[-1].input_resolution)
+
+    def dense(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """The last stage's tokens after the final norm, as a map (B, C, H / 32, W / 32): timm's `forward_features`
+        in channels-first order (a head that upsamples 16x leaves the rest to the final resize)."""
+        return self.backbone.norm(self._grid(self.depth - 1, x)).permute(0, 3, 1, 2)
+
     # ------------------------------------------------------------------------- what methods may tune
     def last_blocks(self, k: int) -> Sequence[nn.Module]:
         return [*self._blocks[-k:], self.backbone.norm]

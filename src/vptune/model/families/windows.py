@@ -34,7 +34,14 @@ class GridAdapter(BackboneAdapter):
                              f"images, got {images.shape[-2]} x {images.shape[-1]}; resize them, or create the "
                              f"backbone with that image size (--img-size)")
 
-    supports_dense = False  # the last stage's grid (Swin) and the neck (SAM) need their own feature maps: not yet
+    def grid_of(self, images: torch.Tensor) -> tuple[int, int]:
+        """The final grid (h, w): fixed by the size the backbone was built for (`dense` reads it from there)."""
+        self.check_size(images)
+        return self.final_grid
+
+    @property
+    def final_grid(self) -> tuple[int, int]:
+        raise NotImplementedError
 
 
 def partition(grid: torch.Tensor, window: tuple[int, int]) -> torch.Tensor:
