@@ -31,9 +31,9 @@ import warnings
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Sequence
 
-from .datasets import Sample
+from .datasets import MAX_PIXELS, Sample, bad_images, check_images
 from .errors import DataError, DataWarning
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jfif", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff",
@@ -448,3 +448,23 @@ def _index_from_class_file(class_file: Path, names: list[str], names_allowed: bo
             raise DataError(f"{origin}: label {k} is outside the class list ({len(names)} classes in {class_file})")
         return k
     return index
+
+
+def readable_images(paths: Sequence[str | os.PathLike], max_pixels: int = MAX_PIXELS,
+                    skip_bad: bool = False) -> list[Path]:
+    """The image files under `paths` (folders listed), each decoded once up front: a bad file found after an
+    hour of predictions would lose them all."""
+    files = expand_image_paths(paths)
+    bad = bad_images(check_images(files, max_pixels))
+    if bad:
+        shown = "; ".join(f"{path} ({why})" for path, why in list(bad.items())[:3]) + (" ..." if len(bad) > 3 else "")
+        fix = "Fix or remove them" + (", or raise --max-pixels (max_pixels=)" if any(
+            "over the limit" in why for why in bad.values()) else "")
+        if len(bad) == len(files):
+            raise DataError(f"none of the {len(files)} image file(s) can be read: {shown}. {fix}")
+        if not skip_bad:
+            raise DataError(f"{len(bad)} of {len(files)} image file(s) cannot be read: {shown}. {fix}, or pass "
+                            f"--skip-bad (skip_bad=True) to predict the others")
+        warnings.warn(f"skipped {len(bad)} of {len(files)} image file(s) that cannot be read: {shown}", DataWarning,
+                      stacklevel=3)
+    return [path for path in files if path not in bad]

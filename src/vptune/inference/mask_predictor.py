@@ -16,12 +16,12 @@ import torch
 
 from .._io import atomic_write
 from ..data import MAX_PIXELS, decode_image
+from ..data.formats import readable_images
 from ..data.joint_transforms import JointTransform
 from ..devices import autocast, maybe_compile, resolve_precision
 from ..errors import ConfigError
 from ..model import PromptedSegmenter
 from .masks import class_shares, mask_at, overlay_jpeg, save_mask
-from .predictor import readable_images
 
 OVERLAY_SUFFIX = ".overlay.jpg"
 
