@@ -220,7 +220,8 @@ def test_ablate_segmentation_compares_test_miou_and_refuses_a_task_of_the_other_
 @pytest.mark.parametrize("settings", [dict(method="vpt-shallow"), dict(method="e2vpt"), dict(method="vfpt"),
                                       dict(method="gated-vpt"), dict(method="lora"), dict(method="bias"),
                                       dict(method="full"), dict(method="vpt-deep", prompt_location="add"),
-                                      dict(method="vpt-deep", seg_head="pup")])
+                                      dict(method="vpt-deep", seg_head="pup"),
+                                      dict(method="e2vpt", prune_tokens=0.5, prune_segments=0.25)])
 def test_every_method_and_head_trains_a_segmentation_task_and_the_saved_task_predicts_the_same(
         workspace, seg_data, tmp_path, settings):
     from vptune.inference.mask_predictor import MaskPredictor
