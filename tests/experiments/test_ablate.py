@@ -379,3 +379,20 @@ def test_on_a_swin_backbone_the_sets_leave_out_what_the_family_cannot_run():
     assert [cell.name for cell in config("init").cells()] == ["xavier", "patches"]
     with pytest.raises(ConfigError, match=r"--cells: add deep \(no add location on swin backbones\)"):
         config("claims", only=("add deep",)).validate()
+
+
+def test_the_runs_docs_results_holds_keep_their_keys():
+    """A setting added to TrainConfig must not change the key of a run recorded before it (KEY_SINCE), or every
+    set would train its finished runs again: the follow-ups set's first seed on the built-ins, as docs/results.md
+    ran it, is found in the committed rows."""
+    from pathlib import Path
+
+    from vptune.experiments.ablate import FOLLOWUPS, Cell, read_runs, recorded_key
+
+    out = Path(__file__).parents[2] / "docs" / "results"
+    done = {row["key"] for row in read_runs(out)}
+    config = AblateConfig(set="followups", out=str(out), seeds=(0,), common={  # cpu: the precision the rows ran in
+        "epochs": 5, "img_size": 112, "test_subset": 2000, "device": "cpu"})
+    missing = [(name, task) for name, settings in FOLLOWUPS.items() for task in config.tasks
+               if recorded_key(done, config, Cell(name, settings), task, 0) not in done]
+    assert not missing
