@@ -89,7 +89,8 @@ class BenchSettings:
             raise ConfigError(f"--methods must be a comma list from {', '.join(METHOD_MODES)}; got "
                               f"{','.join(self.methods) or 'nothing'}")
         if self.heads is not None and (not self.heads or any(h not in HEADS for h in self.heads)):
-            raise ConfigError(f"--heads must be a comma list from {', '.join(HEADS)}; got {','.join(self.heads) or 'nothing'}")
+            raise ConfigError(f"--heads must be a comma list from {', '.join(HEADS)}; got "
+                              f"{','.join(self.heads) or 'nothing'}")
         if self.heads and "da-vpt" in (self.methods or ()):
             raise ConfigError("--methods da-vpt: its metric loss needs one class an image, which a segmenter has not; "
                               "leave it out with --heads")

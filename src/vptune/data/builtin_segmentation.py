@@ -48,8 +48,8 @@ def write_pasted_animals(folder: Path, animals: BuiltinArrays, counts: dict[str,
     scenes from their test split, so no silhouette is in two splits)."""
     rng = np.random.default_rng(SEED)
     pools = _silhouette_pools(animals, rng)
-    _write(folder, {split: [_scene(animals, pools[split], rng) for _ in range(count)] for split, count in counts.items()},
-           ["ground", *animals.class_names], f"{NAME} from {animals.origin} ({animals.content_sha256})")
+    scenes = {split: [_scene(animals, pools[split], rng) for _ in range(count)] for split, count in counts.items()}
+    _write(folder, scenes, ["ground", *animals.class_names], f"{NAME} from {animals.origin} ({animals.content_sha256})")
     return folder
 
 

@@ -47,7 +47,8 @@ def collate(batch: list) -> object:
     segmentation mask at each image's own resolution) stays a list of them."""
     with one_thread():
         if batch and isinstance(batch[0], tuple) and any(_shapes_differ(field) for field in zip(*batch)):
-            return tuple(list(field) if _shapes_differ(field) else default_collate(list(field)) for field in zip(*batch))
+            return tuple(list(field) if _shapes_differ(field) else default_collate(list(field))
+                         for field in zip(*batch))
         return default_collate(batch)
 
 

@@ -309,7 +309,8 @@ def check_pair(pair: Pair, shift: bool, num_classes: int | None, max_pixels: int
     return MaskCheck(None, largest)
 
 
-def check_segmentation(data: SegmentationData, max_pixels: int = MAX_PIXELS, skip_bad: bool = False) -> SegmentationData:
+def check_segmentation(data: SegmentationData, max_pixels: int = MAX_PIXELS,
+                       skip_bad: bool = False) -> SegmentationData:
     """Every pair decoded once (threads); all problems in one DataError (with `skip_bad`: the pairs that cannot be
     used left out, with one warning); the class names set from the masks when no file named them."""
     pairs = [pair for split in SPLITS for pair in data.splits.get(split, [])]
@@ -321,8 +322,8 @@ def check_segmentation(data: SegmentationData, max_pixels: int = MAX_PIXELS, ski
         shown = "; ".join(list(problems.values())[:ERRORS_SHOWN])
         more = f" (and {len(problems) - ERRORS_SHOWN} more)" if len(problems) > ERRORS_SHOWN else ""
         if not skip_bad:
-            raise DataError(f"{len(problems)} of {len(pairs)} image/mask pairs cannot be used: {shown}{more}; fix them, "
-                            f"or pass --skip-bad to leave them out")
+            raise DataError(f"{len(problems)} of {len(pairs)} image/mask pairs cannot be used: {shown}{more}; fix "
+                            f"them, or pass --skip-bad to leave them out")
         warnings.warn(f"left out {len(problems)} of {len(pairs)} image/mask pairs that cannot be used (--skip-bad): "
                       f"{shown}{more}", DataWarning, stacklevel=2)
         data.splits = {split: [p for p in kept if p not in problems] for split, kept in data.splits.items()}

@@ -172,8 +172,9 @@ def to_markdown(config: Any, ablation: Any, rows: list[dict], cells: list[str]) 
     if claims:
         lines += [f"Each claim, decided on the paired runs it rests on (same task and seed; {score} points):", "",
                   *claims_markdown(claims, planned), ""]
-    lines += [f"{score[0].upper()}{score[1:]}, mean +- std over seeds {', '.join(map(str, seeds))} (each seed in brackets; the "
-              f"best mean of each task in bold). Common settings: {_settings_text(config.common) or 'the defaults'}.",
+    lines += [f"{score[0].upper()}{score[1:]}, mean +- std over seeds {', '.join(map(str, seeds))} (each seed in "
+              f"brackets; the best mean of each task in bold). Common settings: "
+              f"{_settings_text(config.common) or 'the defaults'}.",
               "", "| cell | " + " | ".join(names) + " | mean over tasks | trainable |",
               "|---|" + "---|" * (len(tasks) + 2)]
     means = {(cell, task): statistics.fmean(ok) for cell in cells for task in tasks

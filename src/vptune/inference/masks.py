@@ -82,7 +82,8 @@ def class_shares(mask: np.ndarray, class_names: Sequence[str]) -> list[dict]:
     """Each predicted class's {class, index, share} of the mask's pixels, largest first."""
     counts = np.bincount(mask.ravel(), minlength=len(class_names))
     order = np.argsort(-counts, kind="stable")
-    return [{"class": class_names[k], "index": int(k), "share": float(counts[k] / mask.size)} for k in order if counts[k]]
+    return [{"class": class_names[k], "index": int(k), "share": float(counts[k] / mask.size)}
+            for k in order if counts[k]]
 
 
 def mask_png_base64(mask: np.ndarray) -> str:

@@ -46,8 +46,8 @@ MAX_IMG_SIZE = 4096
 MAX_SEED = 2**32 - 1  # numpy's and most tools' seed range; torch's derived seeds wrap at 64 bits
 RENAMED = {"cache_frozen": "cache_stem"}  # old setting names still read from config files
 # A segmentation head starts random, not at a converged probe as a classifier's does, so it has further to go: at
-# the classifier's HEAD_LR (1e-2) the linear head on pasted-animals (112 px, 5 epochs) reached test mIoU 0.113, at
-# 1e-1 0.153 and at 5e-1 0.159 (docs/results.md, segmentation)
+# the classifier's HEAD_LR (1e-2) the linear head on pasted-animals (112 px, 5 epochs, seed 0) reached test mIoU
+# 0.113, at 1e-1 0.153 and at 5e-1 0.159 (one screen while building it; `vptune ablate segmentation` runs with it)
 SEGMENTATION_HEAD_LR = 10 * HEAD_LR
 
 
@@ -215,7 +215,7 @@ class TrainConfig:
                               f"masks); leave out --seg-head, or give segmentation data (images with masks)")
         cfg = dataclasses.replace(
             self, task=task, seg_head=(self.seg_head or HEADS[0]) if segmentation else None,
-            data=self.data if builtin_name(self.data) or self.data in SEGMENTATION_BUILTINS else _resolved_path(self.data),
+            data=self.data if _is_builtin(self.data) else _resolved_path(self.data),
             weights=_resolved_path(self.weights) if self.weights else None,
             # a segmentation task's linear head trains by gradient steps like every other method's head
             optimizer=self.optimizer or ("adamw" if segmentation else method.optimizer),
@@ -229,9 +229,10 @@ class TrainConfig:
         cfg.precision = resolve_precision(self.precision, cfg.device)
         cfg.validate()
         cfg._check_half_backbone(method)
-        if builtin_name(cfg.data) is None and cfg.data not in SEGMENTATION_BUILTINS and not Path(cfg.data).exists():  # before any trial, search or folder
+        if not _is_builtin(cfg.data) and not Path(cfg.data).exists():  # before any trial, search or folder
             raise ConfigError(f"data {self.data}: no such file or folder; give an image folder, a CSV, a VTAB-1k or "
-                              f"FGVC split folder, or a built-in name ({', '.join(BUILTIN_DATASETS)})")
+                              f"FGVC split folder, images/ and masks/ folders, or a built-in name "
+                              f"({', '.join((*BUILTIN_DATASETS, *SEGMENTATION_BUILTINS))})")
         check_output_outside_data(cfg.output, cfg.data)
         return cfg
 
@@ -420,6 +421,11 @@ def check_output_outside_data(output: str | os.PathLike, data: str, flag: str = 
     if out == folder or folder in out.parents:
         raise ConfigError(f"output {output} is inside the data folder {data}: its files would be read as data by "
                           f"the next run; choose an {flag} outside {data}")
+
+
+def _is_builtin(data: str) -> bool:
+    """A built-in data set's name (classification or segmentation): no path to resolve or check."""
+    return builtin_name(data) is not None or data in SEGMENTATION_BUILTINS
 
 
 def _resolved_path(path: str) -> str:

@@ -265,8 +265,10 @@ def train_epochs(model: PromptedModel, splits: DataSplits, cfg: TrainConfig, run
             model.init_prompts_from_classes(make_loader(train_set, cfg, batch_size=cfg.batch_size))
     if plan is not None:  # after the full init, so the kept prompts start where the unpruned run's did
         prune_prompts(model, plan)
-    if objective.caches_stem and stem_cache_plan(model, frozen_backbone=method.frozen_backbone, recipe=cfg.recipe,
-                                                 cache_stem=cfg.cache_stem, num_images=len(train_set) + len(val_set or ())):
+    cacheable = objective.caches_stem and stem_cache_plan(
+        model, frozen_backbone=method.frozen_backbone, recipe=cfg.recipe, cache_stem=cfg.cache_stem,
+        num_images=len(train_set) + len(val_set or ()))
+    if cacheable:
         train_set, val_set = (precompute_rows(model.stem, s, cfg, quiet, world) for s in (train_set, val_set))
         forward = model.forward_from_stem
     if not resume and (cfg.head_norm or cfg.head_init != "random"):

@@ -117,7 +117,8 @@ def train_epoch(fit: Fit, dataset: Dataset, epoch: int) -> dict:
     seconds = time.perf_counter() - started
     total_loss, correct, counted, seen = all_sum([total_loss, correct, counted, seen], fit.world)
     _check_not_diverged(fit, total_loss / seen, epoch)
-    row = {"epoch": epoch + 1, "train_loss": total_loss / seen, f"train_{objective.train_metric}": correct / max(counted, 1),
+    row = {"epoch": epoch + 1, "train_loss": total_loss / seen,
+           f"train_{objective.train_metric}": correct / max(counted, 1),
            "lr": optimizer.param_groups[0]["lr"], "img_per_s": seen / seconds, "seconds": seconds}
     if fit.scaler is not None:
         row["skipped_steps"] = skipped

@@ -81,7 +81,8 @@ def _search_and_retrain(config: SweepConfig, out: Path) -> dict:
         raise ConfigError(f"sweep {out}: no trial completed (all pruned or failed); widen the search space")
     best = max(complete, key=lambda t: (t.value, -t.number))
     metric = score_of(config.base)
-    results = {"best_params": best.params, "metric": metric, f"best_val_{metric}": best.value, "best_trial": best.number,
+    results = {"best_params": best.params, "metric": metric, f"best_val_{metric}": best.value,
+               "best_trial": best.number,
                "trial_epochs": sum(epochs_run(t) for t in study.trials),
                "trials": {state: sum(t.state.name == state for t in study.trials)
                           for state in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")},
