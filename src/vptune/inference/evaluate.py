@@ -169,8 +169,9 @@ def evaluate(path: str | os.PathLike, *, data: str | None = None, split: str = "
         raise ConfigError(f"{task} was trained on the built-in data set {recorded_builtin!r}, which is not on this "
                           f"machine yet; pass --data {recorded_builtin} to fetch it (or --data PATH for your own)")
     if segmentation_head_of(meta):
-        return _evaluate_segmentation(task, meta, source, split, batch_size, device, precision, compile,
-                                      allow_download)
+        metrics, names = _evaluate_segmentation(task, meta, source, split, batch_size, device, precision, compile,
+                                                allow_download)
+        return metrics, names, _write_eval(task, source, split, metrics, names)
     if is_segmentation_source(source):  # its images/ and masks/ folders would be read as two classes
         raise DataError(f"{source} is segmentation data (images with masks), but {task} classifies; evaluate it on "
                         f"images with class labels, or give a segmentation task")
@@ -187,15 +188,19 @@ def evaluate(path: str | os.PathLike, *, data: str | None = None, split: str = "
     metrics = evaluate_dataset(model, dataset, batch_size=batch_size, device=device, precision=precision,
                                compile=compile, quiet=quiet)
     names = model.class_names or splits.class_names
+    return metrics, names, _write_eval(task, source, split, metrics, names)
+
+
+def _write_eval(task: Path, source: str, split: str, metrics: dict, names: Sequence[str]) -> list[Path]:
+    """The metrics as JSON and the confusion matrix as a PNG, in the task's eval/ folder."""
     out = RunDir.eval_dir_for(task)
     metrics_path = atomic_write_text(out / f"{split}_metrics.json",
                                      json.dumps({"data": source, "split": split, **metrics}, indent=2) + "\n")
-    png = save_confusion_png(metrics["confusion"], names, out / f"{split}_confusion.png")
-    return metrics, names, [metrics_path, png]
+    return [metrics_path, save_confusion_png(metrics["confusion"], names, out / f"{split}_confusion.png")]
 
 
 def _evaluate_segmentation(task: Path, meta: dict, source: str, split: str, batch_size: int, device: str,
-                           precision: str, compile: bool, allow_download: bool) -> tuple[dict, list[str], list[Path]]:
+                           precision: str, compile: bool, allow_download: bool) -> tuple[dict, list[str]]:
     """`evaluate` for a segmentation task: mIoU, pixel accuracy and per-class IoU at each mask's full resolution,
     and a confusion matrix of pixels. The data's class names must be the task's, in order (a mask's indices mean
     them)."""
@@ -217,8 +222,4 @@ def _evaluate_segmentation(task: Path, meta: dict, source: str, split: str, batc
     loader = DataLoader(getattr(splits, split), batch_size=batch_size, shuffle=False, collate_fn=collate)
     metrics = {**evaluate_segmentation(run, loader, model.num_classes, names, device),
                "num_images": len(getattr(splits, split))}
-    out = RunDir.eval_dir_for(task)
-    metrics_path = atomic_write_text(out / f"{split}_metrics.json",
-                                     json.dumps({"data": source, "split": split, **metrics}, indent=2) + "\n")
-    png = save_confusion_png(metrics["confusion"], names, out / f"{split}_confusion.png")
-    return metrics, names, [metrics_path, png]
+    return metrics, names
