@@ -14,10 +14,10 @@ from typing import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from .._io import atomic_write
+from .segmentation_metrics import logits_at
 
 IGNORE = 255
 
@@ -74,8 +74,7 @@ def overlay_jpeg(image: np.ndarray, mask: np.ndarray, alpha: float = 0.5, qualit
 def mask_at(logits: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
     """One image's logits (classes, h, w) -> its class indices (H, W) uint8 at `size` (H, W): the logits resized
     bilinearly first (as `vptune eval` scores them), then the most likely class at each pixel."""
-    resized = F.interpolate(logits[None].float(), size=tuple(size), mode="bilinear", align_corners=False)[0]
-    return resized.argmax(0).to(torch.uint8).cpu().numpy()
+    return logits_at(logits, size).argmax(0).to(torch.uint8).cpu().numpy()
 
 
 def class_shares(mask: np.ndarray, class_names: Sequence[str]) -> list[dict]:

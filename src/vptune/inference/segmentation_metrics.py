@@ -43,6 +43,11 @@ def segmentation_metrics(confusion: torch.Tensor, class_names: list[str] | None 
     }
 
 
+def logits_at(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """One image's logits (classes, h, w) resized bilinearly to `size` (H, W): how every mask is scored and drawn."""
+    return F.interpolate(logits[None].float(), size=tuple(size), mode="bilinear", align_corners=False)[0]
+
+
 @torch.no_grad()
 def evaluate_segmentation(model: Callable[[torch.Tensor], torch.Tensor],
                           batches: Iterable[tuple[torch.Tensor, list[torch.Tensor]]], num_classes: int,
@@ -55,8 +60,8 @@ def evaluate_segmentation(model: Callable[[torch.Tensor], torch.Tensor],
     for images, masks in batches:
         logits = model(images.to(device)).float().cpu()
         for one, mask in zip(logits, masks):
-            resized = F.interpolate(one[None], size=tuple(mask.shape), mode="bilinear", align_corners=False)
-            confusion += confusion_matrix(resized[0].argmax(0), mask, num_classes)
-            loss_sum += float(F.cross_entropy(resized, mask[None], ignore_index=IGNORE, reduction="sum"))
+            resized = logits_at(one, tuple(mask.shape))
+            confusion += confusion_matrix(resized.argmax(0), mask, num_classes)
+            loss_sum += float(F.cross_entropy(resized[None], mask[None], ignore_index=IGNORE, reduction="sum"))
     metrics = segmentation_metrics(confusion, class_names)
     return {"loss": loss_sum / max(metrics["num_pixels"], 1), **metrics}
