@@ -85,6 +85,15 @@ def autocast(device: str | torch.device, precision: str) -> AbstractContextManag
     return torch.autocast(torch.device(device).type, dtype=DTYPES[precision])
 
 
+def under_autocast(forward: Callable[[torch.Tensor], torch.Tensor], device: str | torch.device,
+                   precision: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """`forward` run in `precision`'s autocast (its outputs then scored in fp32 by the caller)."""
+    def run(inputs: torch.Tensor) -> torch.Tensor:
+        with autocast(device, precision):
+            return forward(inputs)
+    return run
+
+
 def maybe_compile(fn: Callable[[torch.Tensor], torch.Tensor], enabled: bool) -> Callable[[torch.Tensor], torch.Tensor]:
     """`torch.compile(fn)` when enabled, run eagerly after one log line wherever compiling fails (no C++ compiler,
     an unsupported platform or Python): the same numbers, without the speed-up."""

@@ -14,7 +14,7 @@ from .._io import atomic_write_text, save_figure
 from ..data import DataError, builtin_name, collate, read_data
 from ..data.builtin import cache_path
 from ..data.segmentation_dataset import is_segmentation_source, read_segmentation_task, segmentation_splits
-from ..devices import autocast, maybe_compile
+from ..devices import maybe_compile, under_autocast
 from ..errors import ConfigError
 from ..rundir import RunDir
 from ..tasks import load_task, read_task_json, segmentation_head_of
@@ -57,12 +57,7 @@ def evaluate_dataset(model: torch.nn.Module, dataset: Dataset, *, batch_size: in
     label), its forward under `precision`'s autocast (auto: bf16 on a GPU that supports it, fp32 elsewhere),
     through torch.compile with `compile`."""
     device, precision = resolve_runtime(device, precision)
-    forward = maybe_compile(model.eval(), compile)
-
-    def run(images: torch.Tensor) -> torch.Tensor:
-        with autocast(device, precision):
-            return forward(images)
-
+    run = under_autocast(maybe_compile(model.eval(), compile), device, precision)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
     logits, labels = predict_logits(run, loader, torch.device(device), desc="test", quiet=quiet)
     return evaluate_logits(logits, labels)
@@ -206,19 +201,14 @@ def _evaluate_segmentation(task: Path, meta: dict, source: str, split: str, batc
     them)."""
     data = read_segmentation_task(source, seed=meta.get("training", {}).get("seed", 0))
     model = load_task(task, allow_download=allow_download).to(device)  # after the data is known to be good
-    names = model.class_names or [str(k) for k in range(model.num_classes)]
+    names = model.labels
     if data.class_names != names:
         raise DataError(f"{source} names its classes {data.class_names}, but the task was trained on {names}; a "
                         f"mask's indices mean the task's classes: evaluate on data with the same classes.txt")
     splits = segmentation_splits(data, img_size=meta["data"]["input_size"][-1], mean=tuple(meta["data"]["mean"]),
                                  std=tuple(meta["data"]["std"]))
-    forward = maybe_compile(model.eval(), compile)
+    run = under_autocast(maybe_compile(model.eval(), compile), device, precision)
     log_runtime("eval", device, precision, compile)
-
-    def run(images: torch.Tensor) -> torch.Tensor:
-        with autocast(device, precision):
-            return forward(images)
-
     loader = DataLoader(getattr(splits, split), batch_size=batch_size, shuffle=False, collate_fn=collate)
     metrics = {**evaluate_segmentation(run, loader, model.num_classes, names, device),
                "num_images": len(getattr(splits, split))}

@@ -34,7 +34,7 @@ class MaskPredictor:
         self.model = model.eval()
         data = model.data_config
         self.transform = JointTransform(data["input_size"][-1], data["mean"], data["std"], train=False)
-        self.class_names = model.class_names or [str(i) for i in range(model.num_classes)]
+        self.class_names = model.labels
         self.batch_size, self.max_pixels = batch_size, max_pixels
         self.precision = resolve_precision(precision, str(self.device))
         self.forward = maybe_compile(self.model, compile)

@@ -162,8 +162,7 @@ class MultiTaskModel(nn.Module):
         return "segmentation" if isinstance(self.tasks[name], PromptedSegmenter) else "classification"
 
     def class_names(self, name: str) -> list[str]:
-        model = self.tasks[name]
-        return model.class_names or [str(i) for i in range(model.num_classes)]
+        return self.tasks[name].labels
 
     # ------------------------------------------------------------------------------------------- forward
     @torch.inference_mode()

@@ -37,7 +37,7 @@ class Predictor:
         self.model = model.eval()
         data = model.data_config
         self.transform = build_transform(data["input_size"][-1], data["mean"], data["std"])
-        self.class_names = model.class_names or [str(i) for i in range(model.num_classes)]
+        self.class_names = model.labels
         self.batch_size = batch_size
         self.max_pixels = max_pixels
         self.precision = resolve_precision(precision, str(self.device))

@@ -179,6 +179,11 @@ class PromptedModel(nn.Module):
         self._path = value
 
     @property
+    def labels(self) -> list[str]:
+        """What each output index is called: the class names, or the indices themselves when none were given."""
+        return self.class_names or [str(k) for k in range(self.num_classes)]
+
+    @property
     def family(self) -> str:
         """The backbone family's name ("vit", "eva"), recorded in task checkpoints."""
         return self.adapter.family

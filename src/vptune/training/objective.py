@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from ..devices import autocast
+from ..devices import under_autocast
 from ..inference.evaluate import evaluate_logits
 from ..inference.segmentation_metrics import IGNORE, evaluate_segmentation
 from ..model import PromptedModel, PromptedSegmenter
@@ -84,12 +84,9 @@ class Segmentation(Classification):
     @staticmethod
     def _evaluate(forward: Callable[[torch.Tensor], torch.Tensor], dataset: Dataset, model: PromptedModel,
                   cfg: TrainConfig) -> dict:
-        def run(images: torch.Tensor) -> torch.Tensor:  # the forward in the run's precision; scoring in fp32
-            with autocast(cfg.device, cfg.precision):
-                return forward(images)
-
         batches = make_loader(dataset, cfg, batch_size=cfg.batch_size)
-        return evaluate_segmentation(run, batches, model.num_classes, model.class_names, cfg.device)
+        return evaluate_segmentation(under_autocast(forward, cfg.device, cfg.precision), batches, model.num_classes,
+                                     model.labels, cfg.device)
 
 
 CLASSIFICATION, SEGMENTATION = Classification(), Segmentation()
