@@ -357,6 +357,12 @@ def test_label_outside_the_class_list(vtab_dir):
         load(vtab_dir)
 
 
+def test_a_class_file_naming_a_class_twice_is_refused_naming_both_lines(vtab_dir):
+    (vtab_dir / "classes.txt").write_text("red\ngreen\nred\n")
+    with pytest.raises(DataError, match=r"classes\.txt names class 'red' twice \(lines 1 and 3\)"):
+        load(vtab_dir)
+
+
 def test_label_that_is_not_an_int(vtab_dir):
     lines = (vtab_dir / "train800.txt").read_text().splitlines()
     lines[3] = "images/c0_3.jpg cat"

@@ -147,6 +147,43 @@ def test_every_bad_pair_is_named_in_the_one_error(tmp_path):
         check_segmentation(read_segmentation_data(tmp_path))
 
 
+def _task_mistake(root, kind):
+    """Three good pairs in images/ + masks/ with one task-level mistake of `kind`; returns what to read."""
+    for i in range(3):
+        write_pair(root / "images" / f"{i}.png", root / "masks" / f"{i}.png", value=1 + i % 2)
+    (root / "classes.txt").write_text("background\nthing\nother\n")
+    if kind == "class named twice":
+        (root / "classes.txt").write_text("background\nthing\n\nthing\n")
+    elif kind == "every train pixel ignored":
+        for mask in (root / "masks").glob("*.png"):
+            Image.fromarray(np.full((10, 12), 255, dtype=np.uint8)).save(mask)
+    elif kind.startswith("empty"):
+        rows = ["image,mask,split", "images/0.png,masks/0.png,train", "images/1.png,masks/1.png,train",
+                ",masks/2.png,val" if kind == "empty image cell" else "images/2.png, ,val"]
+        (root / "pairs.csv").write_text("\n".join(rows) + "\n")
+        return root / "pairs.csv"
+    return root
+
+
+@pytest.mark.parametrize("kind, says", [
+    ("class named twice", r"classes.txt names class 'thing' twice \(lines 2 and 4\)"),
+    ("every train pixel ignored", "every pixel of every train mask is 255"),
+    ("empty image cell", r"pairs.csv line 4: the image path is empty"),
+    ("empty mask cell", r"pairs.csv line 4: the mask path is empty"),
+])
+def test_a_mistake_in_the_whole_task_is_one_line_naming_the_file(tmp_path, kind, says):
+    source = _task_mistake(tmp_path, kind)
+    with pytest.raises(DataError, match=says) as err:
+        check_segmentation(read_segmentation_data(source))
+    assert "\n" not in str(err.value)
+
+
+def test_some_masks_wholly_ignored_are_fine_when_another_train_mask_is_labelled(tmp_path):
+    source = _task_mistake(tmp_path, "none")
+    Image.fromarray(np.full((10, 12), 255, dtype=np.uint8)).save(tmp_path / "masks" / "0.png")
+    assert check_segmentation(read_segmentation_data(source)).class_names == ["background", "thing", "other"]
+
+
 def test_miou_against_a_hand_computed_example_with_an_ignore_label_and_an_absent_class():
     target = torch.tensor([[0, 0, 1, 1], [0, 255, 1, 255]])
     predicted = torch.tensor([[0, 1, 1, 1], [0, 3, 0, 2]])  # class 3 appears only under an ignored pixel

@@ -107,12 +107,15 @@ def test_a_second_predict_into_the_same_folder_or_into_the_images_is_refused(wor
     assert main(["predict", str(out), str(images), "--output", str(masks)]) == 0
     written = {p: p.read_bytes() for p in masks.iterdir()}
     capsys.readouterr()
-    for target, message in ((masks, "exist already"), (seg_data / "images", "holds the images being predicted")):
+    (tmp_path / "a-file").write_text("mine")
+    for target, message in ((masks, "exist already"), (seg_data / "images", "holds the images being predicted"),
+                            (tmp_path / "a-file", "is a file"), (tmp_path / "a-file" / "below", "is a file")):
         assert main(["predict", str(out), str(images), "--output", str(target)]) == 1
         assert message in capsys.readouterr().err
     assert main(["predict", str(out), str(images), "--output", str(tmp_path / "new"), "--top-k", "3"]) == 1
     assert "leave out --top-k" in capsys.readouterr().err and not (tmp_path / "new").exists()
     assert {p: p.read_bytes() for p in masks.iterdir()} == written  # nothing overwritten
+    assert (tmp_path / "a-file").read_text() == "mine"
     assert sorted(p.name for p in images.iterdir()) == [f"{i}.png" for i in range(COUNTS["test"])]
 
 
@@ -152,7 +155,8 @@ def test_the_pixel_loss_is_each_images_mean_over_its_scored_pixels():
 
 @pytest.mark.parametrize("settings, message", [
     (dict(task="segmentation", data="digits"), "is a classification data set"),
-    (dict(task="classification", data="pasted-animals"), "is a segmentation task"),
+    (dict(task="classification", data="pasted-animals"), "is segmentation data"),
+    (dict(task="classification"), "is segmentation data"),
     (dict(method="da-vpt"), "segmentation task has not"),
     (dict(head_init="probe"), "a segmentation head starts random"),
     (dict(pooling="image-pool"), "leave out --pooling"),
@@ -271,3 +275,4 @@ def test_eval_refuses_data_of_the_other_kind_in_one_line(workspace, seg_data, tm
     assert main(["eval", str(segmenter), "--data", str(workspace / "images")]) == 1
     assert "not a layout vptune knows" in capsys.readouterr().err
     assert not (classifier / "eval").exists() and not (segmenter / "eval").exists()
+

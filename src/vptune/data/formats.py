@@ -261,6 +261,19 @@ def _read_list(path: Path, root: Path) -> list[RawEntry]:
     return entries
 
 
+def read_class_file(path: Path) -> list[str]:
+    """A classes file's names, one a non-blank line, line k naming class k; each name once."""
+    lines = {number: line.strip() for number, line in enumerate(_read_text(path).splitlines(), start=1)
+             if line.strip()}
+    first: dict[str, int] = {}
+    for number, name in lines.items():
+        if name in first:
+            raise DataError(f"{path} names class {name!r} twice (lines {first[name]} and {number}); each class "
+                            f"needs its own name, one a line")
+        first[name] = number
+    return list(lines.values())
+
+
 def _read_text(path: Path) -> str:
     try:
         return path.read_text(encoding="utf-8-sig")
@@ -380,7 +393,7 @@ def _with_labels(fmt: str, root: Path, raw: dict[str, list[RawEntry]], names_all
     class_file = next((root / n for n in CLASS_FILES if (root / n).is_file()), None)
     written = [(label, origin) for entries in raw.values() for _, label, origin in entries]
     if class_file is not None:
-        names = [line.strip() for line in _read_text(class_file).splitlines() if line.strip()]
+        names = read_class_file(class_file)
         index = _index_from_class_file(class_file, names, names_allowed)
         names_from = class_file.name
     elif names_allowed and not all(_is_int(label) for label, _ in written):
@@ -436,8 +449,6 @@ def _int_label(text: str, origin: str) -> int:
 
 def _index_from_class_file(class_file: Path, names: list[str], names_allowed: bool):
     """label text -> class index, for labels that must name (or index into) the classes of `class_file`."""
-    if len(set(names)) != len(names):
-        raise DataError(f"{class_file} lists a class name twice")
     by_name = {name: k for k, name in enumerate(names)}
 
     def index(label: str, origin: str) -> int:

@@ -36,7 +36,7 @@ from PIL import Image
 
 from .datasets import MAX_PIXELS, check_image, open_image
 from .errors import DataError, DataWarning
-from .formats import CLASS_FILES, IMAGE_EXTENSIONS, SPLIT_FOLDERS
+from .formats import CLASS_FILES, IMAGE_EXTENSIONS, SPLIT_FOLDERS, read_class_file
 
 IGNORE = 255  # the mask value that marks pixels no class is scored on
 SPLITS = ("train", "val", "test")
@@ -212,6 +212,9 @@ def _read_csv(path: Path) -> SegmentationData:
         split = cells[split_col].lower() if split_col is not None and split_col < len(cells) else "train"
         if split not in SPLIT_FOLDERS:
             raise DataError(f"{path} line {number}: split {split!r} is not train, val or test")
+        for role, col in (("image", image_col), ("mask", mask_col)):
+            if not cells[col]:
+                raise DataError(f"{path} line {number}: the {role} path is empty; give each row an image and its mask")
         pair = Pair(path.parent / cells[image_col], path.parent / cells[mask_col])
         splits.setdefault(SPLIT_FOLDERS[split], []).append(pair)
     return SegmentationData(path.parent, "csv", splits)
@@ -229,7 +232,7 @@ def _csv_has_mask_column(path: Path) -> bool:
 def _class_names(data: SegmentationData) -> list[str] | None:
     class_file = next((data.root / name for name in CLASS_FILES if (data.root / name).is_file()), None)
     if class_file is not None:
-        names = [line.strip() for line in class_file.read_text(encoding="utf-8").splitlines() if line.strip()]
+        names = read_class_file(class_file)
         if not names or len(names) > IGNORE:
             raise DataError(f"{class_file}: {len(names)} class names; give 1 to {IGNORE} names, one a line (index "
                             f"{IGNORE} is the ignore label)")
@@ -331,9 +334,11 @@ def check_segmentation(data: SegmentationData, max_pixels: int = MAX_PIXELS,
         if empty:
             raise DataError(f"segmentation data {data.root}: no usable pair left in {', '.join(empty)}: {shown}{more}")
         checks = [check for check in checks if not check.problem]
+    largest = dict(zip([pair for pair in pairs if pair not in problems], [check.largest for check in checks]))
+    train = data.splits.get("train", [])
+    if train and all(largest[pair] < 0 for pair in train):
+        raise DataError(f"segmentation data {data.root}: every pixel of every train mask is {IGNORE} (ignored), so "
+                        f"there is nothing to learn; label the train masks' pixels with class indices")
     if data.class_names is None:
-        largest = max(check.largest for check in checks)
-        if largest < 0:
-            raise DataError(f"segmentation data {data.root}: every mask pixel is {IGNORE} (ignored); nothing to learn")
-        data.class_names = [str(k) for k in range(largest + 1)]
+        data.class_names = [str(k) for k in range(max(largest.values()) + 1)]
     return data

@@ -78,6 +78,12 @@ def _targets(files: list[Path], output: Path) -> dict[Path, tuple[Path, Path]]:
     Refused before anything is written: an output folder that holds any input image (the masks would be read as
     images by the next run over it), and names that already exist."""
     output = output.expanduser().resolve()
+    existing = next(path for path in (output, *output.parents) if path.exists())
+    if not existing.is_dir():
+        raise ConfigError(f"--output {output}: {existing} is a file; masks are written into a folder: give a "
+                          f"folder's path")
+    if not os.access(existing, os.W_OK):
+        raise ConfigError(f"--output {output}: {existing} is not writable; choose a folder you can write to")
     resolved = [path.resolve() for path in files]
     common = Path(os.path.commonpath([path.parent for path in resolved]))
     if any(output == path.parent or output in path.parents for path in resolved):

@@ -238,8 +238,8 @@ class TrainConfig:
 
     def _resolved_task(self) -> str:
         """`task` auto: segmentation when the data are (`is_segmentation_source`), else classification."""
-        if self.task == "classification" and self.data in SEGMENTATION_BUILTINS:
-            raise ConfigError(f"task classification: {self.data} is a segmentation task (a mask an image); leave out "
+        if self.task == "classification" and is_segmentation_source(self.data):
+            raise ConfigError(f"task classification: {self.data} is segmentation data (a mask an image); leave out "
                               f"--task, or give classification data")
         if self.task != AUTO:
             return self.task
