@@ -285,10 +285,15 @@ def test_a_device_this_machine_lacks_is_one_line_naming_it(tmp_path, capsys):
                                                   ("--threads", "0", "--threads must be a whole number >= 1"),
                                                   ("--warmup", "-1", "--warmup must be a whole number >= 0"),
                                                   ("--heads", "linear,fpn", "comma list from linear, pup"),
-                                                  ("--img-size", "0", "--img-size must be a whole number >= 1")])
+                                                  ("--img-size", "0", "--img-size must be a whole number >= 1"),
+                                                  ("--img-size", "8", "smaller than its patch (16 px)")])
 def test_bad_settings_are_refused_naming_what_is_allowed(option, value, named, capsys):
     message = refused(["--quick", option, value], capsys)
     assert named in message and value.split(",")[-1] in message
+
+
+def test_a_segmentation_head_on_a_feature_map_under_two_by_two_is_refused_before_any_timing(capsys):
+    assert "1 x 1 feature map" in refused(["--quick", "--heads", "linear", "--img-size", "16"], capsys)
 
 
 def test_a_list_flag_with_a_word_for_a_number_is_an_argparse_error_naming_the_flag(capsys):

@@ -116,3 +116,12 @@ def test_a_segmenter_saves_and_loads_as_a_task(tmp_path, head):
     (tmp_path / "task" / "task.json").write_text(json.dumps(meta))
     with pytest.raises(CheckpointError, match="head.segmentation must be one of linear, pup"):
         load_task(tmp_path / "task", backbone=backbone)
+
+
+@pytest.mark.parametrize("backbone, stride", [(lambda: make_tiny_vit(**NARROW, img_size=16), 16),
+                                              (lambda: make_tiny_swin(img_size=16), 16)], ids=["vit", "swin"])
+def test_a_feature_map_under_two_by_two_is_refused_naming_the_size_that_works(backbone, stride):
+    """One feature a channel breaks the head's BatchNorm in training, and gives one class everywhere."""
+    with pytest.raises(ValueError, match=rf"1 x 1 feature map \(a feature per {stride} px\); segmentation needs at "
+                                         rf"least 2 x 2: use an image size \(--img-size\) of {2 * stride} or more"):
+        PromptedSegmenter(backbone(), PromptConfig(num_tokens=2), 5)

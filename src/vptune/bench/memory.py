@@ -49,9 +49,11 @@ def cpu_memory(alias: str, configs: list[Config], args: BenchSettings) -> dict[C
     spec = {"alias": alias, "configs": [asdict(c) for c in configs], "args": runner_args}
     # A fixed mmap threshold turns off glibc's heap reuse of large freed blocks, so RSS follows live memory.
     env = os.environ | {"MALLOC_MMAP_THRESHOLD_": "65536"}
-    out = subprocess.run([sys.executable, "-m", "vptune.bench.memory", json.dumps(spec)],
-                         env=env, check=True, capture_output=True, text=True).stdout
-    return {Config(**json.loads(k)): v for k, v in json.loads(out.strip().splitlines()[-1]).items()}
+    done = subprocess.run([sys.executable, "-m", "vptune.bench.memory", json.dumps(spec)],
+                          env=env, capture_output=True, text=True)
+    if done.returncode:  # a bug of ours: the worker's own traceback says where
+        raise RuntimeError(f"the peak-memory subprocess for {alias} failed (exit {done.returncode}):\n{done.stderr}")
+    return {Config(**json.loads(k)): v for k, v in json.loads(done.stdout.strip().splitlines()[-1]).items()}
 
 
 if __name__ == "__main__":

@@ -11,9 +11,9 @@ import torch
 
 from ..data import DataError, read_data
 from ..devices import AUTO, resolve_device, resolve_precision, resolve_workers
-from ..errors import ConfigError
-from ..model import HEADS, family_of, supported_families
-from .grid import METHOD_MODES, MODELS, PATHS, PRECISIONS
+from ..errors import ConfigError, brief
+from ..model import HEADS, adapter_for, check_feature_map, family_of, supported_families
+from .grid import METHOD_MODES, MODELS, PATHS, PRECISIONS, spec_of
 
 # Defaults of the full grid and of --quick (explicit settings win over both).
 DEFAULTS = {"models": ["vit-s14", "vit-b16"], "prompts": [10, 50, 100, 200], "batch": 32, "threads": None}
@@ -111,10 +111,10 @@ class BenchSettings:
         if unknown or not self.models:
             raise ConfigError(f"--models: {','.join(unknown) or 'nothing'}: give aliases ({', '.join(MODELS)}) or timm "
                               f"model names (timm.list_models('vit_*'))")
-        unsupported = [m for m in self.models if m not in MODELS and not _has_adapter(m)]
-        if unsupported:
-            raise ConfigError(f"--models: {','.join(unsupported)}: the bench needs a timm model of a family vptune "
-                              f"prompts ({supported_families()})")
+        for alias in self.models:
+            problem = _why_not_timed(alias, self.img_size, dense=bool(self.heads))
+            if problem:
+                raise ConfigError(f"--models {alias}: {problem}")
         if self.out.exists() and not self.out.is_dir():
             raise ConfigError(f"--out {self.out} is a file; give a folder for bench.csv, bench.json and bench.md")
 
@@ -135,7 +135,25 @@ class BenchSettings:
             self.train_batch = self.batch if self.device.startswith("cuda") else 8
 
 
-def _has_adapter(name: str) -> bool:
-    with torch.device("meta"):  # the architecture without allocating its weights
-        model = timm.create_model(name, pretrained=False, num_classes=0)
-    return family_of(model) is not None
+def _why_not_timed(alias: str, img_size: int | None, dense: bool) -> str | None:
+    """Why the bench cannot time `alias` at `img_size` (None when it can), from its architecture alone; `dense`:
+    with a segmentation head."""
+    spec = spec_of(alias)
+    given = {"img_size": img_size} if img_size else {}
+    try:
+        with torch.device("meta"):  # the architecture without allocating its weights
+            model = timm.create_model(spec.timm_name, pretrained=False, num_classes=0, **{**spec.kwargs, **given})
+    except Exception as err:  # timm refuses the size (e.g. a window that does not divide it)
+        return f"timm cannot build it at --img-size {img_size}: {brief(err)}"
+    if family_of(model) is None:
+        return f"the bench needs a timm model of a family vptune prompts ({supported_families()})"
+    patch_embed = model.patch_embed
+    if min(patch_embed.grid_size) < 1:
+        return (f"--img-size {img_size} is smaller than its patch ({patch_embed.patch_size[0]} px); use at least "
+                f"{patch_embed.patch_size[0]}")
+    if dense:
+        try:
+            check_feature_map(adapter_for(model))
+        except ValueError as err:
+            return f"--heads: {err}"
+    return None

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import PromptConfig
-from .families import adapter_for
+from .families import BackboneAdapter, adapter_for
 from .prompted import PromptedModel
 
 HEADS = ("linear", "pup")
@@ -56,6 +56,16 @@ class PUPHead(nn.Module):
         return self.classifier(self.stages(features))
 
 
+def check_feature_map(adapter: BackboneAdapter) -> None:
+    """ValueError in one line when the backbone's final feature map is under 2 x 2: a head's BatchNorm needs more
+    than one value a channel in training, and a mask from one feature is one class everywhere."""
+    (height, width), (image_height, image_width) = adapter.final_grid, adapter.img_size
+    if min(height, width) < 2:
+        raise ValueError(f"a {image_height} x {image_width} image gives this {adapter.family} backbone a {height} x "
+                         f"{width} feature map (a feature per {adapter.dense_stride} px); segmentation needs at least "
+                         f"2 x 2: use an image size (--img-size) of {2 * adapter.dense_stride} or more")
+
+
 class PromptedSegmenter(PromptedModel):
     """A frozen backbone with prompts and a segmentation head: images (B, 3, H, W) -> logits (B, classes, H, W).
 
@@ -68,6 +78,7 @@ class PromptedSegmenter(PromptedModel):
         if not adapter_for(backbone).has_class_token:  # no head pools here; the config records the backbone's own
             prompt = dataclasses.replace(prompt, pooling="image-pool")
         super().__init__(backbone, prompt, num_classes, **kwargs)
+        check_feature_map(self.adapter)
         self.head_kind = head
         self.head = (LinearHead if head == "linear" else PUPHead)(self.embed_dim, num_classes)
 

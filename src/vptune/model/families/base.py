@@ -112,6 +112,16 @@ class BackboneAdapter:
         return self.patch_embed.num_patches
 
     @property
+    def final_grid(self) -> tuple[int, int]:
+        """The feature map (h, w) that `dense` gives at the input size the backbone is built for."""
+        return tuple(size // patch for size, patch in zip(self.img_size, self.patch_size))
+
+    @property
+    def dense_stride(self) -> int:
+        """Image pixels a side per feature of `dense`'s map."""
+        return self.patch_size[0]
+
+    @property
     def dynamic_img_size(self) -> bool:
         """True when the backbone takes images of any size (timm's dynamic_img_size)."""
         return bool(getattr(self.backbone, "dynamic_img_size", False))

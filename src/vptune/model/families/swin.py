@@ -154,6 +154,10 @@ class SwinAdapter(GridAdapter):
     def final_grid(self) -> tuple[int, int]:
         return tuple(self._blocks[-1].input_resolution)
 
+    @property
+    def dense_stride(self) -> int:
+        return self.patch_size[0] * 2 ** len(self._merge_after)  # each patch merging halves the grid
+
     def dense(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         """The last stage's tokens after the final norm, as a map (B, C, H / 32, W / 32): timm's `forward_features`
         in channels-first order (a head that upsamples 16x leaves the rest to the final resize)."""
