@@ -218,7 +218,7 @@ def test_the_followups_plan_lists_each_method_with_its_settings(workspace, tmp_p
                  "--backbone", TINY_VIT, "--weights", str(workspace / "tiny.safetensors"), "--img-size", "32",
                  "--out", str(tmp_path / "out")]) == 0
     lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[1:] if line.startswith("  ")}
-    assert list(lines) == ["linear", "vpt-deep", "e2vpt", "vfpt", "gated-vpt", "e2vpt-pruned", "da-vpt"]
+    assert list(lines) == ["linear", "vpt-shallow", "vpt-deep", "e2vpt", "vfpt", "gated-vpt", "e2vpt-pruned", "da-vpt"]
     assert "prune_tokens=0.5, prune_segments=0.25" in lines["e2vpt-pruned"]
     assert all(line.endswith("0/2 done") for line in lines.values()) and not (tmp_path / "out").exists()
 

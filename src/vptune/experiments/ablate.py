@@ -151,7 +151,8 @@ INITS = ("xavier", "patches", "cls")
 BASELINES = ("linear", "full", "bias", "partial-1", "lora")
 # the follow-up methods with their defaults, and E2VPT with pruning (half of each block's tokens, then a quarter of
 # the kept tokens' segments: the middle of the shares its paper searched per task)
-FOLLOWUPS = {name: {"method": name} for name in ("linear", "vpt-deep", "e2vpt", "vfpt", "gated-vpt")}
+# (gated VPT is a shallow method: VPT-shallow is its own baseline, as in its paper, beside VPT-deep)
+FOLLOWUPS = {name: {"method": name} for name in ("linear", "vpt-shallow", "vpt-deep", "e2vpt", "vfpt", "gated-vpt")}
 FOLLOWUPS["e2vpt-pruned"] = {"method": "e2vpt", "prune_tokens": 0.5, "prune_segments": 0.25}
 FOLLOWUPS["da-vpt"] = {"method": "da-vpt"}
 # the paper's segmentation comparison (its table 4: VPT-deep against the linear head, full fine-tuning and bias, with
@@ -187,10 +188,12 @@ SETS: dict[str, AblationSet] = {s.name: s for s in (
                                for init in INITS],
                 pairs=lambda depth: [("xavier", "cls"), ("patches", "xavier"), ("patches", "cls")],
                 default="patches"),
-    AblationSet("followups", "prompt methods since VPT (E2VPT, VFPT, gated VPT, DA-VPT) against VPT-deep and the linear probe",
+    AblationSet("followups", "prompt methods since VPT (E2VPT, VFPT, gated VPT, DA-VPT) against VPT-deep and the linear "
+                             "probe (gated VPT, a shallow method, also against VPT-shallow)",
                 lambda depth: [Cell(name, settings) for name, settings in FOLLOWUPS.items()],
-                pairs=lambda depth: [(m, "vpt-deep") for m in FOLLOWUPS if m not in ("vpt-deep", "linear")]
-                + [("vpt-deep", "linear"), ("e2vpt-pruned", "e2vpt")], default="vpt-deep"),
+                pairs=lambda depth: [(m, "vpt-deep") for m in FOLLOWUPS if m not in ("vpt-deep", "linear", "vpt-shallow")]
+                + [("gated-vpt", "vpt-shallow"), ("vpt-deep", "linear"), ("e2vpt-pruned", "e2vpt")],
+                default="vpt-deep"),
     AblationSet("segmentation", "semantic segmentation: VPT against the linear head, VPT-shallow, full fine-tuning "
                                 "and bias, with a linear and a progressive-upsampling (SETR-PUP) head",
                 lambda depth: [Cell(name, settings) for name, settings in SEGMENTATION.items()],
