@@ -38,5 +38,10 @@ RECIPES: dict[str, dict[str, Any]] = {
     "min-steps": dict(min_steps=250),
     "norm-adamw": dict(head_norm=True, optimizer="adamw", lr=1e-2, head_lr=1e-2, weight_decay=1e-4,
                        prompt_init="xavier"),
+    # few images, again: a probe-started head has fitted them before the first step, so the training loss carries
+    # no signal for the prompts (docs/recipe.md); started near zero, head and prompts fit them together, as in the
+    # paper, with the defaults' other parts (AdamW, standardised head input, patch-prototype prompts)
+    "random-head": dict(head_init="random", head_norm=True),
+    "random-head-min-steps": dict(head_init="random", head_norm=True, min_steps=250),
     "defaults": dict(),  # whatever TrainConfig's defaults are now
 }
