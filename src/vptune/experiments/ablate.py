@@ -52,7 +52,7 @@ NOT_IN_KEY = ("output", "device", "num_workers", "tensorboard", "compile")
 KEY_SINCE = {"precision": "fp32", "half_backbone": False, "refit": False, "label_smoothing": 0.0,
              "prompt_merge": "drop", "fourier_share": 0.5, "kv_tokens": 5,
              "prune_tokens": 0.0, "prune_segments": 0.0, "metric_weight": 0.01, "min_steps": None,
-             "task": "classification", "seg_head": None}
+             "task": "classification", "seg_head": None, "cross_fit": False}
 
 
 @dataclass(frozen=True)

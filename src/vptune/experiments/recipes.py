@@ -43,5 +43,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     # paper, with the defaults' other parts (AdamW, standardised head input, patch-prototype prompts)
     "random-head": dict(head_init="random", head_norm=True),
     "random-head-min-steps": dict(head_init="random", head_norm=True, min_steps=250),
+    # or keep the probe, but let no image's loss come from a head fitted on it (training/cross_fit.py)
+    "cross-fit": dict(cross_fit=True),
     "defaults": dict(),  # whatever TrainConfig's defaults are now
 }

@@ -154,6 +154,10 @@ class TrainConfig:
                                            "(default: the method's, probe for VPT)", HEAD_INITS)
     label_smoothing: float = _setting(0.0, "label smoothing of the training loss (0: none; validation and the "
                                            "probe use the plain loss)")
+    cross_fit: bool = _setting(False, "few images: each step's head is the linear probe fitted on the other "
+                                      "training images' features, so the tuned tensors learn from a held-out loss; the "
+                                      "head validated and saved is the probe on all of them, refitted every epoch "
+                                      "(docs/recipe.md; classification, one process)")
     clip_grad: float | None = _setting(None, "clip the gradient norm of the trained tensors to this value")
     momentum: float = _setting(0.9, "SGD momentum")
     warmup_epochs: float = _setting(1.0, "linear warm-up epochs before cosine decay")
@@ -259,6 +263,9 @@ class TrainConfig:
         if self.pooling != "cls":
             raise ConfigError("pooling chooses what a classifier's head reads; a segmentation head reads every image "
                               "token: leave out --pooling")
+        if self.cross_fit:
+            raise ConfigError("cross_fit fits linear probes on [CLS] features, which a segmentation task has not: "
+                              "leave out --cross-fit")
         if self.recipe != "vtab" or self.protocol != "vtab1k":
             raise ConfigError("recipe and protocol are classification's (augmentation, built-in splits); a "
                               "segmentation task trains with random scale, crop and flip of image and mask on its own "
@@ -323,6 +330,9 @@ class TrainConfig:
         if self.num_workers != AUTO_DEVICE and (not isinstance(self.num_workers, int) or not 0 <= self.num_workers <= most):
             raise ConfigError(f"num_workers must be auto or a whole number from 0 to {most}, got {self.num_workers!r}")
         method = self.tuning_method()  # ConfigError for an unknown method name
+        if self.cross_fit and method.name == "linear":
+            raise ConfigError("cross_fit trains the tuned tensors against probes fitted without their batch; method "
+                              "linear is the probe itself: leave out --cross-fit")
         try:  # ConfigError naming the bad prompt field, or what the method cannot do with these prompts
             method.prompt_config(self.prompt_config())
         except ValueError as err:

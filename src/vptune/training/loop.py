@@ -109,6 +109,8 @@ def _train(run: RunDir, cfg: TrainConfig, resume: bool, overwrite: bool, quiet: 
     method = cfg.tuning_method()
     torch.manual_seed(cfg.seed)
     try:  # a run being replaced stays until the new one has its backbone, data and model
+        if world.distributed and cfg.cross_fit:
+            raise ConfigError("--cross-fit under torchrun is not in vptune yet; train it in one process")
         if world.distributed and cfg.task == "segmentation":
             raise ConfigError("segmentation under torchrun is not in vptune yet; train it in one process (plain "
                               "`vptune train`)")
@@ -271,8 +273,8 @@ def train_epochs(model: PromptedModel, splits: DataSplits, cfg: TrainConfig, run
     if cacheable:
         train_set, val_set = (precompute_rows(model.stem, s, cfg, quiet, world) for s in (train_set, val_set))
         forward = model.forward_from_stem
+    features = model.features_from_stem if cacheable else model.forward_features
     if not resume and (cfg.head_norm or cfg.head_init != "random"):
-        features = model.features_from_stem if forward == model.forward_from_stem else model.forward_features
         init_head(model, features, train_set, val_set, cfg, quiet, world)  # final: the L2 by cross-validation
 
     steps_per_epoch = math.ceil(len(train_set) / cfg.batch_size)
@@ -283,7 +285,7 @@ def train_epochs(model: PromptedModel, splits: DataSplits, cfg: TrainConfig, run
     if world.distributed:  # gradients all-reduced by torch's DDP; the wrapper runs whichever forward we chose
         forward = DistributedDataParallel(_Forward(model, forward))
     scaler = torch.amp.GradScaler(torch.device(cfg.device).type) if cfg.precision == "fp16" else None
-    fit = Fit(cfg, model, forward, optimizer, scheduler, run, quiet, world, scaler=scaler)
+    fit = Fit(cfg, model, forward, optimizer, scheduler, run, quiet, world, scaler=scaler, features=features)
     start_epoch, best = restore(fit) if resume else (0, None)
     if cfg.tensorboard and world.main:
         fit.logs = TensorBoardLog(run.tensorboard, purge_step=start_epoch * steps_per_epoch if resume else None)

@@ -21,7 +21,9 @@ from ..model import PromptedModel
 from ..rundir import RunDir
 from .batches import make_loader
 from .config import TrainConfig
+from .cross_fit import Snapshot, batch_heads, snapshot
 from .distributed import SINGLE, EpochItems, GlobalBatchSampler, World, all_sum
+from .linear_probe import ProbeFit
 from .logs import TensorBoardLog
 from .objective import Classification, objective_of
 
@@ -44,6 +46,10 @@ class Fit:
     world: World = SINGLE
     logs: TensorBoardLog = dataclasses.field(default_factory=lambda: TensorBoardLog(None))
     scaler: torch.amp.GradScaler | None = None  # fp16: scales the loss so small gradients survive 16 bits
+    # --cross-fit: a training input's [CLS] features (the model's, or its part after the cached stem), and the
+    # snapshot of the training set's features the next epoch's heads are fitted on (`cross_fit.py`)
+    features: Callable[[torch.Tensor], torch.Tensor] | None = None
+    snapshot: "Snapshot | None" = None
     _loader: DataLoader | None = None
 
     @property
@@ -80,14 +86,18 @@ class Fit:
 def train_epoch(fit: Fit, dataset: Dataset, epoch: int) -> dict:
     """One pass over the training set; returns the epoch's metrics row."""
     cfg, model, optimizer, objective = fit.cfg, fit.model, fit.optimizer, fit.objective
+    loader, weights = fit.train_batches(dataset, epoch)
+    heads = _cross_fitted_heads(fit, dataset, loader) if cfg.cross_fit else None
     model.train()
-    torch.manual_seed(cfg.seed * 1000 + epoch + 7919 * fit.world.rank)  # dropout and augmentation: a function of
-    loader, weights = fit.train_batches(dataset, epoch)  # (seed, epoch), so a resumed run replays exactly
+    # dropout and augmentation: a function of (seed, epoch), so a resumed run replays exactly
+    torch.manual_seed(cfg.seed * 1000 + epoch + 7919 * fit.world.rank)
     total_loss, correct, counted, seen, started = 0.0, 0, 0, 0, time.perf_counter()
     bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=fit.quiet, leave=False)
     skipped = 0
     for step, (inputs, labels) in enumerate(bar):
         inputs, labels = (t.to(fit.device, non_blocking=True) for t in (inputs, labels))
+        if heads is not None:  # this batch's head: the probe on the other images (cross_fit.py)
+            heads[step].load_into(model)
         with fit.autocast():
             logits = fit.forward(inputs)
         losses = objective.item_losses(logits.float(), labels, cfg.label_smoothing)  # one an image
@@ -115,6 +125,9 @@ def train_epoch(fit: Fit, dataset: Dataset, epoch: int) -> dict:
         bar.set_postfix(loss=f"{losses.mean().item():.3f}", lr=f"{optimizer.param_groups[0]['lr']:.2g}",
                         img_s=f"{seen / (time.perf_counter() - started):.1f}")
     seconds = time.perf_counter() - started
+    if heads is not None:  # the head validated and saved: the probe on every image, as the epoch ends
+        fit.snapshot = snapshot(fit, dataset)
+        fit.snapshot.probe.load_into(model)
     total_loss, correct, counted, seen = all_sum([total_loss, correct, counted, seen], fit.world)
     _check_not_diverged(fit, total_loss / seen, epoch)
     row = {"epoch": epoch + 1, "train_loss": total_loss / seen,
@@ -123,6 +136,13 @@ def train_epoch(fit: Fit, dataset: Dataset, epoch: int) -> dict:
     if fit.scaler is not None:
         row["skipped_steps"] = skipped
     return row
+
+
+def _cross_fitted_heads(fit: Fit, dataset: Dataset, loader: DataLoader) -> list[ProbeFit]:
+    """Each step's head for --cross-fit, from the features as the epoch begins (the last epoch's end snapshot,
+    or a fresh one at the first epoch and after a resume)."""
+    state = fit.snapshot or snapshot(fit, dataset)
+    return batch_heads(state, loader.batch_sampler.batches, fit.model.num_classes)
 
 
 def optimizer_step(fit: Fit, loss: torch.Tensor) -> bool:

@@ -1,0 +1,78 @@
+"""--cross-fit: each step's head is the probe fitted without that step's batch (so its images' loss is a held-out
+loss), the head an epoch ends with is the probe on every training image's features, and a killed run resumes to
+the same result."""
+import pytest
+import torch
+from conftest import killed_in_epoch, train_config, without_timings
+from safetensors.torch import load_file
+
+from vptune import ConfigError, RunDir, load_task, train
+from vptune.training import loop
+from vptune.training.batches import precompute_rows
+from vptune.training.cross_fit import Snapshot, batch_heads
+from vptune.training.linear_probe import choose_probe_cv, fit_logistic_regression
+
+
+def toy_snapshot(seed=0):
+    """30 images of 3 classes in 6 dimensions, classes apart along the first three."""
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.arange(30) % 3
+    features = torch.randn(30, 6, generator=generator, dtype=torch.float64) + 2.0 * torch.eye(3, 6)[labels]
+    probe, _ = choose_probe_cv(features, labels, 3, seed=0)
+    return Snapshot(features, labels, probe)
+
+
+def test_a_batchs_head_is_the_probe_on_the_other_images_and_never_sees_the_batch():
+    state = toy_snapshot()
+    batches = [list(range(0, 10)), list(range(10, 20)), list(range(20, 30))]
+    heads = batch_heads(state, batches, 3)
+    others = torch.arange(10, 30)
+    alone = fit_logistic_regression(state.features[others], state.labels[others], 3, state.probe.weight_decay)
+    torch.testing.assert_close(heads[0].logits(state.features), alone.logits(state.features), atol=1e-4, rtol=0)
+    # whatever the batch's own images are, its head is the same
+    changed = Snapshot(state.features.clone(), state.labels.clone(), state.probe)
+    changed.labels[:10] = (changed.labels[:10] + 1) % 3
+    changed.features[:10] = torch.randn(10, 6, dtype=torch.float64)
+    again = batch_heads(changed, batches[:1], 3)[0]
+    torch.testing.assert_close(again.logits(state.features), heads[0].logits(state.features), atol=1e-4, rtol=0)
+    assert not torch.allclose(heads[1].logits(state.features), heads[0].logits(state.features), atol=1e-2)
+
+
+def test_the_head_a_run_saves_is_the_probe_on_its_final_training_features(workspace, tmp_path, monkeypatch):
+    datasets, real_epoch = [], loop.train_epoch
+
+    def recording(fit, dataset, epoch):
+        datasets.append(dataset)
+        return real_epoch(fit, dataset, epoch)
+
+    monkeypatch.setattr(loop, "train_epoch", recording)
+    cfg = train_config(workspace, tmp_path / "run", cross_fit=True, epochs=2)
+    train(cfg, quiet=True)
+    model = load_task(RunDir(tmp_path / "run").best).eval()  # its features, and the head saved with them
+    features, labels = precompute_rows(model.forward_features, datasets[-1], cfg.resolved(), True).tensors
+    probe, _ = choose_probe_cv(features, labels, model.num_classes, seed=cfg.seed)
+    with torch.no_grad():
+        saved = model.classify(features.float())
+    torch.testing.assert_close(saved.double(), probe.logits(features), atol=1e-3, rtol=0)
+
+
+def test_a_cross_fit_run_killed_in_its_second_epoch_resumes_to_the_same_result(workspace, tmp_path, monkeypatch):
+    whole = RunDir(tmp_path / "whole")
+    train(train_config(workspace, whole.path, cross_fit=True, epochs=3), quiet=True)
+    cut = RunDir(tmp_path / "cut")
+    with killed_in_epoch(monkeypatch, lambda fit, epoch: epoch == 1):
+        train(train_config(workspace, cut.path, cross_fit=True, epochs=3), quiet=True)
+    train(train_config(workspace, cut.path, cross_fit=True, epochs=3), resume=True, quiet=True)
+    assert without_timings(cut.read_metrics()) == without_timings(whole.read_metrics())
+    resumed, uninterrupted = (load_file(str(r.best / "prompt.safetensors")) for r in (cut, whole))
+    assert all(torch.equal(resumed[k], uninterrupted[k]) for k in uninterrupted)
+
+
+@pytest.mark.parametrize("settings, message", [
+    (dict(method="linear"), "method linear is the probe itself: leave out --cross-fit"),
+    (dict(data="pasted-animals"), "which a segmentation task has not: leave out --cross-fit"),
+])
+def test_what_cross_fit_cannot_do_is_refused_before_anything_is_written(workspace, tmp_path, settings, message):
+    with pytest.raises(ConfigError, match=message):
+        train(train_config(workspace, tmp_path / "run", cross_fit=True, **settings), quiet=True)
+    assert not (tmp_path / "run").exists()
