@@ -147,13 +147,13 @@ def _why_not_timed(alias: str, img_size: int | None, dense: bool) -> str | None:
         return f"timm cannot build it at --img-size {img_size}: {brief(err)}"
     if family_of(model) is None:
         return f"the bench needs a timm model of a family vptune prompts ({supported_families()})"
-    patch_embed = model.patch_embed
-    if min(patch_embed.grid_size) < 1:
-        return (f"--img-size {img_size} is smaller than its patch ({patch_embed.patch_size[0]} px); use at least "
-                f"{patch_embed.patch_size[0]}")
+    adapter = adapter_for(model)
+    patch = adapter.patch_size[0]
+    if min(adapter.img_size) < patch:
+        return f"--img-size {img_size} is smaller than its patch ({patch} px); use at least {patch}"
     if dense:
         try:
-            check_feature_map(adapter_for(model))
+            check_feature_map(adapter)
         except ValueError as err:
             return f"--heads: {err}"
     return None
