@@ -274,7 +274,8 @@ def train_epochs(model: PromptedModel, splits: DataSplits, cfg: TrainConfig, run
         train_set, val_set = (precompute_rows(model.stem, s, cfg, quiet, world) for s in (train_set, val_set))
         forward = model.forward_from_stem
     features = model.features_from_stem if cacheable else model.forward_features
-    if not resume and (cfg.head_norm or cfg.head_init != "random"):
+    # (--cross-fit sets the head from the training features before every step: nothing to start here)
+    if not resume and not cfg.cross_fit and (cfg.head_norm or cfg.head_init != "random"):
         init_head(model, features, train_set, val_set, cfg, quiet, world)  # final: the L2 by cross-validation
 
     steps_per_epoch = math.ceil(len(train_set) / cfg.batch_size)
