@@ -261,6 +261,11 @@ def _read_list(path: Path, root: Path) -> list[RawEntry]:
     return entries
 
 
+def find_class_file(root: Path) -> Path | None:
+    """The classes file in a data folder's root (`CLASS_FILES`, the first found), or None."""
+    return next((root / name for name in CLASS_FILES if (root / name).is_file()), None)
+
+
 def read_class_file(path: Path) -> list[str]:
     """A classes file's names, one a non-blank line, line k naming class k; each name once."""
     lines = {number: line.strip() for number, line in enumerate(_read_text(path).splitlines(), start=1)
@@ -390,7 +395,7 @@ def _named_columns(path: Path, header: list[str]) -> tuple[int, int, int | None]
 
 def _with_labels(fmt: str, root: Path, raw: dict[str, list[RawEntry]], names_allowed: bool) -> UserData:
     """Turn the written labels into class indices (see the module docstring for the rules)."""
-    class_file = next((root / n for n in CLASS_FILES if (root / n).is_file()), None)
+    class_file = find_class_file(root)
     written = [(label, origin) for entries in raw.values() for _, label, origin in entries]
     if class_file is not None:
         names = read_class_file(class_file)

@@ -36,7 +36,7 @@ from PIL import Image
 
 from .datasets import MAX_PIXELS, check_image, open_image
 from .errors import DataError, DataWarning
-from .formats import CLASS_FILES, IMAGE_EXTENSIONS, SPLIT_FOLDERS, read_class_file
+from .formats import IMAGE_EXTENSIONS, SPLIT_FOLDERS, find_class_file, read_class_file
 
 IGNORE = 255  # the mask value that marks pixels no class is scored on
 SPLITS = ("train", "val", "test")
@@ -230,7 +230,7 @@ def _csv_has_mask_column(path: Path) -> bool:
 
 
 def _class_names(data: SegmentationData) -> list[str] | None:
-    class_file = next((data.root / name for name in CLASS_FILES if (data.root / name).is_file()), None)
+    class_file = find_class_file(data.root)
     if class_file is not None:
         names = read_class_file(class_file)
         if not names or len(names) > IGNORE:
@@ -333,8 +333,7 @@ def check_segmentation(data: SegmentationData, max_pixels: int = MAX_PIXELS,
         empty = [split for split in SPLITS if split in data.splits and not data.splits[split]]
         if empty:
             raise DataError(f"segmentation data {data.root}: no usable pair left in {', '.join(empty)}: {shown}{more}")
-        checks = [check for check in checks if not check.problem]
-    largest = dict(zip([pair for pair in pairs if pair not in problems], [check.largest for check in checks]))
+    largest = {pair: check.largest for pair, check in zip(pairs, checks) if not check.problem}  # -1: all ignored
     train = data.splits.get("train", [])
     if train and all(largest[pair] < 0 for pair in train):
         raise DataError(f"segmentation data {data.root}: every pixel of every train mask is {IGNORE} (ignored), so "
