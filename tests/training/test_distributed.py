@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import train_args
+from conftest import one_thread, train_args
 from safetensors.torch import load_file
+
+from vptune.cli import main
 
 TORCHRUN = Path(sys.executable).with_name("torchrun")
 
@@ -21,8 +23,10 @@ def run(command: list[str], cwd: Path) -> subprocess.CompletedProcess:
     return done
 
 
-def vptune(*args: str) -> list[str]:
-    return [sys.executable, "-m", "vptune", *args]
+def one_process(*args: str) -> None:
+    """`vptune ARGS` as one process, in this one (a child's start costs seconds), on one thread as each rank is."""
+    with one_thread():
+        assert main(list(args)) == 0
 
 
 def torchrun(*args: str, processes: int = 2) -> list[str]:
@@ -42,7 +46,7 @@ def test_two_processes_train_exactly_what_one_does(workspace, tmp_path):
     # 17 training images in global batches of 8: the last global batch holds 1 image, so one rank has none that
     # step; the 5 val and 5 test images do not divide by 2 either
     flags = ["--subset", "17", "--epochs", "3"]
-    run(vptune(*train_args(workspace, tmp_path / "one", *flags)), tmp_path)
+    one_process(*train_args(workspace, tmp_path / "one", *flags))
     two = run(torchrun(*train_args(workspace, tmp_path / "two", *flags)), tmp_path)
 
     one_summary, one_metrics, one_best, one_last = read_run(tmp_path / "one")
@@ -58,8 +62,8 @@ def test_two_processes_train_exactly_what_one_does(workspace, tmp_path):
     assert "Traceback" not in two.stderr
 
     # resume under torchrun: one more epoch on each, still the same
-    for folder, launch in (("one", vptune), ("two", torchrun)):
-        run(launch("train", "--resume", str(tmp_path / folder), "--epochs", "4", "--quiet"), tmp_path)
+    one_process("train", "--resume", str(tmp_path / "one"), "--epochs", "4", "--quiet")
+    run(torchrun("train", "--resume", str(tmp_path / "two"), "--epochs", "4", "--quiet"), tmp_path)
     _, _, _, one_last = read_run(tmp_path / "one")
     _, _, _, two_last = read_run(tmp_path / "two")
     for name in one_last:
@@ -77,7 +81,7 @@ def test_a_global_batch_the_processes_do_not_divide_is_refused(workspace, tmp_pa
 @pytest.mark.skipif(not shutil.which("true"), reason="needs a POSIX shell environment")
 def test_two_processes_select_and_refit_exactly_as_one_does(workspace, tmp_path):
     flags = ["--subset", "17", "--epochs", "2", "--refit"]  # after train_args' --no-refit: the default's two stages
-    run(vptune(*train_args(workspace, tmp_path / "one", *flags)), tmp_path)
+    one_process(*train_args(workspace, tmp_path / "one", *flags))
     two = run(torchrun(*train_args(workspace, tmp_path / "two", *flags)), tmp_path)
     for stage in ("", "selection"):
         one_summary, _, one_best, _ = read_run(tmp_path / "one" / stage)

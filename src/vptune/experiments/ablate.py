@@ -305,7 +305,7 @@ class AblateConfig:
 
 
 def run_ablation(config: AblateConfig) -> list[dict]:
-    """Train every (seed, task, cell) not yet in OUT/runs.jsonl, writing each result and the reports as it ends.
+    """Train every (seed, task, cell) not yet in OUT/runs.jsonl, writing each result and the tables as it ends.
     Returns the set's rows (finished before or now), in cell order."""
     ablation = config.validate()
     out = Path(config.out)
@@ -319,7 +319,7 @@ def run_ablation(config: AblateConfig) -> list[dict]:
             row = _run_one(config, out, cell, task, seed)
             _append(out / RUNS, row)
             done[row["key"]] = row
-            write_reports(config, ablation, set_rows(config, done))
+            write_reports(config, ablation, set_rows(config, done), figure=False)  # the figure once, at the end
         write_reports(config, ablation, set_rows(config, done))
         if (out / "work").is_dir() and not any((out / "work").iterdir()):
             (out / "work").rmdir()

@@ -20,12 +20,13 @@ CSV_FIELDS = ("set", "cell", "task", "seed", "test_top1", "best_val_top1", "best
               "wall_seconds", "failure", "key")
 
 
-def write_reports(config: Any, ablation: Any, rows: list[dict]) -> list[Path]:
+def write_reports(config: Any, ablation: Any, rows: list[dict], figure: bool = True) -> list[Path]:
+    """The set's CSV and Markdown tables, and (with `figure`) its plot, into OUT."""
     out = Path(config.out)
     cells = [cell.name for cell in config.cells()]
     written = [atomic_write_text(out / f"{ablation.name}.csv", to_csv(rows, ablation.metric)),
                atomic_write_text(out / f"{ablation.name}.md", to_markdown(config, ablation, rows, cells))]
-    if rows:
+    if rows and figure:
         written.append(plot(ablation, config, rows, out / f"{ablation.name}.png"))
     return written
 
@@ -166,7 +167,7 @@ def to_markdown(config: Any, ablation: Any, rows: list[dict], cells: list[str]) 
         if r.get("trainable_percent") is not None:
             shares.setdefault(r["cell"], []).append(r["trainable_percent"])
     lines = [f"# `vptune ablate {ablation.name}`: {ablation.summary}", ""]
-    if rows:  # write_reports plots these rows beside this file; a page that links it shows it when rewritten
+    if rows:  # write_reports plots these rows beside this file when a set ends (and on --report)
         lines += [f"![vptune ablate {ablation.name}]({ablation.name}.png)", ""]
     claims = claim_comparisons(ablation, config.depth, rows)
     if claims:
