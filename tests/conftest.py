@@ -185,18 +185,6 @@ def vptune_log():
 
 
 @contextmanager
-def one_thread():
-    """Torch on one thread inside, as a child process started with OMP_NUM_THREADS=1 runs: results compared bit for
-    bit between this process and a child must not rest on how many threads split a sum."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
-@contextmanager
 def killed_in_epoch(monkeypatch, when):
     """Inside: training raises KeyboardInterrupt (a kill) as the epoch starts where `when(fit, epoch)` is true;
     after: training runs as usual again."""

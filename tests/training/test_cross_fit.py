@@ -7,7 +7,7 @@ from conftest import killed_in_epoch, train_config, without_timings
 from safetensors.torch import load_file
 
 from vptune import ConfigError, RunDir, load_task, train
-from vptune.training import loop
+from vptune.training import loop, steps
 from vptune.training.batches import precompute_rows
 from vptune.training.cross_fit import Snapshot, batch_heads
 from vptune.training.linear_probe import choose_probe_cv, fit_logistic_regression
@@ -66,6 +66,22 @@ def test_a_cross_fit_run_killed_in_its_second_epoch_resumes_to_the_same_result(w
     assert without_timings(cut.read_metrics()) == without_timings(whole.read_metrics())
     resumed, uninterrupted = (load_file(str(r.best / "prompt.safetensors")) for r in (cut, whole))
     assert all(torch.equal(resumed[k], uninterrupted[k]) for k in uninterrupted)
+
+
+def test_the_optimizer_never_moves_the_head_whose_values_each_step_sets(workspace, tmp_path, monkeypatch):
+    """The head a step uses is the one its batch's probe set; the update after it (AdamW's decay and moments, and
+    --clip-grad's norm) is the prompts' alone."""
+    real_step, moved = steps.optimizer_step, []
+
+    def watched(fit, loss):
+        head = [p.detach().clone() for p in fit.model.head.parameters()]
+        done = real_step(fit, loss)
+        moved.append(any(not torch.equal(a, b) for a, b in zip(head, fit.model.head.parameters())))
+        return done
+
+    monkeypatch.setattr(steps, "optimizer_step", watched)
+    train(train_config(workspace, tmp_path / "run", cross_fit=True, epochs=1, clip_grad=1e-3), quiet=True)
+    assert moved and not any(moved)
 
 
 @pytest.mark.parametrize("settings, message", [

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import one_thread, train_args
+from conftest import train_args
 from safetensors.torch import load_file
 
 from vptune.cli import main
+from vptune.training.linear_probe import one_thread
 
 TORCHRUN = Path(sys.executable).with_name("torchrun")
 

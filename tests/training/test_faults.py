@@ -9,11 +9,12 @@ import time
 import pytest
 import torch
 import yaml
-from conftest import one_thread, train_args, train_config, without_timings
+from conftest import train_args, train_config, without_timings
 from safetensors.torch import load_file
 
 from vptune import RunDir, TrainingError, load_task, train
 from vptune.cli import main
+from vptune.training.linear_probe import one_thread
 
 
 def every_file_loads(run: RunDir) -> None:

@@ -163,6 +163,9 @@ def optimizer_step(fit: Fit, loss: torch.Tensor) -> bool:
 
 
 def _clip(fit: Fit) -> None:
+    if fit.cfg.cross_fit:  # the head is set each step, not learned (cross_fit.py): no update, and no part in the clip
+        for parameter in fit.model.head.parameters():
+            parameter.grad = None
     if fit.cfg.clip_grad is not None:
         torch.nn.utils.clip_grad_norm_(fit.model.trainable_parameters(), fit.cfg.clip_grad)
 
