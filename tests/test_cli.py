@@ -488,6 +488,14 @@ def test_a_flag_the_method_does_not_read_is_named_in_a_warning(workspace, tmp_pa
         capsys.readouterr().err
 
 
+def test_head_flags_cross_fit_overrides_are_named_in_a_warning(workspace, tmp_path, capsys):
+    args = train_args(workspace, tmp_path / "run", "--epochs", "1", "--cross-fit", "--head-lr", "0.1", "--head-init",
+                      "random")
+    assert main(args) == 0
+    assert "warning: --cross-fit sets the head to a fitted probe at every step, so the run is the same without " \
+           "--head-init and --head-lr" in capsys.readouterr().err
+
+
 def test_settings_the_method_reads_raise_no_warning(workspace, tmp_path, capsys):
     assert main(train_args(workspace, tmp_path / "run", "--epochs", "1", "--method", "vpt-shallow")) == 0
     assert "does not read" not in capsys.readouterr().err

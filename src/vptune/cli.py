@@ -358,6 +358,11 @@ def _train(args: argparse.Namespace) -> int:
         log.warning(f"vptune: warning: --method {cfg.method} does not read {named}, so the run is the same without "
                     f"{'it' if len(unused) == 1 else 'them'} (prompt settings are for vpt-deep and vpt-shallow, "
                     f"--lora-rank for lora)")
+    fixed_head = [name for name in ("head_init", "head_lr") if cfg.cross_fit and name in flags]
+    if fixed_head:  # the same kind of warning: each step's head is a fitted probe, neither started nor learned
+        named = " and ".join("--" + name.replace("_", "-") for name in fixed_head)
+        log.warning(f"vptune: warning: --cross-fit sets the head to a fitted probe at every step, so the run is the "
+                    f"same without {named}")
     if cfg.lr == "auto":
         from .experiments import train_with_lr_search
 
