@@ -331,10 +331,14 @@ def test_the_written_table_shows_the_plot_written_beside_it(tmp_path):
     assert "](init.png)" not in (write_reports(config, SETS["init"], [])[1]).read_text()  # no runs: no plot
     rows = [{"cell": "xavier", "task": "digits", "seed": 0, "score": 0.9, "trainable_percent": 0.1,
              "wall_seconds": 60.0}]
+    write_reports(config, SETS["init"], rows, figure=False)  # mid-set, before any plot: no link to a missing file
+    assert "](init.png)" not in (tmp_path / "init.md").read_text() and not (tmp_path / "init.png").exists()
     write_reports(config, SETS["init"], rows)
     markdown = (tmp_path / "init.md").read_text()
     assert "![vptune ablate init](init.png)" in markdown  # relative: beside init.md
     assert (tmp_path / "init.png").is_file()
+    write_reports(config, SETS["init"], rows * 2, figure=False)  # mid-set again: the earlier plot stays linked
+    assert "![vptune ablate init](init.png)" in (tmp_path / "init.md").read_text()
 
 
 def test_with_refit_a_row_keeps_the_selection_curve_and_a_killed_first_stage_resumes(workspace, tmp_path,

@@ -21,11 +21,13 @@ CSV_FIELDS = ("set", "cell", "task", "seed", "test_top1", "best_val_top1", "best
 
 
 def write_reports(config: Any, ablation: Any, rows: list[dict], figure: bool = True) -> list[Path]:
-    """The set's CSV and Markdown tables, and (with `figure`) its plot, into OUT."""
+    """The set's CSV and Markdown tables, and (with `figure`) its plot, into OUT. Without `figure` the tables still
+    link the plot an earlier call drew (mid-set it shows fewer runs than the tables), never one not yet drawn."""
     out = Path(config.out)
     cells = [cell.name for cell in config.cells()]
+    linked = figure or (out / f"{ablation.name}.png").is_file()
     written = [atomic_write_text(out / f"{ablation.name}.csv", to_csv(rows, ablation.metric)),
-               atomic_write_text(out / f"{ablation.name}.md", to_markdown(config, ablation, rows, cells))]
+               atomic_write_text(out / f"{ablation.name}.md", to_markdown(config, ablation, rows, cells, linked))]
     if rows and figure:
         written.append(plot(ablation, config, rows, out / f"{ablation.name}.png"))
     return written
@@ -157,7 +159,7 @@ def claims_markdown(claims: list[tuple[Any, dict | None]], planned: int) -> list
                         "\"matches or beats\" holds unless b is ahead."]
 
 
-def to_markdown(config: Any, ablation: Any, rows: list[dict], cells: list[str]) -> str:
+def to_markdown(config: Any, ablation: Any, rows: list[dict], cells: list[str], figure: bool = True) -> str:
     tasks, score = list(config.tasks), f"test {SCORE_NAMES[ablation.metric]}"
     names = [_task_label(t) for t in tasks]
     seeds = sorted(set(config.seeds) | {r["seed"] for r in rows})
@@ -167,7 +169,7 @@ def to_markdown(config: Any, ablation: Any, rows: list[dict], cells: list[str]) 
         if r.get("trainable_percent") is not None:
             shares.setdefault(r["cell"], []).append(r["trainable_percent"])
     lines = [f"# `vptune ablate {ablation.name}`: {ablation.summary}", ""]
-    if rows:  # write_reports plots these rows beside this file when a set ends (and on --report)
+    if rows and figure:  # the plot write_reports draws beside this file
         lines += [f"![vptune ablate {ablation.name}]({ablation.name}.png)", ""]
     claims = claim_comparisons(ablation, config.depth, rows)
     if claims:
