@@ -150,19 +150,20 @@ def optimizer_step(fit: Fit, loss: torch.Tensor) -> bool:
     is lowered and the next step tries again, which is no sign of divergence)."""
     if fit.scaler is None:
         loss.backward()
-        _clip(fit)
+        _prepare_update(fit)
         fit.optimizer.step()
         return True
     scale = fit.scaler.get_scale()
     fit.scaler.scale(loss).backward()
     fit.scaler.unscale_(fit.optimizer)  # clip (and the optimizer) see the true gradients
-    _clip(fit)
+    _prepare_update(fit)
     fit.scaler.step(fit.optimizer)
     fit.scaler.update()
     return fit.scaler.get_scale() >= scale
 
 
-def _clip(fit: Fit) -> None:
+def _prepare_update(fit: Fit) -> None:
+    """Between backward and the optimizer step: drop the gradients of what is not learned, clip the rest."""
     if fit.cfg.cross_fit:  # the head is set each step, not learned (cross_fit.py): no update, and no part in the clip
         for parameter in fit.model.head.parameters():
             parameter.grad = None
