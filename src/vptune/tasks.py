@@ -26,7 +26,7 @@ from ._io import atomic_write, atomic_write_text, file_sha256, package_version
 from .backbones import backbone_fingerprint, backbone_on_this_machine, create_backbone
 from .errors import CheckpointError, VptuneError
 from .methods import Method, method_from_dict, method_of
-from .model import HEADS, FeatureNorm, PromptConfig, PromptedModel, PromptedSegmenter, family_of
+from .model import HEADS, LEGACY_PUP_CHANNELS, FeatureNorm, PromptConfig, PromptedModel, PromptedSegmenter, family_of
 
 WEIGHTS_FILE = "prompt.safetensors"
 CONFIG_FILE = "task.json"
@@ -59,6 +59,13 @@ def task_tensors(model: PromptedModel) -> dict[str, torch.Tensor]:
     return {name: t.detach().contiguous().cpu() for name, t in tensors.items()}
 
 
+def _segmentation_head(model: PromptedModel) -> dict[str, Any]:
+    if not isinstance(model, PromptedSegmenter):
+        return {}
+    return {"segmentation": model.head_kind,
+            **({"channels": model.head_channels} if model.head_channels is not None else {})}
+
+
 def task_metadata(model: PromptedModel, tensors: dict[str, torch.Tensor], weights_sha256: str) -> dict[str, Any]:
     data = model.data_config
     return {
@@ -68,8 +75,7 @@ def task_metadata(model: PromptedModel, tensors: dict[str, torch.Tensor], weight
         "method": method_of(model).to_dict(),
         "prompt": model.prompt_config.to_dict(),
         "num_classes": model.num_classes,
-        "head": {"norm": isinstance(model.head_norm, FeatureNorm),
-                 **({"segmentation": model.head_kind} if isinstance(model, PromptedSegmenter) else {})},
+        "head": {"norm": isinstance(model.head_norm, FeatureNorm), **_segmentation_head(model)},
         "class_names": model.class_names,
         "backbone": {
             "name": model.backbone_name,
@@ -148,7 +154,8 @@ def _rebuild(directory: Path, meta: dict[str, Any], backbone: nn.Module, path: s
         settings = dict(path=path, backbone_name=meta["backbone"]["name"], class_names=meta.get("class_names"))
         head = meta.get("head", {})
         if segmentation_head_of(meta):  # a segmentation task: its head kind, on the final image tokens
-            return PromptedSegmenter(backbone, prompt, int(meta["num_classes"]), head=head["segmentation"], **settings)
+            return PromptedSegmenter(backbone, prompt, int(meta["num_classes"]), head=head["segmentation"],
+                                     head_channels=head.get("channels", LEGACY_PUP_CHANNELS), **settings)
         return PromptedModel(backbone, prompt, int(meta["num_classes"]), head_norm=bool(head.get("norm", False)),
                              **settings)
     except (ValueError, TypeError, KeyError) as err:
@@ -242,6 +249,8 @@ def _type_problem(meta: dict[str, Any]) -> str | None:
         and isinstance(meta.get("head", {}).get("norm", False), bool),
         f"head.segmentation must be one of {', '.join(HEADS)}": not isinstance(meta.get("head"), dict)
         or meta["head"].get("segmentation", HEADS[0]) in HEADS,
+        "head.channels must be a positive integer": not isinstance(meta.get("head"), dict)
+        or (_is_int(meta["head"].get("channels", 1)) and meta["head"].get("channels", 1) > 0),
         "class_names must be a list of one name per class, or null": meta.get("class_names") is None or (
             isinstance(meta["class_names"], list) and _is_int(num_classes)
             and len(meta["class_names"]) == num_classes and all(isinstance(n, str) for n in meta["class_names"])),

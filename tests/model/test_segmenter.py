@@ -118,6 +118,35 @@ def test_a_segmenter_saves_and_loads_as_a_task(tmp_path, head):
         load_task(tmp_path / "task", backbone=backbone)
 
 
+def test_the_pup_heads_width_follows_the_backbone_and_old_task_files_load_at_setrs_256(tmp_path):
+    """SETR-PUP's 256 channels were ViT-L's (1024 / 4): a narrower backbone gets a narrower head. Task files saved
+    before the width was recorded hold a 256-channel head and must load as one."""
+    import json
+
+    from vptune import CheckpointError, load_task, save_task
+    from vptune.model import LEGACY_PUP_CHANNELS, pup_channels
+
+    assert (pup_channels(1024), pup_channels(384), pup_channels(24)) == (256, 96, 8)
+    assert segmenter(make_tiny_vit(**NARROW), head="pup").head_channels == pup_channels(NARROW["embed_dim"])
+    backbone = make_tiny_vit(**NARROW)
+    legacy = PromptedSegmenter(backbone, PromptConfig(num_tokens=2), 5, head="pup",
+                               head_channels=LEGACY_PUP_CHANNELS).eval()
+    save_task(legacy, tmp_path / "task")
+    task_json = tmp_path / "task" / "task.json"
+    meta = json.loads(task_json.read_text())
+    assert meta["head"]["channels"] == LEGACY_PUP_CHANNELS
+    del meta["head"]["channels"]
+    task_json.write_text(json.dumps(meta))
+    loaded = load_task(tmp_path / "task", backbone=backbone)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), legacy(x), atol=1e-6, rtol=0)
+    for bad in (0, "wide", 2.5):
+        task_json.write_text(json.dumps({**meta, "head": {**meta["head"], "channels": bad}}))
+        with pytest.raises(CheckpointError, match="head.channels must be a positive integer"):
+            load_task(tmp_path / "task", backbone=backbone)
+
+
 @pytest.mark.parametrize("backbone, stride", [(lambda: make_tiny_vit(**NARROW, img_size=16), 16),
                                               (lambda: make_tiny_swin(img_size=16), 16)], ids=["vit", "swin"])
 def test_a_feature_map_under_two_by_two_is_refused_naming_the_size_that_works(backbone, stride):

@@ -4,7 +4,8 @@ feature map, into a segmentation head, the logits upsampled to the image.
 Heads:
 - "linear": BatchNorm and a 1 x 1 convolution on the patch features (DINOv2's linear protocol, the baseline).
 - "pup": SETR's progressive upsampling (Zheng et al., CVPR 2021; the VPT paper's head): four stages of 3 x 3
-  convolution, BatchNorm, ReLU and 2x bilinear upsampling, then a 1 x 1 classifier.
+  convolution, BatchNorm, ReLU and 2x bilinear upsampling, then a 1 x 1 classifier. Its width follows the
+  backbone's as SETR's did: 256 channels on ViT-L's 1024 (`pup_channels`), so 96 on a ViT-S.
 The logits are resized to the input image bilinearly; evaluation resizes them to each mask's full resolution.
 Everything about prompts (locations, depth, the fast path) is `PromptedModel`'s: this class only reads every final
 image token (no [CLS]-only shortcut in the last block) and swaps the head. The feature map is the family's
@@ -24,7 +25,14 @@ from .families import BackboneAdapter, adapter_for
 from .prompted import PromptedModel
 
 HEADS = ("linear", "pup")
-PUP_CHANNELS = 256  # SETR-PUP's width
+LEGACY_PUP_CHANNELS = 256  # SETR-PUP's width on ViT-L, which task files without "channels" were saved with
+
+
+def pup_channels(width: int) -> int:
+    """SETR-PUP's width for a backbone of `width` features: a quarter (256 on ViT-L's 1024), so the head's
+    convolutions do not outweigh a small backbone (on a ViT-S at 112 px, 256 channels cost four times the
+    backbone's step on the 2-core CPU)."""
+    return max(width // 4, 8)
 
 
 class LinearHead(nn.Module):
@@ -42,8 +50,9 @@ class LinearHead(nn.Module):
 class PUPHead(nn.Module):
     """(B, d, h, w) -> (B, classes, 16h, 16w): SETR-PUP's four conv-norm-ReLU-upsample stages and a classifier."""
 
-    def __init__(self, width: int, num_classes: int, channels: int = PUP_CHANNELS) -> None:
+    def __init__(self, width: int, num_classes: int, channels: int | None = None) -> None:
         super().__init__()
+        channels = channels or pup_channels(width)
         stages = []
         for i in range(4):
             stages += [nn.Conv2d(width if i == 0 else channels, channels, kernel_size=3, padding=1, bias=False),
@@ -69,10 +78,11 @@ def check_feature_map(adapter: BackboneAdapter) -> None:
 class PromptedSegmenter(PromptedModel):
     """A frozen backbone with prompts and a segmentation head: images (B, 3, H, W) -> logits (B, classes, H, W).
 
-    Args: as `PromptedModel`, and `head`: "linear" or "pup" (`HEADS`)."""
+    Args: as `PromptedModel`, `head`: "linear" or "pup" (`HEADS`), and `head_channels`: the PUP head's width
+    (default `pup_channels` of the backbone's)."""
 
     def __init__(self, backbone: nn.Module, prompt: PromptConfig, num_classes: int, *, head: str = "linear",
-                 **kwargs) -> None:
+                 head_channels: int | None = None, **kwargs) -> None:
         if head not in HEADS:
             raise ValueError(f"segmentation head must be one of {', '.join(HEADS)}, got {head!r}")
         if not adapter_for(backbone).has_class_token:  # no head pools here; the config records the backbone's own
@@ -80,7 +90,15 @@ class PromptedSegmenter(PromptedModel):
         super().__init__(backbone, prompt, num_classes, **kwargs)
         check_feature_map(self.adapter)
         self.head_kind = head
-        self.head = (LinearHead if head == "linear" else PUPHead)(self.embed_dim, num_classes)
+        if head == "linear":
+            self.head = LinearHead(self.embed_dim, num_classes)
+        else:
+            self.head = PUPHead(self.embed_dim, num_classes, head_channels)
+
+    @property
+    def head_channels(self) -> int | None:
+        """The PUP head's width (None for the linear head)."""
+        return self.head.classifier.in_channels if self.head_kind == "pup" else None
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         logits = self.head(self.dense_features(images))
