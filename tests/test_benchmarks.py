@@ -23,6 +23,8 @@ SMOKE = {
                        "--lrs", "0.01", "--head-lrs", "0.01"], "none {", "optuna"),
     "serve_bench.py": ([*TINY, "--weights", "{weights}", "--num-tokens", "2", "--batch", "4", "--repeats", "1",
                         "--clients", "2", "--requests", "8", "--rounds", "1"], "| tasks in the batch |", None),
+    "seg_head_cost.py": ([*TINY, "--weights", "{weights}", "--batch", "2", "--rounds", "1", "--widths", "16"],
+                         "| head | s / step |", None),
     "holdout_tasks.py": (["{tmp}"], "{tmp}/textures/labels.csv", "skimage"),
     "holdout_report.py": (["{docs}/recipe/holdout"], "### 112 px", None),
     "sklearn_probe.py": (["digits", *TINY, "--weights", "{weights}", "--out", "{tmp}/rows.jsonl"],
