@@ -9,6 +9,7 @@
 # machine keeps a core for other work): nothing here is a timing.
 #
 #   bash docs/recipe-holdout-run.sh          # SIZES="112" for the first size only
+#   CELLS=cross-fit SIZES=112 bash docs/recipe-holdout-run.sh   # a candidate recipe (a cell of `ablate recipes`)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PY:-.venv/bin/python}"
@@ -29,7 +30,7 @@ for size in ${SIZES:-112 224}; do
   so_far=""
   for seed in 0 1 2; do
     so_far="${so_far:+$so_far,}$seed"
-    "$VPTUNE" ablate recipes --cells linear,defaults --refit --tasks "$(IFS=,; echo "${TASKS[*]}")" \
+    "$VPTUNE" ablate recipes --cells "${CELLS:-linear,defaults}" --refit --tasks "$(IFS=,; echo "${TASKS[*]}")" \
       --seeds "$so_far" --img-size "$size" --out "$OUT/$size" --quiet
   done
 done
