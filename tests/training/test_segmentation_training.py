@@ -228,6 +228,7 @@ def test_ablate_segmentation_compares_test_miou_and_refuses_a_task_of_the_other_
                                       dict(method="e2vpt", prune_tokens=0.5, prune_segments=0.25)])
 def test_every_method_and_head_trains_a_segmentation_task_and_the_saved_task_predicts_the_same(
         workspace, seg_data, tmp_path, settings):
+    from vptune.inference.info import describe
     from vptune.inference.mask_predictor import MaskPredictor
     from vptune.tasks import load_task
 
@@ -235,6 +236,8 @@ def test_every_method_and_head_trains_a_segmentation_task_and_the_saved_task_pre
     assert summary["task"] == "segmentation" and 0 <= summary["test_miou"] <= 1
     model = load_task(tmp_path / "run" / "best")
     assert model.head_kind == settings.get("seg_head", "linear")
+    width = f", {model.head_channels} channels" if model.head_kind == "pup" else ""
+    assert f"predicts     a class a pixel (segmentation, {model.head_kind} head{width})" in describe(tmp_path / "run")
     # the task reloads to the model that was scored: eval's mIoU from the files equals the summary's
     assert main(["eval", str(tmp_path / "run")]) == 0
     metrics = json.loads((tmp_path / "run" / "eval" / "test_metrics.json").read_text())

@@ -42,7 +42,10 @@ def describe_task(path: str | os.PathLike) -> str:
 
 def _predicts(meta: dict) -> str:
     head = segmentation_head_of(meta)
-    return f"a class a pixel (segmentation, {head} head)" if head else "a class an image"
+    if not head:
+        return "a class an image"
+    width = f", {meta['head']['channels']} channels" if "channels" in meta["head"] else ""
+    return f"a class a pixel (segmentation, {head} head{width})"
 
 
 # tensors a task stores that are not parameters: E2VPT's segment mask (its pruned segments are stored zeros of the
