@@ -48,18 +48,25 @@ def size_table(folder: Path, size: str) -> list[str]:
 
 
 def candidate_lines(runs: dict[tuple[str, str], dict[int, float]], sklearn: dict[str, float]) -> list[str]:
-    """Other VPT-deep recipes run on the hold-out tasks (not the default), each against the same probe."""
+    """Other VPT-deep recipes run on the hold-out tasks (not the default), each against the same probe and against
+    the defaults on the same seeds."""
     candidates = sorted({cell for _, cell in runs} - set(CELLS))
     if not candidates:
         return []
     lines = ["", "Other recipes (not the default) on the same tasks:", "",
-             "| recipe | task | VPT-deep | VPT-deep - scikit-learn | seeds |", "|---|---|---|---|---|"]
+             "| recipe | task | VPT-deep | VPT-deep - scikit-learn | defaults, same seeds | - defaults | seeds |",
+             "|---|---|---|---|---|---|---|"]
     for cell in candidates:
         for task in sorted(task for task, c in runs if c == cell):
             by_seed = runs[(task, cell)]
             margin = statistics.mean(by_seed.values()) - sklearn[task] if task in sklearn else None
+            defaults = {seed: top1 for seed, top1 in runs.get((task, "defaults"), {}).items() if seed in by_seed}
+            paired = (statistics.mean(by_seed[seed] - top1 for seed, top1 in defaults.items())
+                      if len(defaults) == len(by_seed) else None)
             lines.append(f"| {cell} | {task} | {_mean(by_seed)} | "
                          f"{'-' if margin is None else f'{100 * margin:+.1f} points'} | "
+                         f"{_mean(defaults) if paired is not None else '-'} | "
+                         f"{'-' if paired is None else f'{100 * paired:+.1f} points'} | "
                          f"{','.join(map(str, sorted(by_seed)))} |")
     return lines
 
@@ -81,5 +88,5 @@ def main(folder: Path) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("folder", nargs="?", type=Path, default=Path("docs/recipe/holdout"),
-                        help="holds SIZE/runs.jsonl and sklearn-SIZE.jsonl; its README.md is rewritten")
+                        help="holds SIZE/runs.jsonl and sklearn-SIZE.jsonl (the tables printed are its README.md's)")
     main(parser.parse_args().folder)
