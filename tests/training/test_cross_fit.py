@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 from vptune import ConfigError, RunDir, load_task, train
 from vptune.training import loop, steps
 from vptune.training.batches import precompute_rows
-from vptune.training.cross_fit import Snapshot, batch_heads
+from vptune.training.cross_fit import Snapshot, batch_heads, held_out_loss
 from vptune.training.linear_probe import choose_probe_cv, fit_logistic_regression
 
 
@@ -92,3 +92,34 @@ def test_what_cross_fit_cannot_do_is_refused_before_anything_is_written(workspac
     with pytest.raises(ConfigError, match=message):
         train(train_config(workspace, tmp_path / "run", cross_fit=True, **settings), quiet=True)
     assert not (tmp_path / "run").exists()
+
+
+def test_the_held_out_loss_an_epoch_starts_at_is_each_batch_heads_loss_on_its_own_images():
+    state = toy_snapshot()
+    state.labels[:] = state.labels[torch.randperm(30, generator=torch.Generator().manual_seed(1))]  # labels as noise
+    state = Snapshot(state.features, state.labels, choose_probe_cv(state.features, state.labels, 3, seed=0)[0])
+    batches = [list(range(0, 10)), list(range(10, 20)), list(range(20, 30))]
+    heads = batch_heads(state, batches, 3)
+    by_hand = sum(torch.nn.functional.cross_entropy(head.logits(state.features[batch]), state.labels[batch],
+                                                    reduction="sum").item() for head, batch in zip(heads, batches))
+    assert held_out_loss(state, batches, heads) == pytest.approx(by_hand / 30, rel=1e-12)
+
+
+@pytest.mark.parametrize("loss, start, diverged", [(3.79, None, True), (3.79, 3.5, False), (3.5, 1.0, False),
+                                                    (7.5, 3.5, True), (3.7, 1.0, True)])
+def test_a_cross_fitted_epoch_diverges_only_past_twice_the_held_out_loss_it_started_at(tmp_path, loss, start,
+                                                                                      diverged):
+    """Counting discs, 6 classes, seed 1: the probe's held-out loss began over 2 ln 6 = 3.58 and the guard stopped a
+    run that had not diverged. The bar is twice the larger of ln(classes) and that start."""
+    from types import SimpleNamespace
+
+    from vptune import TrainingError
+
+    fit = SimpleNamespace(model=SimpleNamespace(num_classes=6), run=RunDir(tmp_path / "run"),
+                          cfg=SimpleNamespace(lr=0.01, head_lr=0.01))
+    if not diverged:
+        steps._check_not_diverged(fit, loss, 0, start)
+        return
+    what = "the held-out loss the epoch started at" if start is not None and start > 1.8 else "that of a uniform guess"
+    with pytest.raises(TrainingError, match=f"over 2 times {what}"):
+        steps._check_not_diverged(fit, loss, 0, start)

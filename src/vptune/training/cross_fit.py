@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
+import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from .batches import precompute_rows
@@ -51,3 +52,12 @@ def batch_heads(state: Snapshot, batches: list[list[int]], num_classes: int) -> 
         heads.append(fit_logistic_regression(state.features[others], state.labels[others], num_classes,
                                              state.probe.weight_decay, start=state.probe))
     return heads
+
+
+def held_out_loss(state: Snapshot, batches: list[list[int]], heads: list[ProbeFit]) -> float:
+    """The mean loss of each batch's head on its own images, on the snapshot's features: the loss the epoch starts
+    from. On a hard task a probe that never saw an image can be confidently wrong about it, so this can be well
+    over a uniform guess's ln(classes) without anything having diverged (`steps._check_not_diverged`)."""
+    total = sum(F.cross_entropy(head.logits(state.features[batch]), state.labels[batch], reduction="sum").item()
+                for head, batch in zip(heads, batches))
+    return total / sum(len(batch) for batch in batches)

@@ -21,7 +21,7 @@ from ..model import PromptedModel
 from ..rundir import RunDir
 from .batches import make_loader
 from .config import TrainConfig
-from .cross_fit import Snapshot, batch_heads, snapshot
+from .cross_fit import Snapshot, batch_heads, held_out_loss, snapshot
 from .distributed import SINGLE, EpochItems, GlobalBatchSampler, World, all_sum
 from .linear_probe import ProbeFit
 from .logs import TensorBoardLog
@@ -87,7 +87,7 @@ def train_epoch(fit: Fit, dataset: Dataset, epoch: int) -> dict:
     """One pass over the training set; returns the epoch's metrics row."""
     cfg, model, optimizer, objective = fit.cfg, fit.model, fit.optimizer, fit.objective
     loader, weights = fit.train_batches(dataset, epoch)
-    heads = _cross_fitted_heads(fit, dataset, loader) if cfg.cross_fit else None
+    heads, start_loss = _cross_fitted_heads(fit, dataset, loader) if cfg.cross_fit else (None, None)
     model.train()
     # dropout and augmentation: a function of (seed, epoch), so a resumed run replays exactly
     torch.manual_seed(cfg.seed * 1000 + epoch + 7919 * fit.world.rank)
@@ -129,7 +129,7 @@ def train_epoch(fit: Fit, dataset: Dataset, epoch: int) -> dict:
         fit.snapshot = snapshot(fit, dataset)
         fit.snapshot.probe.load_into(model)
     total_loss, correct, counted, seen = all_sum([total_loss, correct, counted, seen], fit.world)
-    _check_not_diverged(fit, total_loss / seen, epoch)
+    _check_not_diverged(fit, total_loss / seen, epoch, start_loss)
     row = {"epoch": epoch + 1, "train_loss": total_loss / seen,
            f"train_{objective.train_metric}": correct / max(counted, 1),
            "lr": optimizer.param_groups[0]["lr"], "img_per_s": seen / seconds, "seconds": seconds}
@@ -138,11 +138,13 @@ def train_epoch(fit: Fit, dataset: Dataset, epoch: int) -> dict:
     return row
 
 
-def _cross_fitted_heads(fit: Fit, dataset: Dataset, loader: DataLoader) -> list[ProbeFit]:
+def _cross_fitted_heads(fit: Fit, dataset: Dataset, loader: DataLoader) -> tuple[list[ProbeFit], float]:
     """Each step's head for --cross-fit, from the features as the epoch begins (the last epoch's end snapshot,
-    or a fresh one at the first epoch and after a resume)."""
+    or a fresh one at the first epoch and after a resume), and the held-out loss they start the epoch at."""
     state = fit.snapshot or snapshot(fit, dataset)
-    return batch_heads(state, loader.batch_sampler.batches, fit.model.num_classes)
+    batches = loader.batch_sampler.batches
+    heads = batch_heads(state, batches, fit.model.num_classes)
+    return heads, held_out_loss(state, batches, heads)
 
 
 def optimizer_step(fit: Fit, loss: torch.Tensor) -> bool:
@@ -171,13 +173,18 @@ def _prepare_update(fit: Fit) -> None:
         torch.nn.utils.clip_grad_norm_(fit.model.trainable_parameters(), fit.cfg.clip_grad)
 
 
-def _check_not_diverged(fit: Fit, loss: float, epoch: int) -> None:
+def _check_not_diverged(fit: Fit, loss: float, epoch: int, start_loss: float | None = None) -> None:
     """Stop (before the epoch is saved, so last/ keeps the last good one) when the epoch's training loss is over
-    DIVERGED x that of guessing uniformly, ln(classes): the run has blown up, and more epochs rarely bring it back."""
+    DIVERGED x that of guessing uniformly, ln(classes): the run has blown up, and more epochs rarely bring it back.
+    A cross-fitted epoch's loss is a held-out one and may start above ln(classes) (`cross_fit.held_out_loss`):
+    its bar is DIVERGED x the larger of the two."""
     chance = math.log(fit.model.num_classes)
-    if loss > DIVERGED * chance:
+    reference, what = chance, "that of a uniform guess"
+    if start_loss is not None and start_loss > chance:
+        reference, what = start_loss, "the held-out loss the epoch started at"
+    if loss > DIVERGED * reference:
         raise TrainingError(f"training diverged: the loss was {loss:.3g} in epoch {epoch + 1}, over {DIVERGED:g} times "
-                            f"that of a uniform guess ({chance:.3g}); the last good checkpoint is in {fit.run.last} (if "
+                            f"{what} ({reference:.3g}); the last good checkpoint is in {fit.run.last} (if "
                             f"any epoch finished). Lower the learning rates (--lr {fit.cfg.lr:g}, --head-lr "
                             f"{fit.cfg.head_lr:g}) or let vptune choose (--lr auto), and train again")
 
