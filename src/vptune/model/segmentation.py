@@ -30,8 +30,8 @@ LEGACY_PUP_CHANNELS = 256  # SETR-PUP's width on ViT-L, which task files without
 
 def pup_channels(width: int) -> int:
     """SETR-PUP's width for a backbone of `width` features: a quarter (256 on ViT-L's 1024), so the head's
-    convolutions do not outweigh a small backbone (on a ViT-S at 112 px, 256 channels cost four times the
-    backbone's step on the 2-core CPU)."""
+    convolutions do not outweigh a small backbone (on a ViT-S at 112 px, 256 channels made a VPT-deep step 5.8
+    times the linear head's on the 2-core CPU; 96 make it 1.8: `benchmarks/seg_head_cost.py`)."""
     return max(width // 4, 8)
 
 
