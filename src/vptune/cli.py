@@ -277,7 +277,8 @@ def add_config_flags(parser: argparse.ArgumentParser, config: type, skip: tuple[
                                     help=f"{text} (default)")
             if field.default is not False:
                 parser.add_argument(f"--no-{flag}", dest=field.name, action="store_false",
-                                    default=argparse.SUPPRESS, help=f"do not {text}" if field.default else None)
+                                    default=argparse.SUPPRESS, help=f"do not {text}" if field.default else
+                                    "off (by default the method or the data decides)")
             continue
         choices = field.metadata.get("choices")
         shown = f"{text}; one of {', '.join(choices)}" if choices else text

@@ -123,3 +123,62 @@ def test_a_cross_fitted_epoch_diverges_only_past_twice_the_held_out_loss_it_star
     what = "the held-out loss the epoch started at" if start is not None and start > 1.8 else "that of a uniform guess"
     with pytest.raises(TrainingError, match=f"over 2 times {what}"):
         steps._check_not_diverged(fit, loss, 0, start)
+
+
+# ------------------------------------------------------------------------------------ the default: when it applies
+@pytest.mark.parametrize("num_train, width, batch, processes, on", [
+    (128, 64, 8, 1, True),    # 2 x 64 features: the probe can fit most labellings of them
+    (129, 64, 8, 1, False),   # past that, the probe's training loss is informative on its own
+    (9, 64, 8, 1, True),      # two batches: each has images outside it to fit its head on
+    (8, 64, 8, 1, False),     # one batch: none
+    (100, 64, 8, 2, False),   # torchrun: not in vptune yet
+])
+def test_the_default_cross_fits_up_to_twice_as_many_training_images_as_features(num_train, width, batch, processes,
+                                                                                on):
+    from vptune import TrainConfig
+    from vptune.training.distributed import World
+
+    cfg = TrainConfig(batch_size=batch).resolved()
+    assert cfg.cross_fit is None  # decided when the training set is known
+    assert loop.with_cross_fit(cfg, num_train, width, World(size=processes)).cross_fit is on
+    for chosen in (True, False):  # a choice of one's own stands
+        if chosen and num_train <= batch:
+            continue
+        given = TrainConfig(batch_size=batch, cross_fit=chosen).resolved()
+        assert loop.with_cross_fit(given, num_train, width).cross_fit is chosen
+
+
+@pytest.mark.parametrize("settings", [dict(method="linear"), dict(method="full"), dict(method="lora"),
+                                      dict(head_init="random"), dict(head_init="calibrated-probe"),
+                                      dict(head_lr=0.5), dict(data="pasted-animals")])
+def test_the_default_is_off_where_no_probe_started_head_on_a_frozen_backbone_trains(settings):
+    from vptune import TrainConfig
+
+    assert TrainConfig(**settings).resolved().cross_fit is False
+    assert TrainConfig().resolved().resolved().cross_fit is None  # resolving twice (start and resume) agrees
+
+
+def test_a_default_run_on_few_images_cross_fits_both_stages_and_records_it(workspace, tmp_path):
+    """The workspace's tiny ViT is 64 wide and trains on 18 images: the default cross-fits. The choice is made once,
+    on the training split, so the refit on train + val trains as the selection run did; config.yaml keeps the
+    default (resolved again, the same way, on resume)."""
+    import json
+
+    import yaml
+
+    run = RunDir(tmp_path / "run")
+    train(train_config(workspace, run.path, refit=True, epochs=1), quiet=True)
+    selection = RunDir(run.selection)
+    assert yaml.safe_load(run.config.read_text())["cross_fit"] is None
+    assert yaml.safe_load(selection.config.read_text())["cross_fit"] is True
+    assert json.loads(run.summary.read_text())["cross_fit"] is True
+    assert json.loads(selection.summary.read_text())["cross_fit"] is True
+
+
+def test_cross_fit_on_one_batch_of_images_is_refused_naming_the_batch_size(workspace, tmp_path):
+    with pytest.raises(ConfigError, match=r"18 training images make one batch of --batch-size 32; lower "
+                                          r"--batch-size \(to 9 or less\), or leave out --cross-fit"):
+        train(train_config(workspace, tmp_path / "run", cross_fit=True, batch_size=32), quiet=True)
+    assert not (tmp_path / "run").exists()
+    train(train_config(workspace, tmp_path / "run", batch_size=32, epochs=1), quiet=True)  # the default: off
+    assert RunDir(tmp_path / "run").summary.is_file()

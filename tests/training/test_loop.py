@@ -87,7 +87,7 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(works
 
     monkeypatch.setattr(loop, "train_epoch", poisoned)
     with pytest.raises(TrainingError, match="loss became nan at epoch 2.*last good checkpoint"):
-        trained(workspace, tmp_path / "run")
+        trained(workspace, tmp_path / "run", cross_fit=False)  # a learned head (cross-fit sets it each step)
     good = load_file(str(RunDir(tmp_path / "run").last / "prompt.safetensors"))
     assert torch.isfinite(good["head.weight"]).all()
 

@@ -368,9 +368,11 @@ def ablate_help() -> str:
 # ------------------------------------------------------------------------------------------------- runs
 def run_settings(config: AblateConfig, cell: Cell, task: str, seed: int) -> dict[str, Any]:
     """The TrainConfig settings of one run (without its output folder)."""
-    # The paper's protocol, unless --refit says otherwise: test from the best val epoch's model, comparable with
-    # every run recorded before vptune refitted by default.
-    return {"refit": False, **config.common, **_concrete(cell.settings, task), "data": task, "seed": seed}
+    # The paper's protocol, unless --refit or --cross-fit say otherwise: test from the best val epoch's model,
+    # trained against its own head, comparable with every run recorded before vptune refitted and cross-fitted by
+    # default.
+    return {"refit": False, "cross_fit": False, **config.common, **_concrete(cell.settings, task), "data": task,
+            "seed": seed}
 
 
 def run_key(config: AblateConfig, cell: Cell, task: str, seed: int, portable: bool = True) -> str:

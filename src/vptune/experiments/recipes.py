@@ -45,5 +45,5 @@ RECIPES: dict[str, dict[str, Any]] = {
     "random-head-min-steps": dict(head_init="random", head_norm=True, min_steps=250),
     # or keep the probe, but let no image's loss come from a head fitted on it (training/cross_fit.py)
     "cross-fit": dict(cross_fit=True),
-    "defaults": dict(),  # whatever TrainConfig's defaults are now
+    "defaults": dict(),  # TrainConfig's defaults now, under ablate's protocol (no refit or cross-fit unless asked)
 }

@@ -154,10 +154,12 @@ class TrainConfig:
                                            "(default: the method's, probe for VPT)", HEAD_INITS)
     label_smoothing: float = _setting(0.0, "label smoothing of the training loss (0: none; validation and the "
                                            "probe use the plain loss)")
-    cross_fit: bool = _setting(False, "few images: each step's head is the linear probe fitted on the other "
-                                      "training images' features, so the tuned tensors learn from a held-out loss; the "
-                                      "head validated and saved is the probe on all of them, refitted every epoch "
-                                      "(docs/recipe.md; classification, one process)")
+    cross_fit: bool | None = _setting(None, "each step's head is the linear probe fitted on the other training "
+                                            "images' features, so the tuned tensors learn from a held-out loss; the "
+                                            "head validated and saved is the probe on all of them, refitted every "
+                                            "epoch (docs/recipe.md; classification, one process). Default: on for a "
+                                            "probe-started head on a frozen backbone when the training images are at "
+                                            "most twice the head's input width, where the probe can fit every one")
     clip_grad: float | None = _setting(None, "clip the gradient norm of the trained tensors to this value")
     momentum: float = _setting(0.9, "SGD momentum")
     warmup_epochs: float = _setting(1.0, "linear warm-up epochs before cosine decay")
@@ -228,6 +230,7 @@ class TrainConfig:
             else method.default_head_lr,
             head_norm=False if segmentation else self.head_norm if self.head_norm is not None else method.head_norm,
             head_init="random" if segmentation else self.head_init or method.head_init,
+            cross_fit=self.cross_fit if self.cross_fit is not None else self._cross_fit_may_apply(method, segmentation),
             prompt_init=self.prompt_init or self._default_prompt_init(method),
             device=resolve_device(self.device))
         cfg.precision = resolve_precision(self.precision, cfg.device)
@@ -281,6 +284,15 @@ class TrainConfig:
         if not method.frozen_backbone:
             raise ConfigError(f"half_backbone holds frozen weights in 16 bits, but method {self.method!r} trains "
                               f"backbone weights; leave out --half-backbone")
+
+    def _cross_fit_may_apply(self, method: Method, segmentation: bool) -> bool | None:
+        """cross_fit's default before the data is read: None (decided from the training set's size when training
+        starts, `loop.with_cross_fit`) where a probe-started head on a frozen backbone may have fitted every
+        training image; else False (a head lr of one's own asks for a learned head)."""
+        probe_head = (self.head_init or method.head_init) == "probe" and self.head_lr in (None, method.default_head_lr)
+        if segmentation or method.head_only or not method.frozen_backbone or not probe_head:
+            return False
+        return None
 
     def _default_prompt_init(self, method: Method) -> str:
         prompts_are_tokens = self.prompt_location == "prepend" and not self.prompt_project

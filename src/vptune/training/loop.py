@@ -121,6 +121,7 @@ def _train(run: RunDir, cfg: TrainConfig, resume: bool, overwrite: bool, quiet: 
         model = build_model(method, backbone, cfg.prompt_config(), len(splits.class_names),
                             class_names=splits.class_names, head_norm=cfg.head_norm,
                             segmentation_head=cfg.seg_head)
+        cfg = with_cross_fit(cfg, len(subset_of(splits.train, cfg)), model.embed_dim, world)
     except BaseException:
         if replaced is not None:
             run.put_back(replaced)
@@ -177,6 +178,31 @@ def _with_min_steps(cfg: TrainConfig, num_train: int) -> TrainConfig:
         log.info(f"{num_train} training images at batch {cfg.batch_size}: {epochs} epochs for at least "
                  f"{cfg.min_steps} steps (--min-steps)")
     return dataclasses.replace(cfg, epochs=epochs, min_steps=None)
+
+
+def with_cross_fit(cfg: TrainConfig, num_train: int, feature_width: int, world: World = SINGLE) -> TrainConfig:
+    """cross_fit's default, from the training split (so a refit on train + val keeps the selection run's choice):
+    on when there are at most 2 x feature_width training images. A linear classifier on d features can fit most
+    labellings of up to 2d points (Cover, 1965): there the probe the head starts at fits the training set, its loss
+    is near 0, and the prompts learn little from it unless the loss is a held-out one (docs/recipe.md). A batch's
+    head is fitted on the images outside it, so an epoch needs two batches or more."""
+    one_batch = num_train <= cfg.batch_size
+    if cfg.cross_fit and one_batch:
+        raise ConfigError(f"cross_fit fits each batch's head on the training images outside it, but the "
+                          f"{num_train} training images make one batch of --batch-size {cfg.batch_size}; lower "
+                          f"--batch-size (to {max(1, num_train // 2)} or less), or leave out --cross-fit")
+    if cfg.cross_fit is not None:
+        return cfg
+    fits_all = num_train <= 2 * feature_width
+    reason = f"{num_train} training images {'<=' if fits_all else '>'} 2 x {feature_width} features"
+    if fits_all and (world.distributed or one_batch):
+        why = "under torchrun (not in vptune yet)" if world.distributed else \
+            f"(one batch of {cfg.batch_size}: no images outside it to fit its head on)"
+        log.info(f"cross-fit: off {why}, though {reason}")
+        fits_all = False
+    else:
+        log.info(f"cross-fit: {'on' if fits_all else 'off'} ({reason}; --cross-fit or --no-cross-fit to choose)")
+    return dataclasses.replace(cfg, cross_fit=fits_all)
 
 
 def refits(cfg: TrainConfig) -> bool:
@@ -379,7 +405,8 @@ def _summarise(cfg: TrainConfig, run: RunDir, model: PromptedModel, splits: Data
         "epochs": cfg.epochs, "best_epoch": best["epoch"] if best else None,
         f"best_{score}": best[score] if best else None,
         "probe_weight_decay": best.get("weight_decay") if best else None,
-        "refit": cfg.refit and not cfg.final, "train_images": best.get("train_images") if best else None,
+        "refit": cfg.refit and not cfg.final, "cross_fit": bool(cfg.cross_fit),
+        "train_images": best.get("train_images") if best else None,
         **{key: best[key] for key in ("selection", "pruning") if best and key in best},
         **(metrics or dict.fromkeys(objective.test_keys)),
         "device": cfg.device, "precision": cfg.precision, "trainable_parameters": counts.trainable, "backbone_parameters": counts.backbone,
