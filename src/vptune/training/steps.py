@@ -86,6 +86,7 @@ class Fit:
 def train_epoch(fit: Fit, dataset: Dataset, epoch: int) -> dict:
     """One pass over the training set; returns the epoch's metrics row."""
     cfg, model, optimizer, objective = fit.cfg, fit.model, fit.optimizer, fit.objective
+    epoch_started = time.perf_counter()  # the epoch's seconds include --cross-fit's probe fits and features
     loader, weights = fit.train_batches(dataset, epoch)
     heads, start_loss = _cross_fitted_heads(fit, dataset, loader) if cfg.cross_fit else (None, None)
     model.train()
@@ -124,10 +125,10 @@ def train_epoch(fit: Fit, dataset: Dataset, epoch: int) -> dict:
             correct, counted, seen = correct + right, counted + scored, seen + len(labels)
         bar.set_postfix(loss=f"{losses.mean().item():.3f}", lr=f"{optimizer.param_groups[0]['lr']:.2g}",
                         img_s=f"{seen / (time.perf_counter() - started):.1f}")
-    seconds = time.perf_counter() - started
     if heads is not None:  # the head validated and saved: the probe on every image, as the epoch ends
         fit.snapshot = snapshot(fit, dataset)
         fit.snapshot.probe.load_into(model)
+    seconds = time.perf_counter() - epoch_started
     total_loss, correct, counted, seen = all_sum([total_loss, correct, counted, seen], fit.world)
     _check_not_diverged(fit, total_loss / seen, epoch, start_loss)
     row = {"epoch": epoch + 1, "train_loss": total_loss / seen,
