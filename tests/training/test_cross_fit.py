@@ -126,21 +126,18 @@ def test_a_cross_fitted_epoch_diverges_only_past_twice_the_held_out_loss_it_star
 
 
 # ------------------------------------------------------------------------------------ the default: when it applies
-@pytest.mark.parametrize("num_train, width, batch, processes, on", [
-    (128, 64, 8, 1, True),    # 2 x 64 features: the probe can fit most labellings of them
-    (129, 64, 8, 1, False),   # past that, the probe's training loss is informative on its own
-    (9, 64, 8, 1, True),      # two batches: each has images outside it to fit its head on
-    (8, 64, 8, 1, False),     # one batch: none
-    (100, 64, 8, 2, False),   # torchrun: not in vptune yet
+@pytest.mark.parametrize("num_train, width, batch, on", [
+    (128, 64, 8, True),    # 2 x 64 features: the probe can fit most labellings of them
+    (129, 64, 8, False),   # past that, the probe's training loss is informative on its own
+    (9, 64, 8, True),      # two batches: each has images outside it to fit its head on
+    (8, 64, 8, False),     # one batch: none
 ])
-def test_the_default_cross_fits_up_to_twice_as_many_training_images_as_features(num_train, width, batch, processes,
-                                                                                on):
+def test_the_default_cross_fits_up_to_twice_as_many_training_images_as_features(num_train, width, batch, on):
     from vptune import TrainConfig
-    from vptune.training.distributed import World
 
     cfg = TrainConfig(batch_size=batch).resolved()
     assert cfg.cross_fit is None  # decided when the training set is known
-    assert loop.with_cross_fit(cfg, num_train, width, World(size=processes)).cross_fit is on
+    assert loop.with_cross_fit(cfg, num_train, width).cross_fit is on
     for chosen in (True, False):  # a choice of one's own stands
         if chosen and num_train <= batch:
             continue

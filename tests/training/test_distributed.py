@@ -46,8 +46,7 @@ def read_run(folder: Path) -> tuple[dict, list[dict], dict[str, torch.Tensor], d
 def test_two_processes_train_exactly_what_one_does(workspace, tmp_path):
     # 17 training images in global batches of 8: the last global batch holds 1 image, so one rank has none that
     # step; the 5 val and 5 test images do not divide by 2 either
-    # --no-cross-fit: one process would cross-fit 17 images by default, which torchrun does not do yet
-    flags = ["--subset", "17", "--epochs", "3", "--no-cross-fit"]
+    flags = ["--subset", "17", "--epochs", "3", "--no-cross-fit"]  # a learned head (cross-fit: below)
     one_process(*train_args(workspace, tmp_path / "one", *flags))
     two = run(torchrun(*train_args(workspace, tmp_path / "two", *flags)), tmp_path)
 
@@ -82,8 +81,8 @@ def test_a_global_batch_the_processes_do_not_divide_is_refused(workspace, tmp_pa
 
 @pytest.mark.skipif(not shutil.which("true"), reason="needs a POSIX shell environment")
 def test_two_processes_select_and_refit_exactly_as_one_does(workspace, tmp_path):
-    # after train_args' --no-refit: the default's two stages (without cross-fit, as above)
-    flags = ["--subset", "17", "--epochs", "2", "--refit", "--no-cross-fit"]
+    # after train_args' --no-refit: the default's two stages, with the default's cross-fit on 17 images
+    flags = ["--subset", "17", "--epochs", "2", "--refit"]
     one_process(*train_args(workspace, tmp_path / "one", *flags))
     two = run(torchrun(*train_args(workspace, tmp_path / "two", *flags)), tmp_path)
     for stage in ("", "selection"):
@@ -93,4 +92,5 @@ def test_two_processes_select_and_refit_exactly_as_one_does(workspace, tmp_path)
             torch.testing.assert_close(two_best[name], one_best[name], atol=1e-5, rtol=0, msg=f"{stage} {name}")
         assert two_summary["test_top1"] == one_summary["test_top1"]
         assert two_summary["train_images"] == one_summary["train_images"]
+        assert two_summary["cross_fit"] is one_summary["cross_fit"] is True  # the same probes fitted on every rank
     assert "Traceback" not in two.stderr

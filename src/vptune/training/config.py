@@ -157,7 +157,7 @@ class TrainConfig:
     cross_fit: bool | None = _setting(None, "each step's head is the linear probe fitted on the other training "
                                             "images' features, so the tuned tensors learn from a held-out loss; the "
                                             "head validated and saved is the probe on all of them, refitted every "
-                                            "epoch (docs/recipe.md; classification, one process). Default: on for a "
+                                            "epoch (docs/recipe.md; classification). Default: on for a "
                                             "probe-started head on a frozen backbone when the training images are at "
                                             "most twice the head's input width, where the probe can fit every one")
     clip_grad: float | None = _setting(None, "clip the gradient norm of the trained tensors to this value")

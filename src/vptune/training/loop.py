@@ -109,8 +109,6 @@ def _train(run: RunDir, cfg: TrainConfig, resume: bool, overwrite: bool, quiet: 
     method = cfg.tuning_method()
     torch.manual_seed(cfg.seed)
     try:  # a run being replaced stays until the new one has its backbone, data and model
-        if world.distributed and cfg.cross_fit:
-            raise ConfigError("--cross-fit under torchrun is not in vptune yet; train it in one process")
         if world.distributed and cfg.task == "segmentation":
             raise ConfigError("segmentation under torchrun is not in vptune yet; train it in one process (plain "
                               "`vptune train`)")
@@ -121,7 +119,7 @@ def _train(run: RunDir, cfg: TrainConfig, resume: bool, overwrite: bool, quiet: 
         model = build_model(method, backbone, cfg.prompt_config(), len(splits.class_names),
                             class_names=splits.class_names, head_norm=cfg.head_norm,
                             segmentation_head=cfg.seg_head)
-        cfg = with_cross_fit(cfg, len(subset_of(splits.train, cfg)), model.embed_dim, world)
+        cfg = with_cross_fit(cfg, len(subset_of(splits.train, cfg)), model.embed_dim)
     except BaseException:
         if replaced is not None:
             run.put_back(replaced)
@@ -180,7 +178,7 @@ def _with_min_steps(cfg: TrainConfig, num_train: int) -> TrainConfig:
     return dataclasses.replace(cfg, epochs=epochs, min_steps=None)
 
 
-def with_cross_fit(cfg: TrainConfig, num_train: int, feature_width: int, world: World = SINGLE) -> TrainConfig:
+def with_cross_fit(cfg: TrainConfig, num_train: int, feature_width: int) -> TrainConfig:
     """cross_fit's default, from the training split (so a refit on train + val keeps the selection run's choice):
     on when there are at most 2 x feature_width training images. A linear classifier on d features can fit most
     labellings of up to 2d points (Cover, 1965): there the probe the head starts at fits the training set, its loss
@@ -195,10 +193,9 @@ def with_cross_fit(cfg: TrainConfig, num_train: int, feature_width: int, world: 
         return cfg
     fits_all = num_train <= 2 * feature_width
     reason = f"{num_train} training images {'<=' if fits_all else '>'} 2 x {feature_width} features"
-    if fits_all and (world.distributed or one_batch):
-        why = "under torchrun (not in vptune yet)" if world.distributed else \
-            f"(one batch of {cfg.batch_size}: no images outside it to fit its head on)"
-        log.info(f"cross-fit: off {why}, though {reason}")
+    if fits_all and one_batch:
+        log.info(f"cross-fit: off (one batch of {cfg.batch_size}: no images outside it to fit its head on), though "
+                 f"{reason}")
         fits_all = False
     else:
         log.info(f"cross-fit: {'on' if fits_all else 'off'} ({reason}; --cross-fit or --no-cross-fit to choose)")
