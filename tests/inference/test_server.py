@@ -469,7 +469,9 @@ def test_the_page_shows_a_segmentation_tasks_mask_over_the_image(mixed_server, w
 
 
 def test_graceful_shutdown_answers_the_requests_in_flight(server, workspace):
-    """Last in this module: it stops the server."""
+    """Last in this module: it stops the server. (Its own refused request: under xdist the module's other tests
+    may run in another worker, with another server.)"""
+    assert post_image(server, "nope", png_bytes(workspace)).status_code == 404
     threads, results = _concurrently([lambda: post_image(server, "colours", png_bytes(workspace))])
     deadline = time.monotonic() + 10
     while httpx.get(server.url + "/health").json()["pending"] < 1 and time.monotonic() < deadline:
