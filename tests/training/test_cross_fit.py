@@ -179,3 +179,20 @@ def test_cross_fit_on_one_batch_of_images_is_refused_naming_the_batch_size(works
     assert not (tmp_path / "run").exists()
     train(train_config(workspace, tmp_path / "run", batch_size=32, epochs=1), quiet=True)  # the default: off
     assert RunDir(tmp_path / "run").summary.is_file()
+
+
+def test_a_run_whose_config_predates_cross_fit_resumes_without_it(workspace, tmp_path):
+    """A config.yaml without the setting was written before it existed: its head was learned, and a resume must not
+    switch to cross-fitting (which the default would do on these 18 images)."""
+    import json
+
+    import yaml
+
+    run = RunDir(tmp_path / "run")
+    train(train_config(workspace, run.path, cross_fit=False, epochs=1), quiet=True)
+    settings = yaml.safe_load(run.config.read_text())
+    del settings["cross_fit"]
+    run.config.write_text(yaml.safe_dump(settings))
+    train(train_config(workspace, run.path, epochs=2), resume=True, quiet=True, changes={"epochs": 2})
+    assert len(run.read_metrics()) == 2
+    assert json.loads(run.summary.read_text())["cross_fit"] is False

@@ -19,6 +19,7 @@ def read_run_config(run: RunDir, changes: dict) -> TrainConfig:
     settings = run.read_config()
     settings.setdefault("precision", "fp32")  # written before --precision existed: it ran in fp32
     settings.setdefault("refit", False)  # written before --refit existed: its test came from the best val epoch
+    settings.setdefault("cross_fit", False)  # written before --cross-fit existed: its head was learned
     cfg = TrainConfig.from_dict(settings, str(run.config))
     if changes:
         cfg = apply_resume_changes(cfg, changes, len(run.read_metrics()))
