@@ -119,7 +119,8 @@ def _train(run: RunDir, cfg: TrainConfig, resume: bool, overwrite: bool, quiet: 
         model = build_model(method, backbone, cfg.prompt_config(), len(splits.class_names),
                             class_names=splits.class_names, head_norm=cfg.head_norm,
                             segmentation_head=cfg.seg_head)
-        cfg = with_cross_fit(cfg, len(subset_of(splits.train, cfg)), model.embed_dim)
+        num_train = len(subset_of(splits.train, cfg))  # the images a selection (or single) run trains on
+        cfg = with_cross_fit(cfg, num_train, model.embed_dim)
     except BaseException:
         if replaced is not None:
             run.put_back(replaced)
@@ -129,13 +130,13 @@ def _train(run: RunDir, cfg: TrainConfig, resume: bool, overwrite: bool, quiet: 
         raise
     if replaced is not None:
         shutil.rmtree(replaced)
-    cfg = _with_min_steps(cfg, len(subset_of(splits.train, cfg)))
+    cfg = _with_min_steps(cfg, num_train)
     model.grad_checkpointing = cfg.grad_checkpointing
     model.to(cfg.device)
     if cfg.half_backbone:  # after build_model took the backbone's fingerprint from its own weights
         model.backbone.to(DTYPES[cfg.precision])
     counts = count_parameters(model)
-    log.info(f"{cfg.method} on {cfg.data} ({len(subset_of(splits.train, cfg))} train images), {counts.trainable:,} "
+    log.info(f"{cfg.method} on {cfg.data} ({num_train} train images), {counts.trainable:,} "
              f"trainable parameters ({counts.percent_of_backbone:.3f}% of the backbone), on {cfg.device} in "
              f"{cfg.precision}")
 
