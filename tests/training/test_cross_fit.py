@@ -181,6 +181,16 @@ def test_cross_fit_on_one_batch_of_images_is_refused_naming_the_batch_size(works
     assert RunDir(tmp_path / "run").summary.is_file()
 
 
+def test_cross_fit_on_a_single_training_image_names_only_the_fix_that_can_help():
+    """One image is one batch whatever --batch-size is: the error must not suggest lowering it."""
+    from vptune import TrainConfig
+
+    cfg = TrainConfig(batch_size=1, cross_fit=True).resolved()
+    with pytest.raises(ConfigError, match=r"1 training images make one batch of --batch-size 1; leave out "
+                                          r"--cross-fit$"):
+        loop.with_cross_fit(cfg, 1, 64)
+
+
 def test_a_run_whose_config_predates_cross_fit_resumes_without_it(workspace, tmp_path):
     """A config.yaml without the setting was written before it existed: its head was learned, and a resume must not
     switch to cross-fitting (which the default would do on these 18 images)."""

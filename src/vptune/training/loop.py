@@ -187,9 +187,11 @@ def with_cross_fit(cfg: TrainConfig, num_train: int, feature_width: int) -> Trai
     head is fitted on the images outside it, so an epoch needs two batches or more."""
     one_batch = num_train <= cfg.batch_size
     if cfg.cross_fit and one_batch:
+        # one image is one batch whatever the batch size: then the only fix is to leave cross-fit out
+        smaller = f"lower --batch-size (to {num_train // 2} or less), or " if num_train > 1 else ""
         raise ConfigError(f"cross_fit fits each batch's head on the training images outside it, but the "
-                          f"{num_train} training images make one batch of --batch-size {cfg.batch_size}; lower "
-                          f"--batch-size (to {max(1, num_train // 2)} or less), or leave out --cross-fit")
+                          f"{num_train} training images make one batch of --batch-size {cfg.batch_size}; "
+                          f"{smaller}leave out --cross-fit")
     if cfg.cross_fit is not None:
         return cfg
     fits_all = num_train <= 2 * feature_width
