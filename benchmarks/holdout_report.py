@@ -59,25 +59,31 @@ def size_table(folder: Path, size: str) -> list[str]:
     return lines + candidate_lines(runs, sklearn)
 
 
+# What each other recipe is compared with on the same seeds: the default's variants with the default, the rest (and
+# the default itself) with the recipe without cross-fit, which they were candidates against
+COMPARED_WITH = {"cross-fit-fixed": DEFAULT}
+
+
 def candidate_lines(runs: dict[tuple[str, str], dict[int, float]], sklearn: dict[str, float]) -> list[str]:
-    """Other VPT-deep recipes run on the hold-out tasks, each against the same probe and against the recipe without
-    cross-fit on the same seeds (the default's own pairing included)."""
+    """Other VPT-deep recipes run on the hold-out tasks, each against the same probe and against the recipe it was
+    a candidate against (`COMPARED_WITH`) on the same seeds (the default's own pairing included)."""
     candidates = sorted({cell for _, cell in runs} - {"linear", WITHOUT})
     if not candidates:
         return []
-    lines = ["", "Each VPT-deep recipe against the one without cross-fit, on the same seeds:", "",
-             "| recipe | task | VPT-deep | VPT-deep - scikit-learn | without cross-fit, same seeds | difference | seeds |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["", "Each VPT-deep recipe against the recipe it was a candidate against, on the same seeds:", "",
+             "| recipe | task | VPT-deep | VPT-deep - scikit-learn | against | its mean, same seeds | difference | seeds |",
+             "|---|---|---|---|---|---|---|---|"]
     for cell in candidates:
+        against = COMPARED_WITH.get(cell, WITHOUT)
         for task in sorted(task for task, c in runs if c == cell):
             by_seed = runs[(task, cell)]
             margin = statistics.mean(by_seed.values()) - sklearn[task] if task in sklearn else None
-            without = {seed: top1 for seed, top1 in runs.get((task, WITHOUT), {}).items() if seed in by_seed}
-            paired = (statistics.mean(by_seed[seed] - top1 for seed, top1 in without.items())
-                      if len(without) == len(by_seed) else None)
+            other = {seed: top1 for seed, top1 in runs.get((task, against), {}).items() if seed in by_seed}
+            paired = (statistics.mean(by_seed[seed] - top1 for seed, top1 in other.items())
+                      if len(other) == len(by_seed) else None)
             lines.append(f"| {cell}{' (default)' if cell == DEFAULT else ''} | {task} | {_mean(by_seed)} | "
-                         f"{'-' if margin is None else f'{100 * margin:+.1f} points'} | "
-                         f"{_mean(without) if paired is not None else '-'} | "
+                         f"{'-' if margin is None else f'{100 * margin:+.1f} points'} | {against} | "
+                         f"{_mean(other) if paired is not None else '-'} | "
                          f"{'-' if paired is None else f'{100 * paired:+.1f} points'} | "
                          f"{','.join(map(str, sorted(by_seed)))} |")
     return lines

@@ -275,6 +275,21 @@ def test_a_claim_holds_by_the_verdict_rule(diffs, matches, expected):
     assert claim_verdict(pooled(rows, [("x", "y")], "a", "b"), matches) == expected
 
 
+def test_the_table_shows_the_cells_run_and_names_the_rest_on_one_line(workspace, tmp_path):
+    from vptune.experiments.ablate_report import to_markdown
+
+    config = _config(workspace, tmp_path / "out", "recipes")
+    task = config.tasks[0]
+    rows = [{"cell": cell, "task": task, "seed": 0, "score": score, "wall_seconds": 60.0}
+            for cell, score in (("linear", 0.5), ("cross-fit", 0.75))]
+    markdown = to_markdown(config, SETS["recipes"], rows, [cell.name for cell in config.cells()], figure=False)
+    table = [line.split(" | ")[0][2:] for line in markdown.splitlines()
+             if line.startswith("| ") and not line.startswith("| cell")]
+    assert table == ["linear", "cross-fit"]  # in the set's order
+    not_run = [cell.name for cell in config.cells() if cell.name not in table]
+    assert f"Not run (yet): {', '.join(not_run)}." in markdown.splitlines()
+
+
 def test_report_decides_the_claims_from_runs_other_sets_made_and_trains_nothing(workspace, tmp_path, capsys):
     out = tmp_path / "out"
     run_ablation(_config(workspace, out, "methods", only=("linear", "vpt-shallow", "vpt-deep")))

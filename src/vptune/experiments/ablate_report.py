@@ -183,13 +183,16 @@ def to_markdown(config: Any, ablation: Any, rows: list[dict], cells: list[str], 
     means = {(cell, task): statistics.fmean(ok) for cell in cells for task in tasks
              if (ok := [v for _, v in scores(rows, cell, task) if v is not None])}
     best = {task: max((m for (_, t), m in means.items() if t == task), default=None) for task in tasks}
-    for cell in cells:
+    ran = {r["cell"] for r in rows}  # a set like `recipes` keeps every candidate ever tried: show those run here
+    for cell in (c for c in cells if c in ran):
         texts = [summary_text(scores(rows, cell, task), best=means.get((cell, task)) == best[task]) for task in tasks]
         task_means = [means[cell, task] for task in tasks if (cell, task) in means]
         mean = f"{statistics.fmean(task_means):.4f}" if len(task_means) == len(tasks) else ""
         low, high = (min(shares[cell]), max(shares[cell])) if cell in shares else (None, None)
         trainable = "" if low is None else f"{low:.3f}%" if f"{low:.3f}" == f"{high:.3f}" else f"{low:.3f}-{high:.3f}%"
         lines.append(f"| {cell} | " + " | ".join(texts) + f" | {mean} | {trainable} |")
+    if not_run := [cell for cell in cells if cell not in ran]:
+        lines += ["", f"Not run (yet): {', '.join(not_run)}."]
     comparisons = [c for a, b in ablation.pairs(config.depth) if (c := paired(rows, a, b))]
     if comparisons:
         lines += ["", f"Paired differences (same task and seed), {score} points:", "",
