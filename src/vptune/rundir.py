@@ -6,7 +6,8 @@
       best/ last/     task checkpoints (prompt.safetensors + task.json): best on val, and the latest
       state.pt        training state (trainable tensors, optimizer, scheduler, epoch), every epoch
       summary.json    final figures: test accuracy of the best-on-val checkpoint (of the refit, with refit on)
-      selection/      with refit on (the default): the run that chose the epoch on val, a run folder of its own;
+      selection/      with refit on (the default; not with final, the default on few images): the run that chose
+                      the epoch on val, a run folder of its own;
                       RUN itself then holds the final model, trained on train + val to that epoch
       unpruned/       E2VPT with pruning: the first run, every prompt trained (a run folder of its own), and
       pruning.json    what was kept of its prompts; RUN (and its selection/) then train the kept ones again

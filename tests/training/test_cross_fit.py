@@ -164,7 +164,7 @@ def test_a_default_run_on_few_images_cross_fits_both_stages_and_records_it(works
     import yaml
 
     run = RunDir(tmp_path / "run")
-    train(train_config(workspace, run.path, refit=True, epochs=1), quiet=True)
+    train(train_config(workspace, run.path, refit=True, final=False, epochs=1), quiet=True)
     selection = RunDir(run.selection)
     assert yaml.safe_load(run.config.read_text())["cross_fit"] is None
     assert yaml.safe_load(selection.config.read_text())["cross_fit"] is True

@@ -14,7 +14,9 @@ IMAGES, VAL, TEST = 30, 6, 6
 
 
 def refit_config(ws, out, **overrides):
-    return train_config(ws, out, **{"refit": True, **overrides})
+    """Choose on val, then refit. The workspace's 18 training images are cross-fitted by default (at most twice the
+    tiny ViT's 64 features), where the default would train a fixed schedule instead (`final`): --no-final."""
+    return train_config(ws, out, **{"refit": True, "final": False, **overrides})
 
 
 @pytest.fixture
@@ -91,6 +93,32 @@ def test_selection_only_and_final_keep_their_one_stage(workspace, tmp_path, seen
     assert not RunDir(tmp_path / "select").selection.exists() and not RunDir(tmp_path / "final").selection.exists()
     assert {(r, n) for r, _, n in seen} == {("select", IMAGES - VAL - TEST), ("final", IMAGES - TEST)}
     assert "selection" not in RunDir(tmp_path / "select").read_summary()
+
+
+def test_on_few_images_the_default_trains_the_whole_schedule_on_train_and_val_without_choosing(workspace, tmp_path,
+                                                                                             seen):
+    summary = train(train_config(workspace, tmp_path / "run", refit=True, epochs=3), quiet=True)
+    assert summary["cross_fit"] is True  # 18 training images <= 2 x 64 features
+    assert seen == [("run", epoch, IMAGES - TEST) for epoch in range(3)]  # every epoch, every image but the test
+    assert summary["final"] is True and summary["refit"] is False and summary["train_images"] == IMAGES - TEST
+    assert summary["best_epoch"] == 3 and not RunDir(tmp_path / "run").selection.exists()
+    assert summary["test_top1"] is not None
+
+
+@pytest.mark.parametrize("flags, stages", [(dict(final=False), {"selection", "run"}),
+                                           (dict(cross_fit=False), {"selection", "run"}),
+                                           (dict(refit=False), {"run"})])
+def test_the_fixed_schedule_is_only_the_default_of_a_cross_fitted_refit(workspace, tmp_path, seen, flags, stages):
+    summary = train(train_config(workspace, tmp_path / "run", **{"refit": True, **flags}), quiet=True)
+    assert summary["final"] is False and {run for run, _, _ in seen} == stages
+    assert {n for run, _, n in seen if run == "run"} == {IMAGES - TEST if "selection" in stages else IMAGES - VAL - TEST}
+
+
+def test_a_fixed_schedule_run_may_train_on_with_more_epochs(workspace, tmp_path):
+    train(train_config(workspace, tmp_path / "run", refit=True), quiet=True)
+    resumed = train(train_config(workspace, tmp_path / "run", refit=True), resume=True, quiet=True,
+                    changes={"epochs": 3})
+    assert resumed["final"] is True and resumed["best_epoch"] == 3
 
 
 def test_a_run_from_before_refit_resumes_as_the_selection_run_it_was(workspace, tmp_path, monkeypatch):

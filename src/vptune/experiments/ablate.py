@@ -368,10 +368,10 @@ def ablate_help() -> str:
 # ------------------------------------------------------------------------------------------------- runs
 def run_settings(config: AblateConfig, cell: Cell, task: str, seed: int) -> dict[str, Any]:
     """The TrainConfig settings of one run (without its output folder)."""
-    # The paper's protocol, unless --refit or --cross-fit say otherwise: test from the best val epoch's model,
-    # trained against its own head, comparable with every run recorded before vptune refitted and cross-fitted by
-    # default.
-    return {"refit": False, "cross_fit": False, **config.common, **_concrete(cell.settings, task), "data": task,
+    # The paper's protocol, unless --refit, --cross-fit or --final say otherwise: test from the best val epoch's
+    # model, trained against its own head, comparable with every run recorded before vptune refitted, cross-fitted
+    # and trained a fixed schedule on few images by default.
+    return {"refit": False, "cross_fit": False, "final": False, **config.common, **_concrete(cell.settings, task), "data": task,
             "seed": seed}
 
 

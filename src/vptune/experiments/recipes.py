@@ -47,7 +47,8 @@ RECIPES: dict[str, dict[str, Any]] = {
     "cross-fit": dict(cross_fit=True),
     # where cross-fit applies the carved val is a few dozen images, too few to tell one epoch from another: train
     # the whole schedule on train + val and keep the last epoch, as the paper's final runs do (no selection run:
-    # about 0.6 of the time, docs/recipe.md)
+    # a median 0.7 of the time, docs/recipe.md); `vptune train`'s default where cross-fit is (loop.with_final)
     "cross-fit-fixed": dict(cross_fit=True, final=True),
-    "defaults": dict(),  # TrainConfig's defaults now, under ablate's protocol (no refit or cross-fit unless asked)
+    # TrainConfig's defaults now, under ablate's protocol (no refit, cross-fit or final unless asked)
+    "defaults": dict(),
 }

@@ -110,7 +110,10 @@ class TrainConfig:
     protocol: str = _setting("vtab1k", "built-in data: vtab1k (train800/val200/test) or full", ("vtab1k", "full"))
     recipe: str = _setting("vtab", "augmentation: vtab (plain resize) or fgvc (random crop + flip)",
                            ("vtab", "fgvc"))
-    final: bool = _setting(False, "train on train+val and report test (VTAB-1k's final run; no model selection)")
+    final: bool | None = _setting(None, "train the whole schedule on train + val and report test from its last "
+                                        "epoch, with no model selection (VTAB-1k's final run). Default: on where "
+                                        "cross-fit is (few images: a val of a few dozen cannot choose an epoch, "
+                                        "docs/recipe.md) unless --no-refit, else off")
     refit: bool = _setting(True, "train the final model on train + val, to the epoch chosen on val (the linear probe: "
                                  "with its L2 chosen by 5-fold cross-validation), and report test from it, so no "
                                  "training image is left out; about twice the training time, RUN/selection holds "
@@ -401,8 +404,10 @@ def read_settings(path: str | os.PathLike) -> dict[str, Any]:
     return settings
 
 
-def apply_resume_changes(cfg: TrainConfig, changes: dict[str, Any], finished_epochs: int) -> TrainConfig:
-    """The run's settings with the changes a resume may make; the others are refused, naming them."""
+def apply_resume_changes(cfg: TrainConfig, changes: dict[str, Any], finished_epochs: int,
+                         selected: bool) -> TrainConfig:
+    """The run's settings with the changes a resume may make; the others are refused, naming them. `selected`: the
+    run chose its epoch in a selection run (RUN/selection), on the schedule it was given."""
     refused = sorted(name for name, value in changes.items()
                      if name not in RESUME_MAY_CHANGE and value != getattr(cfg, name, None))
     if refused:
@@ -411,7 +416,7 @@ def apply_resume_changes(cfg: TrainConfig, changes: dict[str, Any], finished_epo
         raise ConfigError(f"--resume continues the run with its own config.yaml; {flags} would change it. Train a new "
                           f"run instead (another --output, or --overwrite); only {allowed} may differ on a resume")
     epochs = changes.get("epochs", cfg.epochs)
-    if epochs != cfg.epochs and cfg.refit and not cfg.final and not cfg.fits_probe():
+    if epochs != cfg.epochs and selected:
         raise ConfigError(f"--epochs {epochs}: this run refits to the epoch its selection run chose on a {cfg.epochs}-"
                           f"epoch schedule, which another number of epochs would change; train a new run with --epochs {epochs} "
                           f"(runs trained with --no-refit can train on)")

@@ -22,7 +22,7 @@ def read_run_config(run: RunDir, changes: dict) -> TrainConfig:
     settings.setdefault("cross_fit", False)  # written before --cross-fit existed: its head was learned
     cfg = TrainConfig.from_dict(settings, str(run.config))
     if changes:
-        cfg = apply_resume_changes(cfg, changes, len(run.read_metrics()))
+        cfg = apply_resume_changes(cfg, changes, len(run.read_metrics()), selected=run.selection.is_dir())
     cfg = dataclasses.replace(cfg, device=resolve_device(cfg.device))  # a resume's --device auto
     try:
         cfg.precision = resolve_precision(cfg.precision, cfg.device)  # e.g. bf16 resumed on a GPU without it
