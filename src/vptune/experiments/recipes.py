@@ -49,6 +49,9 @@ RECIPES: dict[str, dict[str, Any]] = {
     # the whole schedule on train + val and keep the last epoch, as the paper's final runs do (no selection run:
     # a median 0.7 of the time, docs/recipe.md); `vptune train`'s default where cross-fit is (loop.with_final)
     "cross-fit-fixed": dict(cross_fit=True, final=True),
+    # the same with p in proportion to the patch tokens: at 224 px (256 patches) p = 40 keeps 112 px's share of
+    # prompts among the tokens (10 to 64), which p = 10 cuts to a quarter
+    "cross-fit-fixed-p40": dict(cross_fit=True, final=True, num_tokens=40),
     # TrainConfig's defaults now, under ablate's protocol (no refit, cross-fit or final unless asked)
     "defaults": dict(),
 }
