@@ -327,7 +327,8 @@ def test_min_steps_grows_the_epochs_on_few_images_and_leaves_enough_alone(worksp
     assert expected > 2 and summary["epochs"] == expected
     assert len(RunDir(tmp_path / "few").read_metrics()) == expected
     assert train(train_config(workspace, tmp_path / "enough", epochs=2, min_steps=1), quiet=True)["epochs"] == 2
-    refit = train(train_config(workspace, tmp_path / "refit", epochs=2, min_steps=10, refit=True, final=False), quiet=True)
+    refit = train(train_config(workspace, tmp_path / "refit", epochs=2, min_steps=10, refit=True, final=False),
+                  quiet=True)
     assert refit["epochs"] == expected  # from the training split: the refit on train + val keeps that schedule
     with pytest.raises(ConfigError, match="min_steps must be a positive number"):
         train_config(workspace, tmp_path / "bad", min_steps=0).resolved()

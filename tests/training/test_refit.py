@@ -111,7 +111,8 @@ def test_on_few_images_the_default_trains_the_whole_schedule_on_train_and_val_wi
 def test_the_fixed_schedule_is_only_the_default_of_a_cross_fitted_refit(workspace, tmp_path, seen, flags, stages):
     summary = train(train_config(workspace, tmp_path / "run", **{"refit": True, **flags}), quiet=True)
     assert summary["final"] is False and {run for run, _, _ in seen} == stages
-    assert {n for run, _, n in seen if run == "run"} == {IMAGES - TEST if "selection" in stages else IMAGES - VAL - TEST}
+    final_images = IMAGES - TEST if "selection" in stages else IMAGES - VAL - TEST  # a refit's, or train's alone
+    assert {n for run, _, n in seen if run == "run"} == {final_images}
 
 
 def test_a_fixed_schedule_run_may_train_on_with_more_epochs(workspace, tmp_path):

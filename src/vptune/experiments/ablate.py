@@ -371,8 +371,8 @@ def run_settings(config: AblateConfig, cell: Cell, task: str, seed: int) -> dict
     # The paper's protocol, unless --refit, --cross-fit or --final say otherwise: test from the best val epoch's
     # model, trained against its own head, comparable with every run recorded before vptune refitted, cross-fitted
     # and trained a fixed schedule on few images by default.
-    return {"refit": False, "cross_fit": False, "final": False, **config.common, **_concrete(cell.settings, task), "data": task,
-            "seed": seed}
+    return {"refit": False, "cross_fit": False, "final": False, **config.common, **_concrete(cell.settings, task),
+            "data": task, "seed": seed}
 
 
 def run_key(config: AblateConfig, cell: Cell, task: str, seed: int, portable: bool = True) -> str:

@@ -419,7 +419,7 @@ def apply_resume_changes(cfg: TrainConfig, changes: dict[str, Any], finished_epo
     if epochs != cfg.epochs and selected:
         raise ConfigError(f"--epochs {epochs}: this run refits to the epoch its selection run chose on a {cfg.epochs}-"
                           f"epoch schedule, which another number of epochs would change; train a new run with --epochs {epochs} "
-                          f"(runs trained with --no-refit can train on)")
+                          f"(runs trained with --no-refit or --final can train on)")
     if isinstance(epochs, int) and epochs < finished_epochs:
         raise ConfigError(f"--epochs {epochs}: the run has already finished {finished_epochs} epochs; give at least "
                           f"that many")
