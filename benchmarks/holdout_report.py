@@ -64,8 +64,8 @@ def size_table(folder: Path, size: str) -> list[str]:
 
 
 # What each other recipe is compared with on the same seeds: the one it was a candidate against (the default with the
-# default before it), the rest with the recipe without cross-fit
-COMPARED_WITH = {DEFAULT: CHOSEN}
+# default before it, the longer prompts with the default), the rest with the recipe without cross-fit
+COMPARED_WITH = {DEFAULT: CHOSEN, "cross-fit-fixed-p40": DEFAULT}
 
 
 def candidate_lines(runs: dict[tuple[str, str], dict[int, float]], sklearn: dict[str, float]) -> list[str]:
