@@ -152,6 +152,12 @@ def test_debug_shows_the_traceback_of_a_user_error_too(workspace, tmp_path, caps
     assert "Traceback" in err and "vptune: error: lr must be a positive number" in err
 
 
+def test_info_on_a_backbone_names_the_automatic_prompt_length_and_its_share(capsys):
+    assert main(["info", "test_vit"]) == 0  # 160 px, patch 16: 100 patches ask for 16 prompts a block, but 16 x 6
+    # blocks x width 64 would be 2.0% of the 306,240 parameters: the 1% cap allows 7 (0.88%)
+    assert "--num-tokens auto at 160 px is p = 7 (0.88% of the backbone)" in capsys.readouterr().out
+
+
 def test_python_dash_m_runs_the_command_line_and_bugs_exit_with_a_traceback(tmp_path):
     done = subprocess.run([sys.executable, "-m", "vptune", "info", str(tmp_path)], capture_output=True, text=True)
     assert done.returncode == 1 and done.stderr.startswith("vptune: error:") and "is neither a task" in done.stderr

@@ -15,14 +15,15 @@ from .data import DataError, load_data
 from .errors import BackboneError, CheckpointError, ConfigError, TrainingError, VptuneError, WriteError
 from .inference import MultiTaskModel, Predictor, evaluate
 from .methods import METHODS, build_model, get_method
-from .model import ParameterCount, PromptConfig, PromptedModel, PromptedViT, count_parameters
+from .model import ParameterCount, PromptConfig, PromptedModel, PromptedViT, count_parameters, auto_num_tokens
 from .rundir import RunDir
 from .tasks import load_task, save_task
 from .training import TrainConfig, load_train_config, train
 
 __version__ = package_version()
 
-__all__ = ["PromptConfig", "PromptedModel", "PromptedViT", "count_parameters", "ParameterCount", "create_backbone", "build_model",
+__all__ = ["PromptConfig", "PromptedModel", "PromptedViT", "count_parameters", "ParameterCount", "auto_num_tokens",
+           "create_backbone", "build_model",
            "get_method", "METHODS", "save_task", "load_task", "TrainConfig", "load_train_config", "train",
            "load_data", "Predictor", "MultiTaskModel", "evaluate", "RunDir", "VptuneError", "ConfigError", "BackboneError",
            "CheckpointError", "DataError", "TrainingError", "WriteError", "__version__"]

@@ -1,4 +1,6 @@
 """TrainConfig: flags are generated from its fields; YAML + overrides are a library function."""
+import dataclasses
+
 import pytest
 import torch
 
@@ -8,8 +10,6 @@ from vptune.cli import build_parser
 
 
 def test_every_setting_has_help_and_a_flag():
-    import dataclasses
-
     parser = build_parser()
     train = next(a for a in parser._subparsers._group_actions[0].choices.values() if a.prog.endswith("train"))
     flags = {opt for action in train._actions for opt in action.option_strings}
@@ -24,6 +24,8 @@ def test_yaml_then_overrides(tmp_path):
     cfg = load_train_config(tmp_path / "s.yaml", epochs=5)
     assert (cfg.epochs, cfg.method) == (5, "linear")
     assert cfg.prompt_config().layers == [0, 1]
+    with pytest.raises(ConfigError, match="num_tokens auto is set from the backbone"):  # only training knows it
+        dataclasses.replace(cfg, num_tokens="auto").prompt_config()
 
 
 def test_resolved_fills_the_methods_defaults():
@@ -54,6 +56,9 @@ def test_every_method_trained_by_gradient_steps_has_vpt_deeps_head(method):
     (dict(prompt_layers=[0, "x"]), "prompt_layers must be"),
     (dict(seed=-1), "seed must be a whole number from 0 to 4294967295"),  # numpy's splits refuse it later
     (dict(seed=2**64), "seed must be a whole number from 0 to 4294967295"),  # torch overflowed on it
+    (dict(num_tokens="many"), "num_tokens must be a whole number >= 0 or 'auto', got 'many'"),
+    (dict(num_tokens=-1), "num_tokens must be an integer >= 0"),
+    (dict(num_tokens=2.5), "num_tokens must be an integer or text"),
 ])
 def test_bad_values_are_named(settings, message):
     with pytest.raises(ConfigError, match=message):

@@ -8,7 +8,7 @@ from math import prod
 from pathlib import Path
 
 from ..backbones import create_backbone
-from ..model import ParameterCount, adapter_for
+from ..model import ParameterCount, PromptConfig, adapter_for, auto_num_tokens
 from ..errors import CheckpointError
 from ..rundir import RunDir
 from ..tasks import WEIGHTS_FILE, check_task, segmentation_head_of
@@ -69,5 +69,8 @@ def describe_backbone(name: str) -> str:
     widths = [adapter.width_at(i) for i in range(adapter.depth)]
     per_token = (f"{adapter.depth} x p x {widths[0]}" if len(set(widths)) == 1
                  else f"p x {sum(widths):,} (the sum of the blocks' widths)")
+    p = auto_num_tokens(adapter.backbone, PromptConfig())
     return (f"backbone     {name}: {adapter.summary()}, {adapter.num_parameters():,} parameters\n"
-            f"VPT-deep with p prompts adds {per_token} parameters (+ head on {adapter.embed_dim} features)")
+            f"VPT-deep with p prompts adds {per_token} parameters (+ head on {adapter.embed_dim} features); "
+            f"--num-tokens auto at {adapter.img_size[0]} px is p = {p} "
+            f"({100 * p * sum(widths) / adapter.num_parameters():.2f}% of the backbone)")

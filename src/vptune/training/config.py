@@ -29,7 +29,7 @@ from ..model import HEADS, INITS, LOCATIONS, MERGES, POOLINGS, PromptConfig, pru
 
 CACHE_STEM = ("auto", "off")
 TASKS = ("auto", "classification", "segmentation")
-AUTO = "auto"  # lr: searched first (vptune.experiments.train_with_lr_search)
+AUTO = "auto"  # lr: searched first (vptune.experiments.train_with_lr_search); num_tokens: from the backbone
 OPTIMIZERS = ("sgd", "adamw")
 HEAD_INITS = ("random", "probe", "calibrated-probe")
 # Settings a resumed run may change (`train(..., resume=True, changes=...)`, `vptune train --resume RUN --epochs 20`):
@@ -71,7 +71,10 @@ class TrainConfig:
                                          "supported timm model)")
     img_size: int | None = _setting(None, "input size in pixels (default: the backbone's, 224)")
     # prompts (VPT methods)
-    num_tokens: int = _setting(10, "prompt length p")
+    num_tokens: int | str = _setting(10, "prompt length p; auto: 10 per 64 image tokens an attention sees, the "
+                                         "prompts capped at 1 percent of the backbone's parameters (10 at 112 px and "
+                                         "40 at 224 px on the default ViT-S/14; a candidate default, docs/recipe.md), "
+                                         "or one a class with --prompt-init cls")
     prompt_layers: str | list[int] | None = _setting(
         None, "blocks with a prompt: all, 'first K', 'last K' or indices '0,1,5' (default: the mode's)")
     prompt_location: str = _setting("prepend", "prepend (extra tokens after [CLS]), add (added to the existing tokens), "
@@ -195,16 +198,24 @@ class TrainConfig:
     def unused_by_method(self, names: typing.Iterable[str]) -> list[str]:
         """Of the settings `names`, those this config's method does not read: given on purpose, they would change
         nothing (`--num-tokens` with `--method linear`, `--lora-rank` with VPT)."""
-        method = self.tuning_method()
-        trains_prompts = method.prompt_config(PromptConfig(num_tokens=1)).num_tokens > 0
+        method, trains_prompts = self.tuning_method(), self.trains_prompts()
         return [name for name in names if (name in PROMPT_SETTINGS and not trains_prompts)
                 or (name in METHOD_OPTIONS and name not in method.options())]
 
-    def prompt_config(self) -> PromptConfig:
+    def trains_prompts(self) -> bool:
+        return self.tuning_method().prompt_config(PromptConfig(num_tokens=1)).num_tokens > 0
+
+    def prompt_config(self, num_tokens: int | None = None) -> PromptConfig:
+        """The prompts' settings, with `num_tokens` in place of the config's own where given (num_tokens auto is only
+        known with the backbone: `training.loop.with_num_tokens` sets it)."""
+        num_tokens = self.num_tokens if num_tokens is None else num_tokens
+        if num_tokens == AUTO:
+            raise ConfigError("num_tokens auto is set from the backbone when training starts "
+                              "(training.loop.with_num_tokens); give a number, or prompt_config(num_tokens=P)")
         try:
             method = self.tuning_method()
             init = self.prompt_init or self._default_prompt_init(method)
-            return PromptConfig(num_tokens=self.num_tokens, mode=getattr(method, "mode", "deep"),
+            return PromptConfig(num_tokens=num_tokens, mode=getattr(method, "mode", "deep"),
                                 layers=self.prompt_layers, location=self.prompt_location,
                                 dropout=self.prompt_dropout, project=self.prompt_project, init=init,
                                 pooling=self.pooling, shared=self.prompt_shared, merge=self.prompt_merge)
@@ -314,6 +325,8 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "max_pixels"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        if isinstance(self.num_tokens, str) and self.num_tokens != AUTO:
+            raise ConfigError(f"num_tokens must be a whole number >= 0 or {AUTO!r}, got {self.num_tokens!r}")
         if isinstance(self.lr, str) and self.lr != AUTO:
             raise ConfigError(f"lr must be a positive number or {AUTO!r}, got {self.lr!r}")
         for name in ("lr", "head_lr"):
@@ -349,10 +362,12 @@ class TrainConfig:
             raise ConfigError("cross_fit trains the tuned tensors against probes fitted without their batch; method "
                               "linear is the probe itself: leave out --cross-fit")
         try:  # ConfigError naming the bad prompt field, or what the method cannot do with these prompts
-            method.prompt_config(self.prompt_config())
+            # num_tokens auto is only known with the backbone: one token stands in for it here
+            method.prompt_config(self.prompt_config(1 if self.num_tokens == AUTO else None))
         except ValueError as err:
             raise ConfigError(str(err)) from err
-        if method.prunes and self.num_tokens - pruned_count(self.num_tokens, self.prune_tokens) < 1:
+        if (method.prunes and self.num_tokens != AUTO
+                and self.num_tokens - pruned_count(self.num_tokens, self.prune_tokens) < 1):
             raise ConfigError(f"prune_tokens {self.prune_tokens:g} of num_tokens {self.num_tokens} prunes every prompt "
                               f"token; prune a smaller share, or use more tokens")
 

@@ -34,8 +34,8 @@ from ..data import DataSplits
 from ..devices import DTYPES, autocast, maybe_compile, resolve_device
 from ..errors import ConfigError, TrainingError, VptuneError
 from ..methods import build_model
-from ..model import ParameterCount, PromptedModel, PruningPlan, count_parameters, plan_pruning, prompt_importance, \
-    prune_prompts
+from ..model import ParameterCount, PromptedModel, PruningPlan, count_parameters, auto_num_tokens, plan_pruning, \
+    prompt_importance, prune_prompts
 from ..rundir import MARKER, RunDir
 from .._io import atomic_write_text
 from ..tasks import WEIGHTS_FILE, load_task, read_task_json, read_task_tensors, save_task
@@ -116,6 +116,7 @@ def _train(run: RunDir, cfg: TrainConfig, resume: bool, overwrite: bool, quiet: 
         backbone = create_backbone(cfg.backbone, img_size=cfg.img_size, weights=cfg.weights)
         splits = datasets_for(data, backbone, cfg)
         torch.manual_seed(cfg.seed)  # prompt and head init do not depend on how much randomness data loading used
+        cfg = with_num_tokens(cfg, backbone, len(splits.class_names))
         model = build_model(method, backbone, cfg.prompt_config(), len(splits.class_names),
                             class_names=splits.class_names, head_norm=cfg.head_norm,
                             segmentation_head=cfg.seg_head)
@@ -203,6 +204,25 @@ def with_cross_fit(cfg: TrainConfig, num_train: int, feature_width: int) -> Trai
     else:
         log.info(f"cross-fit: {'on' if fits_all else 'off'} ({reason}; --cross-fit or --no-cross-fit to choose)")
     return dataclasses.replace(cfg, cross_fit=fits_all)
+
+
+def with_num_tokens(cfg: TrainConfig, backbone: torch.nn.Module, num_classes: int) -> TrainConfig:
+    """num_tokens auto, from the backbone at the run's input size (`model.auto_num_tokens`: 10 prompts per 64
+    image tokens an attention sees, within 1% of the backbone's parameters); with `--prompt-init cls`, one prompt
+    a class. A method that trains no prompt gets 0, silently."""
+    if cfg.num_tokens != AUTO:
+        return cfg
+    if not cfg.trains_prompts():
+        return dataclasses.replace(cfg, num_tokens=0)
+    if cfg.prompt_init == "cls":
+        num_tokens, reason = num_classes, "one a class, as --prompt-init cls starts them"
+    else:
+        num_tokens = auto_num_tokens(backbone, cfg.prompt_config(num_tokens=1))  # 1: any length, for the blocks
+        reason = "10 per 64 image tokens an attention sees, capped at 1% of the backbone's parameters"
+    log.info(f"prompt length: p = {num_tokens} (--num-tokens auto: {reason})")
+    cfg = dataclasses.replace(cfg, num_tokens=num_tokens)
+    cfg.validate()  # what the length decides (how many tokens a pruning keeps)
+    return cfg
 
 
 def with_final(cfg: TrainConfig) -> TrainConfig:

@@ -111,6 +111,11 @@ class BackboneAdapter:
     def num_patches(self) -> int:
         return self.patch_embed.num_patches
 
+    def attended_tokens(self, index: int) -> int:
+        """Image tokens one attention of block `index` sees at the input size the backbone is built for: every
+        patch in a global block (windowed families: one window's worth)."""
+        return self.num_patches
+
     @property
     def final_grid(self) -> tuple[int, int]:
         """The feature map (h, w) that `dense` gives at the input size the backbone is built for."""

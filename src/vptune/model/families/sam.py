@@ -46,6 +46,10 @@ class SamAdapter(GridAdapter):
     def width_at(self, index: int) -> int:
         return self.backbone.embed_dim
 
+    def attended_tokens(self, index: int) -> int:
+        window = self.blocks[index].window_size  # 0: a global block
+        return min(window * window, self.num_patches) if window else self.num_patches
+
     def summary(self) -> str:
         windowed = sum(block.window_size > 0 for block in self.blocks)
         return (f"{self.family} ({type(self.backbone).__name__}): {self.depth} blocks ({windowed} windowed, window "

@@ -84,6 +84,10 @@ class SwinAdapter(GridAdapter):
     def kv_width(self, index: int) -> int:
         return 2 * self._blocks[index].attn.proj.in_features
 
+    def attended_tokens(self, index: int) -> int:
+        height, width = self._blocks[index].window_size
+        return height * width
+
     def summary(self) -> str:
         depths = [len(stage.blocks) for stage in self.backbone.layers]
         widths = [self.width_at(sum(depths[:s])) for s in range(len(depths))]
