@@ -2,7 +2,7 @@
 import timm
 import pytest
 
-from vptune.model import PromptConfig, adapter_for, count_parameters, auto_num_tokens
+from vptune.model import PromptConfig, adapter_for, auto_num_tokens, count_parameters
 from vptune.methods import build_model
 
 

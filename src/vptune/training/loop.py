@@ -34,7 +34,7 @@ from ..data import DataSplits
 from ..devices import DTYPES, autocast, maybe_compile, resolve_device
 from ..errors import ConfigError, TrainingError, VptuneError
 from ..methods import build_model
-from ..model import ParameterCount, PromptedModel, PruningPlan, count_parameters, auto_num_tokens, plan_pruning, \
+from ..model import ParameterCount, PromptedModel, PruningPlan, auto_num_tokens, count_parameters, plan_pruning, \
     prompt_importance, prune_prompts
 from ..rundir import MARKER, RunDir
 from .._io import atomic_write_text
