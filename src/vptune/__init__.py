@@ -15,7 +15,7 @@ from .data import DataError, load_data
 from .errors import BackboneError, CheckpointError, ConfigError, TrainingError, VptuneError, WriteError
 from .inference import MultiTaskModel, Predictor, evaluate
 from .methods import METHODS, build_model, get_method
-from .model import ParameterCount, PromptConfig, PromptedModel, PromptedViT, count_parameters, auto_num_tokens
+from .model import ParameterCount, PromptConfig, PromptedModel, PromptedViT, auto_num_tokens, count_parameters
 from .rundir import RunDir
 from .tasks import load_task, save_task
 from .training import TrainConfig, load_train_config, train

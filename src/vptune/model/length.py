@@ -2,12 +2,12 @@
 
 VPT's prompts are extra keys and values among the image tokens: what they can change in an attention grows with
 their share of its keys. p = 10 on the default ViT-S/14 at 112 px (64 patch tokens) is what docs/recipe.md's
-hold-out tasks were won with; at 224 px (256 patches) the same 10 are a quarter of that share, and p = 40, the
-same share, was ahead on all three hold-out tasks at seed 0 (docs/recipe.md, "224 px"); on the tuning tasks it
-was not (-0.6, -3.3, +1.0 points), so p = 10 stays the default and this is the option. The rule: p = 10 per 64 image tokens one attention sees (every patch in a global block,
-one window's worth in a windowed block of Swin or SAM), capped so the prompts stay within 1% of the backbone's
-weights, the size of task file VPT promises (p = 40 on ViT-S at 224 px is 0.85%; the cap holds p at 47 there at
-448 px, where the share would ask for 160).
+hold-out tasks were won with; at 224 px (256 patches) the same 10 are a quarter of that share, and p = 40, the same
+share, was ahead on all three hold-out tasks at seed 0 (docs/recipe.md, "224 px"); on the tuning tasks it was not
+(-0.6, -3.3, +1.0 points), so p = 10 stays the default and this is the option. The rule: p = 10 per 64 image tokens
+one attention sees (every patch in a global block, one window's worth in a windowed block of Swin or SAM), capped so
+the prompts stay within 1% of the backbone's weights, the size of task file VPT promises (p = 40 on ViT-S at 224 px
+is 0.85%; the cap holds p at 47 there at 448 px, where the share would ask for 160).
 """
 from __future__ import annotations
 
